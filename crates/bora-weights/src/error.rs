@@ -1,0 +1,37 @@
+//! Errors of bora-weights. Each names the file and, where there is one, the tensor.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("cannot open weights {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid safetensors file (truncated or corrupt?): {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    #[error("shard index {path} is invalid: {reason}")]
+    BadIndex { path: PathBuf, reason: String },
+    #[error("no weights in {dir}: expected model.safetensors or model.safetensors.index.json")]
+    NoWeights { dir: PathBuf },
+    #[error("tensor `{name}` is missing from {where_}")]
+    MissingTensor { name: String, where_: String },
+    #[error("tensor `{name}` in {file} has shape {got:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        file: PathBuf,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("tensor `{name}` in {file} has dtype {got}, expected f32, bf16 or f16")]
+    DType {
+        name: String,
+        file: PathBuf,
+        got: String,
+    },
+    #[error("{0}")]
+    Core(#[from] bora_core::CoreError),
+    #[error("tensor backend: {0}")]
+    Candle(#[from] candle_core::Error),
+}

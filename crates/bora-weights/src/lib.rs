@@ -1,0 +1,28 @@
+//! bora-weights: weight files and the weight types the model computes with.
+//!
+//! * [`SafetensorsStore`]: one `model.safetensors` or the shards of a
+//!   `model.safetensors.index.json`, memory-mapped and validated (header, offsets, file length).
+//! * [`Matrix`]: one weight type for every linear layer. On the CPU it stays in its stored dtype
+//!   (f32, bf16, f16), borrowed from the memory map when the file already has the wanted dtype,
+//!   and is multiplied by `bora-kernels`; elsewhere it is a candle tensor.
+//! * [`Experts`]: a layer's experts, addressed as stacked `[E, I, H]` / `[E, H, I]` weights
+//!   whichever layout the file has.
+//! * [`MixtralWeights`]: every tensor of a Mixtral checkpoint, found by [`TensorName`] in the
+//!   per-expert layout of Mistral's checkpoints or the fused layout of transformers 5.
+
+mod error;
+mod experts;
+mod matrix;
+mod mixtral;
+mod names;
+mod store;
+
+pub use error::WeightsError;
+pub use experts::Experts;
+pub use matrix::{HostMatrix, Matrix, WeightDType};
+pub use mixtral::{Backend, LayerWeights, LoadOptions, MixtralWeights};
+pub use names::{ExpertLayout, TensorName};
+pub use store::{SafetensorsStore, StoredTensor};
+
+/// Result with [`WeightsError`].
+pub type Result<T> = std::result::Result<T, WeightsError>;

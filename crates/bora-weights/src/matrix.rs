@@ -1,0 +1,283 @@
+//! [`Matrix`]: the weight of a linear layer, `[rows = out, cols = in]` as in `nn.Linear`.
+
+use std::sync::Arc;
+
+use bora_kernels::WeightRef;
+use candle_core::{Device, Storage, Tensor};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::Dtype;
+
+use crate::store::{SafetensorsStore, StoredTensor};
+use crate::{Result, WeightsError};
+
+/// The dtypes a weight can be kept in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDType {
+    F32,
+    BF16,
+    F16,
+}
+
+impl WeightDType {
+    pub fn size(self) -> usize {
+        match self {
+            WeightDType::F32 => 4,
+            WeightDType::BF16 | WeightDType::F16 => 2,
+        }
+    }
+
+    pub fn candle(self) -> candle_core::DType {
+        match self {
+            WeightDType::F32 => candle_core::DType::F32,
+            WeightDType::BF16 => candle_core::DType::BF16,
+            WeightDType::F16 => candle_core::DType::F16,
+        }
+    }
+
+    pub(crate) fn of_stored(t: &StoredTensor, name: &str, store: &SafetensorsStore) -> Result<Self> {
+        match t.dtype {
+            Dtype::F32 => Ok(WeightDType::F32),
+            Dtype::BF16 => Ok(WeightDType::BF16),
+            Dtype::F16 => Ok(WeightDType::F16),
+            other => Err(WeightsError::DType {
+                name: name.to_string(),
+                file: store.path(t).to_path_buf(),
+                got: format!("{other:?}"),
+            }),
+        }
+    }
+}
+
+/// Element storage of a host matrix: a window of a memory map, or owned values.
+enum HostData {
+    Mapped { map: Arc<Mmap>, start: usize },
+    F32(Vec<f32>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+/// A weight matrix in host memory, in its kept dtype; cheap to clone and to take rows of.
+#[derive(Clone)]
+pub struct HostMatrix {
+    data: Arc<HostData>,
+    dtype: WeightDType,
+    /// First element of this matrix in `data`.
+    offset: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl std::fmt::Debug for HostMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &*self.data {
+            HostData::Mapped { .. } => "mapped",
+            _ => "owned",
+        };
+        write!(f, "HostMatrix({kind} {:?} [{}, {}])", self.dtype, self.rows, self.cols)
+    }
+}
+
+impl HostMatrix {
+    /// The stored tensor as `[rows, cols]` in `dtype`: borrowed from the memory map when it is
+    /// stored in that dtype (and aligned for it), converted into owned memory otherwise.
+    pub fn load(
+        store: &SafetensorsStore,
+        name: &str,
+        t: &StoredTensor,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDType,
+    ) -> Result<Self> {
+        let stored = WeightDType::of_stored(t, name, store)?;
+        let elems: usize = t.shape.iter().product();
+        if elems != rows * cols {
+            return Err(WeightsError::Shape {
+                name: name.to_string(),
+                file: store.path(t).to_path_buf(),
+                expected: vec![rows, cols],
+                got: t.shape.clone(),
+            });
+        }
+        let bytes = store.bytes(t);
+        let aligned = (bytes.as_ptr() as usize) % stored.size() == 0;
+        let data = if stored == dtype && aligned {
+            HostData::Mapped {
+                map: store.map(t).clone(),
+                start: t.start,
+            }
+        } else {
+            convert(bytes, stored, dtype)
+        };
+        Ok(Self {
+            data: Arc::new(data),
+            dtype,
+            offset: 0,
+            rows,
+            cols,
+        })
+    }
+
+    /// A matrix of owned f32 values (for tests and generated weights).
+    pub fn from_f32(values: Vec<f32>, rows: usize, cols: usize, dtype: WeightDType) -> Self {
+        assert_eq!(values.len(), rows * cols, "HostMatrix::from_f32: wrong length");
+        let data = match dtype {
+            WeightDType::F32 => HostData::F32(values),
+            WeightDType::BF16 => HostData::BF16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
+            WeightDType::F16 => HostData::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+        };
+        Self {
+            data: Arc::new(data),
+            dtype,
+            offset: 0,
+            rows,
+            cols,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn dtype(&self) -> WeightDType {
+        self.dtype
+    }
+
+    /// Whether the values are read straight from the file's memory map.
+    pub fn is_mapped(&self) -> bool {
+        matches!(&*self.data, HostData::Mapped { .. })
+    }
+
+    /// Rows `start..start + count` as a matrix sharing this one's storage.
+    pub fn slice_rows(&self, start: usize, count: usize) -> Self {
+        assert!(start + count <= self.rows, "HostMatrix::slice_rows out of range");
+        Self {
+            data: self.data.clone(),
+            dtype: self.dtype,
+            offset: self.offset + start * self.cols,
+            rows: count,
+            cols: self.cols,
+        }
+    }
+
+    /// The values as the kernels take them.
+    pub fn weights(&self) -> WeightRef<'_> {
+        let (o, n) = (self.offset, self.rows * self.cols);
+        match &*self.data {
+            HostData::Mapped { map, start } => {
+                let p = map[*start..].as_ptr();
+                // SAFETY: `load` checked that the window [start, start + elems·size) lies in
+                // the map (safetensors validated the offsets) and is aligned for the dtype;
+                // `o + n` never exceeds the loaded element count (slice_rows asserts it).
+                unsafe {
+                    match self.dtype {
+                        WeightDType::F32 => WeightRef::F32(std::slice::from_raw_parts((p as *const f32).add(o), n)),
+                        WeightDType::BF16 => WeightRef::BF16(std::slice::from_raw_parts((p as *const bf16).add(o), n)),
+                        WeightDType::F16 => WeightRef::F16(std::slice::from_raw_parts((p as *const f16).add(o), n)),
+                    }
+                }
+            }
+            HostData::F32(v) => WeightRef::F32(&v[o..o + n]),
+            HostData::BF16(v) => WeightRef::BF16(&v[o..o + n]),
+            HostData::F16(v) => WeightRef::F16(&v[o..o + n]),
+        }
+    }
+
+    /// Row `r` widened into `out` (an embedding lookup).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let c = self.cols;
+        match self.weights() {
+            WeightRef::F32(w) => out.copy_from_slice(&w[r * c..(r + 1) * c]),
+            WeightRef::BF16(w) => out.iter_mut().zip(&w[r * c..(r + 1) * c]).for_each(|(o, v)| *o = v.to_f32()),
+            WeightRef::F16(w) => out.iter_mut().zip(&w[r * c..(r + 1) * c]).for_each(|(o, v)| *o = v.to_f32()),
+        }
+    }
+
+    /// `x[M, cols] · selfᵀ` as a `[M, rows]` f32 CPU tensor; `x` is f32 on the CPU.
+    pub fn matmul_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.cols {
+            candle_core::bail!("matmul: input has {k} columns, weight [{}, {}]", self.rows, self.cols)
+        }
+        let mut out = vec![0f32; m * self.rows];
+        with_cpu_f32(x, |xs| bora_kernels::matmul_xwt(xs, m, k, self.weights(), self.rows, &mut out))?;
+        Tensor::from_vec(out, (m, self.rows), &Device::Cpu)
+    }
+
+    /// The matrix as a candle tensor `[rows, cols]` of `dtype` on `device` (a copy).
+    pub fn to_tensor(&self, dtype: candle_core::DType, device: &Device) -> candle_core::Result<Tensor> {
+        let mut v = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            self.row_f32(r, &mut v[r * self.cols..(r + 1) * self.cols]);
+        }
+        Tensor::from_vec(v, (self.rows, self.cols), device)?.to_dtype(dtype)
+    }
+}
+
+fn convert(bytes: &[u8], from: WeightDType, to: WeightDType) -> HostData {
+    let widen = |b: &[u8]| -> f32 {
+        match from {
+            WeightDType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            WeightDType::BF16 => bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+            WeightDType::F16 => f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+        }
+    };
+    let vals = bytes.chunks_exact(from.size()).map(widen);
+    match to {
+        WeightDType::F32 => HostData::F32(vals.collect()),
+        WeightDType::BF16 => HostData::BF16(vals.map(bf16::from_f32).collect()),
+        WeightDType::F16 => HostData::F16(vals.map(f16::from_f32).collect()),
+    }
+}
+
+/// Runs `f` on the f32 values of a contiguous CPU tensor, without copying them.
+pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("expected a CPU tensor")
+    };
+    let all = cpu.as_slice::<f32>()?;
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("expected a contiguous tensor")
+    };
+    Ok(f(&all[a..b]))
+}
+
+/// The weight of a linear layer.
+#[derive(Debug, Clone)]
+pub enum Matrix {
+    /// Host memory, computed on by bora's CPU kernels in its kept dtype.
+    Host(HostMatrix),
+    /// A candle tensor `[rows, cols]` on any device, computed on by candle.
+    Tensor(Tensor),
+}
+
+impl Matrix {
+    /// `(rows, cols)`: `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Matrix::Host(h) => (h.rows, h.cols),
+            Matrix::Tensor(t) => t.dims2().unwrap_or((0, 0)),
+        }
+    }
+
+    /// `x[M, in] → [M, out]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Matrix::Host(h) => h.matmul_t(&x.contiguous()?),
+            Matrix::Tensor(w) => x.matmul(&w.t()?),
+        }
+    }
+
+    /// Bytes of weights this matrix holds.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Matrix::Host(h) => h.rows * h.cols * h.dtype.size(),
+            Matrix::Tensor(t) => t.elem_count() * t.dtype().size_in_bytes(),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Memory-mapped safetensors files, one or sharded, validated before any tensor is read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::{Result, WeightsError};
+
+/// Where one tensor's bytes are.
+#[derive(Debug, Clone)]
+pub struct StoredTensor {
+    pub file: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range in the file's memory map.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The tensors of one checkpoint, across its shards.
+pub struct SafetensorsStore {
+    files: Vec<(PathBuf, Arc<Mmap>)>,
+    tensors: HashMap<String, StoredTensor>,
+}
+
+impl SafetensorsStore {
+    /// Opens `dir/model.safetensors.index.json` and its shards, or `dir/model.safetensors`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        if index.is_file() {
+            return Self::open_files(&shards_of(&index, dir)?);
+        }
+        let single = dir.join("model.safetensors");
+        if single.is_file() {
+            return Self::open_files(&[single]);
+        }
+        Err(WeightsError::NoWeights {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Memory-maps and validates each file; a tensor name found twice is an error.
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut tensors = HashMap::new();
+        for (fi, path) in paths.iter().enumerate() {
+            let io = |source| WeightsError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = File::open(path).map_err(io)?;
+            // SAFETY: the map is read-only; bora never writes model files while it runs, and
+            // a file truncated under it is the one hazard mmap cannot guard against.
+            let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+            let bad = |reason: String| WeightsError::BadFile {
+                path: path.clone(),
+                reason,
+            };
+            let st = SafeTensors::deserialize(&map).map_err(|e| bad(e.to_string()))?;
+            let base = map.as_ptr() as usize;
+            for (name, view) in st.tensors() {
+                let start = view.data().as_ptr() as usize - base;
+                let t = StoredTensor {
+                    file: fi,
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    start,
+                    end: start + view.data().len(),
+                };
+                if tensors.insert(name.clone(), t).is_some() {
+                    return Err(bad(format!("tensor `{name}` appears in more than one file")));
+                }
+            }
+            files.push((path.clone(), Arc::new(map)));
+        }
+        Ok(Self { files, tensors })
+    }
+
+    /// The stored tensor called `name`, or an error naming it and the files searched.
+    pub fn get(&self, name: &str) -> Result<&StoredTensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| WeightsError::MissingTensor {
+                name: name.to_string(),
+                where_: self.describe(),
+            })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|s| s.as_str())
+    }
+
+    pub fn path(&self, t: &StoredTensor) -> &Path {
+        &self.files[t.file].0
+    }
+
+    pub fn map(&self, t: &StoredTensor) -> &Arc<Mmap> {
+        &self.files[t.file].1
+    }
+
+    pub fn bytes(&self, t: &StoredTensor) -> &[u8] {
+        &self.files[t.file].1[t.start..t.end]
+    }
+
+    /// Bytes of all files.
+    pub fn size_on_disk(&self) -> u64 {
+        self.files.iter().map(|(_, m)| m.len() as u64).sum()
+    }
+
+    pub fn file_paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, _)| p.as_path())
+    }
+
+    fn describe(&self) -> String {
+        match self.files.as_slice() {
+            [(p, _)] => p.display().to_string(),
+            fs => format!(
+                "{} shards ({}, ...)",
+                fs.len(),
+                fs.first().map(|(p, _)| p.display().to_string()).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+fn shards_of(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let bad = |reason: String| WeightsError::BadIndex {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(index).map_err(|source| WeightsError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let mut shards: Vec<String> = Vec::new();
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("`weight_map.{name}` is not a file name")))?;
+        if file.contains('/') || file.contains('\\') || file == ".." {
+            return Err(bad(format!("shard name `{file}` is not a plain file name")));
+        }
+        if !shards.iter().any(|s| s == file) {
+            shards.push(file.to_string());
+        }
+    }
+    if shards.is_empty() {
+        return Err(bad("`weight_map` is empty".into()));
+    }
+    shards.sort();
+    Ok(shards.into_iter().map(|s| dir.join(s)).collect())
+}

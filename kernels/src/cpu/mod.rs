@@ -1,0 +1,22 @@
+//! CPU kernels. `matmul_xwt` computes `out[M, N] = x[M, K] · W[N, K]ᵀ`:
+//!
+//! * decode-sized `M` (up to [`GEMV_MAX_ROWS`]): each weight row is read once from memory and
+//!   dotted with every activation row, with AVX2/FMA (F16C for f16) when the CPU has them: a
+//!   bandwidth-bound pass over the weights;
+//! * larger `M` (prefill): weight rows are widened to f32 a cache-sized block at a time and
+//!   multiplied with the `gemm` crate's f32 kernel, so the conversion is paid once per block
+//!   while the product reuses it `M` times.
+//!
+//! Both split the weight rows across rayon's threads.
+
+mod dot;
+mod matmul;
+
+pub use matmul::{matmul_xwt, WeightRef, GEMV_MAX_ROWS};
+
+/// `out[i] = silu(gate[i]) * up[i]`, SwiGLU's gating.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}

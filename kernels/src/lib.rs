@@ -1,0 +1,10 @@
+//! bora-kernels: the compute kernels behind bora's weight types.
+//!
+//! The CPU kernels multiply f32 activations by weights kept in their stored dtype (f32, bf16 or
+//! f16), so that bf16 checkpoints are computed on directly from their memory map, never widened
+//! whole. Dimension legend: M activation rows (tokens), K the shared (input) dimension, N weight
+//! rows (outputs). Weights are row-major `[N, K]`, the layout of a PyTorch `nn.Linear`.
+
+pub mod cpu;
+
+pub use cpu::{matmul_xwt, silu_mul, WeightRef};
