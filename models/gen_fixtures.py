@@ -102,9 +102,10 @@ def tiny_mixtral(out_dir: str) -> None:
     randomize(model, std=0.35, seed=2)
     # Weights are stored in bf16, like Mistral's checkpoints; the reference runs in float32 on
     # exactly those values.
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(out_dir, max_shard_size="1500KB")
-    model = model.to(torch.float32)
+    model.to(torch.bfloat16).save_pretrained(out_dir, max_shard_size="1500KB")
+    # The reference is the checkpoint as transformers loads it in float32 (a fresh load: a
+    # model cast to bf16 and back would keep bf16-rounded rotary frequencies).
+    model = MixtralForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
     sp = spm.SentencePieceProcessor(model_file=SPM_V1)
     texts = ["The quick brown fox", "Mixtral routes  tokens, 42"]
     prompts = [[1] + sp.encode(t) for t in texts]

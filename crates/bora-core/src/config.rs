@@ -57,11 +57,10 @@ impl ModelConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|source| CoreError::ConfigJson {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| CoreError::ConfigJson {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_json(&value)
     }
 
@@ -74,12 +73,15 @@ impl ModelConfig {
         let architecture = architecture(obj)?;
         let hidden_size = req_usize(obj, "hidden_size")?;
         let num_attention_heads = req_usize(obj, "num_attention_heads")?;
+        if num_attention_heads == 0 {
+            return Err(invalid("num_attention_heads", "must be positive"));
+        }
         let num_key_value_heads =
             opt_usize(obj, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         let head_dim = match opt_usize(obj, "head_dim")? {
             Some(d) => d,
             None => {
-                if hidden_size % num_attention_heads != 0 {
+                if !hidden_size.is_multiple_of(num_attention_heads) {
                     return Err(invalid(
                         "head_dim",
                         format!(
@@ -147,7 +149,10 @@ impl ModelConfig {
                 return Err(invalid(key, "must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(invalid(
                 "num_key_value_heads",
                 format!(
@@ -156,7 +161,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(invalid("head_dim", format!("{} is odd", self.head_dim)));
         }
         if self.num_experts_per_tok > self.num_local_experts {
@@ -171,10 +176,10 @@ impl ModelConfig {
         if self.sliding_window == Some(0) {
             return Err(invalid("sliding_window", "must be null or positive"));
         }
-        if !(self.rope_theta > 0.0) {
+        if !self.rope_theta.is_finite() || self.rope_theta <= 0.0 {
             return Err(invalid("rope_theta", "must be positive"));
         }
-        if !(self.rms_norm_eps >= 0.0) {
+        if !self.rms_norm_eps.is_finite() || self.rms_norm_eps < 0.0 {
             return Err(invalid("rms_norm_eps", "must not be negative"));
         }
         Ok(())
@@ -245,7 +250,8 @@ fn architecture(obj: &Map<String, Value>) -> Result<Architecture> {
 }
 
 fn as_f64(v: &Value, key: &'static str) -> Result<f64> {
-    v.as_f64().ok_or_else(|| invalid(key, format!("expected a number, got {v}")))
+    v.as_f64()
+        .ok_or_else(|| invalid(key, format!("expected a number, got {v}")))
 }
 
 fn opt_usize(obj: &Map<String, Value>, key: &'static str) -> Result<Option<usize>> {
@@ -264,7 +270,12 @@ fn req_usize(obj: &Map<String, Value>, key: &'static str) -> Result<usize> {
 }
 
 fn eos_ids(obj: &Map<String, Value>) -> Result<Vec<u32>> {
-    let bad = |v: &Value| invalid("eos_token_id", format!("expected an id or a list of ids, got {v}"));
+    let bad = |v: &Value| {
+        invalid(
+            "eos_token_id",
+            format!("expected an id or a list of ids, got {v}"),
+        )
+    };
     match obj.get("eos_token_id") {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
@@ -299,7 +310,10 @@ mod tests {
         // embedding matrix, of which a token reads one row.
         assert_eq!(cfg.param_count() / 100_000_000, 467);
         let embedding = (cfg.vocab_size * cfg.hidden_size) as u64;
-        assert_eq!((cfg.active_param_count() + embedding + 50_000_000) / 100_000_000, 129);
+        assert_eq!(
+            (cfg.active_param_count() + embedding + 50_000_000) / 100_000_000,
+            129
+        );
     }
 
     #[test]

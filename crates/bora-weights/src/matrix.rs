@@ -35,7 +35,11 @@ impl WeightDType {
         }
     }
 
-    pub(crate) fn of_stored(t: &StoredTensor, name: &str, store: &SafetensorsStore) -> Result<Self> {
+    pub(crate) fn of_stored(
+        t: &StoredTensor,
+        name: &str,
+        store: &SafetensorsStore,
+    ) -> Result<Self> {
         match t.dtype {
             Dtype::F32 => Ok(WeightDType::F32),
             Dtype::BF16 => Ok(WeightDType::BF16),
@@ -74,7 +78,11 @@ impl std::fmt::Debug for HostMatrix {
             HostData::Mapped { .. } => "mapped",
             _ => "owned",
         };
-        write!(f, "HostMatrix({kind} {:?} [{}, {}])", self.dtype, self.rows, self.cols)
+        write!(
+            f,
+            "HostMatrix({kind} {:?} [{}, {}])",
+            self.dtype, self.rows, self.cols
+        )
     }
 }
 
@@ -100,7 +108,7 @@ impl HostMatrix {
             });
         }
         let bytes = store.bytes(t);
-        let aligned = (bytes.as_ptr() as usize) % stored.size() == 0;
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(stored.size());
         let data = if stored == dtype && aligned {
             HostData::Mapped {
                 map: store.map(t).clone(),
@@ -120,10 +128,16 @@ impl HostMatrix {
 
     /// A matrix of owned f32 values (for tests and generated weights).
     pub fn from_f32(values: Vec<f32>, rows: usize, cols: usize, dtype: WeightDType) -> Self {
-        assert_eq!(values.len(), rows * cols, "HostMatrix::from_f32: wrong length");
+        assert_eq!(
+            values.len(),
+            rows * cols,
+            "HostMatrix::from_f32: wrong length"
+        );
         let data = match dtype {
             WeightDType::F32 => HostData::F32(values),
-            WeightDType::BF16 => HostData::BF16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
+            WeightDType::BF16 => {
+                HostData::BF16(values.iter().map(|&v| bf16::from_f32(v)).collect())
+            }
             WeightDType::F16 => HostData::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
         };
         Self {
@@ -154,7 +168,10 @@ impl HostMatrix {
 
     /// Rows `start..start + count` as a matrix sharing this one's storage.
     pub fn slice_rows(&self, start: usize, count: usize) -> Self {
-        assert!(start + count <= self.rows, "HostMatrix::slice_rows out of range");
+        assert!(
+            start + count <= self.rows,
+            "HostMatrix::slice_rows out of range"
+        );
         Self {
             data: self.data.clone(),
             dtype: self.dtype,
@@ -175,9 +192,16 @@ impl HostMatrix {
                 // `o + n` never exceeds the loaded element count (slice_rows asserts it).
                 unsafe {
                     match self.dtype {
-                        WeightDType::F32 => WeightRef::F32(std::slice::from_raw_parts((p as *const f32).add(o), n)),
-                        WeightDType::BF16 => WeightRef::BF16(std::slice::from_raw_parts((p as *const bf16).add(o), n)),
-                        WeightDType::F16 => WeightRef::F16(std::slice::from_raw_parts((p as *const f16).add(o), n)),
+                        WeightDType::F32 => {
+                            WeightRef::F32(std::slice::from_raw_parts((p as *const f32).add(o), n))
+                        }
+                        WeightDType::BF16 => WeightRef::BF16(std::slice::from_raw_parts(
+                            (p as *const bf16).add(o),
+                            n,
+                        )),
+                        WeightDType::F16 => {
+                            WeightRef::F16(std::slice::from_raw_parts((p as *const f16).add(o), n))
+                        }
                     }
                 }
             }
@@ -192,8 +216,14 @@ impl HostMatrix {
         let c = self.cols;
         match self.weights() {
             WeightRef::F32(w) => out.copy_from_slice(&w[r * c..(r + 1) * c]),
-            WeightRef::BF16(w) => out.iter_mut().zip(&w[r * c..(r + 1) * c]).for_each(|(o, v)| *o = v.to_f32()),
-            WeightRef::F16(w) => out.iter_mut().zip(&w[r * c..(r + 1) * c]).for_each(|(o, v)| *o = v.to_f32()),
+            WeightRef::BF16(w) => out
+                .iter_mut()
+                .zip(&w[r * c..(r + 1) * c])
+                .for_each(|(o, v)| *o = v.to_f32()),
+            WeightRef::F16(w) => out
+                .iter_mut()
+                .zip(&w[r * c..(r + 1) * c])
+                .for_each(|(o, v)| *o = v.to_f32()),
         }
     }
 
@@ -201,15 +231,25 @@ impl HostMatrix {
     pub fn matmul_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.cols {
-            candle_core::bail!("matmul: input has {k} columns, weight [{}, {}]", self.rows, self.cols)
+            candle_core::bail!(
+                "matmul: input has {k} columns, weight [{}, {}]",
+                self.rows,
+                self.cols
+            )
         }
         let mut out = vec![0f32; m * self.rows];
-        with_cpu_f32(x, |xs| bora_kernels::matmul_xwt(xs, m, k, self.weights(), self.rows, &mut out))?;
+        with_cpu_f32(x, |xs| {
+            bora_kernels::matmul_xwt(xs, m, k, self.weights(), self.rows, &mut out)
+        })?;
         Tensor::from_vec(out, (m, self.rows), &Device::Cpu)
     }
 
     /// The matrix as a candle tensor `[rows, cols]` of `dtype` on `device` (a copy).
-    pub fn to_tensor(&self, dtype: candle_core::DType, device: &Device) -> candle_core::Result<Tensor> {
+    pub fn to_tensor(
+        &self,
+        dtype: candle_core::DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let mut v = vec![0f32; self.rows * self.cols];
         for r in 0..self.rows {
             self.row_f32(r, &mut v[r * self.cols..(r + 1) * self.cols]);

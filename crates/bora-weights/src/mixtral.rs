@@ -170,7 +170,9 @@ impl Loader<'_> {
         let n = name.hf(self.layout);
         Ok(match self.opts.backend {
             Backend::Host => Matrix::Host(self.host(&n, &[rows, cols])?),
-            Backend::Candle => Matrix::Tensor(self.tensor(&n, &[rows, cols], self.opts.dtype.candle())?),
+            Backend::Candle => {
+                Matrix::Tensor(self.tensor(&n, &[rows, cols], self.opts.dtype.candle())?)
+            }
         })
     }
 
@@ -200,7 +202,11 @@ impl Loader<'_> {
     }
 
     fn experts(&self, l: usize) -> Result<Experts> {
-        let (e, im, h) = (self.cfg.num_local_experts, self.cfg.intermediate_size, self.cfg.hidden_size);
+        let (e, im, h) = (
+            self.cfg.num_local_experts,
+            self.cfg.intermediate_size,
+            self.cfg.hidden_size,
+        );
         match (self.layout, self.opts.backend) {
             (ExpertLayout::PerExpert, Backend::Host) => {
                 let mut gate = Vec::with_capacity(e);
@@ -224,12 +230,13 @@ impl Loader<'_> {
             }
             (ExpertLayout::PerExpert, Backend::Candle) => {
                 let dt = self.opts.dtype.candle();
-                let stack = |f: fn(usize, usize) -> TensorName, shape: [usize; 2]| -> Result<Tensor> {
-                    let parts = (0..e)
-                        .map(|x| self.tensor(&f(l, x).hf(self.layout), &shape, dt))
-                        .collect::<Result<Vec<_>>>()?;
-                    Ok(Tensor::stack(&parts, 0)?)
-                };
+                let stack =
+                    |f: fn(usize, usize) -> TensorName, shape: [usize; 2]| -> Result<Tensor> {
+                        let parts = (0..e)
+                            .map(|x| self.tensor(&f(l, x).hf(self.layout), &shape, dt))
+                            .collect::<Result<Vec<_>>>()?;
+                        Ok(Tensor::stack(&parts, 0)?)
+                    };
                 Ok(Experts::Tensor {
                     gate: stack(TensorName::ExpertGate, [im, h])?,
                     up: stack(TensorName::ExpertUp, [im, h])?,
@@ -238,11 +245,19 @@ impl Loader<'_> {
             }
             (ExpertLayout::Fused, Backend::Candle) => {
                 let dt = self.opts.dtype.candle();
-                let gu = self.tensor(&TensorName::FusedGateUp(l).hf(self.layout), &[e, 2 * im, h], dt)?;
+                let gu = self.tensor(
+                    &TensorName::FusedGateUp(l).hf(self.layout),
+                    &[e, 2 * im, h],
+                    dt,
+                )?;
                 Ok(Experts::Tensor {
                     gate: gu.narrow(1, 0, im)?.contiguous()?,
                     up: gu.narrow(1, im, im)?.contiguous()?,
-                    down: self.tensor(&TensorName::FusedDown(l).hf(self.layout), &[e, h, im], dt)?,
+                    down: self.tensor(
+                        &TensorName::FusedDown(l).hf(self.layout),
+                        &[e, h, im],
+                        dt,
+                    )?,
                 })
             }
         }

@@ -78,7 +78,10 @@ mod tests {
             TensorName::ExpertUp(3, 7).hf(ExpertLayout::PerExpert),
             "model.layers.3.block_sparse_moe.experts.7.w3.weight"
         );
-        assert_eq!(TensorName::Router(0).hf(ExpertLayout::Fused), "model.layers.0.mlp.gate.weight");
+        assert_eq!(
+            TensorName::Router(0).hf(ExpertLayout::Fused),
+            "model.layers.0.mlp.gate.weight"
+        );
         assert_eq!(
             TensorName::Router(0).hf(ExpertLayout::PerExpert),
             "model.layers.0.block_sparse_moe.gate.weight"

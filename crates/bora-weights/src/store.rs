@@ -72,7 +72,9 @@ impl SafetensorsStore {
                     end: start + view.data().len(),
                 };
                 if tensors.insert(name.clone(), t).is_some() {
-                    return Err(bad(format!("tensor `{name}` appears in more than one file")));
+                    return Err(bad(format!(
+                        "tensor `{name}` appears in more than one file"
+                    )));
                 }
             }
             files.push((path.clone(), Arc::new(map)));
@@ -125,7 +127,9 @@ impl SafetensorsStore {
             fs => format!(
                 "{} shards ({}, ...)",
                 fs.len(),
-                fs.first().map(|(p, _)| p.display().to_string()).unwrap_or_default()
+                fs.first()
+                    .map(|(p, _)| p.display().to_string())
+                    .unwrap_or_default()
             ),
         }
     }

@@ -171,7 +171,12 @@ mod tests {
                 dot_rows_scalar(&w, &x, &mut want);
                 dot_rows(W::simd_available(), &w, &x, &mut got);
                 for r in 0..rows {
-                    assert!((want[r] - got[r]).abs() < 1e-4, "k={k} r={r}: {} vs {}", want[r], got[r]);
+                    assert!(
+                        (want[r] - got[r]).abs() < 1e-4,
+                        "k={k} r={r}: {} vs {}",
+                        want[r],
+                        got[r]
+                    );
                 }
             }
         }

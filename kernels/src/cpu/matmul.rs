@@ -46,6 +46,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer; a method, so that closures capture the whole (Send) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `out[M, N] = x[M, K] · W[N, K]ᵀ`. `x` is `M·K` long, `w` `N·K`, `out` `M·N`.
 ///
 /// # Panics
@@ -83,14 +90,13 @@ fn gemv<W: Element>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, out: &mut 
     let per_task = n.div_ceil(threads * 4).max(GEMV_MIN_ROWS_PER_TASK);
     let dst = OutPtr(out.as_mut_ptr());
     (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
-        let dst = dst;
         let mut acc = [0f32; GEMV_MAX_ROWS];
         for j in t * per_task..((t + 1) * per_task).min(n) {
             dot_rows(simd, &w[j * k..(j + 1) * k], &xs, &mut acc);
             for (r, &a) in acc[..m].iter().enumerate() {
                 // SAFETY: r < m and j < n, so r·n + j is inside `out`; column j belongs to
                 // this task alone.
-                unsafe { *dst.0.add(r * n + j) = a };
+                unsafe { *dst.get().add(r * n + j) = a };
             }
         }
     });
@@ -108,7 +114,6 @@ fn gemm_blocked<W: Element>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, ou
     let dst = OutPtr(out.as_mut_ptr());
     let is_f32 = std::any::TypeId::of::<W>() == std::any::TypeId::of::<f32>();
     (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
-        let dst = dst;
         let j0 = b * block;
         let rows = block.min(n - j0);
         let src = &w[j0 * k..(j0 + rows) * k];
@@ -121,7 +126,7 @@ fn gemm_blocked<W: Element>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, ou
                     m,
                     rows,
                     k,
-                    dst.0.add(j0),
+                    dst.get().add(j0),
                     1,
                     n as isize,
                     false,
@@ -164,7 +169,9 @@ mod tests {
         let mut out = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
-                out[i * n + j] = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum::<f64>() as f32;
+                out[i * n + j] = (0..k)
+                    .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                    .sum::<f64>() as f32;
             }
         }
         out
@@ -173,7 +180,15 @@ mod tests {
     #[test]
     fn all_paths_match_reference() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for &(m, k, n) in &[(1, 5, 3), (1, 64, 100), (3, 33, 17), (4, 128, 64), (5, 40, 9), (17, 96, 130), (64, 200, 37)] {
+        for &(m, k, n) in &[
+            (1, 5, 3),
+            (1, 64, 100),
+            (3, 33, 17),
+            (4, 128, 64),
+            (5, 40, 9),
+            (17, 96, 130),
+            (64, 200, 37),
+        ] {
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let wf: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             // Round to bf16 so that all three weight types hold the same values.
@@ -181,11 +196,18 @@ mod tests {
             let wf: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
             let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
             let want = reference(&x, m, k, &wf, n);
-            for w in [WeightRef::F32(&wf), WeightRef::BF16(&wb), WeightRef::F16(&wh)] {
+            for w in [
+                WeightRef::F32(&wf),
+                WeightRef::BF16(&wb),
+                WeightRef::F16(&wh),
+            ] {
                 let mut out = vec![f32::NAN; m * n];
                 matmul_xwt(&x, m, k, w, n, &mut out);
                 for (a, b) in out.iter().zip(&want) {
-                    assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{m}x{k}x{n} {w:?}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                        "{m}x{k}x{n} {w:?}: {a} vs {b}"
+                    );
                 }
             }
         }

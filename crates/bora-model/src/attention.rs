@@ -1,0 +1,145 @@
+//! Grouped-query attention over the KV cache, one sequence at a time (the projections run over
+//! the whole step's tokens at once).
+
+use bora_core::ModelConfig;
+use bora_weights::LayerWeights;
+use candle_core::{Device, Tensor};
+
+use crate::kv_cache::KvCache;
+use crate::rope::Rope;
+use crate::{Batch, Result};
+
+pub(crate) struct AttentionCtx<'a> {
+    pub cfg: &'a ModelConfig,
+    pub rope: &'a Rope,
+    pub layer: usize,
+}
+
+/// `x` `[T, H]` (normed) → attention output `[T, H]`; writes the step's K/V into the cache.
+pub(crate) fn attention(
+    ctx: &AttentionCtx<'_>,
+    w: &LayerWeights,
+    x: &Tensor,
+    batch: &Batch,
+    cache: &KvCache,
+) -> Result<Tensor> {
+    let cfg = ctx.cfg;
+    let (hq, hkv, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let q = w.q.forward(x)?; // [T, Hq·D]
+    let k = w.k.forward(x)?; // [T, Hkv·D]
+    let v = w.v.forward(x)?; // [T, Hkv·D]
+    let mut outs = Vec::with_capacity(batch.seqs.len());
+    let mut row = 0;
+    for s in &batch.seqs {
+        let l = s.tokens.len();
+        if l == 0 {
+            continue;
+        }
+        let heads = |t: &Tensor, n: usize| -> Result<Tensor> {
+            // [L, n·D] → [1, n, L, D]
+            Ok(t.narrow(0, row, l)?
+                .reshape((l, n, d))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?)
+        };
+        let qs = ctx.rope.apply(&heads(&q, hq)?, s.start_pos)?.squeeze(0)?; // [Hq, L, D]
+        let ks = ctx.rope.apply(&heads(&k, hkv)?, s.start_pos)?.squeeze(0)?; // [Hkv, L, D]
+        let vs = heads(&v, hkv)?.squeeze(0)?; // [Hkv, L, D]
+        let kv = cache.layer(s.slot, ctx.layer);
+        kv.k.slice_set(&ks, 1, s.start_pos)?;
+        kv.v.slice_set(&vs, 1, s.start_pos)?;
+        let end = s.start_pos + l;
+        // The earliest key any of these queries may see.
+        let lo = match cfg.sliding_window {
+            Some(wnd) => (s.start_pos + 1).saturating_sub(wnd),
+            None => 0,
+        };
+        let keys = kv.k.narrow(1, lo, end - lo)?; // [Hkv, S, D]
+        let vals = kv.v.narrow(1, lo, end - lo)?; // [Hkv, S, D]
+        let g = hq / hkv;
+        let qg = qs.reshape((hkv, g * l, d))?; // heads h = kv·G + g share kv
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (qg.matmul(&keys.t()?)? * scale)?; // [Hkv, G·L, S]
+        let scores = match mask(cfg.sliding_window, s.start_pos, l, lo, end, x.device())? {
+            Some(m) => scores
+                .reshape((hkv, g, l, end - lo))?
+                .broadcast_add(&m.to_dtype(scores.dtype())?)?
+                .reshape((hkv, g * l, end - lo))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o = probs.matmul(&vals)?; // [Hkv, G·L, D]
+        let o = o
+            .reshape((hq, l, d))?
+            .transpose(0, 1)?
+            .reshape((l, hq * d))?; // [L, Hq·D]
+        outs.push(o);
+        row += l;
+    }
+    let o = Tensor::cat(&outs, 0)?; // [T, Hq·D]
+    Ok(w.o.forward(&o)?)
+}
+
+/// The additive mask `[L, S]` for queries at `start..start + l` over keys `lo..end`: causal,
+/// and within the sliding window (a key is seen while `query - key < window`). `None` when
+/// every key is visible to every query.
+fn mask(
+    window: Option<usize>,
+    start: usize,
+    l: usize,
+    lo: usize,
+    end: usize,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let visible = |q: usize, key: usize| key <= q && window.is_none_or(|w| q - key < w);
+    let all = (0..l).all(|i| (lo..end).all(|j| visible(start + i, j)));
+    if all {
+        return Ok(None);
+    }
+    let mut m = Vec::with_capacity(l * (end - lo));
+    for i in 0..l {
+        for j in lo..end {
+            m.push(if visible(start + i, j) {
+                0f32
+            } else {
+                f32::NEG_INFINITY
+            });
+        }
+    }
+    Ok(Some(Tensor::from_vec(m, (l, end - lo), device)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        let dev = Device::Cpu;
+        // Decode without a window sees everything.
+        assert!(mask(None, 5, 1, 0, 6, &dev).unwrap().is_none());
+        // Prefill is causal.
+        let m = mask(None, 0, 3, 0, 3, &dev)
+            .unwrap()
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(m[0][1], f32::NEG_INFINITY);
+        assert_eq!(m[2], vec![0.0; 3]);
+        // A window of 2: position 4 sees keys 3 and 4 only.
+        let m = mask(Some(2), 4, 1, 3, 5, &dev).unwrap();
+        assert!(m.is_none(), "lo already cuts the window for a single query");
+        let m = mask(Some(2), 3, 2, 2, 5, &dev)
+            .unwrap()
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(m[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(m[1], vec![f32::NEG_INFINITY, 0.0, 0.0]);
+    }
+}

@@ -1,0 +1,169 @@
+//! The Mixtral model: embedding, decoder layers (attention, MoE), final norm, LM head.
+
+use bora_core::ModelConfig;
+use bora_weights::{Matrix, MixtralWeights};
+use candle_core::{DType, Device, Tensor};
+
+use crate::attention::{attention, AttentionCtx};
+use crate::kv_cache::KvCache;
+use crate::moe::{moe, RoutingStats};
+use crate::rope::Rope;
+use crate::{Batch, ModelError, Result};
+
+/// An immutable, shareable Mixtral model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    weights: MixtralWeights,
+    rope: Rope,
+    device: Device,
+    dtype: DType,
+}
+
+impl Model {
+    pub fn new(weights: MixtralWeights) -> Result<Self> {
+        let device = weights.options.device.clone();
+        let dtype = weights.options.activation_dtype();
+        let rope = Rope::new(
+            &weights.config,
+            weights.config.max_position_embeddings,
+            dtype,
+            &device,
+        )?;
+        Ok(Self {
+            weights,
+            rope,
+            device,
+            dtype,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.weights.config
+    }
+
+    pub fn weights(&self) -> &MixtralWeights {
+        &self.weights
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype of activations and of the KV cache.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// A KV cache for this model: `slots` sequences of up to `max_len` positions (at most the
+    /// model's context).
+    pub fn new_cache(&self, slots: usize, max_len: usize) -> Result<KvCache> {
+        let max_len = max_len.min(self.config().max_position_embeddings);
+        KvCache::new(self.config(), slots, max_len, self.dtype, &self.device)
+    }
+
+    /// One step over `batch`: logits `[R, V]` (f32) for the rows of `batch.logit_rows()`.
+    pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_inner(batch, cache, None)
+    }
+
+    /// [`Model::forward`], also counting the tokens routed to each expert of each layer.
+    pub fn forward_observed(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        stats: &mut RoutingStats,
+    ) -> Result<Tensor> {
+        self.forward_inner(batch, cache, Some(stats))
+    }
+
+    fn forward_inner(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        mut stats: Option<&mut RoutingStats>,
+    ) -> Result<Tensor> {
+        self.check(batch, cache)?;
+        let cfg = self.config();
+        let eps = cfg.rms_norm_eps as f32;
+        let mut x = self.embed(batch)?; // [T, H]
+        for (i, lw) in self.weights.layers.iter().enumerate() {
+            let ctx = AttentionCtx {
+                cfg,
+                rope: &self.rope,
+                layer: i,
+            };
+            let h = candle_nn::ops::rms_norm(&x, &lw.attn_norm, eps)?;
+            x = (x + attention(&ctx, lw, &h, batch, cache)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &lw.moe_norm, eps)?;
+            let m = moe(
+                &lw.router,
+                &lw.experts,
+                cfg.num_experts_per_tok,
+                &h,
+                i,
+                stats.as_deref_mut(),
+            )?;
+            x = (x + m)?;
+        }
+        let rows = batch.logit_rows();
+        let v = cfg.vocab_size;
+        if rows.is_empty() {
+            return Ok(Tensor::zeros((0, v), DType::F32, &self.device)?);
+        }
+        let rows = Tensor::new(
+            rows.iter()
+                .map(|&r| r as u32)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            &self.device,
+        )?;
+        let x = x.index_select(&rows, 0)?; // [R, H]
+        let x = candle_nn::ops::rms_norm(&x, &self.weights.final_norm, eps)?;
+        Ok(self.weights.lm_head.forward(&x)?.to_dtype(DType::F32)?) // [R, V]
+    }
+
+    fn check(&self, batch: &Batch, cache: &KvCache) -> Result<()> {
+        let vocab = self.config().vocab_size;
+        let mut seen = Vec::with_capacity(batch.seqs.len());
+        for s in &batch.seqs {
+            if seen.contains(&s.slot) {
+                return Err(ModelError::Batch(format!(
+                    "cache slot {} appears twice",
+                    s.slot
+                )));
+            }
+            seen.push(s.slot);
+            cache.check(s.slot, s.start_pos + s.tokens.len())?;
+            if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ModelError::TokenOutOfRange { id, vocab });
+            }
+        }
+        if batch.num_tokens() == 0 {
+            return Err(ModelError::Batch("no tokens".into()));
+        }
+        Ok(())
+    }
+
+    /// `[T, H]` embeddings of the step's tokens.
+    fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        let ids: Vec<u32> = batch
+            .seqs
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let h = self.config().hidden_size;
+        match &self.weights.embed {
+            Matrix::Host(m) => {
+                let mut out = vec![0f32; ids.len() * h];
+                for (row, &id) in out.chunks_exact_mut(h).zip(&ids) {
+                    m.row_f32(id as usize, row);
+                }
+                Ok(Tensor::from_vec(out, (ids.len(), h), &self.device)?)
+            }
+            Matrix::Tensor(t) => {
+                let ids = Tensor::new(ids.as_slice(), &self.device)?;
+                Ok(t.index_select(&ids, 0)?.to_dtype(self.dtype)?)
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The sparse MoE block: route each token to `A` of `E` experts, group the step's tokens by
+//! expert so that each expert runs one product over all its tokens, and sum the expert outputs
+//! with the routing weights.
+
+use bora_kernels::{matmul_xwt, silu_mul};
+use bora_weights::{Experts, HostMatrix, Matrix};
+use candle_core::{Device, IndexOp, Storage, Tensor};
+
+use crate::router::{route, route_tensor};
+use crate::{ModelError, Result};
+
+/// Tokens routed to each expert of each layer, accumulated over forward steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingStats {
+    /// `[layer][expert]` token counts.
+    pub counts: Vec<Vec<u64>>,
+}
+
+impl RoutingStats {
+    pub fn new(layers: usize, experts: usize) -> Self {
+        Self {
+            counts: vec![vec![0; experts]; layers],
+        }
+    }
+
+    fn add(&mut self, layer: usize, experts: &[u32]) {
+        if let Some(row) = self.counts.get_mut(layer) {
+            for &e in experts {
+                if let Some(c) = row.get_mut(e as usize) {
+                    *c += 1;
+                }
+            }
+        }
+    }
+}
+
+/// `x` `[T, H]` (normed) → `[T, H]`, the weighted sum of each token's experts.
+pub(crate) fn moe(
+    router: &Matrix,
+    experts: &Experts,
+    a: usize,
+    x: &Tensor,
+    layer: usize,
+    stats: Option<&mut RoutingStats>,
+) -> Result<Tensor> {
+    match (router, experts) {
+        (Matrix::Host(r), Experts::Host { gate, up, down }) => {
+            moe_host(r, gate, up, down, a, x, layer, stats)
+        }
+        (_, Experts::Tensor { gate, up, down }) => {
+            moe_tensor(router, gate, up, down, a, x, layer, stats)
+        }
+        _ => Err(ModelError::Batch(
+            "router and experts are on different backends".into(),
+        )),
+    }
+}
+
+/// bora's CPU path: routing, grouping and SwiGLU over host matrices in their stored dtype.
+#[allow(clippy::too_many_arguments)]
+fn moe_host(
+    router: &HostMatrix,
+    gate: &[HostMatrix],
+    up: &[HostMatrix],
+    down: &[HostMatrix],
+    a: usize,
+    x: &Tensor,
+    layer: usize,
+    stats: Option<&mut RoutingStats>,
+) -> Result<Tensor> {
+    let (t, h) = x.dims2()?;
+    let e = router.rows();
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(ModelError::Batch(
+            "host experts need CPU activations".into(),
+        ));
+    };
+    let (o0, o1) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| ModelError::Batch("non-contiguous activations".into()))?;
+    let xs = &cpu.as_slice::<f32>()?[o0..o1];
+
+    let mut logits = vec![0f32; t * e]; // [T, E]
+    matmul_xwt(xs, t, h, router.weights(), e, &mut logits);
+    let mut chosen = vec![0u32; t * a]; // [T, A]
+    let mut weights = vec![0f32; t * a]; // [T, A]
+    for ((l, c), w) in logits
+        .chunks_exact(e)
+        .zip(chosen.chunks_exact_mut(a))
+        .zip(weights.chunks_exact_mut(a))
+    {
+        route(l, c, w);
+    }
+    if let Some(s) = stats {
+        s.add(layer, &chosen);
+    }
+
+    // Group the (token, slot) assignments by expert.
+    let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
+    for (i, &c) in chosen.iter().enumerate() {
+        by_expert[c as usize].push(i);
+    }
+    let im = gate.first().map(|g| g.rows()).unwrap_or(0);
+    let mut out = vec![0f32; t * h]; // [T, H]
+    let mut xe = Vec::new();
+    let (mut g, mut u, mut act, mut y) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (ex, assigned) in by_expert.iter().enumerate() {
+        let n = assigned.len();
+        if n == 0 {
+            continue;
+        }
+        xe.clear(); // [n, H]
+        for &i in assigned {
+            let tok = i / a;
+            xe.extend_from_slice(&xs[tok * h..(tok + 1) * h]);
+        }
+        for buf in [&mut g, &mut u, &mut act] {
+            buf.resize(n * im, 0.0); // [n, I]
+        }
+        y.resize(n * h, 0.0); // [n, H]
+        matmul_xwt(&xe, n, h, gate[ex].weights(), im, &mut g);
+        matmul_xwt(&xe, n, h, up[ex].weights(), im, &mut u);
+        silu_mul(&g, &u, &mut act);
+        matmul_xwt(&act, n, im, down[ex].weights(), h, &mut y);
+        for (r, &i) in assigned.iter().enumerate() {
+            let tok = i / a;
+            let wgt = weights[i];
+            for (o, v) in out[tok * h..(tok + 1) * h]
+                .iter_mut()
+                .zip(&y[r * h..(r + 1) * h])
+            {
+                *o += wgt * v;
+            }
+        }
+    }
+    drop(storage);
+    Ok(Tensor::from_vec(out, (t, h), &Device::Cpu)?)
+}
+
+/// candle's path, for any device. Routing runs on the device; the expert of each assignment is
+/// then read back to group the tokens (one small copy per layer; a device-side grouping kernel
+/// replaces it with the CUDA work).
+#[allow(clippy::too_many_arguments)]
+fn moe_tensor(
+    router: &Matrix,
+    gate: &Tensor,
+    up: &Tensor,
+    down: &Tensor,
+    a: usize,
+    x: &Tensor,
+    layer: usize,
+    stats: Option<&mut RoutingStats>,
+) -> Result<Tensor> {
+    let (t, _h) = x.dims2()?;
+    let logits = router.forward(x)?; // [T, E]
+    let (idx, w) = route_tensor(&logits, a)?; // [T, A] each
+    let chosen = idx.flatten_all()?.to_vec1::<u32>()?;
+    if let Some(s) = stats {
+        s.add(layer, &chosen);
+    }
+    let e = gate.dim(0)?;
+    let mut by_expert: Vec<Vec<u32>> = vec![Vec::new(); e];
+    for (i, &c) in chosen.iter().enumerate() {
+        by_expert[c as usize].push(i as u32);
+    }
+    let w = w.flatten_all()?.to_dtype(x.dtype())?; // [T·A]
+    let mut out = x.zeros_like()?;
+    for (ex, assigned) in by_expert.iter().enumerate() {
+        if assigned.is_empty() {
+            continue;
+        }
+        let slots = Tensor::new(assigned.as_slice(), x.device())?;
+        let toks: Vec<u32> = assigned.iter().map(|&i| i / a as u32).collect();
+        let toks = Tensor::new(toks.as_slice(), x.device())?;
+        let xe = x.index_select(&toks, 0)?; // [n, H]
+        let g = xe.matmul(&gate.i(ex)?.t()?)?; // [n, I]
+        let u = xe.matmul(&up.i(ex)?.t()?)?;
+        let y = (candle_nn::ops::silu(&g)? * u)?.matmul(&down.i(ex)?.t()?)?; // [n, H]
+        let y = y.broadcast_mul(&w.index_select(&slots, 0)?.unsqueeze(1)?)?;
+        out = out.index_add(&toks, &y, 0)?;
+    }
+    let _ = t;
+    Ok(out)
+}
