@@ -12,8 +12,14 @@ const SRC: &str = "tiny-mixtral-fused";
 /// A copy of the fused fixture whose tensors went through `edit`.
 fn edited(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture(SRC).join("config.json"), dir.path().join("config.json")).unwrap();
-    let mut t = candle_core::safetensors::load(fixture(SRC).join("model.safetensors"), &Device::Cpu).unwrap();
+    std::fs::copy(
+        fixture(SRC).join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let mut t =
+        candle_core::safetensors::load(fixture(SRC).join("model.safetensors"), &Device::Cpu)
+            .unwrap();
     edit(&mut t);
     candle_core::safetensors::save(&t, dir.path().join("model.safetensors")).unwrap();
     dir
@@ -48,17 +54,26 @@ fn missing_tensor_is_named() {
 fn wrong_shape_is_named() {
     let name = "model.layers.2.mlp.experts.down_proj";
     let dir = edited(|t| {
-        t.insert(name.into(), Tensor::zeros((6, 24, 41), DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            name.into(),
+            Tensor::zeros((6, 24, 41), DType::F32, &Device::Cpu).unwrap(),
+        );
     });
     let e = load_err(dir.path());
-    assert!(e.contains(name) && e.contains("[6, 24, 40]") && e.contains("[6, 24, 41]"), "{e}");
+    assert!(
+        e.contains(name) && e.contains("[6, 24, 40]") && e.contains("[6, 24, 41]"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_dtype_is_named() {
     let name = "model.norm.weight";
     let dir = edited(|t| {
-        t.insert(name.into(), Tensor::zeros(24, DType::I64, &Device::Cpu).unwrap());
+        t.insert(
+            name.into(),
+            Tensor::zeros(24, DType::I64, &Device::Cpu).unwrap(),
+        );
     });
     let e = load_err(dir.path());
     assert!(e.contains(name) && e.contains("I64"), "{e}");
@@ -72,7 +87,10 @@ fn truncated_file_is_an_error() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len - 1000).unwrap();
     let e = load_err(dir.path());
-    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated or corrupt"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -83,7 +101,10 @@ fn corrupt_header_is_an_error() {
     bytes[8] = b'!'; // the header's opening brace
     std::fs::write(&path, bytes).unwrap();
     let e = load_err(dir.path());
-    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated or corrupt"),
+        "{e}"
+    );
     // A file too short to hold a header.
     std::fs::write(&path, b"abc").unwrap();
     let e = load_err(dir.path());
@@ -93,25 +114,41 @@ fn corrupt_header_is_an_error() {
 #[test]
 fn missing_shard_and_bad_index_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"] {
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+    ] {
         std::fs::copy(fixture("tiny-mixtral").join(f), dir.path().join(f)).unwrap();
     }
     let e = load_err(dir.path());
     assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
-    std::fs::write(dir.path().join("model.safetensors.index.json"), b"{\"weight_map\": 3}").unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        b"{\"weight_map\": 3}",
+    )
+    .unwrap();
     let e = load_err(dir.path());
-    assert!(e.contains("model.safetensors.index.json") && e.contains("weight_map"), "{e}");
+    assert!(
+        e.contains("model.safetensors.index.json") && e.contains("weight_map"),
+        "{e}"
+    );
 }
 
 #[test]
 fn no_weights_and_bad_config_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture(SRC).join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture(SRC).join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let e = load_err(dir.path());
     assert!(e.contains("no weights"), "{e}");
 
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(SRC).join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture(SRC).join("config.json")).unwrap())
+            .unwrap();
     cfg["num_experts_per_tok"] = serde_json::json!(7);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let e = load_err(dir.path());
@@ -119,16 +156,23 @@ fn no_weights_and_bad_config_are_named() {
 
     std::fs::write(dir.path().join("config.json"), b"{not json").unwrap();
     let e = load_err(dir.path());
-    assert!(e.contains("config.json") && e.contains("not valid JSON"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("not valid JSON"),
+        "{e}"
+    );
 }
 
 #[test]
 fn config_that_disagrees_with_the_weights_is_named() {
     let dir = edited(|_| {});
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
     cfg["intermediate_size"] = serde_json::json!(48);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let e = load_err(dir.path());
-    assert!(e.contains("gate_up_proj") && e.contains("[6, 96, 24]"), "{e}");
+    assert!(
+        e.contains("gate_up_proj") && e.contains("[6, 96, 24]"),
+        "{e}"
+    );
 }

@@ -1,0 +1,99 @@
+//! A Hugging Face tokenizer, set to encode every input as plain text: a user who types `</s>`
+//! or `[INST]` gets those characters, never the control tokens.
+
+use std::path::Path;
+
+use crate::{EngineError, Result};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let mut inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| EngineError::TokenizerLoad {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        inner.set_encode_special_tokens(true);
+        Ok(Self { inner })
+    }
+
+    /// Token ids of `text`, without BOS or any other special token.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// Turns a stream of token ids into text pieces whose concatenation is the decoding of the
+/// whole stream: a piece is released once its bytes form whole characters, and the leading
+/// space of sentencepiece's `▁` survives (each piece is decoded after a few tokens of context).
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    /// Start of the context window decoded with each new token.
+    prefix: usize,
+    /// End of the part of `ids` whose text was released.
+    read: usize,
+}
+
+impl Default for IncrementalDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IncrementalDecoder {
+    pub fn new() -> Self {
+        Self {
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        }
+    }
+
+    /// Adds a token; returns the text it completes, if any.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let before = tok.decode(&self.ids[self.prefix..self.read])?;
+        let after = tok.decode(&self.ids[self.prefix..])?;
+        if after.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        match after.get(before.len()..) {
+            Some(piece) if !piece.is_empty() && after.starts_with(&before) => {
+                let piece = piece.to_string();
+                self.prefix = self.read;
+                self.read = self.ids.len();
+                Ok(Some(piece))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The text still held back (an incomplete character at the end of the stream).
+    pub fn flush(&mut self, tok: &Tokenizer) -> Result<Option<String>> {
+        let before = tok.decode(&self.ids[self.prefix..self.read])?;
+        let after = tok.decode(&self.ids[self.prefix..])?;
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        Ok(after
+            .get(before.len()..)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string))
+    }
+}
