@@ -40,6 +40,9 @@ impl Tokenizer {
     }
 }
 
+/// Prompt tokens kept as decoding context by [`IncrementalDecoder::after`].
+const CONTEXT_TOKENS: usize = 4;
+
 /// Turns a stream of token ids into text pieces whose concatenation is the decoding of the
 /// whole stream: a piece is released once its bytes form whole characters, and the leading
 /// space of sentencepiece's `▁` survives (each piece is decoded after a few tokens of context).
@@ -63,6 +66,17 @@ impl IncrementalDecoder {
             ids: Vec::new(),
             prefix: 0,
             read: 0,
+        }
+    }
+
+    /// A decoder that continues after `context` (the prompt's last tokens), so that the first
+    /// generated piece keeps the space it starts with.
+    pub fn after(context: &[u32]) -> Self {
+        let ctx = &context[context.len().saturating_sub(CONTEXT_TOKENS)..];
+        Self {
+            ids: ctx.to_vec(),
+            prefix: 0,
+            read: ctx.len(),
         }
     }
 

@@ -48,6 +48,19 @@ fn incremental_decoding_equals_whole_decoding() {
             streamed.push_str(&p);
         }
         assert_eq!(streamed, tok.decode(&ids).unwrap(), "{text:?}");
+        // Continuing after a prompt keeps the first piece's leading space.
+        let (prompt, rest) = ids.split_at(ids.len() / 2);
+        let mut dec = IncrementalDecoder::after(prompt);
+        let mut streamed = tok.decode(prompt).unwrap();
+        for &id in rest {
+            if let Some(p) = dec.push(&tok, id).unwrap() {
+                streamed.push_str(&p);
+            }
+        }
+        if let Some(p) = dec.flush(&tok).unwrap() {
+            streamed.push_str(&p);
+        }
+        assert_eq!(streamed, tok.decode(&ids).unwrap(), "{text:?} continued");
     }
 }
 

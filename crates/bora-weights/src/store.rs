@@ -92,6 +92,11 @@ impl SafetensorsStore {
             })
     }
 
+    /// The weight dtype tensor `name` is stored in.
+    pub fn weight_dtype(&self, name: &str) -> Result<crate::WeightDType> {
+        crate::WeightDType::of_stored(self.get(name)?, name, self)
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

@@ -1,0 +1,56 @@
+//! `bora`: run Mixtral offline. One binary; each command is a module.
+
+mod inspect;
+mod load;
+mod perplexity;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bora",
+    version,
+    about = "Run Mixtral mixture-of-experts models offline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a checkpoint's architecture, tensors, parameter counts and size, without loading it.
+    #[command(after_help = "Example:\n  bora inspect models/fixtures/tiny-mixtral")]
+    Inspect(inspect::Args),
+    /// Generate a completion of a raw prompt (BOS + prompt, no chat format), printed as it comes.
+    #[command(
+        after_help = "Example:\n  bora run --model models/fixtures/tiny-mixtral --prompt 'The quick brown fox' --raw --max-tokens 20"
+    )]
+    Run(run::Args),
+    /// Score a text file: predicted tokens, summed negative log-likelihood and perplexity.
+    #[command(
+        after_help = "Example:\n  bora perplexity --model models/fixtures/tiny-mixtral --file README.md --json"
+    )]
+    Perplexity(perplexity::Args),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BORA_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Inspect(a) => inspect::main(a),
+        Command::Run(a) => run::main(a),
+        Command::Perplexity(a) => perplexity::main(a),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

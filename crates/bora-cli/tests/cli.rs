@@ -1,0 +1,165 @@
+//! The `bora` binary, run as a user runs it, on the committed fixtures.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/fixtures")
+        .join(name)
+}
+
+fn bora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args(args)
+        .output()
+        .expect("bora runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = bora(args);
+    assert!(
+        out.status.success(),
+        "bora {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn err(args: &[&str]) -> String {
+    let out = bora(args);
+    assert!(!out.status.success(), "bora {args:?} succeeded");
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(!e.contains("panicked"), "{e}");
+    e
+}
+
+#[test]
+fn inspect_reports_shapes_counts_and_size() {
+    let m = fixture("tiny-mixtral");
+    let out = ok(&["inspect", m.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["architecture"], "MixtralForCausalLM");
+    assert_eq!(v["expert_layout"], "per-expert");
+    assert_eq!(v["files"], 2);
+    // 2 layers of (attention 16·(16+8+8) + 16·16, 8 experts of 3·16·48, router 8·16, norms 2·16),
+    // embedding and LM head 32000·16 each, final norm 16.
+    let layer = 16 * 32 + 256 + 8 * 3 * 16 * 48 + 8 * 16 + 32;
+    assert_eq!(v["parameters"], 2 * layer + 2 * 32000 * 16 + 16);
+    let active = 16 * 32 + 256 + 2 * 3 * 16 * 48 + 8 * 16 + 32;
+    assert_eq!(v["active_parameters"], 2 * active + 32000 * 16 + 32);
+    let size: u64 = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    .iter()
+    .map(|f| std::fs::metadata(m.join(f)).unwrap().len())
+    .sum();
+    assert_eq!(v["size_bytes"], size);
+    assert!(v["tensors"].as_array().unwrap().iter().any(|t| t["name"]
+        == "model.layers.0.block_sparse_moe.gate.weight"
+        && t["dtype"] == "bf16"
+        && t["shape"] == serde_json::json!([8, 16])));
+    let text = ok(&["inspect", fixture("tiny-mixtral-fused").to_str().unwrap()]);
+    assert!(
+        text.contains("fused experts") && text.contains("6 per layer, 3 per token"),
+        "{text}"
+    );
+}
+
+#[test]
+fn run_prints_the_greedy_completion() {
+    let m = fixture("tiny-mixtral");
+    let out = ok(&[
+        "run",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "The quick brown fox",
+        "--raw",
+        "--max-tokens",
+        "11",
+    ]);
+    // transformers' 11 greedy tokens (reference.safetensors) after the prompt, as sentencepiece
+    // decodes them.
+    assert_eq!(
+        out,
+        "The quick brown foxacker厂!board Naucket Power habíaSPE Sin teams\n"
+    );
+    let seeded = |s: &str| {
+        ok(&[
+            "run",
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt",
+            "Hi",
+            "--raw",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "1",
+            "--seed",
+            s,
+        ])
+    };
+    assert_eq!(seeded("5"), seeded("5"));
+}
+
+#[test]
+fn perplexity_prints_json() {
+    let m = fixture("tiny-mixtral");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.txt");
+    std::fs::write(&f, "The quick brown fox jumps over the lazy dog.").unwrap();
+    let out = ok(&[
+        "perplexity",
+        "--model",
+        m.to_str().unwrap(),
+        "--file",
+        f.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (n, nll, ppl) = (
+        v["tokens"].as_u64().unwrap(),
+        v["nll"].as_f64().unwrap(),
+        v["ppl"].as_f64().unwrap(),
+    );
+    assert_eq!(
+        n, 12,
+        "BOS + 12 tokens (sentencepiece's count), all but BOS predicted"
+    );
+    assert!(((nll / n as f64).exp() - ppl).abs() < 1e-6 * ppl);
+    // A random model is about as good as chance over 32000 tokens, give or take a lot.
+    assert!(ppl > 100.0, "{ppl}");
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let m = fixture("tiny-mixtral");
+    let m = m.to_str().unwrap();
+    let e = err(&["run", "--model", "/no/such/dir", "--prompt", "x", "--raw"]);
+    assert!(e.contains("/no/such/dir"), "{e}");
+    let e = err(&[
+        "run", "--model", m, "--prompt", "x", "--raw", "--device", "cuda",
+    ]);
+    assert!(e.contains("without the `cuda` feature"), "{e}");
+    let e = err(&[
+        "run", "--model", m, "--prompt", "x", "--raw", "--dtype", "int3",
+    ]);
+    assert!(e.contains("int3"), "{e}");
+    let e = err(&[
+        "run",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--raw",
+        "--temperature=-2",
+    ]);
+    assert!(e.contains("temperature"), "{e}");
+    let e = err(&["perplexity", "--model", m, "--file", "/no/file.txt"]);
+    assert!(e.contains("/no/file.txt"), "{e}");
+    let e = err(&["inspect", "/no/such/dir"]);
+    assert!(e.contains("/no/such/dir"), "{e}");
+}
