@@ -25,7 +25,7 @@ pub use batch::{Batch, Logits, SeqInput};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use model::Model;
-pub use moe::RoutingStats;
+pub use moe::{moe_block, RoutingStats};
 
 /// Result with [`ModelError`].
 pub type Result<T> = std::result::Result<T, ModelError>;

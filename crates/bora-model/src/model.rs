@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{attention, AttentionCtx};
 use crate::kv_cache::KvCache;
-use crate::moe::{moe, RoutingStats};
+use crate::moe::{moe_block, RoutingStats};
 use crate::rope::Rope;
 use crate::{Batch, ModelError, Result};
 
@@ -95,7 +95,7 @@ impl Model {
             let h = candle_nn::ops::rms_norm(&x, &lw.attn_norm, eps)?;
             x = (x + attention(&ctx, lw, &h, batch, cache)?)?;
             let h = candle_nn::ops::rms_norm(&x, &lw.moe_norm, eps)?;
-            let m = moe(
+            let m = moe_block(
                 &lw.router,
                 &lw.experts,
                 cfg.num_experts_per_tok,

@@ -34,8 +34,9 @@ impl RoutingStats {
     }
 }
 
-/// `x` `[T, H]` (normed) → `[T, H]`, the weighted sum of each token's experts.
-pub(crate) fn moe(
+/// The MoE block alone: `x` `[T, H]` (normed) → `[T, H]`, the weighted sum of each token's
+/// `a` experts, counting routed tokens into `stats` for `layer` when given.
+pub fn moe_block(
     router: &Matrix,
     experts: &Experts,
     a: usize,

@@ -149,6 +149,22 @@ impl HostMatrix {
         }
     }
 
+    /// A bf16 matrix of owned values (generated weights).
+    pub fn from_bf16(values: Vec<bf16>, rows: usize, cols: usize) -> Self {
+        assert_eq!(
+            values.len(),
+            rows * cols,
+            "HostMatrix::from_bf16: wrong length"
+        );
+        Self {
+            data: Arc::new(HostData::BF16(values)),
+            dtype: WeightDType::BF16,
+            offset: 0,
+            rows,
+            cols,
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }

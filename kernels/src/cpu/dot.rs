@@ -82,6 +82,39 @@ fn has_avx2_fma() -> bool {
     false
 }
 
+/// `dst = src` widened to f32 (replacing what `dst` held).
+pub fn widen<W: Element>(src: &[W], dst: &mut Vec<f32>) {
+    dst.clear();
+    dst.reserve(src.len());
+    #[cfg(target_arch = "x86_64")]
+    if W::simd_available() {
+        // SAFETY: capacity for src.len() values was reserved; the AVX2 loop writes exactly
+        // src.len() of them before the length is set; the CPU features were checked.
+        unsafe {
+            widen_avx2(src, dst.as_mut_ptr());
+            dst.set_len(src.len());
+        }
+        return;
+    }
+    dst.extend(src.iter().map(|v| v.to_f32()));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_avx2<W: Element>(src: &[W], dst: *mut f32) {
+    use std::arch::x86_64::*;
+    let n = src.len();
+    let p = src.as_ptr();
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(dst.add(i), W::load8(p.add(i)));
+        i += 8;
+    }
+    for j in i..n {
+        *dst.add(j) = (*p.add(j)).to_f32();
+    }
+}
+
 /// The scalar reference: `acc[r] = Σ_k w[k]·xs[r][k]`.
 pub fn dot_rows_scalar<W: Element>(w: &[W], xs: &[&[f32]], acc: &mut [f32]) {
     for (a, x) in acc.iter_mut().zip(xs) {
@@ -179,6 +212,21 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn widen_matches_scalar() {
+        for n in [0, 1, 7, 8, 9, 100] {
+            let src: Vec<f16> = (0..n)
+                .map(|i| f16::from_f32(i as f32 * 0.37 - 3.0))
+                .collect();
+            let mut dst = vec![1.0; 3];
+            widen(&src, &mut dst);
+            assert_eq!(dst, src.iter().map(|v| v.to_f32()).collect::<Vec<_>>());
+            let src: Vec<bf16> = (0..n).map(|i| bf16::from_f32(i as f32 * -1.37)).collect();
+            widen(&src, &mut dst);
+            assert_eq!(dst, src.iter().map(|v| v.to_f32()).collect::<Vec<_>>());
         }
     }
 

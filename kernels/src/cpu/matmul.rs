@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::dot::{dot_rows, Element};
+use super::dot::{dot_rows, widen, Element};
 
 /// Up to this many activation rows, the product runs as dot products over each weight row read
 /// once; above it, as blocked f32 GEMM on widened weight blocks.
@@ -152,8 +152,7 @@ fn gemm_blocked<W: Element>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, ou
         } else {
             WIDE.with(|buf| {
                 let mut buf = buf.borrow_mut();
-                buf.clear();
-                buf.extend(src.iter().map(|v| v.to_f32()));
+                widen(src, &mut buf);
                 run(&buf);
             });
         }

@@ -1,0 +1,45 @@
+//! The CPU matrix product `x[M, K] · W[N, K]ᵀ` over bf16, f16 and f32 weights, on a Mixtral
+//! 8x7B expert projection (N 14336, K 4096), at decode and prefill sizes of M. Throughput is
+//! the weight bytes read per product.
+
+use std::time::Duration;
+
+use bora_benches::random_bf16;
+use bora_kernels::{matmul_xwt, WeightRef};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::{bf16, f16};
+
+const N: usize = 14336;
+const K: usize = 4096;
+
+fn bench(c: &mut Criterion) {
+    let wb: Vec<bf16> = random_bf16(N * K, 0.02, 7);
+    let wh: Vec<f16> = wb.iter().map(|v| f16::from_f32(v.to_f32())).collect();
+    let wf: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+    let mut group = c.benchmark_group("matmul_14336x4096");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3));
+    for m in [1usize, 4, 32, 128] {
+        let x: Vec<f32> = random_bf16(m * K, 1.0, m as u64)
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let mut out = vec![0f32; m * N];
+        for (name, w, size) in [
+            ("bf16", WeightRef::BF16(&wb), 2),
+            ("f16", WeightRef::F16(&wh), 2),
+            ("f32", WeightRef::F32(&wf), 4),
+        ] {
+            group.throughput(Throughput::Bytes((N * K * size) as u64));
+            group.bench_function(BenchmarkId::new(name, m), |b| {
+                b.iter(|| matmul_xwt(&x, m, K, w, N, &mut out))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
