@@ -21,6 +21,14 @@ use candle_core::{DType, Device, Tensor};
 const PROMPT: usize = 128;
 const DECODE: usize = 128;
 
+/// Decode steps: 128, or `E2E_DECODE` (for profiling prefill alone).
+fn decode_steps() -> usize {
+    std::env::var("E2E_DECODE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DECODE)
+}
+
 fn prompt(vocab: usize) -> Vec<u32> {
     let mut rng = bora_benches::Rng::new(42);
     (0..PROMPT)
@@ -54,7 +62,7 @@ fn report(engine: &str, dir: &Path, prefill_s: f64, decode_s: f64, tokens: &[u32
     let v = serde_json::json!({
         "engine": engine,
         "prefill_tok_s": PROMPT as f64 / prefill_s,
-        "decode_tok_s": DECODE as f64 / decode_s,
+        "decode_tok_s": decode_steps() as f64 / decode_s,
         "peak_rss_bytes": peak, "rss_bytes": rss,
         "checkpoint_bytes": dir_size(dir)?,
         "tokens": tokens,
@@ -86,7 +94,7 @@ fn run_bora(dir: &Path, dtype: Option<&str>) -> Result<()> {
     let prefill = t.elapsed().as_secs_f64();
     let mut tokens = vec![tok];
     let t = Instant::now();
-    for i in 0..DECODE {
+    for i in 0..decode_steps() {
         tok = forward(&mut cache, vec![tok], PROMPT + i)?;
         tokens.push(tok);
     }
@@ -122,7 +130,7 @@ fn run_candle(dir: &Path) -> Result<()> {
     let prefill = t.elapsed().as_secs_f64();
     let mut tokens = vec![tok];
     let t = Instant::now();
-    for i in 0..DECODE {
+    for i in 0..decode_steps() {
         tok = last(model.forward(&Tensor::new(&[tok], &dev)?.unsqueeze(0)?, PROMPT + i)?)?;
         tokens.push(tok);
     }

@@ -2,7 +2,7 @@
 //! the whole step's tokens at once).
 
 use bora_core::ModelConfig;
-use bora_weights::LayerWeights;
+use bora_weights::{LayerWeights, Matrix};
 use candle_core::{Device, Tensor};
 
 use crate::kv_cache::KvCache;
@@ -29,9 +29,8 @@ pub(crate) fn attention(
         cfg.num_key_value_heads,
         cfg.head_dim,
     );
-    let q = w.q.forward(x)?; // [T, Hq·D]
-    let k = w.k.forward(x)?; // [T, Hkv·D]
-    let v = w.v.forward(x)?; // [T, Hkv·D]
+    let qkv = Matrix::forward_many(x, &[&w.q, &w.k, &w.v])?;
+    let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]); // [T, Hq·D], [T, Hkv·D], [T, Hkv·D]
     let mut outs = Vec::with_capacity(batch.seqs.len());
     let mut row = 0;
     for s in &batch.seqs {
@@ -47,9 +46,9 @@ pub(crate) fn attention(
                 .contiguous()?
                 .unsqueeze(0)?)
         };
-        let qs = ctx.rope.apply(&heads(&q, hq)?, s.start_pos)?.squeeze(0)?; // [Hq, L, D]
-        let ks = ctx.rope.apply(&heads(&k, hkv)?, s.start_pos)?.squeeze(0)?; // [Hkv, L, D]
-        let vs = heads(&v, hkv)?.squeeze(0)?; // [Hkv, L, D]
+        let qs = ctx.rope.apply(&heads(q, hq)?, s.start_pos)?.squeeze(0)?; // [Hq, L, D]
+        let ks = ctx.rope.apply(&heads(k, hkv)?, s.start_pos)?.squeeze(0)?; // [Hkv, L, D]
+        let vs = heads(v, hkv)?.squeeze(0)?; // [Hkv, L, D]
         let kv = cache.layer(s.slot, ctx.layer);
         kv.k.slice_set(&ks, 1, s.start_pos)?;
         kv.v.slice_set(&vs, 1, s.start_pos)?;

@@ -2,7 +2,7 @@
 //! expert so that each expert runs one product over all its tokens, and sum the expert outputs
 //! with the routing weights.
 
-use bora_kernels::{matmul_xwt, silu_mul};
+use bora_kernels::{matmul_many, matmul_xwt, silu_mul, Product};
 use bora_weights::{Experts, HostMatrix, Matrix};
 use candle_core::{Device, IndexOp, Storage, Tensor};
 
@@ -98,34 +98,69 @@ fn moe_host(
         s.add(layer, &chosen);
     }
 
-    // Group the (token, slot) assignments by expert.
+    // Group the (token, slot) assignments by expert; gather each expert's tokens.
     let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
     for (i, &c) in chosen.iter().enumerate() {
         by_expert[c as usize].push(i);
     }
+    let hit: Vec<usize> = (0..e).filter(|&ex| !by_expert[ex].is_empty()).collect();
     let im = gate.first().map(|g| g.rows()).unwrap_or(0);
+    let xe: Vec<Vec<f32>> = hit
+        .iter()
+        .map(|&ex| {
+            by_expert[ex]
+                .iter()
+                .flat_map(|&i| &xs[i / a * h..(i / a + 1) * h])
+                .copied()
+                .collect()
+        })
+        .collect(); // per expert [n, H]
+    let rows = |ex: usize| by_expert[ex].len();
+    let mut g: Vec<Vec<f32>> = hit.iter().map(|&ex| vec![0f32; rows(ex) * im]).collect(); // [n, I]
+    let mut u: Vec<Vec<f32>> = g.clone();
+    let mut y: Vec<Vec<f32>> = hit.iter().map(|&ex| vec![0f32; rows(ex) * h]).collect(); // [n, H]
+                                                                                         // All experts' gate and up projections in one parallel region, then all down projections.
+    let mut products = Vec::with_capacity(2 * hit.len());
+    for (((&ex, x), g), u) in hit.iter().zip(&xe).zip(g.iter_mut()).zip(u.iter_mut()) {
+        let m = rows(ex);
+        products.push(Product {
+            x,
+            m,
+            k: h,
+            w: gate[ex].weights(),
+            n: im,
+            out: g,
+        });
+        products.push(Product {
+            x,
+            m,
+            k: h,
+            w: up[ex].weights(),
+            n: im,
+            out: u,
+        });
+    }
+    matmul_many(&mut products);
+    for (g, u) in g.iter_mut().zip(&u) {
+        silu_mul(g, u);
+    }
+    let mut products: Vec<Product<'_>> = hit
+        .iter()
+        .zip(&g)
+        .zip(y.iter_mut())
+        .map(|((&ex, g), y)| Product {
+            x: g,
+            m: rows(ex),
+            k: im,
+            w: down[ex].weights(),
+            n: h,
+            out: y,
+        })
+        .collect();
+    matmul_many(&mut products);
     let mut out = vec![0f32; t * h]; // [T, H]
-    let mut xe = Vec::new();
-    let (mut g, mut u, mut act, mut y) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (ex, assigned) in by_expert.iter().enumerate() {
-        let n = assigned.len();
-        if n == 0 {
-            continue;
-        }
-        xe.clear(); // [n, H]
-        for &i in assigned {
-            let tok = i / a;
-            xe.extend_from_slice(&xs[tok * h..(tok + 1) * h]);
-        }
-        for buf in [&mut g, &mut u, &mut act] {
-            buf.resize(n * im, 0.0); // [n, I]
-        }
-        y.resize(n * h, 0.0); // [n, H]
-        matmul_xwt(&xe, n, h, gate[ex].weights(), im, &mut g);
-        matmul_xwt(&xe, n, h, up[ex].weights(), im, &mut u);
-        silu_mul(&g, &u, &mut act);
-        matmul_xwt(&act, n, im, down[ex].weights(), h, &mut y);
-        for (r, &i) in assigned.iter().enumerate() {
+    for (&ex, y) in hit.iter().zip(&y) {
+        for (r, &i) in by_expert[ex].iter().enumerate() {
             let tok = i / a;
             let wgt = weights[i];
             for (o, v) in out[tok * h..(tok + 1) * h]

@@ -329,6 +329,50 @@ impl Matrix {
         }
     }
 
+    /// `x[M, in]` through several matrices at once (one parallel region when all are host
+    /// matrices): the q/k/v projections of one input.
+    pub fn forward_many(x: &Tensor, ws: &[&Matrix]) -> candle_core::Result<Vec<Tensor>> {
+        let hosts: Option<Vec<&HostMatrix>> = ws
+            .iter()
+            .map(|w| match w {
+                Matrix::Host(h) => Some(h),
+                Matrix::Tensor(_) => None,
+            })
+            .collect();
+        let Some(hosts) = hosts else {
+            return ws.iter().map(|w| w.forward(x)).collect();
+        };
+        let x = x.contiguous()?;
+        let (m, k) = x.dims2()?;
+        if let Some(h) = hosts.iter().find(|h| h.cols != k) {
+            candle_core::bail!(
+                "matmul: input has {k} columns, weight [{}, {}]",
+                h.rows,
+                h.cols
+            )
+        }
+        let mut outs: Vec<Vec<f32>> = hosts.iter().map(|h| vec![0f32; m * h.rows]).collect();
+        with_cpu_f32(&x, |xs| {
+            let mut products: Vec<bora_kernels::Product<'_>> = hosts
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|(h, out)| bora_kernels::Product {
+                    x: xs,
+                    m,
+                    k,
+                    w: h.weights(),
+                    n: h.rows,
+                    out,
+                })
+                .collect();
+            bora_kernels::matmul_many(&mut products);
+        })?;
+        outs.into_iter()
+            .zip(&hosts)
+            .map(|(o, h)| Tensor::from_vec(o, (m, h.rows), &Device::Cpu))
+            .collect()
+    }
+
     /// Bytes of weights this matrix holds.
     pub fn size_bytes(&self) -> usize {
         match self {

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::{Result, WeightsError};
@@ -55,7 +55,9 @@ impl SafetensorsStore {
             let file = File::open(path).map_err(io)?;
             // SAFETY: the map is read-only; bora never writes model files while it runs, and
             // a file truncated under it is the one hazard mmap cannot guard against.
-            let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+            // `populate` maps every page now, at load, rather than one fault at a time in the
+            // first forward pass.
+            let map = unsafe { MmapOptions::new().populate().map(&file) }.map_err(io)?;
             let bad = |reason: String| WeightsError::BadFile {
                 path: path.clone(),
                 reason,

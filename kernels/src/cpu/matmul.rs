@@ -1,4 +1,8 @@
 //! `out[M, N] = x[M, K] · W[N, K]ᵀ` over f32, bf16 or f16 weights (see the module docs of `cpu`).
+//!
+//! Several products can run in one parallel region ([`matmul_many`]): their row blocks become
+//! one list of tasks, so that the q/k/v projections, or the experts of a decode step, cost one
+//! fork-join instead of one each.
 
 use std::cell::RefCell;
 
@@ -11,8 +15,8 @@ use super::dot::{dot_rows, widen, Element};
 /// once; above it, as blocked f32 GEMM on widened weight blocks.
 pub const GEMV_MAX_ROWS: usize = 4;
 
-/// Bytes of widened f32 weights per GEMM block: half of a Zen 3 core's 512 KB L2.
-const GEMM_BLOCK_BYTES: usize = 256 * 1024;
+/// Bytes of widened f32 weights per GEMM block (larger blocks repack the activations less).
+const GEMM_BLOCK_BYTES: usize = 1024 * 1024;
 
 /// Weight rows per parallel task in the dot-product path, at least.
 const GEMV_MIN_ROWS_PER_TASK: usize = 16;
@@ -39,6 +43,16 @@ impl WeightRef<'_> {
     }
 }
 
+/// One product `out[m, n] = x[m, k] · w[n, k]ᵀ`.
+pub struct Product<'a> {
+    pub x: &'a [f32],
+    pub m: usize,
+    pub k: usize,
+    pub w: WeightRef<'a>,
+    pub n: usize,
+    pub out: &'a mut [f32],
+}
+
 /// Raw output pointer shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -53,110 +67,163 @@ impl OutPtr {
     }
 }
 
+/// What a task needs of its product, without the `&mut` output.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    x: &'a [f32],
+    m: usize,
+    k: usize,
+    w: WeightRef<'a>,
+    n: usize,
+    out: OutPtr,
+}
+
 /// `out[M, N] = x[M, K] · W[N, K]ᵀ`. `x` is `M·K` long, `w` `N·K`, `out` `M·N`.
 ///
 /// # Panics
 /// If the slice lengths do not match `m`, `k` and `n`: callers check shapes first.
 pub fn matmul_xwt(x: &[f32], m: usize, k: usize, w: WeightRef<'_>, n: usize, out: &mut [f32]) {
-    assert_eq!(x.len(), m * k, "matmul_xwt: x is not [m, k]");
-    assert_eq!(w.len(), n * k, "matmul_xwt: w is not [n, k]");
-    assert_eq!(out.len(), m * n, "matmul_xwt: out is not [m, n]");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        out.fill(0.0);
-        return;
-    }
-    match w {
-        WeightRef::F32(w) => dispatch(x, m, k, w, n, out),
-        WeightRef::BF16(w) => dispatch(x, m, k, w, n, out),
-        WeightRef::F16(w) => dispatch(x, m, k, w, n, out),
-    }
+    matmul_many(&mut [Product { x, m, k, w, n, out }]);
 }
 
-fn dispatch<W: Element>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, out: &mut [f32]) {
-    if m <= GEMV_MAX_ROWS {
-        gemv(x, m, k, w, n, out)
-    } else {
-        gemm_blocked(x, m, k, w, n, out)
-    }
-}
-
-fn gemv<W: Element>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, out: &mut [f32]) {
-    let simd = W::simd_available();
-    let xs: Vec<&[f32]> = x.chunks_exact(k).collect();
+/// Runs every product, splitting all of them into one list of parallel tasks.
+///
+/// # Panics
+/// If a product's slice lengths do not match its `m`, `k` and `n`.
+pub fn matmul_many(products: &mut [Product<'_>]) {
     let threads = rayon::current_num_threads().max(1);
-    let per_task = n.div_ceil(threads * 4).max(GEMV_MIN_ROWS_PER_TASK);
-    let dst = OutPtr(out.as_mut_ptr());
-    (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
-        let mut acc = [0f32; GEMV_MAX_ROWS];
-        for j in t * per_task..((t + 1) * per_task).min(n) {
-            dot_rows(simd, &w[j * k..(j + 1) * k], &xs, &mut acc);
-            for (r, &a) in acc[..m].iter().enumerate() {
-                // SAFETY: r < m and j < n, so r·n + j is inside `out`; column j belongs to
-                // this task alone.
-                unsafe { *dst.get().add(r * n + j) = a };
-            }
+    let mut jobs = Vec::with_capacity(products.len());
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (job, first row, rows)
+    for p in products.iter_mut() {
+        assert_eq!(p.x.len(), p.m * p.k, "matmul: x is not [m, k]");
+        assert_eq!(p.w.len(), p.n * p.k, "matmul: w is not [n, k]");
+        assert_eq!(p.out.len(), p.m * p.n, "matmul: out is not [m, n]");
+        if p.m == 0 || p.n == 0 {
+            continue;
         }
-    });
+        if p.k == 0 {
+            p.out.fill(0.0);
+            continue;
+        }
+        let block = if p.m <= GEMV_MAX_ROWS {
+            p.n.div_ceil(threads * 4).max(GEMV_MIN_ROWS_PER_TASK)
+        } else {
+            let cache_rows = (GEMM_BLOCK_BYTES / (4 * p.k)).max(8) / 8 * 8;
+            let balanced = p.n.div_ceil(threads).div_ceil(8) * 8;
+            cache_rows.min(balanced).max(8)
+        };
+        let j = jobs.len();
+        jobs.push(Job {
+            x: p.x,
+            m: p.m,
+            k: p.k,
+            w: p.w,
+            n: p.n,
+            out: OutPtr(p.out.as_mut_ptr()),
+        });
+        tasks.extend(
+            (0..p.n)
+                .step_by(block)
+                .map(|j0| (j, j0, block.min(p.n - j0))),
+        );
+    }
+    let run = |&(j, j0, rows): &(usize, usize, usize)| {
+        let job = &jobs[j];
+        match job.w {
+            WeightRef::F32(w) => task(job, w, j0, rows),
+            WeightRef::BF16(w) => task(job, w, j0, rows),
+            WeightRef::F16(w) => task(job, w, j0, rows),
+        }
+    };
+    if tasks.len() == 1 {
+        run(&tasks[0]);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+}
+
+/// Rows `j0..j0 + rows` of one product.
+fn task<W: Element>(job: &Job<'_>, w: &[W], j0: usize, rows: usize) {
+    let (m, k, n) = (job.m, job.k, job.n);
+    let w = &w[j0 * k..(j0 + rows) * k];
+    if m <= GEMV_MAX_ROWS {
+        gemv_rows(job, w, j0)
+    } else {
+        gemm_rows(job, w, j0, rows, m, k, n)
+    }
+}
+
+fn gemv_rows<W: Element>(job: &Job<'_>, w: &[W], j0: usize) {
+    let (m, k, n) = (job.m, job.k, job.n);
+    let mut xs: [&[f32]; GEMV_MAX_ROWS] = [&[]; GEMV_MAX_ROWS];
+    for (r, x) in job.x.chunks_exact(k).enumerate() {
+        xs[r] = x;
+    }
+    let simd = W::simd_available();
+    let mut acc = [0f32; GEMV_MAX_ROWS];
+    for (jj, row) in w.chunks_exact(k).enumerate() {
+        dot_rows(simd, row, &xs[..m], &mut acc);
+        for (r, &a) in acc[..m].iter().enumerate() {
+            // SAFETY: r < m and j0 + jj < n, so the index is inside `out`; column j0 + jj
+            // belongs to this task alone.
+            unsafe { *job.out.get().add(r * n + j0 + jj) = a };
+        }
+    }
 }
 
 thread_local! {
     static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn gemm_blocked<W: Element>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, out: &mut [f32]) {
-    let threads = rayon::current_num_threads().max(1);
-    let cache_rows = (GEMM_BLOCK_BYTES / (4 * k)).max(8) / 8 * 8;
-    let balanced = n.div_ceil(threads).div_ceil(8) * 8;
-    let block = cache_rows.min(balanced).max(8);
-    let dst = OutPtr(out.as_mut_ptr());
-    let is_f32 = std::any::TypeId::of::<W>() == std::any::TypeId::of::<f32>();
-    (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
-        let j0 = b * block;
-        let rows = block.min(n - j0);
-        let src = &w[j0 * k..(j0 + rows) * k];
-        let run = |wide: &[f32]| {
-            // SAFETY: `wide` is [rows, k] row-major; `x` is [m, k]; the destination is the
-            // [m, rows] window of `out` at column j0 with row stride n, written by this task
-            // alone. gemm reads rhs[kk, j] at wide + kk·1 + j·k.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    rows,
-                    k,
-                    dst.get().add(j0),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    wide.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            }
-        };
-        if is_f32 {
-            // SAFETY: W is f32 (checked by TypeId), so the slice reinterprets to itself.
-            let wide = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const f32, src.len()) };
-            run(wide);
-        } else {
-            WIDE.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                widen(src, &mut buf);
-                run(&buf);
-            });
+fn gemm_rows<W: Element>(
+    job: &Job<'_>,
+    w: &[W],
+    j0: usize,
+    rows: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    let dst = job.out;
+    let x = job.x;
+    let run = |wide: &[f32]| {
+        // SAFETY: `wide` is [rows, k] row-major; `x` is [m, k]; the destination is the
+        // [m, rows] window of `out` at column j0 with row stride n, written by this task
+        // alone. gemm reads rhs[kk, j] at wide + kk·1 + j·k.
+        unsafe {
+            gemm::gemm(
+                m,
+                rows,
+                k,
+                dst.get().add(j0),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                wide.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
         }
-    });
+    };
+    if std::any::TypeId::of::<W>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: W is f32 (checked by TypeId), so the slice reinterprets to itself.
+        run(unsafe { std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len()) });
+    } else {
+        WIDE.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            widen(w, &mut buf);
+            run(&buf);
+        });
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +275,55 @@ mod tests {
                         "{m}x{k}x{n} {w:?}: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn many_products_in_one_region() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let shapes = [
+            (1usize, 64usize, 300usize),
+            (7, 32, 45),
+            (2, 16, 8),
+            (0, 8, 8),
+        ];
+        let data: Vec<(Vec<f32>, Vec<bf16>)> = shapes
+            .iter()
+            .map(|&(m, k, n)| {
+                let x = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let w = (0..n * k)
+                    .map(|_| bf16::from_f32(rng.random_range(-1.0..1.0)))
+                    .collect();
+                (x, w)
+            })
+            .collect();
+        let mut outs: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|&(m, _, n)| vec![f32::NAN; m * n])
+            .collect();
+        let mut products: Vec<Product<'_>> = shapes
+            .iter()
+            .zip(&data)
+            .zip(outs.iter_mut())
+            .map(|((&(m, k, n), (x, w)), out)| Product {
+                x,
+                m,
+                k,
+                w: WeightRef::BF16(w),
+                n,
+                out,
+            })
+            .collect();
+        matmul_many(&mut products);
+        for ((&(m, k, n), (x, w)), out) in shapes.iter().zip(&data).zip(&outs) {
+            let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            let want = reference(x, m, k, &wf, n);
+            for (a, b) in out.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                    "{m}x{k}x{n}: {a} vs {b}"
+                );
             }
         }
     }

@@ -12,11 +12,11 @@
 mod dot;
 mod matmul;
 
-pub use matmul::{matmul_xwt, WeightRef, GEMV_MAX_ROWS};
+pub use matmul::{matmul_many, matmul_xwt, Product, WeightRef, GEMV_MAX_ROWS};
 
-/// `out[i] = silu(gate[i]) * up[i]`, SwiGLU's gating.
-pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g / (1.0 + (-g).exp()) * u;
+/// `gate[i] = silu(gate[i]) * up[i]`, SwiGLU's gating, in place.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
     }
 }
