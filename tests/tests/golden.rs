@@ -217,3 +217,29 @@ fn batched_sequences_match_single() {
         );
     }
 }
+
+/// The router's decisions, counted per layer and expert, agree between the two compute paths
+/// and account for every token's A experts; counting changes no logit.
+#[test]
+fn routing_is_observable() {
+    use bora_model::RoutingStats;
+    for name in FIXTURES {
+        let ids = Reference::load(name).ids(0);
+        let mut seen = Vec::new();
+        for backend in [Backend::Host, Backend::Candle] {
+            let model = load(name, WeightDType::F32, backend);
+            let cfg = model.config().clone();
+            let mut stats = RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts);
+            let mut cache = model.new_cache(1, ids.len()).unwrap();
+            let b = Batch::single(ids.clone(), 0, 0, Logits::All);
+            let observed = model.forward_observed(&b, &mut cache, &mut stats).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(observed, prefill_all(&model, &ids), "{name}: observing changed the logits");
+            for row in &stats.counts {
+                assert_eq!(row.iter().sum::<u64>(), (ids.len() * cfg.num_experts_per_tok) as u64);
+                assert!(row.iter().all(|&c| c <= ids.len() as u64), "an expert chosen twice for a token");
+            }
+            seen.push(stats);
+        }
+        assert_eq!(seen[0], seen[1], "{name}: the two paths routed differently");
+    }
+}
