@@ -232,11 +232,25 @@ fn routing_is_observable() {
             let mut stats = RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts);
             let mut cache = model.new_cache(1, ids.len()).unwrap();
             let b = Batch::single(ids.clone(), 0, 0, Logits::All);
-            let observed = model.forward_observed(&b, &mut cache, &mut stats).unwrap().to_vec2::<f32>().unwrap();
-            assert_eq!(observed, prefill_all(&model, &ids), "{name}: observing changed the logits");
+            let observed = model
+                .forward_observed(&b, &mut cache, &mut stats)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(
+                observed,
+                prefill_all(&model, &ids),
+                "{name}: observing changed the logits"
+            );
             for row in &stats.counts {
-                assert_eq!(row.iter().sum::<u64>(), (ids.len() * cfg.num_experts_per_tok) as u64);
-                assert!(row.iter().all(|&c| c <= ids.len() as u64), "an expert chosen twice for a token");
+                assert_eq!(
+                    row.iter().sum::<u64>(),
+                    (ids.len() * cfg.num_experts_per_tok) as u64
+                );
+                assert!(
+                    row.iter().all(|&c| c <= ids.len() as u64),
+                    "an expert chosen twice for a token"
+                );
             }
             seen.push(stats);
         }

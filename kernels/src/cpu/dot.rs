@@ -82,36 +82,90 @@ fn has_avx2_fma() -> bool {
     false
 }
 
-/// `dst = src` widened to f32 (replacing what `dst` held).
-pub fn widen<W: Element>(src: &[W], dst: &mut Vec<f32>) {
+/// `dst` = `src` (`[rows, k]`, row-major) widened to f32 and transposed: `dst[kk·rows + i] =
+/// src[i·k + kk]`, the column-major layout that lets `gemm` read a weight block unpacked.
+pub fn widen_transposed<W: Element>(src: &[W], rows: usize, k: usize, dst: &mut Vec<f32>) {
+    assert_eq!(
+        src.len(),
+        rows * k,
+        "widen_transposed: src is not [rows, k]"
+    );
     dst.clear();
-    dst.reserve(src.len());
+    dst.resize(rows * k, 0.0);
+    let (full_rows, full_k) = (rows / 8 * 8, k / 8 * 8);
     #[cfg(target_arch = "x86_64")]
     if W::simd_available() {
-        // SAFETY: capacity for src.len() values was reserved; the AVX2 loop writes exactly
-        // src.len() of them before the length is set; the CPU features were checked.
-        unsafe {
-            widen_avx2(src, dst.as_mut_ptr());
-            dst.set_len(src.len());
-        }
-        return;
+        // SAFETY: tiles cover rows < full_rows ≤ rows and kk < full_k ≤ k, inside both
+        // buffers (src is rows·k, dst was resized to rows·k); CPU features were checked.
+        unsafe { transpose_tiles_avx2(src, rows, k, full_rows, full_k, dst.as_mut_ptr()) };
+    } else {
+        transpose_scalar(src, rows, k, 0..full_rows, 0..full_k, dst);
     }
-    dst.extend(src.iter().map(|v| v.to_f32()));
+    // What the 8x8 tiles did not cover: the last k % 8 columns, then the last rows % 8 rows.
+    transpose_scalar(src, rows, k, 0..full_rows, full_k..k, dst);
+    transpose_scalar(src, rows, k, full_rows..rows, 0..k, dst);
+}
+
+fn transpose_scalar<W: Element>(
+    src: &[W],
+    rows: usize,
+    k: usize,
+    is: std::ops::Range<usize>,
+    ks: std::ops::Range<usize>,
+    dst: &mut [f32],
+) {
+    for i in is {
+        for kk in ks.clone() {
+            dst[kk * rows + i] = src[i * k + kk].to_f32();
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen_avx2<W: Element>(src: &[W], dst: *mut f32) {
+unsafe fn transpose_tiles_avx2<W: Element>(
+    src: &[W],
+    rows: usize,
+    k: usize,
+    full_rows: usize,
+    full_k: usize,
+    dst: *mut f32,
+) {
     use std::arch::x86_64::*;
-    let n = src.len();
     let p = src.as_ptr();
-    let mut i = 0;
-    while i + 8 <= n {
-        _mm256_storeu_ps(dst.add(i), W::load8(p.add(i)));
-        i += 8;
-    }
-    for j in i..n {
-        *dst.add(j) = (*p.add(j)).to_f32();
+    for i0 in (0..full_rows).step_by(8) {
+        for k0 in (0..full_k).step_by(8) {
+            let r: [__m256; 8] = std::array::from_fn(|r| W::load8(p.add((i0 + r) * k + k0)));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let c = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (j, col) in c.iter().enumerate() {
+                _mm256_storeu_ps(dst.add((k0 + j) * rows + i0), *col);
+            }
+        }
     }
 }
 
@@ -216,17 +270,22 @@ mod tests {
     }
 
     #[test]
-    fn widen_matches_scalar() {
-        for n in [0, 1, 7, 8, 9, 100] {
-            let src: Vec<f16> = (0..n)
-                .map(|i| f16::from_f32(i as f32 * 0.37 - 3.0))
+    fn widen_transposed_matches_scalar() {
+        for (rows, k) in [(1, 1), (8, 8), (16, 24), (13, 21), (9, 40), (40, 7)] {
+            let src: Vec<bf16> = (0..rows * k)
+                .map(|i| bf16::from_f32(i as f32 * 0.5 - 7.0))
                 .collect();
-            let mut dst = vec![1.0; 3];
-            widen(&src, &mut dst);
-            assert_eq!(dst, src.iter().map(|v| v.to_f32()).collect::<Vec<_>>());
-            let src: Vec<bf16> = (0..n).map(|i| bf16::from_f32(i as f32 * -1.37)).collect();
-            widen(&src, &mut dst);
-            assert_eq!(dst, src.iter().map(|v| v.to_f32()).collect::<Vec<_>>());
+            let mut dst = Vec::new();
+            widen_transposed(&src, rows, k, &mut dst);
+            for i in 0..rows {
+                for kk in 0..k {
+                    assert_eq!(
+                        dst[kk * rows + i],
+                        src[i * k + kk].to_f32(),
+                        "{rows}x{k} at ({i}, {kk})"
+                    );
+                }
+            }
         }
     }
 

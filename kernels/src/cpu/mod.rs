@@ -3,9 +3,10 @@
 //! * decode-sized `M` (up to [`GEMV_MAX_ROWS`]): each weight row is read once from memory and
 //!   dotted with every activation row, with AVX2/FMA (F16C for f16) when the CPU has them: a
 //!   bandwidth-bound pass over the weights;
-//! * larger `M` (prefill): weight rows are widened to f32 a cache-sized block at a time and
-//!   multiplied with the `gemm` crate's f32 kernel, so the conversion is paid once per block
-//!   while the product reuses it `M` times.
+//! * larger `M` (prefill): weight rows are widened to f32 a cache-sized block at a time, written
+//!   column-major (the layout `gemm`'s microkernel reads without packing it again), and
+//!   multiplied with the `gemm` crate's f32 kernel: the conversion is paid once per block while
+//!   the product reuses it `M` times.
 //!
 //! Both split the weight rows across rayon's threads.
 
