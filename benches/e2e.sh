@@ -23,15 +23,15 @@ runs = {}
 for r in map(json.loads, open(sys.argv[1])):
     best = runs.setdefault(r["engine"], dict(r, n=0))
     best["n"] += 1
-    for k in ("prefill_tok_s", "decode_tok_s", "peak_rss_bytes"):
+    for k in ("prefill_tok_s", "decode_tok_s", "decode_gb_s", "peak_rss_bytes"):
         best[k] = max(best[k], r[k])
     assert best["tokens"] == r["tokens"], "greedy tokens changed between runs of " + r["engine"]
 c = runs["candle-f32"]
 bf = runs["bora-bf16"]
 print(f"best of {c['n']} runs each")
-print(f"{'engine':12} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak RSS':>10} {'vs candle f32 (prefill, decode)':>34}")
+print(f"{'engine':12} {'prefill tok/s':>14} {'decode tok/s':>13} {'decode GB/s':>12} {'peak RSS':>10} {'vs candle f32 (prefill, decode)':>34}")
 for name, r in runs.items():
-    print(f"{name:12} {r['prefill_tok_s']:14.1f} {r['decode_tok_s']:13.2f} {r['peak_rss_bytes']/2**30:8.2f}G"
+    print(f"{name:12} {r['prefill_tok_s']:14.1f} {r['decode_tok_s']:13.2f} {r['decode_gb_s']:12.1f} {r['peak_rss_bytes']/2**30:8.2f}G"
           f" {r['prefill_tok_s']/c['prefill_tok_s']:16.2f}x {r['decode_tok_s']/c['decode_tok_s']:8.2f}x")
 print(f"bora-bf16 peak RSS / bf16 checkpoint size: {bf['peak_rss_bytes']/bf['checkpoint_bytes']:.2f}")
 same = len({tuple(r["tokens"]) for r in runs.values()}) == 1

@@ -59,10 +59,15 @@ fn dir_size(dir: &Path) -> Result<u64> {
 
 fn report(engine: &str, dir: &Path, prefill_s: f64, decode_s: f64, tokens: &[u32]) -> Result<()> {
     let (peak, rss) = memory();
+    // Weight bytes one decode step reads: the active parameters, in the dtype computed on.
+    let cfg = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
+    let param_bytes = if engine.ends_with("bf16") { 2 } else { 4 };
+    let step_bytes = cfg.active_param_count() * param_bytes;
     let v = serde_json::json!({
         "engine": engine,
         "prefill_tok_s": PROMPT as f64 / prefill_s,
         "decode_tok_s": decode_steps() as f64 / decode_s,
+        "decode_gb_s": (decode_steps() as u64 * step_bytes) as f64 / decode_s / 1e9,
         "peak_rss_bytes": peak, "rss_bytes": rss,
         "checkpoint_bytes": dir_size(dir)?,
         "tokens": tokens,
