@@ -23,6 +23,9 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
+    if a.ctx.is_some_and(|c| c < 2) {
+        anyhow::bail!("--ctx must be at least 2 tokens");
+    }
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("cannot read {} as UTF-8 text", shown(&a.file)))?;
     let loaded = a.model.load()?;

@@ -2,7 +2,7 @@
 //!
 //! `dot_rows::<W>(w, xs, acc)` sets `acc[r] = Σ_k w[k]·xs[r][k]` for each activation row `r`.
 //! The AVX2 path widens 8 weights at a time to f32 (bf16: shift left 16; f16: F16C) and keeps
-//! two accumulators per row; the scalar path is the reference and the fallback.
+//! several accumulators per row; the scalar path is the reference and the fallback.
 
 use half::{bf16, f16};
 
@@ -187,10 +187,10 @@ pub fn dot_rows<W: Element>(simd: bool, w: &[W], xs: &[&[f32]], acc: &mut [f32])
         // above (every x row is at least as long as w).
         unsafe {
             match xs.len() {
-                1 => dot_rows_avx2::<W, 1>(w, xs, acc),
-                2 => dot_rows_avx2::<W, 2>(w, xs, acc),
-                3 => dot_rows_avx2::<W, 3>(w, xs, acc),
-                _ => dot_rows_avx2::<W, 4>(w, xs, acc),
+                1 => dot_rows_avx2::<W, 1, 4>(w, xs, acc),
+                2 => dot_rows_avx2::<W, 2, 2>(w, xs, acc),
+                3 => dot_rows_avx2::<W, 3, 2>(w, xs, acc),
+                _ => dot_rows_avx2::<W, 4, 1>(w, xs, acc),
             }
         }
         return;
@@ -199,34 +199,41 @@ pub fn dot_rows<W: Element>(simd: bool, w: &[W], xs: &[&[f32]], acc: &mut [f32])
     dot_rows_scalar(w, xs, acc)
 }
 
+/// `U` blocks of 8 weights per step, `U` accumulators per activation row: at least four
+/// independent FMA chains in flight to cover the FMA latency (`U = 4` for one row).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_avx2<W: Element, const R: usize>(w: &[W], xs: &[&[f32]], acc: &mut [f32]) {
+unsafe fn dot_rows_avx2<W: Element, const R: usize, const U: usize>(
+    w: &[W],
+    xs: &[&[f32]],
+    acc: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let k = w.len();
     let wp = w.as_ptr();
-    let mut a0 = [_mm256_setzero_ps(); R];
-    let mut a1 = [_mm256_setzero_ps(); R];
+    let mut a = [[_mm256_setzero_ps(); R]; U];
     let mut i = 0;
-    while i + 16 <= k {
-        let w0 = W::load8(wp.add(i));
-        let w1 = W::load8(wp.add(i + 8));
-        for r in 0..R {
-            let xp = xs[r].as_ptr().add(i);
-            a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp), a0[r]);
-            a1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(8)), a1[r]);
+    while i + 8 * U <= k {
+        for (u, au) in a.iter_mut().enumerate() {
+            let wv = W::load8(wp.add(i + 8 * u));
+            for r in 0..R {
+                au[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xs[r].as_ptr().add(i + 8 * u)), au[r]);
+            }
         }
-        i += 16;
+        i += 8 * U;
     }
-    if i + 8 <= k {
-        let w0 = W::load8(wp.add(i));
+    while i + 8 <= k {
+        let wv = W::load8(wp.add(i));
         for r in 0..R {
-            a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[r].as_ptr().add(i)), a0[r]);
+            a[0][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xs[r].as_ptr().add(i)), a[0][r]);
         }
         i += 8;
     }
     for r in 0..R {
-        let v = _mm256_add_ps(a0[r], a1[r]);
+        let mut v = a[0][r];
+        for au in &a[1..] {
+            v = _mm256_add_ps(v, au[r]);
+        }
         let hi = _mm256_extractf128_ps::<1>(v);
         let s = _mm_add_ps(_mm256_castps256_ps128(v), hi);
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
