@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bora_benches::{memory, Shape};
 use bora_model::{Batch, Logits, Model};
-use bora_weights::{LoadOptions, MixtralWeights, SafetensorsStore, WeightDType};
+use bora_weights::{LoadOptions, MapMode, MixtralWeights, SafetensorsStore, WeightDType};
 use candle_core::{DType, Device, Tensor};
 
 const PROMPT: usize = 128;
@@ -78,7 +78,7 @@ fn report(engine: &str, dir: &Path, prefill_s: f64, decode_s: f64, tokens: &[u32
 
 fn run_bora(dir: &Path, dtype: Option<&str>) -> Result<()> {
     let config = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
-    let store = SafetensorsStore::open_dir(dir)?;
+    let store = SafetensorsStore::open_dir(dir, MapMode::Populate)?;
     let dtype = match dtype {
         Some("f32") => WeightDType::F32,
         Some("bf16") => WeightDType::BF16,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use bora_core::ModelConfig;
-use bora_weights::SafetensorsStore;
+use bora_weights::{MapMode, SafetensorsStore};
 use serde_json::json;
 
 use crate::load::shown;
@@ -25,7 +25,7 @@ pub struct Args {
 pub fn main(a: Args) -> Result<()> {
     let cfg = ModelConfig::from_file(&a.path.join("config.json"))
         .with_context(|| format!("{} is not a model directory", shown(&a.path)))?;
-    let store = SafetensorsStore::open_dir(&a.path)?;
+    let store = SafetensorsStore::open_dir(&a.path, MapMode::Lazy)?;
     let layout = if store
         .names()
         .any(|n| n.contains("mlp.experts.gate_up_proj"))

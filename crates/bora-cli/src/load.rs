@@ -7,7 +7,7 @@ use bora_core::{DTypeSpec, DeviceSpec};
 use bora_engine::Tokenizer;
 use bora_model::Model;
 use bora_weights::{
-    ExpertLayout, LoadOptions, MixtralWeights, SafetensorsStore, TensorName, WeightDType,
+    ExpertLayout, LoadOptions, MapMode, MixtralWeights, SafetensorsStore, TensorName, WeightDType,
 };
 
 #[derive(clap::Args, Debug)]
@@ -49,7 +49,7 @@ impl ModelArgs {
             );
         }
         let config = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
-        let store = SafetensorsStore::open_dir(dir)?;
+        let store = SafetensorsStore::open_dir(dir, MapMode::Populate)?;
         let dtype = match &self.dtype {
             Some(s) => match s.parse::<DTypeSpec>()? {
                 DTypeSpec::F32 => WeightDType::F32,

@@ -22,7 +22,7 @@ pub use experts::Experts;
 pub use matrix::{HostMatrix, Matrix, WeightDType};
 pub use mixtral::{Backend, LayerWeights, LoadOptions, MixtralWeights};
 pub use names::{ExpertLayout, TensorName};
-pub use store::{SafetensorsStore, StoredTensor};
+pub use store::{MapMode, SafetensorsStore, StoredTensor};
 
 /// Result with [`WeightsError`].
 pub type Result<T> = std::result::Result<T, WeightsError>;

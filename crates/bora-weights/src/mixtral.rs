@@ -6,7 +6,7 @@ use bora_core::ModelConfig;
 use candle_core::{DType, Device, Tensor};
 
 use crate::names::{ExpertLayout, TensorName};
-use crate::store::{SafetensorsStore, StoredTensor};
+use crate::store::{MapMode, SafetensorsStore, StoredTensor};
 use crate::{Experts, HostMatrix, Matrix, Result, WeightDType, WeightsError};
 
 /// Which compute path the weights are laid out for.
@@ -91,7 +91,7 @@ impl MixtralWeights {
     /// Loads `dir/config.json` and the checkpoint's safetensors files.
     pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let store = SafetensorsStore::open_dir(dir)?;
+        let store = SafetensorsStore::open_dir(dir, MapMode::Populate)?;
         Self::load(&store, config, opts)
     }
 

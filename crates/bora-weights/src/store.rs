@@ -21,6 +21,16 @@ pub struct StoredTensor {
     pub end: usize,
 }
 
+/// How the files are mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapMode {
+    /// Pages are mapped as they are first read (reading headers only, as `inspect` does).
+    Lazy,
+    /// Every page is mapped when the file is opened (loading a model: the first forward pass
+    /// then takes no page faults).
+    Populate,
+}
+
 /// The tensors of one checkpoint, across its shards.
 pub struct SafetensorsStore {
     files: Vec<(PathBuf, Arc<Mmap>)>,
@@ -29,14 +39,14 @@ pub struct SafetensorsStore {
 
 impl SafetensorsStore {
     /// Opens `dir/model.safetensors.index.json` and its shards, or `dir/model.safetensors`.
-    pub fn open_dir(dir: &Path) -> Result<Self> {
+    pub fn open_dir(dir: &Path, mode: MapMode) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         if index.is_file() {
-            return Self::open_files(&shards_of(&index, dir)?);
+            return Self::open_files(&shards_of(&index, dir)?, mode);
         }
         let single = dir.join("model.safetensors");
         if single.is_file() {
-            return Self::open_files(&[single]);
+            return Self::open_files(&[single], mode);
         }
         Err(WeightsError::NoWeights {
             dir: dir.to_path_buf(),
@@ -44,7 +54,7 @@ impl SafetensorsStore {
     }
 
     /// Memory-maps and validates each file; a tensor name found twice is an error.
-    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+    pub fn open_files(paths: &[PathBuf], mode: MapMode) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
         let mut tensors = HashMap::new();
         for (fi, path) in paths.iter().enumerate() {
@@ -55,9 +65,13 @@ impl SafetensorsStore {
             let file = File::open(path).map_err(io)?;
             // SAFETY: the map is read-only; bora never writes model files while it runs, and
             // a file truncated under it is the one hazard mmap cannot guard against.
-            // `populate` maps every page now, at load, rather than one fault at a time in the
-            // first forward pass.
-            let map = unsafe { MmapOptions::new().populate().map(&file) }.map_err(io)?;
+            let map = unsafe {
+                match mode {
+                    MapMode::Lazy => MmapOptions::new().map(&file),
+                    MapMode::Populate => MmapOptions::new().populate().map(&file),
+                }
+            }
+            .map_err(io)?;
             let bad = |reason: String| WeightsError::BadFile {
                 path: path.clone(),
                 reason,
