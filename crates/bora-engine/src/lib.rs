@@ -1,10 +1,12 @@
 //! bora-engine: everything between text and the forward pass.
 //!
-//! Today: the tokenizer ([`Tokenizer`], a Hugging Face `tokenizer.json` that treats all input
-//! as plain text), an incremental detokenizer for streaming, the sampler (greedy, temperature,
-//! seeded), single-sequence generation ([`generate`]) and scoring ([`perplexity`]). The chat
-//! formats, the scheduler and the request API come with the issues that specify them.
+//! Today: the tokenizer ([`Tokenizer`], from `tokenizer.json` or a sentencepiece model, all
+//! input as plain text), an incremental detokenizer for streaming, Mistral's chat formats
+//! ([`chat`], token for token as mistral-common renders them), the sampler (greedy,
+//! temperature, seeded), single-sequence generation ([`generate`]) and scoring
+//! ([`perplexity`]). The scheduler and the request API come with the issues that specify them.
 
+pub mod chat;
 mod error;
 mod generate;
 mod perplexity;
@@ -15,7 +17,7 @@ pub use error::EngineError;
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
 pub use perplexity::{perplexity, Perplexity};
 pub use sampler::{Sampler, SamplingParams};
-pub use tokenizer::{IncrementalDecoder, Tokenizer};
+pub use tokenizer::{IncrementalDecoder, PieceKind, SpecialTokens, SpmPiece, SpmVocab, Tokenizer};
 
 /// Result with [`EngineError`].
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -1,44 +1,9 @@
-//! A Hugging Face tokenizer, set to encode every input as plain text: a user who types `</s>`
-//! or `[INST]` gets those characters, never the control tokens.
+//! Incremental detokenization for streaming: pieces released as soon as they are whole
+//! characters, whose concatenation is the decoding of the whole stream. Each token costs the
+//! decoding of the few tokens since the last release (O(1) amortized), not of the whole output.
 
-use std::path::Path;
-
-use crate::{EngineError, Result};
-
-pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
-}
-
-impl Tokenizer {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let mut inner =
-            tokenizers::Tokenizer::from_file(path).map_err(|e| EngineError::TokenizerLoad {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        inner.set_encode_special_tokens(true);
-        Ok(Self { inner })
-    }
-
-    /// Token ids of `text`, without BOS or any other special token.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
-    }
-
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-}
+use super::Tokenizer;
+use crate::Result;
 
 /// Prompt tokens kept as decoding context by [`IncrementalDecoder::after`].
 const CONTEXT_TOKENS: usize = 4;

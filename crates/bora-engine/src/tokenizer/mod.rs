@@ -1,0 +1,103 @@
+//! Tokenizers: a Hugging Face `tokenizer.json`, or a sentencepiece model file rebuilt with the
+//! `tokenizers` crate (`spm`). Input is always plain text: a user who types `[INST]` or `</s>`
+//! gets those characters, never the control tokens, which only the chat renderer emits.
+
+mod spm;
+mod stream;
+
+use std::path::Path;
+
+pub use spm::{PieceKind, SpmPiece, SpmVocab};
+pub use stream::IncrementalDecoder;
+
+use crate::{EngineError, Result};
+
+/// Ids of the special tokens the chat formats use; `None` where the vocabulary lacks one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecialTokens {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub inst: Option<u32>,
+    pub inst_end: Option<u32>,
+    pub tool_calls: Option<u32>,
+    pub available_tools: Option<u32>,
+    pub available_tools_end: Option<u32>,
+    pub tool_results: Option<u32>,
+    pub tool_results_end: Option<u32>,
+}
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    specials: SpecialTokens,
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json`, or a sentencepiece model (`tokenizer.model`,
+    /// `tokenizer.model.v1`, `tokenizer.model.v3`, ...), told apart by their contents.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bad = |reason: String| EngineError::TokenizerLoad {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            let inner =
+                tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
+            Ok(Self::new(inner))
+        } else {
+            Self::from_spm(&SpmVocab::from_model_file(path)?)
+        }
+    }
+
+    /// Builds the tokenizer of a sentencepiece vocabulary.
+    pub fn from_spm(vocab: &SpmVocab) -> Result<Self> {
+        Ok(Self::new(vocab.build()?))
+    }
+
+    fn new(mut inner: tokenizers::Tokenizer) -> Self {
+        inner.set_encode_special_tokens(true);
+        let id = |s: &str| inner.token_to_id(s);
+        let specials = SpecialTokens {
+            bos: id("<s>"),
+            eos: id("</s>"),
+            inst: id("[INST]"),
+            inst_end: id("[/INST]"),
+            tool_calls: id("[TOOL_CALLS]"),
+            available_tools: id("[AVAILABLE_TOOLS]"),
+            available_tools_end: id("[/AVAILABLE_TOOLS]"),
+            tool_results: id("[TOOL_RESULTS]"),
+            tool_results_end: id("[/TOOL_RESULTS]"),
+        };
+        Self { inner, specials }
+    }
+
+    pub fn specials(&self) -> &SpecialTokens {
+        &self.specials
+    }
+
+    /// Token ids of `text`, as sentencepiece's `encode` gives them: no BOS or EOS, the dummy
+    /// prefix space, control-token spellings as plain text.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
+    /// The piece of a token id (`▁Hello`, `<0x0A>`, `[INST]`).
+    pub fn piece(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

@@ -1,0 +1,234 @@
+//! Sentencepiece BPE models (`tokenizer.model`, Mistral's `tokenizer.model.v1`/`.v3`) rebuilt
+//! as Hugging Face tokenizers.
+//!
+//! The model file is a `ModelProto` (sentencepiece's `sentencepiece_model.proto`); only the
+//! fields read here are declared. [`SpmVocab`] (pieces, scores, types) is what both this file
+//! and GGUF's `tokenizer.ggml.*` metadata provide, and [`SpmVocab::build`] turns it into a
+//! `tokenizers::Tokenizer` that encodes as sentencepiece does: `▁` prepended and spaces replaced
+//! by `▁` (add_dummy_prefix, identity normalization), BPE whose merges are ranked by the merged
+//! piece's score (sentencepiece merges the highest-scoring pair first; ranking by id instead is
+//! the conversion bug that breaks runs of spaces), byte fallback for the rest, and control
+//! pieces as special tokens.
+
+use std::path::Path;
+
+use prost::Message;
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
+
+use crate::{EngineError, Result};
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ModelProto {
+    #[prost(message, repeated, tag = "1")]
+    pieces: Vec<PieceProto>,
+    #[prost(message, optional, tag = "2")]
+    trainer_spec: Option<TrainerSpec>,
+    #[prost(message, optional, tag = "3")]
+    normalizer_spec: Option<NormalizerSpec>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PieceProto {
+    #[prost(string, optional, tag = "1")]
+    piece: Option<String>,
+    #[prost(float, optional, tag = "2")]
+    score: Option<f32>,
+    #[prost(int32, optional, tag = "3")]
+    kind: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TrainerSpec {
+    #[prost(int32, optional, tag = "3")]
+    model_type: Option<i32>,
+    #[prost(bool, optional, tag = "35")]
+    byte_fallback: Option<bool>,
+    #[prost(int32, optional, tag = "40")]
+    unk_id: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct NormalizerSpec {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    precompiled_charsmap: Option<Vec<u8>>,
+    #[prost(bool, optional, tag = "3")]
+    add_dummy_prefix: Option<bool>,
+    #[prost(bool, optional, tag = "4")]
+    remove_extra_whitespaces: Option<bool>,
+}
+
+/// A merge's rank: (negated score of the merged piece, its id, the left piece's id).
+type MergeRank = (f32, u32, u32);
+
+/// The type of a sentencepiece piece (`SentencePiece.Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceKind {
+    Normal,
+    Unknown,
+    Control,
+    UserDefined,
+    Unused,
+    Byte,
+}
+
+impl PieceKind {
+    /// From sentencepiece's (and GGUF's `tokenizer.ggml.token_type`) numbering.
+    pub fn from_code(code: i32) -> Option<Self> {
+        Some(match code {
+            1 => PieceKind::Normal,
+            2 => PieceKind::Unknown,
+            3 => PieceKind::Control,
+            4 => PieceKind::UserDefined,
+            5 => PieceKind::Unused,
+            6 => PieceKind::Byte,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpmPiece {
+    pub text: String,
+    pub score: f32,
+    pub kind: PieceKind,
+}
+
+/// A sentencepiece BPE vocabulary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpmVocab {
+    pub pieces: Vec<SpmPiece>,
+    pub unk_id: u32,
+    pub byte_fallback: bool,
+}
+
+impl SpmVocab {
+    /// Reads a sentencepiece model file.
+    pub fn from_model_file(path: &Path) -> Result<Self> {
+        let bad = |reason: String| EngineError::TokenizerLoad {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let proto = ModelProto::decode(bytes.as_slice())
+            .map_err(|e| bad(format!("not a sentencepiece model: {e}")))?;
+        let trainer = proto.trainer_spec.unwrap_or_default();
+        // Sentencepiece's defaults for absent fields: UNIGRAM, no byte fallback, unk 0.
+        match trainer.model_type.unwrap_or(1) {
+            2 => {}
+            t => {
+                return Err(bad(format!(
+                    "sentencepiece model type {t} is not BPE (2); only BPE models are supported"
+                )))
+            }
+        }
+        let norm = proto.normalizer_spec.unwrap_or_default();
+        let identity = norm.name.as_deref().is_none_or(|n| n == "identity")
+            && norm
+                .precompiled_charsmap
+                .as_deref()
+                .is_none_or(|c| c.is_empty());
+        if !identity
+            || norm.remove_extra_whitespaces.unwrap_or(true)
+            || !norm.add_dummy_prefix.unwrap_or(true)
+        {
+            return Err(bad(
+                "only the identity normalizer with a dummy prefix and kept whitespace is supported"
+                    .into(),
+            ));
+        }
+        let pieces = proto
+            .pieces
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let code = p.kind.unwrap_or(1);
+                let kind = PieceKind::from_code(code)
+                    .ok_or_else(|| bad(format!("piece {i} has unknown type {code}")))?;
+                Ok(SpmPiece {
+                    text: p.piece.unwrap_or_default(),
+                    score: p.score.unwrap_or(0.0),
+                    kind,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let unk_id = trainer.unk_id.unwrap_or(0);
+        if unk_id < 0 || unk_id as usize >= pieces.len() {
+            return Err(bad(format!("unk_id {unk_id} is outside the vocabulary")));
+        }
+        Ok(Self {
+            pieces,
+            unk_id: unk_id as u32,
+            byte_fallback: trainer.byte_fallback.unwrap_or(false),
+        })
+    }
+
+    /// The equivalent Hugging Face tokenizer.
+    pub fn build(&self) -> Result<tokenizers::Tokenizer> {
+        let err = |e: tokenizers::Error| EngineError::Tokenizer(e.to_string());
+        let vocab: tokenizers::models::bpe::Vocab = self
+            .pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.text.clone(), i as u32))
+            .collect();
+        // Every split of a normal piece into two pieces is a merge, ranked by the merged piece's
+        // score (higher first), then by its id.
+        let mut merges: Vec<(MergeRank, (String, String))> = Vec::new();
+        for (id, p) in self.pieces.iter().enumerate() {
+            if p.kind != PieceKind::Normal || p.text.chars().nth(1).is_none() {
+                continue;
+            }
+            for (cut, _) in p.text.char_indices().skip(1) {
+                let (l, r) = p.text.split_at(cut);
+                if let (Some(&li), Some(_)) = (vocab.get(l), vocab.get(r)) {
+                    merges.push(((-p.score, id as u32, li), (l.to_string(), r.to_string())));
+                }
+            }
+        }
+        merges.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        let unk = self.pieces[self.unk_id as usize].text.clone();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges.into_iter().map(|(_, m)| m).collect())
+            .unk_token(unk)
+            .fuse_unk(true)
+            .byte_fallback(self.byte_fallback)
+            .build()
+            .map_err(err)?;
+        let mut tok = tokenizers::Tokenizer::new(bpe);
+        let normalizer = NormalizerSequence::new(vec![
+            NormalizerWrapper::Prepend(Prepend::new("▁".into())),
+            NormalizerWrapper::Replace(Replace::new(" ", "▁").map_err(err)?),
+        ]);
+        tok.with_normalizer(Some(NormalizerWrapper::Sequence(normalizer)))
+            .map_err(err)?;
+        tok.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(vec![
+            DecoderWrapper::Replace(Replace::new("▁", " ").map_err(err)?),
+            DecoderWrapper::ByteFallback(ByteFallback::new()),
+            DecoderWrapper::Fuse(Fuse::new()),
+            DecoderWrapper::Strip(Strip::new(' ', 1, 0)),
+        ]))));
+        let special: Vec<AddedToken> = self
+            .pieces
+            .iter()
+            .filter(|p| matches!(p.kind, PieceKind::Control | PieceKind::Unknown))
+            .map(|p| AddedToken::from(p.text.clone(), true))
+            .collect();
+        tok.add_special_tokens(special).map_err(err)?;
+        let user: Vec<AddedToken> = self
+            .pieces
+            .iter()
+            .filter(|p| p.kind == PieceKind::UserDefined)
+            .map(|p| AddedToken::from(p.text.clone(), false).normalized(false))
+            .collect();
+        tok.add_tokens(user).map_err(err)?;
+        Ok(tok)
+    }
+}
