@@ -13,10 +13,11 @@ use bora_weights::{
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
     /// Model directory: config.json, model.safetensors or model.safetensors.index.json and its
-    /// shards, and tokenizer.json.
+    /// shards, and a tokenizer (tokenizer.json or tokenizer.model[.v1|.v3]).
     #[arg(long)]
     pub model: PathBuf,
-    /// tokenizer.json to use instead of the model directory's.
+    /// Tokenizer to use instead of the model directory's: tokenizer.json or a sentencepiece
+    /// model (tokenizer.model, tokenizer.model.v1, tokenizer.model.v3).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// cpu, cuda, cuda:N or metal.
@@ -60,16 +61,12 @@ impl ModelArgs {
         };
         let weights = MixtralWeights::load(&store, config, &LoadOptions::new(dtype, device))?;
         let model = Model::new(weights)?;
-        let tok_path = self
-            .tokenizer
-            .clone()
-            .unwrap_or_else(|| dir.join("tokenizer.json"));
-        let tokenizer = Tokenizer::from_file(&tok_path).with_context(|| {
-            format!(
-                "the model needs a tokenizer: put tokenizer.json in {} or pass --tokenizer",
-                dir.display()
-            )
-        })?;
+        let tok_path = match &self.tokenizer {
+            Some(p) => p.clone(),
+            None => Tokenizer::find_in_dir(dir)
+                .context("the model needs a tokenizer: pass --tokenizer FILE")?,
+        };
+        let tokenizer = Tokenizer::from_file(&tok_path)?;
         Ok(Loaded { model, tokenizer })
     }
 }

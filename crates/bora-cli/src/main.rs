@@ -4,6 +4,7 @@ mod inspect;
 mod load;
 mod perplexity;
 mod run;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,11 @@ enum Command {
         after_help = "Example:\n  bora run --model models/fixtures/tiny-mixtral --prompt 'The quick brown fox' --raw --max-tokens 20"
     )]
     Run(run::Args),
+    /// Token ids of a text, or of a chat request rendered in the model's chat format.
+    #[command(
+        after_help = "Examples:\n  bora tokenize --model models/tokenizers/tokenizer.model.v3 --text 'Hello [INST]' --pieces\n  bora tokenize --model ~/models/Mixtral-8x22B-Instruct-v0.1 --chat-json request.json"
+    )]
+    Tokenize(tokenize::Args),
     /// Score a text file: predicted tokens, summed negative log-likelihood and perplexity.
     #[command(
         after_help = "Example:\n  bora perplexity --model models/fixtures/tiny-mixtral --file README.md --json"
@@ -48,6 +54,7 @@ fn main() {
         Command::Inspect(a) => inspect::main(a),
         Command::Run(a) => run::main(a),
         Command::Perplexity(a) => perplexity::main(a),
+        Command::Tokenize(a) => tokenize::main(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -1,8 +1,10 @@
-//! `bora run`: a raw completion, streamed to stdout.
+//! `bora run`: a completion streamed to stdout: of the prompt as one user turn in the model's
+//! chat format, or of the raw prompt (`--raw`: BOS + prompt).
 
 use std::io::Write;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
+use bora_engine::chat::{render, ChatFormat, ChatRequest, Content, Message};
 use bora_engine::{generate, GenerateOptions, IncrementalDecoder, SamplingParams};
 
 use crate::load::ModelArgs;
@@ -17,6 +19,12 @@ pub struct Args {
     /// Use the prompt as it is (BOS + prompt), without a chat format.
     #[arg(long)]
     raw: bool,
+    /// A system prompt (chat mode).
+    #[arg(long, conflicts_with = "raw")]
+    system: Option<String>,
+    /// v1 or v3 (chat mode; default: from the tokenizer).
+    #[arg(long, conflicts_with = "raw")]
+    chat_format: Option<String>,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
@@ -30,14 +38,35 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    if !a.raw {
-        bail!("bora run takes --raw for now (BOS + prompt, no chat format); chat formatting is not built yet");
-    }
     let loaded = a.model.load()?;
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
     let cfg = model.config();
-    let mut ids: Vec<u32> = cfg.bos_token_id.into_iter().collect();
-    ids.extend(tok.encode(&a.prompt)?);
+    let ids = if a.raw {
+        let mut ids: Vec<u32> = cfg.bos_token_id.into_iter().collect();
+        ids.extend(tok.encode(&a.prompt)?);
+        ids
+    } else {
+        let format = match &a.chat_format {
+            Some(f) => f
+                .parse::<ChatFormat>()
+                .map_err(|e| anyhow!("--chat-format: {e}"))?,
+            None => ChatFormat::detect(tok),
+        };
+        let mut messages = Vec::new();
+        if let Some(s) = &a.system {
+            messages.push(Message::System {
+                content: Some(Content::Text(s.clone())),
+            });
+        }
+        messages.push(Message::User {
+            content: Some(Content::Text(a.prompt.clone())),
+        });
+        let req = ChatRequest {
+            messages,
+            tools: Vec::new(),
+        };
+        render(format, tok, &req).map_err(|e| anyhow!("{}: {e}", e.class()))?
+    };
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {
@@ -50,9 +79,17 @@ pub fn main(a: Args) -> Result<()> {
         context: cfg.max_position_embeddings,
     };
     let mut out = std::io::stdout().lock();
-    let mut dec = IncrementalDecoder::after(&ids);
-    write!(out, "{}", a.prompt)?;
-    out.flush()?;
+    // A raw completion continues the prompt's text; a chat answer is text of its own, whose
+    // leading space sentencepiece drops (as mistral-common's decode does).
+    let mut dec = if a.raw {
+        IncrementalDecoder::after(&ids)
+    } else {
+        IncrementalDecoder::new()
+    };
+    if a.raw {
+        write!(out, "{}", a.prompt)?;
+        out.flush()?;
+    }
     let g = generate(model, &ids, &opts, |t| {
         if let Some(piece) = dec.push(tok, t)? {
             // A closed stdout (a pipe into `head`) ends the output, not the program with a panic.

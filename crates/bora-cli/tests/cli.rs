@@ -106,6 +106,100 @@ fn run_prints_the_greedy_completion() {
 }
 
 #[test]
+fn run_in_chat_mode_answers_the_rendered_prompt() {
+    let m = fixture("tiny-mixtral");
+    let out = bora(&[
+        "run",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "--system",
+        "Be brief",
+        "--max-tokens",
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    // BOS + "[INST] Be brief\n\nHi [/INST]" in the v1 format of this tokenizer: 13 tokens.
+    assert!(err.contains("[13 prompt tokens, 5 generated"), "{err}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.starts_with(' ') && text.len() > 1, "{text:?}");
+}
+
+#[test]
+fn tokenize_prints_ids_of_text_and_chat_requests() {
+    let v3 = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/tokenizers/tokenizer.model.v3");
+    let v3 = v3.to_str().unwrap();
+    let out = ok(&[
+        "tokenize",
+        "--model",
+        v3,
+        "--text",
+        "Hello [INST]",
+        "--pieces",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ids"], serde_json::json!([23325, 1501, 17057, 29561]));
+    assert_eq!(v["pieces"][1], "▁[");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("req.json");
+    std::fs::write(&f, r#"{"model": "m", "messages": [{"role": "user", "content": "Hello, who are you?"}], "stream": false}"#).unwrap();
+    // mistral-common's ids for this request (v3 from its tokenizer file, v1 from the fixture's
+    // tokenizer.json found in the model directory).
+    let out = ok(&[
+        "tokenize",
+        "--model",
+        v3,
+        "--chat-json",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(out.trim(), "[1,3,23325,29493,1461,1228,1136,29572,4]");
+    let m = fixture("tiny-mixtral");
+    let out = ok(&[
+        "tokenize",
+        "--model",
+        m.to_str().unwrap(),
+        "--chat-json",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.trim(),
+        "[1,733,16289,28793,22557,28725,693,460,368,28804,733,28748,16289,28793]"
+    );
+    std::fs::write(&f, r#"{"model": "m", "messages": []}"#).unwrap();
+    let e = err(&[
+        "tokenize",
+        "--model",
+        v3,
+        "--chat-json",
+        f.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("InvalidMessageStructureException: Conversation must have at least one message"),
+        "{e}"
+    );
+    std::fs::write(
+        &f,
+        r#"{"model": "m", "messages": [{"role": "robot", "content": "x"}]}"#,
+    )
+    .unwrap();
+    let e = err(&[
+        "tokenize",
+        "--model",
+        v3,
+        "--chat-json",
+        f.to_str().unwrap(),
+    ]);
+    assert!(e.contains("robot"), "{e}");
+}
+
+#[test]
 fn perplexity_prints_json() {
     let m = fixture("tiny-mixtral");
     let dir = tempfile::tempdir().unwrap();

@@ -17,5 +17,5 @@ mod validate;
 
 pub use error::ChatError;
 pub use parse::{new_tool_call_id, parse_output, ParsedOutput};
-pub use render::render;
+pub use render::{render, v1_tools_prompt, V1_TOOL_INSTRUCTIONS};
 pub use types::{ChatFormat, ChatRequest, Content, Message, Tool, ToolCall};

@@ -11,6 +11,17 @@ pub enum ChatFormat {
     V3,
 }
 
+impl ChatFormat {
+    /// The format a tokenizer was made for: v3 where `[INST]` is a control token, v1 otherwise.
+    pub fn detect(tok: &crate::Tokenizer) -> Self {
+        if tok.specials().inst.is_some() {
+            ChatFormat::V3
+        } else {
+            ChatFormat::V1
+        }
+    }
+}
+
 impl FromStr for ChatFormat {
     type Err = String;
 

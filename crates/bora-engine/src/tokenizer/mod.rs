@@ -49,6 +49,25 @@ impl Tokenizer {
         }
     }
 
+    /// The tokenizer of a model directory: `tokenizer.json`, else Mistral's sentencepiece files
+    /// (`tokenizer.model.v3`, `tokenizer.model.v1`, `tokenizer.model`).
+    pub fn find_in_dir(dir: &Path) -> Result<std::path::PathBuf> {
+        const NAMES: [&str; 4] = [
+            "tokenizer.json",
+            "tokenizer.model.v3",
+            "tokenizer.model.v1",
+            "tokenizer.model",
+        ];
+        NAMES
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| EngineError::TokenizerLoad {
+                path: dir.to_path_buf(),
+                reason: format!("no tokenizer: looked for {}", NAMES.join(", ")),
+            })
+    }
+
     /// Builds the tokenizer of a sentencepiece vocabulary.
     pub fn from_spm(vocab: &SpmVocab) -> Result<Self> {
         Ok(Self::new(vocab.build()?))
