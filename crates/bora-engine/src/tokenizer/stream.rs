@@ -13,7 +13,8 @@ const CONTEXT_TOKENS: usize = 4;
 /// space of sentencepiece's `▁` survives (each piece is decoded after a few tokens of context).
 pub struct IncrementalDecoder {
     ids: Vec<u32>,
-    /// Start of the context window decoded with each new token.
+    /// Start of the context window decoded with each new token (ids before the window are
+    /// dropped, so this is 0 except between a drop and the next release).
     prefix: usize,
     /// End of the part of `ids` whose text was released.
     read: usize,
@@ -56,7 +57,9 @@ impl IncrementalDecoder {
         match after.get(before.len()..) {
             Some(piece) if !piece.is_empty() && after.starts_with(&before) => {
                 let piece = piece.to_string();
-                self.prefix = self.read;
+                // Keep only the new context window: memory and work stay O(1) per token.
+                self.ids.drain(..self.read);
+                self.prefix = 0;
                 self.read = self.ids.len();
                 Ok(Some(piece))
             }
@@ -68,11 +71,40 @@ impl IncrementalDecoder {
     pub fn flush(&mut self, tok: &Tokenizer) -> Result<Option<String>> {
         let before = tok.decode(&self.ids[self.prefix..self.read])?;
         let after = tok.decode(&self.ids[self.prefix..])?;
-        self.prefix = self.ids.len();
-        self.read = self.ids.len();
+        self.ids.clear();
+        self.prefix = 0;
+        self.read = 0;
         Ok(after
             .get(before.len()..)
             .filter(|p| !p.is_empty())
             .map(str::to_string))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_stays_small_over_a_long_stream() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/tokenizers/tokenizer.model.v1");
+        let tok = Tokenizer::from_file(&path).unwrap();
+        let text = "Streaming text, with accents (é, ü) and emoji 🙂, goes on and on. ".repeat(200);
+        let ids = tok.encode(&text).unwrap();
+        let mut dec = IncrementalDecoder::new();
+        let mut out = String::new();
+        let mut widest = 0;
+        for &id in &ids {
+            out.push_str(&dec.push(&tok, id).unwrap().unwrap_or_default());
+            widest = widest.max(dec.ids.len());
+        }
+        out.push_str(&dec.flush(&tok).unwrap().unwrap_or_default());
+        assert_eq!(out, tok.decode(&ids).unwrap());
+        assert!(
+            ids.len() > 4000 && widest <= 8,
+            "{} tokens streamed with a window of up to {widest}",
+            ids.len()
+        );
     }
 }
