@@ -100,7 +100,7 @@ pub fn argmax(row: &[f32]) -> u32 {
 /// Logits of every position of `ids` in one prefill.
 pub fn prefill_all(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = model.new_cache(1, ids.len()).unwrap();
-    let b = Batch::single(ids.to_vec(), 0, 0, Logits::All);
+    let b = Batch::single(ids.to_vec(), 0, cache.slot(0), Logits::All);
     model.forward(&b, &mut cache).unwrap().to_vec2().unwrap()
 }
 
@@ -108,12 +108,15 @@ pub fn prefill_all(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
 pub fn greedy_decode(model: &Model, ids: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut cache: KvCache = model.new_cache(1, ids.len() + steps).unwrap();
     let last = model
-        .forward(&Batch::single(ids.to_vec(), 0, 0, Logits::Last), &mut cache)
+        .forward(
+            &Batch::single(ids.to_vec(), 0, cache.slot(0), Logits::Last),
+            &mut cache,
+        )
         .unwrap();
     let mut tok = argmax(&last.to_vec2::<f32>().unwrap()[0]);
     let (mut greedy, mut logits) = (vec![tok], Vec::new());
     for i in 0..steps {
-        let b = Batch::single(vec![tok], ids.len() + i, 0, Logits::Last);
+        let b = Batch::single(vec![tok], ids.len() + i, cache.slot(0), Logits::Last);
         let row = model
             .forward(&b, &mut cache)
             .unwrap()

@@ -156,13 +156,13 @@ fn batched_sequences_match_single() {
                 SeqInput {
                     tokens: a.clone(),
                     start_pos: 0,
-                    slot: 0,
+                    blocks: cache.slot(0),
                     logits: Logits::All,
                 },
                 SeqInput {
                     tokens: b.clone(),
                     start_pos: 0,
-                    slot: 1,
+                    blocks: cache.slot(1),
                     logits: Logits::All,
                 },
             ],
@@ -178,7 +178,7 @@ fn batched_sequences_match_single() {
 
         // Step 2: sequence 0 decodes one token while sequence 1 is prefilled in two chunks.
         let mut cache = model.new_cache(2, 32).unwrap();
-        let first = Batch::single(a[..a.len() - 1].to_vec(), 0, 0, Logits::None);
+        let first = Batch::single(a[..a.len() - 1].to_vec(), 0, cache.slot(0), Logits::None);
         model.forward(&first, &mut cache).unwrap();
         let cut = b.len() / 2;
         let mixed = Batch {
@@ -186,13 +186,13 @@ fn batched_sequences_match_single() {
                 SeqInput {
                     tokens: vec![a[a.len() - 1]],
                     start_pos: a.len() - 1,
-                    slot: 0,
+                    blocks: cache.slot(0),
                     logits: Logits::Last,
                 },
                 SeqInput {
                     tokens: b[..cut].to_vec(),
                     start_pos: 0,
-                    slot: 1,
+                    blocks: cache.slot(1),
                     logits: Logits::All,
                 },
             ],
@@ -202,7 +202,7 @@ fn batched_sequences_match_single() {
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
-        let rest = Batch::single(b[cut..].to_vec(), cut, 1, Logits::All);
+        let rest = Batch::single(b[cut..].to_vec(), cut, cache.slot(1), Logits::All);
         let out2 = model
             .forward(&rest, &mut cache)
             .unwrap()
@@ -231,7 +231,7 @@ fn routing_is_observable() {
             let cfg = model.config().clone();
             let mut stats = RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts);
             let mut cache = model.new_cache(1, ids.len()).unwrap();
-            let b = Batch::single(ids.clone(), 0, 0, Logits::All);
+            let b = Batch::single(ids.clone(), 0, cache.slot(0), Logits::All);
             let observed = model
                 .forward_observed(&b, &mut cache, &mut stats)
                 .unwrap()
@@ -256,4 +256,51 @@ fn routing_is_observable() {
         }
         assert_eq!(seen[0], seen[1], "{name}: the two paths routed differently");
     }
+}
+
+/// A sequence whose positions are scattered over blocks in any order gets the logits of a
+/// sequence in consecutive rows, in prefill and in decode.
+#[test]
+fn scattered_blocks_match_contiguous() {
+    let model = load("tiny-mixtral-fused", WeightDType::F32, Backend::Host);
+    let ids = Reference::load("tiny-mixtral-fused").ids(0);
+    let want = prefill_all(&model, &ids);
+    let mut cache = model.new_block_cache(12, 3).unwrap();
+    let table = vec![7, 2, 11, 0, 5];
+    let (head, tail) = ids.split_at(4);
+    let mut got = model
+        .forward(
+            &Batch::single(head.to_vec(), 0, table.clone(), Logits::All),
+            &mut cache,
+        )
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (i, &t) in tail.iter().enumerate() {
+        let b = Batch::single(vec![t], 4 + i, table.clone(), Logits::Last);
+        got.extend(
+            model
+                .forward(&b, &mut cache)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+        );
+    }
+    let d = max_abs_diff(&got, &want);
+    assert!(d <= 1e-5, "scattered blocks differ by {d}");
+    // A table too short for the positions is an error, not a panic.
+    let e = model
+        .forward(
+            &Batch::single(ids.clone(), 0, vec![1, 2], Logits::Last),
+            &mut cache,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("past the 6 positions"), "{e}");
+    let e = model
+        .forward(
+            &Batch::single(vec![5], 0, vec![12], Logits::Last),
+            &mut cache,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("block 12 does not exist"), "{e}");
 }

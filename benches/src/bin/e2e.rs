@@ -90,8 +90,11 @@ fn run_bora(dir: &Path, dtype: Option<&str>) -> Result<()> {
     let model = Model::new(w)?;
     let ids = prompt(model.config().vocab_size);
     let mut cache = model.new_cache(1, PROMPT + DECODE + 1)?;
-    let forward = |cache: &mut _, toks: Vec<u32>, pos| -> Result<u32> {
-        let out = model.forward(&Batch::single(toks, pos, 0, Logits::Last), cache)?;
+    let forward = |cache: &mut bora_model::KvCache, toks: Vec<u32>, pos| -> Result<u32> {
+        let out = model.forward(
+            &Batch::single(toks, pos, cache.slot(0), Logits::Last),
+            cache,
+        )?;
         Ok(argmax(&out.to_vec2::<f32>()?[0]))
     };
     let t = Instant::now();

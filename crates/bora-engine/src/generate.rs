@@ -67,7 +67,7 @@ pub fn generate(
         let last = (i + 1) * PREFILL_CHUNK >= prompt.len();
         let want = if last { Logits::Last } else { Logits::None };
         let out = model.forward(
-            &Batch::single(chunk.to_vec(), i * PREFILL_CHUNK, 0, want),
+            &Batch::single(chunk.to_vec(), i * PREFILL_CHUNK, cache.slot(0), want),
             &mut cache,
         )?;
         if last {
@@ -99,7 +99,10 @@ pub fn generate(
             break FinishReason::ModelLength;
         }
         let pos = prompt.len() + tokens.len() - 1;
-        let out = model.forward(&Batch::single(vec![tok], pos, 0, Logits::Last), &mut cache)?;
+        let out = model.forward(
+            &Batch::single(vec![tok], pos, cache.slot(0), Logits::Last),
+            &mut cache,
+        )?;
         row = out.to_vec2::<f32>()?.pop();
     };
     Ok(Generation {

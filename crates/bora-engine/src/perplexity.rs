@@ -49,7 +49,10 @@ pub fn perplexity(model: &Model, ids: &[u32], context: usize) -> Result<Perplexi
             // Logits at window position p predict ids[begin + p + 1].
             let wanted = begin + at + chunk.len() >= scored;
             let want = if wanted { Logits::All } else { Logits::None };
-            let out = model.forward(&Batch::single(chunk.to_vec(), at, 0, want), &mut cache)?;
+            let out = model.forward(
+                &Batch::single(chunk.to_vec(), at, cache.slot(0), want),
+                &mut cache,
+            )?;
             if !wanted {
                 continue;
             }

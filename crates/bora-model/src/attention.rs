@@ -49,17 +49,17 @@ pub(crate) fn attention(
         let qs = ctx.rope.apply(&heads(q, hq)?, s.start_pos)?.squeeze(0)?; // [Hq, L, D]
         let ks = ctx.rope.apply(&heads(k, hkv)?, s.start_pos)?.squeeze(0)?; // [Hkv, L, D]
         let vs = heads(v, hkv)?.squeeze(0)?; // [Hkv, L, D]
-        let kv = cache.layer(s.slot, ctx.layer);
-        kv.k.slice_set(&ks, 1, s.start_pos)?;
-        kv.v.slice_set(&vs, 1, s.start_pos)?;
+        let kv = cache.layer(ctx.layer);
+        write_rows(cache, &s.blocks, s.start_pos, &ks, &kv.k)?;
+        write_rows(cache, &s.blocks, s.start_pos, &vs, &kv.v)?;
         let end = s.start_pos + l;
         // The earliest key any of these queries may see.
         let lo = match cfg.sliding_window {
             Some(wnd) => (s.start_pos + 1).saturating_sub(wnd),
             None => 0,
         };
-        let keys = kv.k.narrow(1, lo, end - lo)?; // [Hkv, S, D]
-        let vals = kv.v.narrow(1, lo, end - lo)?; // [Hkv, S, D]
+        let keys = read_rows(cache, &s.blocks, lo, end, &kv.k)?; // [Hkv, S, D]
+        let vals = read_rows(cache, &s.blocks, lo, end, &kv.v)?; // [Hkv, S, D]
         let g = hq / hkv;
         let qg = qs.reshape((hkv, g * l, d))?; // heads h = kv·G + g share kv
         let scale = 1.0 / (d as f64).sqrt();
@@ -82,6 +82,49 @@ pub(crate) fn attention(
     }
     let o = Tensor::cat(&outs, 0)?; // [T, Hq·D]
     Ok(w.o.forward(&o)?)
+}
+
+/// Writes `x` `[Hkv, L, D]` at positions `start..start + L` of the sequence's blocks into the
+/// layer's pool `[rows, Hkv, D]`, one copy per run of consecutive rows.
+fn write_rows(
+    cache: &KvCache,
+    blocks: &[u32],
+    start: usize,
+    x: &Tensor,
+    pool: &Tensor,
+) -> Result<()> {
+    let x = x.transpose(0, 1)?.contiguous()?; // [L, Hkv, D]
+    let l = x.dim(0)?;
+    let mut i = 0;
+    while i < l {
+        let row = cache.row(blocks, start + i);
+        let mut n = 1;
+        while i + n < l && cache.row(blocks, start + i + n) == row + n {
+            n += 1;
+        }
+        pool.slice_set(&x.narrow(0, i, n)?.contiguous()?, 0, row)?;
+        i += n;
+    }
+    Ok(())
+}
+
+/// Positions `lo..end` of the sequence from the layer's pool, as `[Hkv, S, D]`.
+fn read_rows(
+    cache: &KvCache,
+    blocks: &[u32],
+    lo: usize,
+    end: usize,
+    pool: &Tensor,
+) -> Result<Tensor> {
+    let first = cache.row(blocks, lo);
+    let consecutive = (lo..end).all(|p| cache.row(blocks, p) == first + (p - lo));
+    let rows = if consecutive {
+        pool.narrow(0, first, end - lo)?
+    } else {
+        let idx: Vec<u32> = (lo..end).map(|p| cache.row(blocks, p) as u32).collect();
+        pool.index_select(&Tensor::new(idx.as_slice(), pool.device())?, 0)?
+    };
+    Ok(rows.transpose(0, 1)?.contiguous()?)
 }
 
 /// The additive mask `[L, S]` for queries at `start..start + l` over keys `lo..end`: causal,

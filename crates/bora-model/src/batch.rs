@@ -18,12 +18,12 @@ pub struct SeqInput {
     pub tokens: Vec<u32>,
     /// Position of the first of them (the number of tokens already in the cache slot).
     pub start_pos: usize,
-    /// The KV cache slot that holds this sequence.
-    pub slot: usize,
+    /// The KV cache blocks that hold this sequence's positions, in order.
+    pub blocks: Vec<u32>,
     pub logits: Logits,
 }
 
-/// Sequences processed together in one step; each slot appears at most once.
+/// Sequences processed together in one step; no two write to the same cache row.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub seqs: Vec<SeqInput>,
@@ -31,12 +31,12 @@ pub struct Batch {
 
 impl Batch {
     /// A batch of one sequence.
-    pub fn single(tokens: Vec<u32>, start_pos: usize, slot: usize, logits: Logits) -> Self {
+    pub fn single(tokens: Vec<u32>, start_pos: usize, blocks: Vec<u32>, logits: Logits) -> Self {
         Self {
             seqs: vec![SeqInput {
                 tokens,
                 start_pos,
-                slot,
+                blocks,
                 logits,
             }],
         }

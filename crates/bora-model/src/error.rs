@@ -4,16 +4,10 @@
 pub enum ModelError {
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { id: u32, vocab: usize },
-    #[error(
-        "sequence in cache slot {slot} would reach position {end}, past the cache's {max_len}"
-    )]
-    ContextFull {
-        slot: usize,
-        end: usize,
-        max_len: usize,
-    },
-    #[error("cache slot {slot} does not exist (the cache has {slots})")]
-    NoSuchSlot { slot: usize, slots: usize },
+    #[error("the sequence would reach position {end}, past the {max_len} positions of its blocks")]
+    ContextFull { end: usize, max_len: usize },
+    #[error("KV block {block} does not exist (the cache has {blocks})")]
+    NoSuchBlock { block: u32, blocks: usize },
     #[error("invalid batch: {0}")]
     Batch(String),
     #[error("tensor backend: {0}")]

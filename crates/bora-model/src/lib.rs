@@ -24,7 +24,7 @@ pub mod router;
 pub use batch::{Batch, Logits, SeqInput};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
-pub use model::Model;
+pub use model::{Model, DEFAULT_BLOCK_SIZE};
 pub use moe::{moe_block, RoutingStats};
 
 /// Result with [`ModelError`].

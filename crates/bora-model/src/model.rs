@@ -10,6 +10,9 @@ use crate::moe::{moe_block, RoutingStats};
 use crate::rope::Rope;
 use crate::{Batch, ModelError, Result};
 
+/// Positions per KV block unless the caller chooses.
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
 /// An immutable, shareable Mixtral model.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -54,11 +57,29 @@ impl Model {
         self.dtype
     }
 
-    /// A KV cache for this model: `slots` sequences of up to `max_len` positions (at most the
-    /// model's context).
+    /// A KV cache of `num_blocks` blocks of `block_size` positions, in this model's dtype.
+    pub fn new_block_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
+        KvCache::new(
+            self.config(),
+            num_blocks,
+            block_size,
+            self.dtype,
+            &self.device,
+        )
+    }
+
+    /// A KV cache for `slots` sequences of up to `max_len` positions (at most the model's
+    /// context); [`KvCache::slot`] gives each one's block table.
     pub fn new_cache(&self, slots: usize, max_len: usize) -> Result<KvCache> {
         let max_len = max_len.min(self.config().max_position_embeddings);
-        KvCache::new(self.config(), slots, max_len, self.dtype, &self.device)
+        KvCache::with_slots(
+            self.config(),
+            slots,
+            max_len,
+            DEFAULT_BLOCK_SIZE,
+            self.dtype,
+            &self.device,
+        )
     }
 
     /// One step over `batch`: logits `[R, V]` (f32) for the rows of `batch.logit_rows()`.
@@ -124,16 +145,8 @@ impl Model {
 
     fn check(&self, batch: &Batch, cache: &KvCache) -> Result<()> {
         let vocab = self.config().vocab_size;
-        let mut seen = Vec::with_capacity(batch.seqs.len());
         for s in &batch.seqs {
-            if seen.contains(&s.slot) {
-                return Err(ModelError::Batch(format!(
-                    "cache slot {} appears twice",
-                    s.slot
-                )));
-            }
-            seen.push(s.slot);
-            cache.check(s.slot, s.start_pos + s.tokens.len())?;
+            cache.check(&s.blocks, s.start_pos + s.tokens.len())?;
             if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= vocab) {
                 return Err(ModelError::TokenOutOfRange { id, vocab });
             }
