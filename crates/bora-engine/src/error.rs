@@ -16,6 +16,22 @@ pub enum EngineError {
     Sampling { name: &'static str, reason: String },
     #[error("{0}")]
     Model(#[from] bora_model::ModelError),
+    #[error("{class}: {0}", class = .0.class())]
+    Chat(#[from] crate::chat::ChatError),
+    #[error("cannot load the model: {0}")]
+    Load(String),
+    #[error("engine configuration: {0}")]
+    Config(String),
+    #[error("the prompt has {prompt} tokens and max_tokens is {max_tokens:?}: together they must fit the context of {context} tokens")]
+    ContextExceeded {
+        prompt: usize,
+        max_tokens: Option<usize>,
+        context: usize,
+    },
+    #[error("the engine is overloaded: {queued} requests are already waiting; retry later")]
+    Overloaded { queued: usize },
+    #[error("generation failed: {0}")]
+    Generation(String),
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),
 }

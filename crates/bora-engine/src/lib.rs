@@ -11,12 +11,17 @@ mod error;
 mod generate;
 mod perplexity;
 mod sampler;
+pub mod serve;
 mod tokenizer;
 
 pub use error::EngineError;
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
 pub use perplexity::{perplexity, Perplexity};
 pub use sampler::{Sampler, SamplingParams};
+pub use serve::{
+    Choice, Completion, CompletionResult, CompletionStream, Engine, EngineConfig, EngineStats,
+    Event, FinishReason as StopReason, KvBudget, ModelSource, Usage,
+};
 pub use tokenizer::{IncrementalDecoder, PieceKind, SpecialTokens, SpmPiece, SpmVocab, Tokenizer};
 
 /// Result with [`EngineError`].

@@ -1,0 +1,367 @@
+//! The engine thread: it alone owns the model's KV cache, the block allocator and every
+//! sequence. Each step decodes one token of every running sequence together with prefill
+//! chunks of new ones, within a token budget (continuous batching with chunked prefill).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use bora_model::{Batch, KvCache, Logits, Model, SeqInput};
+
+use super::blocks::{chain_hash, BlockAllocator};
+use super::request::{Event, FinishReason, Usage};
+use super::sequence::Seq;
+use super::{EngineConfig, EngineStats};
+use crate::chat::ChatFormat;
+use crate::tokenizer::Tokenizer;
+
+/// A request admitted to the queue: its sequences (one per choice).
+pub(crate) struct Submitted {
+    pub id: u64,
+    pub seqs: Vec<Seq>,
+    pub prompt_tokens: usize,
+}
+
+pub(crate) enum Command {
+    Add(Submitted),
+}
+
+struct ReqState {
+    left: usize,
+    usage: Usage,
+}
+
+pub(crate) struct Core {
+    pub model: Model,
+    pub cache: KvCache,
+    pub alloc: BlockAllocator,
+    pub tok: Arc<Tokenizer>,
+    pub format: ChatFormat,
+    pub eos: Vec<u32>,
+    pub config: EngineConfig,
+    pub queued: Arc<AtomicUsize>,
+    pub stats: Arc<Mutex<EngineStats>>,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    requests: HashMap<u64, ReqState>,
+}
+
+impl Core {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: Model,
+        cache: KvCache,
+        tok: Arc<Tokenizer>,
+        format: ChatFormat,
+        eos: Vec<u32>,
+        config: EngineConfig,
+        queued: Arc<AtomicUsize>,
+        stats: Arc<Mutex<EngineStats>>,
+    ) -> Self {
+        let alloc = BlockAllocator::new(cache.num_blocks(), cache.block_size());
+        Self {
+            model,
+            cache,
+            alloc,
+            tok,
+            format,
+            eos,
+            config,
+            queued,
+            stats,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            requests: HashMap::new(),
+        }
+    }
+
+    /// Runs until every handle to the engine is gone and no work is left.
+    pub fn run(mut self, rx: Receiver<Command>) {
+        loop {
+            let idle = self.waiting.is_empty() && self.running.is_empty();
+            let cmd = if idle {
+                match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            };
+            if let Some(Command::Add(s)) = cmd {
+                self.add(s);
+                // Take everything that arrived before planning the step.
+                while let Ok(Command::Add(s)) = rx.try_recv() {
+                    self.add(s);
+                }
+            }
+            self.step();
+        }
+    }
+
+    fn add(&mut self, s: Submitted) {
+        self.requests.insert(
+            s.id,
+            ReqState {
+                left: s.seqs.len(),
+                usage: Usage {
+                    prompt_tokens: s.prompt_tokens,
+                    completion_tokens: 0,
+                },
+            },
+        );
+        self.waiting.extend(s.seqs);
+    }
+
+    /// One scheduling step and forward pass.
+    pub fn step(&mut self) {
+        self.drop_cancelled();
+        let mut budget = self.config.max_batch_tokens.max(1);
+        // (index in running, tokens to compute)
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        // 1. One token for every sequence that is decoding, preempting the latest admitted
+        //    sequences when a block is needed and none is left.
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            if self.running[i].pending() == 1 {
+                let need = self.running[i].computed + 1;
+                if !self.grow(i, need) {
+                    continue; // running[i] left (preempted or finished); the next one is at i
+                }
+                plan.push((i, 1));
+                budget -= 1;
+            }
+            i += 1;
+        }
+        // 2. Admit waiting sequences whose prompts fit in the free blocks.
+        while budget > 0 && self.running.len() < self.config.max_running {
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            if !self.admit(&mut seq) {
+                self.waiting.push_front(seq);
+                break;
+            }
+            if std::mem::take(&mut seq.queued) {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.running.push(seq);
+        }
+        // 3. Prefill chunks, shortest remaining prompt first, so that a short request is not
+        //    held behind a long one.
+        let mut prefill: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].pending() > 1)
+            .collect();
+        prefill.sort_by_key(|&i| self.running[i].pending());
+        for i in prefill {
+            if budget == 0 {
+                break;
+            }
+            let n = self.running[i]
+                .pending()
+                .min(budget)
+                .min(self.config.max_prefill_chunk.max(1));
+            plan.push((i, n));
+            budget -= n;
+        }
+        if plan.is_empty() {
+            return;
+        }
+        self.forward(plan);
+        self.publish_stats();
+    }
+
+    /// Gives running sequence `i` blocks for `upto` positions, preempting the latest admitted
+    /// sequences (itself last) when none is left. False when sequence `i` left the running set:
+    /// preempted back to the queue, or finished if it is alone and still does not fit.
+    fn grow(&mut self, i: usize, upto: usize) -> bool {
+        let bs = self.alloc.block_size();
+        while self.running[i].blocks.len() * bs < upto {
+            if let Some(b) = self.alloc.allocate() {
+                self.running[i].blocks.push(b);
+                continue;
+            }
+            if self.running.len() == 1 {
+                let mut seq = self.running.remove(i);
+                seq.finish(FinishReason::ModelLength, self.format, &self.tok);
+                self.end(&mut seq, FinishReason::ModelLength);
+                return false;
+            }
+            let victim_is_self = self.running.len() == i + 1;
+            if let Some(mut victim) = self.running.pop() {
+                // Recomputed when readmitted; its full blocks stay in the prefix cache.
+                self.alloc.release(&victim.blocks);
+                victim.blocks.clear();
+                victim.hashes.clear();
+                victim.computed = 0;
+                self.waiting.push_front(victim);
+            }
+            if victim_is_self {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Takes the prefix cache's blocks for a sequence's leading tokens and allocates the rest
+    /// of its tokens' blocks, or gives the sequence back when they do not fit.
+    fn admit(&mut self, seq: &mut Seq) -> bool {
+        let bs = self.alloc.block_size();
+        let hits = self.alloc.lookup_prefix(&seq.tokens);
+        let need = seq.tokens.len().div_ceil(bs) - hits.len();
+        if need > self.alloc.available() {
+            let blocks: Vec<u32> = hits.iter().map(|h| h.0).collect();
+            self.alloc.release(&blocks);
+            return false;
+        }
+        seq.blocks = hits.iter().map(|h| h.0).collect();
+        seq.hashes = hits.iter().map(|h| h.1).collect();
+        seq.computed = seq.blocks.len() * bs;
+        for _ in 0..need {
+            match self.alloc.allocate() {
+                Some(b) => seq.blocks.push(b),
+                None => unreachable!("availability was checked"),
+            }
+        }
+        true
+    }
+
+    fn forward(&mut self, plan: Vec<(usize, usize)>) {
+        let seqs: Vec<SeqInput> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                let logits = if s.computed + n == s.tokens.len() {
+                    Logits::Last
+                } else {
+                    Logits::None
+                };
+                SeqInput {
+                    tokens: s.tokens[s.computed..s.computed + n].to_vec(),
+                    start_pos: s.computed,
+                    blocks: s.blocks.clone(),
+                    logits,
+                }
+            })
+            .collect();
+        let wants: Vec<bool> = seqs.iter().map(|s| s.logits == Logits::Last).collect();
+        let result = self
+            .model
+            .forward(&Batch { seqs }, &mut self.cache)
+            .and_then(|l| Ok(l.to_vec2::<f32>()?));
+        let mut rows = match result {
+            Ok(rows) => rows.into_iter(),
+            Err(e) => {
+                let mut idx: Vec<usize> = plan.iter().map(|p| p.0).collect();
+                idx.sort_unstable_by(|a, b| b.cmp(a));
+                for i in idx {
+                    let mut seq = self.running.remove(i);
+                    let _ = seq.events.send(Event::Error {
+                        message: format!("the forward pass failed: {e}"),
+                    });
+                    self.end(&mut seq, FinishReason::Error);
+                }
+                return;
+            }
+        };
+        let mut done: Vec<(usize, FinishReason)> = Vec::new();
+        for (&(i, n), want) in plan.iter().zip(wants) {
+            let s = &mut self.running[i];
+            s.computed += n;
+            // Register the sequence's newly computed full blocks for prefix reuse.
+            let bs = self.alloc.block_size();
+            while s.hashes.len() < s.computed / bs {
+                let k = s.hashes.len();
+                let prev = s.hashes.last().copied().unwrap_or(0);
+                let h = chain_hash(prev, &s.tokens[k * bs..(k + 1) * bs]);
+                self.alloc.register(s.blocks[k], h);
+                s.hashes.push(h);
+            }
+            if !want {
+                continue;
+            }
+            let Some(mut row) = rows.next() else { continue };
+            let t = s.choose(&mut row);
+            if let Some(reason) = s.accept(t, &self.eos, self.format, &self.tok) {
+                done.push((i, reason));
+            }
+        }
+        done.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));
+        for (i, reason) in done {
+            let mut seq = self.running.remove(i);
+            seq.finish(reason, self.format, &self.tok);
+            self.end(&mut seq, reason);
+        }
+    }
+
+    /// Frees a finished sequence; after a request's last choice, sends `Done`.
+    fn end(&mut self, seq: &mut Seq, _reason: FinishReason) {
+        self.alloc.release(&seq.blocks);
+        seq.blocks.clear();
+        let Some(r) = self.requests.get_mut(&seq.req) else {
+            return;
+        };
+        r.usage.completion_tokens += seq.generated().len();
+        r.left -= 1;
+        if r.left == 0 {
+            let usage = r.usage;
+            self.requests.remove(&seq.req);
+            let _ = seq.events.send(Event::Done { usage });
+        }
+    }
+
+    /// Sequences whose receiver is gone (the client left) free their blocks now.
+    fn drop_cancelled(&mut self) {
+        let gone = |s: &Seq| s.events.is_closed();
+        let mut freed = Vec::new();
+        self.running.retain(|s| {
+            let keep = !gone(s);
+            if !keep {
+                freed.extend_from_slice(&s.blocks);
+            }
+            keep
+        });
+        let before = self.waiting.len();
+        self.waiting.retain(|s| !gone(s));
+        let dropped_waiting = before - self.waiting.len();
+        if !freed.is_empty() {
+            self.alloc.release(&freed);
+        }
+        if dropped_waiting > 0 || !freed.is_empty() {
+            let live: std::collections::HashSet<u64> = self
+                .running
+                .iter()
+                .chain(self.waiting.iter())
+                .map(|s| s.req)
+                .collect();
+            let dead: Vec<u64> = self
+                .requests
+                .keys()
+                .filter(|r| !live.contains(r))
+                .copied()
+                .collect();
+            for r in dead {
+                self.requests.remove(&r);
+            }
+            let q = self.waiting.iter().filter(|s| s.queued).count();
+            self.queued.store(q, Ordering::Relaxed);
+            self.publish_stats();
+        }
+    }
+
+    fn publish_stats(&self) {
+        if let Ok(mut st) = self.stats.lock() {
+            st.running = self.running.len();
+            st.waiting = self.waiting.len();
+            st.blocks_used = self.alloc.used();
+            st.blocks_free = self.alloc.available();
+            st.prefix_lookups = self.alloc.lookups;
+            st.prefix_hits = self.alloc.hits;
+            st.steps += 1;
+        }
+    }
+}

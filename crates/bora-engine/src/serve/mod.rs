@@ -1,0 +1,408 @@
+//! The serving engine: many conversations at once on one model, with continuous batching over a
+//! paged KV cache, prefix caching, preemption and admission control. A library first: the server
+//! and the CLI are thin layers over [`Engine`], and it never opens a socket.
+//!
+//! One thread (the engine thread, `core`) owns the model's mutable state; requests reach it over
+//! a channel and carry their own reply channel of [`Event`]s. Chat rendering and tokenization
+//! happen on the caller's thread, in [`Engine::chat`].
+
+mod blocks;
+mod core;
+mod request;
+mod sequence;
+mod stop;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use bora_model::Model;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+pub use request::{Choice, Completion, CompletionResult, Event, FinishReason, Usage};
+
+use self::core::{Command, Core, Submitted};
+use self::sequence::{Seq, SeqInit};
+use crate::chat::{render, ChatFormat};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+use crate::{EngineError, Result};
+
+/// How much memory the KV cache takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KvBudget {
+    /// This many blocks.
+    Blocks(usize),
+    /// This many MiB.
+    Mib(usize),
+    /// This share (0 to 1) of the memory available when the engine starts.
+    ShareOfFree(f64),
+}
+
+/// Settings of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Positions per KV block.
+    pub block_size: usize,
+    pub kv_budget: KvBudget,
+    /// Tokens computed per step at most (decode tokens and prefill chunks together).
+    pub max_batch_tokens: usize,
+    /// Prompt tokens one sequence computes per step at most (chunked prefill).
+    pub max_prefill_chunk: usize,
+    /// Sequences running at once at most.
+    pub max_running: usize,
+    /// Requests waiting for admission at most; beyond it `chat` fails with `Overloaded`.
+    pub max_queue: usize,
+    /// The chat format (default: the tokenizer's).
+    pub chat_format: Option<ChatFormat>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: bora_model::DEFAULT_BLOCK_SIZE,
+            kv_budget: KvBudget::ShareOfFree(0.25),
+            max_batch_tokens: 512,
+            max_prefill_chunk: 256,
+            max_running: 64,
+            max_queue: 256,
+            chat_format: None,
+        }
+    }
+}
+
+/// What the engine is doing, as of its last step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub running: usize,
+    pub waiting: usize,
+    pub blocks_used: usize,
+    pub blocks_free: usize,
+    pub blocks_total: usize,
+    /// Prompt blocks looked up in the prefix cache, and found there.
+    pub prefix_lookups: u64,
+    pub prefix_hits: u64,
+    pub steps: u64,
+}
+
+impl EngineStats {
+    /// Share of looked-up prompt blocks found in the prefix cache.
+    pub fn prefix_hit_rate(&self) -> f64 {
+        if self.prefix_lookups == 0 {
+            0.0
+        } else {
+            self.prefix_hits as f64 / self.prefix_lookups as f64
+        }
+    }
+}
+
+/// Where a model comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// A directory with config.json, safetensors weights and a tokenizer.
+    Dir(PathBuf),
+}
+
+/// A handle to a running engine; cheap to clone, shareable across threads.
+#[derive(Clone)]
+pub struct Engine {
+    tx: Sender<Command>,
+    tok: Arc<Tokenizer>,
+    format: ChatFormat,
+    context: usize,
+    block_size: usize,
+    blocks: usize,
+    max_queue: usize,
+    queued: Arc<AtomicUsize>,
+    next_id: Arc<AtomicU64>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+/// The events of one request, as they come.
+pub struct CompletionStream {
+    rx: UnboundedReceiver<Event>,
+}
+
+impl Engine {
+    /// Loads a model (on the CPU, weights in the checkpoint's dtype) and starts an engine.
+    pub fn load(source: ModelSource, config: EngineConfig) -> Result<Self> {
+        let ModelSource::Dir(dir) = source;
+        let opts = bora_weights::LoadOptions::new(
+            bora_weights::SafetensorsStore::open_dir(&dir, bora_weights::MapMode::Lazy)
+                .and_then(|s| s.weight_dtype("model.embed_tokens.weight"))
+                .map_err(|e| EngineError::Load(e.to_string()))?,
+            candle_core::Device::Cpu,
+        );
+        let weights = bora_weights::MixtralWeights::load_dir(&dir, &opts)
+            .map_err(|e| EngineError::Load(e.to_string()))?;
+        let model = Model::new(weights)?;
+        let tok = Tokenizer::from_file(&Tokenizer::find_in_dir(&dir)?)?;
+        Self::new(model, tok, config)
+    }
+
+    /// Starts an engine on a loaded model and tokenizer.
+    pub fn new(model: Model, tok: Tokenizer, config: EngineConfig) -> Result<Self> {
+        let cfg = model.config().clone();
+        let block_bytes =
+            bora_model::KvCache::block_bytes(&cfg, config.block_size.max(1), model.dtype());
+        let blocks = match config.kv_budget {
+            KvBudget::Blocks(n) => n,
+            KvBudget::Mib(m) => m * (1 << 20) / block_bytes,
+            KvBudget::ShareOfFree(f) => {
+                (available_memory() as f64 * f.clamp(0.0, 1.0)) as usize / block_bytes
+            }
+        };
+        // Enough for one full-context sequence needs no more than the model's context.
+        let blocks = blocks.min(
+            cfg.max_position_embeddings
+                .div_ceil(config.block_size.max(1))
+                * config.max_running.max(1),
+        );
+        if blocks < 2 {
+            return Err(EngineError::Config(format!(
+                "the KV cache budget {:?} holds {blocks} blocks of {block_bytes} bytes; at least 2 are needed",
+                config.kv_budget
+            )));
+        }
+        let cache = model.new_block_cache(blocks, config.block_size.max(1))?;
+        let format = config
+            .chat_format
+            .unwrap_or_else(|| ChatFormat::detect(&tok));
+        let mut eos = cfg.eos_token_ids.clone();
+        eos.extend(tok.specials().eos.filter(|e| !eos.contains(e)));
+        let tok = Arc::new(tok);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(Mutex::new(EngineStats {
+            blocks_total: blocks,
+            blocks_free: blocks,
+            ..Default::default()
+        }));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let core = Core::new(
+            model,
+            cache,
+            tok.clone(),
+            format,
+            eos,
+            config.clone(),
+            queued.clone(),
+            stats.clone(),
+        );
+        std::thread::Builder::new()
+            .name("bora-engine".into())
+            .spawn(move || core.run(rx))
+            .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
+        Ok(Self {
+            tx,
+            tok,
+            format,
+            context: cfg
+                .max_position_embeddings
+                .min(blocks * config.block_size.max(1)),
+            block_size: config.block_size.max(1),
+            blocks,
+            max_queue: config.max_queue,
+            queued,
+            next_id: Arc::new(AtomicU64::new(1)),
+            stats,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tok
+    }
+
+    pub fn chat_format(&self) -> ChatFormat {
+        self.format
+    }
+
+    /// Positions a prompt and its answer may fill together.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Renders and submits a chat request; its events arrive on the returned stream.
+    pub fn chat(&self, req: &Completion) -> Result<CompletionStream> {
+        let prompt = render(self.format, &self.tok, &req.chat)?;
+        self.submit(prompt, req)
+    }
+
+    /// Submits an already tokenized prompt (BOS included where the model wants it).
+    pub fn submit(&self, prompt: Vec<u32>, req: &Completion) -> Result<CompletionStream> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if req.n == 0 {
+            return Err(EngineError::Sampling {
+                name: "n",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let room = self.context;
+        let wanted = prompt.len() + req.max_tokens.unwrap_or(1);
+        if prompt.len() >= room || wanted > room {
+            return Err(EngineError::ContextExceeded {
+                prompt: prompt.len(),
+                max_tokens: req.max_tokens,
+                context: room,
+            });
+        }
+        if req.n * prompt.len().div_ceil(self.block_size) > self.blocks && req.n > 1 {
+            return Err(EngineError::ContextExceeded {
+                prompt: prompt.len() * req.n,
+                max_tokens: req.max_tokens,
+                context: room,
+            });
+        }
+        // Admission control: a full queue refuses at once.
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::Overloaded {
+                queued: self.max_queue,
+            });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let seed = req.seed.unwrap_or_else(rand::random);
+        let (etx, erx) = unbounded_channel();
+        let mut seqs = Vec::with_capacity(req.n);
+        for choice in 0..req.n {
+            let sampler = Sampler::new(SamplingParams {
+                seed: choice_seed(seed, choice),
+                ..req.sampling.clone()
+            });
+            let sampler = match sampler {
+                Ok(s) => s,
+                Err(e) => {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            seqs.push(Seq::new(SeqInit {
+                req: id,
+                choice,
+                events: etx.clone(),
+                prompt: prompt.clone(),
+                max_tokens: req.max_tokens.unwrap_or(room - prompt.len()),
+                context: room,
+                sampler,
+                presence_penalty: req.presence_penalty,
+                frequency_penalty: req.frequency_penalty,
+                stop: req.stop.clone(),
+            }));
+        }
+        let prompt_tokens = prompt.len();
+        self.tx
+            .send(Command::Add(Submitted {
+                id,
+                seqs,
+                prompt_tokens,
+            }))
+            .map_err(|_| EngineError::Config("the engine thread has stopped".into()))?;
+        Ok(CompletionStream { rx: erx })
+    }
+
+    /// [`Engine::chat`], waiting for the whole answer (blocking; not for async contexts).
+    pub fn chat_blocking(&self, req: &Completion) -> Result<CompletionResult> {
+        self.chat(req)?.collect_blocking(req.n)
+    }
+}
+
+/// Choice `i`'s seed: distinct per choice, the same for the same request seed.
+fn choice_seed(seed: u64, choice: usize) -> u64 {
+    seed ^ (choice as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn available_memory() -> usize {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<usize>().ok())
+        .map_or(4 << 30, |kb| kb * 1024)
+}
+
+impl CompletionStream {
+    /// The next event (async).
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next event, blocking the thread.
+    pub fn next_blocking(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+
+    /// All events until `Done`, gathered into choices (blocking).
+    pub fn collect_blocking(mut self, n: usize) -> Result<CompletionResult> {
+        let mut acc = Accumulator::new(n);
+        while let Some(e) = self.next_blocking() {
+            if acc.add(e)? {
+                break;
+            }
+        }
+        Ok(acc.result)
+    }
+
+    /// All events until `Done`, gathered into choices (async).
+    pub async fn collect(mut self, n: usize) -> Result<CompletionResult> {
+        let mut acc = Accumulator::new(n);
+        while let Some(e) = self.next().await {
+            if acc.add(e)? {
+                break;
+            }
+        }
+        Ok(acc.result)
+    }
+}
+
+struct Accumulator {
+    result: CompletionResult,
+}
+
+impl Accumulator {
+    fn new(n: usize) -> Self {
+        let choice = Choice {
+            text: String::new(),
+            tool_calls: Vec::new(),
+            finish_reason: None,
+        };
+        Self {
+            result: CompletionResult {
+                choices: vec![choice; n],
+                usage: Usage::default(),
+            },
+        }
+    }
+
+    /// True when the request is complete.
+    fn add(&mut self, e: Event) -> Result<bool> {
+        match e {
+            Event::Delta { choice, text } => {
+                if let Some(c) = self.result.choices.get_mut(choice) {
+                    c.text.push_str(&text);
+                }
+            }
+            Event::ToolCalls { choice, calls } => {
+                if let Some(c) = self.result.choices.get_mut(choice) {
+                    c.tool_calls.extend(calls);
+                }
+            }
+            Event::Finish { choice, reason } => {
+                if let Some(c) = self.result.choices.get_mut(choice) {
+                    c.finish_reason = Some(reason);
+                }
+            }
+            Event::Done { usage } => {
+                self.result.usage = usage;
+                return Ok(true);
+            }
+            Event::Error { message } => return Err(EngineError::Generation(message)),
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,278 @@
+//! The serving engine on the tiny-mixtral fixture: batching does not change answers, sampling
+//! is reproducible, stop strings, max_tokens, n, cancellation, a pool too small for everyone,
+//! prefix caching and admission control.
+
+use std::time::{Duration, Instant};
+
+use bora_engine::chat::{ChatRequest, Content, Message};
+use bora_engine::*;
+use bora_tests::{fixture, load};
+use bora_weights::{Backend, WeightDType};
+
+fn engine(config: EngineConfig) -> Engine {
+    let model = load("tiny-mixtral", WeightDType::BF16, Backend::Host);
+    let tok = Tokenizer::from_file(&fixture("tiny-mixtral").join("tokenizer.json")).unwrap();
+    Engine::new(model, tok, config).unwrap()
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        kv_budget: KvBudget::Blocks(256),
+        block_size: 4,
+        ..EngineConfig::default()
+    }
+}
+
+/// 16 prompts of different lengths (BOS + text).
+fn prompts(e: &Engine) -> Vec<Vec<u32>> {
+    (0..16)
+        .map(|i| {
+            let text = format!("Prompt number {i}: {}", "more words here ".repeat(i % 5));
+            let mut ids = vec![1];
+            ids.extend(e.tokenizer().encode(&text).unwrap());
+            ids
+        })
+        .collect()
+}
+
+fn greedy(max_tokens: usize) -> Completion {
+    Completion {
+        max_tokens: Some(max_tokens),
+        ..Completion::new(ChatRequest::default())
+    }
+}
+
+fn run(e: &Engine, prompt: &[u32], req: &Completion) -> CompletionResult {
+    e.submit(prompt.to_vec(), req)
+        .unwrap()
+        .collect_blocking(req.n)
+        .unwrap()
+}
+
+#[test]
+fn batching_does_not_change_greedy_answers() {
+    let e = engine(config());
+    let ps = prompts(&e);
+    let req = greedy(12);
+    let alone: Vec<CompletionResult> = ps.iter().map(|p| run(&e, p, &req)).collect();
+    let streams: Vec<CompletionStream> = ps
+        .iter()
+        .map(|p| e.submit(p.clone(), &req).unwrap())
+        .collect();
+    let together: Vec<CompletionResult> = streams
+        .into_iter()
+        .map(|s| s.collect_blocking(1).unwrap())
+        .collect();
+    assert_eq!(alone, together);
+    for (r, p) in alone.iter().zip(&ps) {
+        assert_eq!(r.choices[0].finish_reason, Some(StopReason::Length));
+        assert_eq!(
+            (r.usage.prompt_tokens, r.usage.completion_tokens),
+            (p.len(), 12)
+        );
+        assert!(!r.choices[0].text.is_empty());
+    }
+    // The same answer as the single-sequence generator.
+    let model = load("tiny-mixtral", WeightDType::BF16, Backend::Host);
+    let opts = GenerateOptions {
+        max_tokens: 12,
+        sampling: SamplingParams::default(),
+        stop_tokens: vec![2],
+        context: 128,
+    };
+    let g = generate(&model, &ps[3], &opts, |_| Ok(())).unwrap();
+    assert_eq!(
+        e.tokenizer().decode(&g.tokens).unwrap(),
+        alone[3].choices[0].text
+    );
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_in_any_batch() {
+    let e = engine(config());
+    let ps = prompts(&e);
+    let sampled = |seed| Completion {
+        sampling: SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        },
+        seed: Some(seed),
+        max_tokens: Some(10),
+        ..Completion::new(ChatRequest::default())
+    };
+    let alone = run(&e, &ps[0], &sampled(7));
+    // The same request and seed amid other requests.
+    let others: Vec<CompletionStream> = ps[1..8]
+        .iter()
+        .map(|p| e.submit(p.clone(), &sampled(99)).unwrap())
+        .collect();
+    let busy = run(&e, &ps[0], &sampled(7));
+    for s in others {
+        s.collect_blocking(1).unwrap();
+    }
+    assert_eq!(alone, busy);
+    assert_ne!(
+        alone.choices[0].text,
+        run(&e, &ps[0], &sampled(8)).choices[0].text
+    );
+}
+
+#[test]
+fn stop_strings_max_tokens_and_n() {
+    let e = engine(config());
+    let p = &prompts(&e)[5];
+    let full = run(&e, p, &greedy(12)).choices[0].text.clone();
+    // Stop at a string that spans the middle of the answer (it may cross token boundaries).
+    let cut = full.char_indices().nth(full.chars().count() / 2).unwrap().0;
+    let stop: String = full[cut..].chars().take(3).collect();
+    let first = full.find(&stop).unwrap();
+    let req = Completion {
+        stop: vec![stop.clone()],
+        ..greedy(12)
+    };
+    let r = run(&e, p, &req);
+    assert_eq!(r.choices[0].text, full[..first], "stop string {stop:?}");
+    assert_eq!(r.choices[0].finish_reason, Some(StopReason::Stop));
+    let r = run(&e, p, &greedy(3));
+    assert_eq!(
+        (r.usage.completion_tokens, r.choices[0].finish_reason),
+        (3, Some(StopReason::Length))
+    );
+    // n choices, sampled: distinct answers, tokens counted for all, the prompt once.
+    let req = Completion {
+        n: 3,
+        seed: Some(1),
+        sampling: SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        },
+        ..greedy(8)
+    };
+    let r = run(&e, p, &req);
+    assert_eq!(r.choices.len(), 3);
+    assert!(r
+        .choices
+        .iter()
+        .all(|c| c.finish_reason == Some(StopReason::Length)));
+    assert!(r.choices[0].text != r.choices[1].text || r.choices[1].text != r.choices[2].text);
+    assert_eq!(
+        (r.usage.prompt_tokens, r.usage.completion_tokens),
+        (p.len(), 24)
+    );
+}
+
+fn wait_for(e: &Engine, what: impl Fn(&EngineStats) -> bool) -> EngineStats {
+    let start = Instant::now();
+    loop {
+        let s = e.stats();
+        if what(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out; stats {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn cancelling_frees_blocks() {
+    let e = engine(config());
+    let p = &prompts(&e)[2];
+    let mut s = e.submit(p.clone(), &greedy(100)).unwrap();
+    assert!(matches!(s.next_blocking(), Some(Event::Delta { .. })));
+    assert!(e.stats().blocks_used > 0);
+    drop(s);
+    // Kept blocks are the prefix cache's, free for reuse: none is in use.
+    let st = wait_for(&e, |s| s.running == 0);
+    assert_eq!(st.blocks_used, 0, "{st:?}");
+}
+
+#[test]
+fn a_pool_too_small_for_everyone_still_answers_everyone() {
+    // 24 blocks of 4 positions: a few sequences at a time; the rest wait or are preempted.
+    let small = engine(EngineConfig {
+        kv_budget: KvBudget::Blocks(24),
+        block_size: 4,
+        ..EngineConfig::default()
+    });
+    let big = engine(config());
+    let ps = prompts(&big);
+    let req = greedy(16);
+    let want: Vec<CompletionResult> = ps.iter().map(|p| run(&big, p, &req)).collect();
+    let streams: Vec<CompletionStream> = ps
+        .iter()
+        .map(|p| small.submit(p.clone(), &req).unwrap())
+        .collect();
+    let got: Vec<CompletionResult> = streams
+        .into_iter()
+        .map(|s| s.collect_blocking(1).unwrap())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(small.stats().blocks_used, 0);
+}
+
+#[test]
+fn prefix_cache_hits_give_the_same_answers() {
+    let e = engine(config());
+    let chat = |turns: usize| {
+        let mut messages = vec![Message::System {
+            content: Some(Content::Text("You are a terse assistant.".into())),
+        }];
+        for i in 0..turns {
+            messages.push(Message::User {
+                content: Some(Content::Text(format!("Question {i} about experts?"))),
+            });
+            messages.push(Message::Assistant {
+                content: Some(Content::Text(format!("Answer {i}."))),
+                tool_calls: None,
+                prefix: false,
+            });
+        }
+        messages.push(Message::User {
+            content: Some(Content::Text("And now?".into())),
+        });
+        Completion {
+            max_tokens: Some(8),
+            ..Completion::new(ChatRequest {
+                messages,
+                tools: vec![],
+            })
+        }
+    };
+    let first = e.chat_blocking(&chat(3)).unwrap();
+    let before = e.stats();
+    let again = e.chat_blocking(&chat(3)).unwrap();
+    let after = e.stats();
+    assert_eq!(first, again);
+    assert!(after.prefix_hits > before.prefix_hits, "{after:?}");
+    // The agent pattern: one more turn reuses the history's blocks.
+    let longer = e.chat_blocking(&chat(4)).unwrap();
+    assert!(e.stats().prefix_hits > after.prefix_hits);
+    let fresh = engine(config()).chat_blocking(&chat(4)).unwrap();
+    assert_eq!(longer, fresh);
+    assert!(e.stats().prefix_hit_rate() > 0.0);
+}
+
+#[test]
+fn a_full_queue_refuses_at_once_and_oversized_requests_are_refused() {
+    let e = engine(EngineConfig {
+        max_running: 1,
+        max_queue: 1,
+        ..config()
+    });
+    let ps = prompts(&e);
+    let a = e.submit(ps[0].clone(), &greedy(60)).unwrap();
+    wait_for(&e, |s| s.running == 1);
+    let b = e.submit(ps[1].clone(), &greedy(5)).unwrap();
+    match e.submit(ps[2].clone(), &greedy(5)) {
+        Err(EngineError::Overloaded { .. }) => {}
+        other => panic!("expected Overloaded, got {:?}", other.map(|_| ())),
+    }
+    a.collect_blocking(1).unwrap();
+    b.collect_blocking(1).unwrap();
+    let long = vec![1; 120];
+    let err = e.submit(long, &greedy(50)).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("context of 128"), "{err}");
+}
