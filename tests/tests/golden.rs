@@ -304,3 +304,34 @@ fn scattered_blocks_match_contiguous() {
         .unwrap_err();
     assert!(e.to_string().contains("block 12 does not exist"), "{e}");
 }
+
+/// Prefix caching at the model's level: a sequence that reuses another's full blocks and
+/// computes only the rest gets the logits of one that computes everything.
+#[test]
+fn shared_prefix_blocks_give_the_same_logits() {
+    let model = load("tiny-mixtral", WeightDType::F32, Backend::Host);
+    let r = Reference::load("tiny-mixtral");
+    let ids: Vec<u32> = r.ids(1); // 11 tokens
+    let mut cache = model.new_block_cache(8, 4).unwrap();
+    let miss = model
+        .forward(
+            &Batch::single(ids.clone(), 0, vec![0, 1, 2], Logits::All),
+            &mut cache,
+        )
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    // Blocks 0 and 1 hold positions 0..8; the second sequence computes 8..11 in block 5.
+    let hit = model
+        .forward(
+            &Batch::single(ids[8..].to_vec(), 8, vec![0, 1, 5], Logits::All),
+            &mut cache,
+        )
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let d = max_abs_diff(&hit, &miss[8..]);
+    assert!(d <= 1e-5, "prefix-cache hit differs from a miss by {d}");
+    let d = max_abs_diff(&miss, &r.logits(1));
+    assert!(d <= F32_TOL, "{d}");
+}

@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+/// An error of the engine; each message names what is wrong.
+// Fields are named for their place in the message.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot load tokenizer {path}: {reason}")]

@@ -12,8 +12,11 @@ use crate::{EngineError, Result};
 pub const PREFILL_CHUNK: usize = 512;
 
 #[derive(Debug, Clone)]
+/// Settings of [`generate`].
 pub struct GenerateOptions {
+    /// Tokens to generate at most.
     pub max_tokens: usize,
+    /// How to choose each token.
     pub sampling: SamplingParams,
     /// Generation ends after any of these (end-of-sequence ids); they are not returned.
     pub stop_tokens: Vec<u32>,
@@ -22,6 +25,7 @@ pub struct GenerateOptions {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why [`generate`] stopped.
 pub enum FinishReason {
     /// A stop token was generated.
     Stop,
@@ -32,11 +36,17 @@ pub enum FinishReason {
 }
 
 #[derive(Debug, Clone)]
+/// The result of [`generate`].
 pub struct Generation {
+    /// The generated tokens (stop tokens excluded).
     pub tokens: Vec<u32>,
+    /// Why generation ended.
     pub finish: FinishReason,
+    /// Tokens of the prompt.
     pub prompt_tokens: usize,
+    /// Time spent on the prompt.
     pub prefill_time: Duration,
+    /// Time spent generating.
     pub decode_time: Duration,
 }
 

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! bora-engine: everything between text and the forward pass.
 //!
 //! Today: the tokenizer ([`Tokenizer`], from `tokenizer.json` or a sentencepiece model, all

@@ -10,6 +10,7 @@ use crate::generate::PREFILL_CHUNK;
 use crate::{EngineError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
+/// The score of a text.
 pub struct Perplexity {
     /// Tokens predicted: all but the first.
     pub tokens: usize,
@@ -18,6 +19,7 @@ pub struct Perplexity {
 }
 
 impl Perplexity {
+    /// `exp(nll / tokens)`.
     pub fn ppl(&self) -> f64 {
         (self.nll / self.tokens as f64).exp()
     }

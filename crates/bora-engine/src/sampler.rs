@@ -10,11 +10,13 @@ use crate::{EngineError, Result};
 /// Sampling settings, validated by [`Sampler::new`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
+    /// 0 is greedy; higher flattens the distribution.
     pub temperature: f32,
     /// Keep the smallest set of tokens whose probability reaches this (1 keeps all).
     pub top_p: f32,
     /// Keep this many most probable tokens (0 keeps all).
     pub top_k: usize,
+    /// Seed of the generator: the same seed gives the same draws.
     pub seed: u64,
 }
 
@@ -29,12 +31,14 @@ impl Default for SamplingParams {
     }
 }
 
+/// Chooses tokens from logits with its own seeded generator.
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
 }
 
 impl Sampler {
+    /// A sampler; an error names a parameter out of range.
     pub fn new(params: SamplingParams) -> Result<Self> {
         if !params.temperature.is_finite() || params.temperature < 0.0 {
             return Err(EngineError::Sampling {

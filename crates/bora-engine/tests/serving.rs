@@ -276,3 +276,19 @@ fn a_full_queue_refuses_at_once_and_oversized_requests_are_refused() {
     let err = e.submit(long, &greedy(50)).map(|_| ()).unwrap_err();
     assert!(err.to_string().contains("context of 128"), "{err}");
 }
+
+/// The same request from async code: events awaited on a tokio runtime.
+#[tokio::test(flavor = "current_thread")]
+async fn usable_from_async_code() {
+    let e = engine(config());
+    let p = prompts(&e)[4].clone();
+    let blocking = {
+        let e = e.clone();
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || run(&e, &p, &greedy(6)))
+            .await
+            .unwrap()
+    };
+    let streamed = e.submit(p, &greedy(6)).unwrap().collect(1).await.unwrap();
+    assert_eq!(streamed, blocking);
+}

@@ -176,10 +176,13 @@ pub fn dot_rows_scalar<W: Element>(w: &[W], xs: &[&[f32]], acc: &mut [f32]) {
     }
 }
 
-/// `acc[r] = Σ_k w[k]·xs[r][k]` for `xs.len()` ≤ 4 rows, each at least `w.len()` long.
+/// Activation rows one call of [`dot_rows`] takes at most.
+pub const DOT_MAX_ROWS: usize = 8;
+
+/// `acc[r] = Σ_k w[k]·xs[r][k]` for `xs.len()` ≤ 8 rows, each at least `w.len()` long.
 #[inline]
 pub fn dot_rows<W: Element>(simd: bool, w: &[W], xs: &[&[f32]], acc: &mut [f32]) {
-    debug_assert!(xs.len() <= 4 && acc.len() >= xs.len());
+    debug_assert!(xs.len() <= DOT_MAX_ROWS && acc.len() >= xs.len());
     debug_assert!(xs.iter().all(|x| x.len() >= w.len()));
     #[cfg(target_arch = "x86_64")]
     if simd {
@@ -188,9 +191,13 @@ pub fn dot_rows<W: Element>(simd: bool, w: &[W], xs: &[&[f32]], acc: &mut [f32])
         unsafe {
             match xs.len() {
                 1 => dot_rows_avx2::<W, 1, 4>(w, xs, acc),
-                2 => dot_rows_avx2::<W, 2, 2>(w, xs, acc),
+                2 => dot_rows_avx2::<W, 2, 4>(w, xs, acc),
                 3 => dot_rows_avx2::<W, 3, 2>(w, xs, acc),
-                _ => dot_rows_avx2::<W, 4, 1>(w, xs, acc),
+                4 => dot_rows_avx2::<W, 4, 2>(w, xs, acc),
+                5 => dot_rows_avx2::<W, 5, 1>(w, xs, acc),
+                6 => dot_rows_avx2::<W, 6, 1>(w, xs, acc),
+                7 => dot_rows_avx2::<W, 7, 1>(w, xs, acc),
+                _ => dot_rows_avx2::<W, 8, 1>(w, xs, acc),
             }
         }
         return;
@@ -255,13 +262,13 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for k in [1, 7, 8, 15, 16, 17, 33, 100, 1024] {
             let w: Vec<W> = (0..k).map(|_| conv(rng.random_range(-1.0..1.0))).collect();
-            let xs: Vec<Vec<f32>> = (0..4)
+            let xs: Vec<Vec<f32>> = (0..8)
                 .map(|_| (0..k).map(|_| rng.random_range(-1.0..1.0)).collect())
                 .collect();
-            for rows in 1..=4 {
+            for rows in 1..=8 {
                 let x: Vec<&[f32]> = xs[..rows].iter().map(|v| v.as_slice()).collect();
-                let mut want = [0f32; 4];
-                let mut got = [0f32; 4];
+                let mut want = [0f32; 8];
+                let mut got = [0f32; 8];
                 dot_rows_scalar(&w, &x, &mut want);
                 dot_rows(W::simd_available(), &w, &x, &mut got);
                 for r in 0..rows {

@@ -5,24 +5,34 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChatError {
     #[error("{0}")]
+    /// Bad order or count of messages.
     InvalidMessageStructure(String),
     #[error("{0}")]
+    /// A bad assistant message.
     InvalidAssistantMessage(String),
     #[error("{0}")]
+    /// A bad tool message.
     InvalidToolMessage(String),
     #[error("{0}")]
+    /// A bad system message.
     InvalidSystemPrompt(String),
     #[error("{0}")]
+    /// A bad user message.
     InvalidUserMessage(String),
     #[error("{0}")]
+    /// A tool with a bad name.
     InvalidTool(String),
     #[error("{0}")]
+    /// A tool whose parameters are not a JSON Schema (draft 7).
     InvalidToolSchema(String),
     #[error("{0}")]
+    /// A bad tool call in an assistant message.
     InvalidFunctionCall(String),
     #[error("{0}")]
+    /// A request missing something required.
     InvalidRequest(String),
     #[error("{0}")]
+    /// The tokenizer cannot render the request.
     Tokenizer(String),
 }
 

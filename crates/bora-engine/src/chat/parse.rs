@@ -11,8 +11,11 @@ use crate::tokenizer::Tokenizer;
 use crate::Result;
 
 #[derive(Debug, Clone, PartialEq)]
+/// A model's answer: text or tool calls.
 pub enum ParsedOutput {
+    /// Plain text.
     Text(String),
+    /// Tool calls, each with a fresh id.
     ToolCalls(Vec<ToolCall>),
 }
 

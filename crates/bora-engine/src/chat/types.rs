@@ -37,7 +37,9 @@ impl FromStr for ChatFormat {
 /// Message content: a string or a list of text chunks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
+    /// One string.
     Text(String),
+    /// Text chunks, joined with a blank line.
     Chunks(Vec<String>),
 }
 
@@ -67,27 +69,41 @@ impl Content {
 pub struct ToolCall {
     /// `None` where the wire had none (mistral-common's `"null"`).
     pub id: Option<String>,
+    /// The function's name.
     pub name: String,
     /// The arguments as sent: JSON text, or any other string.
     pub arguments: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// A message of a conversation.
 pub enum Message {
+    /// Instructions for the assistant.
     System {
+        /// Its text.
         content: Option<Content>,
     },
+    /// What the user says.
     User {
+        /// Its text.
         content: Option<Content>,
     },
+    /// What the assistant said: text or tool calls.
     Assistant {
+        /// Its text.
         content: Option<Content>,
+        /// Its tool calls.
         tool_calls: Option<Vec<ToolCall>>,
+        /// True on a final message the model must continue.
         prefix: bool,
     },
+    /// A tool's result.
     Tool {
+        /// The result (JSON or text).
         content: Option<Content>,
+        /// The id of the call it answers.
         tool_call_id: Option<String>,
+        /// The called function's name.
         name: Option<String>,
     },
 }
@@ -114,14 +130,19 @@ impl Message {
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tool {
+    /// The function's name (`[a-zA-Z0-9_-]{1,64}`).
     pub name: String,
+    /// What the function does, for the model.
     pub description: String,
     /// A JSON Schema (draft 7) object.
     pub parameters: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
+/// A conversation and the tools the model may call.
 pub struct ChatRequest {
+    /// The messages, oldest first.
     pub messages: Vec<Message>,
+    /// Tools the model may call.
     pub tools: Vec<Tool>,
 }

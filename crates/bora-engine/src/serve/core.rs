@@ -157,14 +157,22 @@ impl Core {
             .filter(|&i| self.running[i].pending() > 1)
             .collect();
         prefill.sort_by_key(|&i| self.running[i].pending());
+        // While other sequences wait on this step (decoding, or a prompt that finishes in it),
+        // long prompts advance by small chunks, so that the step stays short.
+        let chunk = self.config.max_prefill_chunk.max(1);
+        let interactive = plan.iter().any(|p| p.1 == 1)
+            || prefill.iter().any(|&i| self.running[i].pending() <= chunk);
         for i in prefill {
             if budget == 0 {
                 break;
             }
-            let n = self.running[i]
-                .pending()
-                .min(budget)
-                .min(self.config.max_prefill_chunk.max(1));
+            let pending = self.running[i].pending();
+            let cap = if interactive && pending > chunk {
+                self.config.interactive_chunk.max(1)
+            } else {
+                chunk
+            };
+            let n = pending.min(budget).min(cap);
             plan.push((i, n));
             budget -= n;
         }

@@ -45,11 +45,15 @@ pub enum KvBudget {
 pub struct EngineConfig {
     /// Positions per KV block.
     pub block_size: usize,
+    /// Memory for the KV cache.
     pub kv_budget: KvBudget,
     /// Tokens computed per step at most (decode tokens and prefill chunks together).
     pub max_batch_tokens: usize,
     /// Prompt tokens one sequence computes per step at most (chunked prefill).
     pub max_prefill_chunk: usize,
+    /// The chunk of a long prompt in steps that other sequences wait on (decoding, or a short
+    /// prompt about to answer): smaller, so those steps stay short.
+    pub interactive_chunk: usize,
     /// Sequences running at once at most.
     pub max_running: usize,
     /// Requests waiting for admission at most; beyond it `chat` fails with `Overloaded`.
@@ -65,6 +69,7 @@ impl Default for EngineConfig {
             kv_budget: KvBudget::ShareOfFree(0.25),
             max_batch_tokens: 512,
             max_prefill_chunk: 256,
+            interactive_chunk: 32,
             max_running: 64,
             max_queue: 256,
             chat_format: None,
@@ -75,14 +80,21 @@ impl Default for EngineConfig {
 /// What the engine is doing, as of its last step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Sequences running.
     pub running: usize,
+    /// Sequences waiting for admission (new or preempted).
     pub waiting: usize,
+    /// KV blocks held by sequences.
     pub blocks_used: usize,
+    /// KV blocks free or idle in the prefix cache.
     pub blocks_free: usize,
+    /// KV blocks in the pool.
     pub blocks_total: usize,
     /// Prompt blocks looked up in the prefix cache, and found there.
     pub prefix_lookups: u64,
+    /// Prompt blocks found in the prefix cache.
     pub prefix_hits: u64,
+    /// Steps run so far.
     pub steps: u64,
 }
 
@@ -209,10 +221,12 @@ impl Engine {
         })
     }
 
+    /// The engine's tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tok
     }
 
+    /// The chat format prompts are rendered in.
     pub fn chat_format(&self) -> ChatFormat {
         self.format
     }
@@ -222,6 +236,7 @@ impl Engine {
         self.context
     }
 
+    /// A snapshot of what the engine is doing.
     pub fn stats(&self) -> EngineStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }

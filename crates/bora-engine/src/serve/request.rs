@@ -6,9 +6,11 @@ use crate::sampler::SamplingParams;
 /// A chat completion request, as the library takes it.
 #[derive(Debug, Clone)]
 pub struct Completion {
+    /// The conversation (and tools) to answer.
     pub chat: ChatRequest,
     /// Temperature, top-p, top-k; the seed (`None`: a random one).
     pub sampling: SamplingParams,
+    /// Seed of the sampling (`None`: a random one).
     pub seed: Option<u64>,
     /// Tokens to generate at most per choice (`None`: up to the context).
     pub max_tokens: Option<usize>,
@@ -16,7 +18,9 @@ pub struct Completion {
     pub stop: Vec<String>,
     /// Choices to generate.
     pub n: usize,
+    /// Subtracted from the logit of every token already generated.
     pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated.
     pub frequency_penalty: f32,
 }
 
@@ -65,12 +69,16 @@ impl FinishReason {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Tokens a request read and wrote.
 pub struct Usage {
+    /// Tokens of the prompt (BOS included), counted once for all choices.
     pub prompt_tokens: usize,
+    /// Tokens generated over all choices (end-of-sequence excluded).
     pub completion_tokens: usize,
 }
 
 impl Usage {
+    /// Prompt and completion tokens.
     pub fn total_tokens(&self) -> usize {
         self.prompt_tokens + self.completion_tokens
     }
@@ -82,24 +90,33 @@ impl Usage {
 pub enum Event {
     /// New text of a choice.
     Delta {
+        /// The choice.
         choice: usize,
+        /// The text.
         text: String,
     },
     /// The choice's answer is these tool calls (sent whole).
     ToolCalls {
+        /// The choice.
         choice: usize,
+        /// The calls.
         calls: Vec<ToolCall>,
     },
+    /// A choice ended.
     Finish {
+        /// The choice.
         choice: usize,
+        /// Why it ended.
         reason: FinishReason,
     },
     /// The request is complete.
     Done {
+        /// Tokens of the whole request.
         usage: Usage,
     },
     /// The request failed; nothing follows.
     Error {
+        /// What went wrong.
         message: String,
     },
 }
@@ -107,13 +124,19 @@ pub enum Event {
 /// The whole answer to a request, collected from its events.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CompletionResult {
+    /// One per choice, in order.
     pub choices: Vec<Choice>,
+    /// Tokens of the request.
     pub usage: Usage,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// One choice of a completed request.
 pub struct Choice {
+    /// Its text.
     pub text: String,
+    /// Its tool calls.
     pub tool_calls: Vec<ToolCall>,
+    /// Why it ended.
     pub finish_reason: Option<FinishReason>,
 }

@@ -15,17 +15,27 @@ use crate::{EngineError, Result};
 /// Ids of the special tokens the chat formats use; `None` where the vocabulary lacks one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpecialTokens {
+    /// `<s>`.
     pub bos: Option<u32>,
+    /// `</s>`.
     pub eos: Option<u32>,
+    /// `[INST]` (v3).
     pub inst: Option<u32>,
+    /// `[/INST]` (v3).
     pub inst_end: Option<u32>,
+    /// `[TOOL_CALLS]` (v3).
     pub tool_calls: Option<u32>,
+    /// `[AVAILABLE_TOOLS]` (v3).
     pub available_tools: Option<u32>,
+    /// `[/AVAILABLE_TOOLS]` (v3).
     pub available_tools_end: Option<u32>,
+    /// `[TOOL_RESULTS]` (v3).
     pub tool_results: Option<u32>,
+    /// `[/TOOL_RESULTS]` (v3).
     pub tool_results_end: Option<u32>,
 }
 
+/// A tokenizer that encodes all input as plain text.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     specials: SpecialTokens,
@@ -90,6 +100,7 @@ impl Tokenizer {
         Self { inner, specials }
     }
 
+    /// Ids of the special tokens the chat formats use.
     pub fn specials(&self) -> &SpecialTokens {
         &self.specials
     }
@@ -116,6 +127,7 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// Tokens in the vocabulary, special ones included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -71,11 +71,17 @@ type MergeRank = (f32, u32, u32);
 /// The type of a sentencepiece piece (`SentencePiece.Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PieceKind {
+    /// A piece found by BPE merges.
     Normal,
+    /// The unknown-token piece.
     Unknown,
+    /// A control token (`<s>`, `[INST]`), never matched in text.
     Control,
+    /// A piece matched as a whole in text.
     UserDefined,
+    /// A piece never produced.
     Unused,
+    /// A byte (`<0xAB>`) for byte fallback.
     Byte,
 }
 
@@ -95,17 +101,24 @@ impl PieceKind {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// One piece of a sentencepiece vocabulary.
 pub struct SpmPiece {
+    /// Its text (`▁` for spaces).
     pub text: String,
+    /// Its score: higher merges first.
     pub score: f32,
+    /// Its type.
     pub kind: PieceKind,
 }
 
 /// A sentencepiece BPE vocabulary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpmVocab {
+    /// The pieces, in id order.
     pub pieces: Vec<SpmPiece>,
+    /// Id of the unknown piece.
     pub unk_id: u32,
+    /// Whether unknown characters become byte pieces.
     pub byte_fallback: bool,
 }
 

@@ -27,6 +27,7 @@ impl Default for IncrementalDecoder {
 }
 
 impl IncrementalDecoder {
+    /// A decoder at the start of a text.
     pub fn new() -> Self {
         Self {
             ids: Vec::new(),

@@ -1,0 +1,132 @@
+//! Serving bench on the CPU-sized random Mixtral (benches/e2e.sh generates it): aggregate decode
+//! tokens/s with 1, 4 and 16 concurrent streams, and the time to first token of a short request
+//! that arrives while a 2,000-token prompt is being prefilled.
+//!
+//!   serving DIR    (DIR: a checkpoint directory, e.g. .cache/bench-model/bf16)
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bora_benches::Rng;
+use bora_engine::chat::ChatRequest;
+use bora_engine::{Completion, CompletionStream, Engine, EngineConfig, Event, KvBudget, Tokenizer};
+use bora_model::Model;
+use bora_weights::{LoadOptions, MapMode, MixtralWeights, SafetensorsStore};
+use candle_core::Device;
+
+const GEN: usize = 64;
+
+fn prompt(rng: &mut Rng, len: usize) -> Vec<u32> {
+    let mut p = vec![1];
+    p.extend((1..len).map(|_| 3 + (rng.next_u64() % 31_000) as u32));
+    p
+}
+
+fn request(max_tokens: usize) -> Completion {
+    Completion {
+        max_tokens: Some(max_tokens),
+        ..Completion::new(ChatRequest::default())
+    }
+}
+
+/// Waits for a stream's end; returns the generated tokens and the time of its first delta.
+fn drain(mut s: CompletionStream) -> (usize, Option<Instant>) {
+    let mut first = None;
+    let mut n = 0;
+    while let Some(e) = s.next_blocking() {
+        match e {
+            Event::Delta { .. } if first.is_none() => first = Some(Instant::now()),
+            Event::Done { usage } => n = usage.completion_tokens,
+            Event::Error { message } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    (n, first)
+}
+
+fn main() -> Result<()> {
+    let dir = PathBuf::from(std::env::args().nth(1).context("usage: serving DIR")?);
+    let store = SafetensorsStore::open_dir(&dir, MapMode::Populate)?;
+    let cfg = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
+    let dtype = store.weight_dtype("model.embed_tokens.weight")?;
+    let model = Model::new(MixtralWeights::load(
+        &store,
+        cfg,
+        &LoadOptions::new(dtype, Device::Cpu),
+    )?)?;
+    drop(store);
+    // The bench checkpoints carry no tokenizer; any 32000-token one decodes their ids.
+    let tok = Tokenizer::from_file(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tokenizers/tokenizer.model.v1"),
+    )?;
+    let engine = Engine::new(
+        model,
+        tok,
+        EngineConfig {
+            kv_budget: KvBudget::Mib(1024),
+            ..EngineConfig::default()
+        },
+    )?;
+    let mut rng = Rng::new(5);
+
+    // Warm-up (page faults, allocations).
+    drain(engine.submit(prompt(&mut rng, 16), &request(4))?);
+
+    let mut per_stream = Vec::new();
+    for streams in [1usize, 4, 16] {
+        let start = Instant::now();
+        let handles: Vec<CompletionStream> = (0..streams)
+            .map(|_| engine.submit(prompt(&mut rng, 16), &request(GEN)))
+            .collect::<Result<_, _>>()?;
+        let tokens: usize = handles.into_iter().map(|h| drain(h).0).sum();
+        let secs = start.elapsed().as_secs_f64();
+        let rate = tokens as f64 / secs;
+        per_stream.push((streams, rate, secs * 1e3 / GEN as f64));
+        println!(
+            "{streams:>2} streams: {tokens} tokens in {secs:.2} s = {rate:.1} tok/s aggregate"
+        );
+    }
+    let one = per_stream[0].1;
+    let step_ms = per_stream[0].2;
+    for (s, rate, _) in &per_stream {
+        println!(
+            "{s:>2} streams: {:.2}x the aggregate tokens/s of one stream",
+            rate / one
+        );
+    }
+
+    // A short request arriving while a 2,000-token prompt is being prefilled.
+    let long = engine.submit(prompt(&mut rng, 2000), &request(1))?;
+    let started = Instant::now();
+    let long_thread = std::thread::spawn(move || drain(long));
+    // Let the long prefill get going.
+    std::thread::sleep(Duration::from_millis(1500));
+    let steps_before = engine.stats().steps;
+    let arrival = Instant::now();
+    let mut short = engine.submit(prompt(&mut rng, 16), &request(4))?;
+    let (ttft, steps) = loop {
+        match short.next_blocking() {
+            Some(Event::Delta { .. }) => {
+                break (arrival.elapsed(), engine.stats().steps - steps_before)
+            }
+            Some(Event::Error { message }) => anyhow::bail!(message),
+            Some(_) => {}
+            None => anyhow::bail!("the short request produced no text"),
+        }
+    };
+    drain(short);
+    let (_, long_first) = long_thread.join().expect("long request");
+    let long_total = long_first
+        .map(|t| t.duration_since(started))
+        .unwrap_or_default();
+    println!(
+        "short request during a 2,000-token prefill: first token after {:.0} ms ({} engine steps; \
+         {:.1} single-stream decode steps of {step_ms:.1} ms); the long prompt's first token came after {:.1} s",
+        ttft.as_secs_f64() * 1e3,
+        steps,
+        ttft.as_secs_f64() * 1e3 / step_ms,
+        long_total.as_secs_f64()
+    );
+    Ok(())
+}
