@@ -74,7 +74,11 @@ fn main() -> Result<()> {
     drain(engine.submit(prompt(&mut rng, 16), &request(4))?);
 
     let mut per_stream = Vec::new();
-    for streams in [1usize, 4, 16] {
+    let list: Vec<usize> = std::env::var("STREAMS")
+        .ok()
+        .map(|s| s.split(",").filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or(vec![1, 4, 16]);
+    for streams in list {
         let start = Instant::now();
         let handles: Vec<CompletionStream> = (0..streams)
             .map(|_| engine.submit(prompt(&mut rng, 16), &request(GEN)))
@@ -96,6 +100,9 @@ fn main() -> Result<()> {
         );
     }
 
+    if std::env::var("STREAMS").is_ok() {
+        return Ok(());
+    }
     // A short request arriving while a 2,000-token prompt is being prefilled.
     let long = engine.submit(prompt(&mut rng, 2000), &request(1))?;
     let started = Instant::now();

@@ -206,6 +206,89 @@ pub fn dot_rows<W: Element>(simd: bool, w: &[W], xs: &[&[f32]], acc: &mut [f32])
     dot_rows_scalar(w, xs, acc)
 }
 
+/// Rows of `x` up to which [`dot_rows2`] pays: two weight rows share each activation load.
+pub const DOT2_MAX_ROWS: usize = 4;
+
+/// [`dot_rows`] for two weight rows at once (`acc0` for `w0`, `acc1` for `w1`): each activation
+/// vector loaded serves both, halving the activation traffic, which bounds decode steps of a
+/// few sequences (their activation rows do not all fit in L1).
+#[inline]
+pub fn dot_rows2<W: Element>(
+    simd: bool,
+    w0: &[W],
+    w1: &[W],
+    xs: &[&[f32]],
+    acc0: &mut [f32],
+    acc1: &mut [f32],
+) {
+    debug_assert!(xs.len() <= DOT2_MAX_ROWS && w0.len() == w1.len());
+    debug_assert!(xs.iter().all(|x| x.len() >= w0.len()));
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: as in `dot_rows`: features checked by the caller, lengths checked above.
+        unsafe {
+            match xs.len() {
+                1 => dot_rows2_avx2::<W, 1>(w0, w1, xs, acc0, acc1),
+                2 => dot_rows2_avx2::<W, 2>(w0, w1, xs, acc0, acc1),
+                3 => dot_rows2_avx2::<W, 3>(w0, w1, xs, acc0, acc1),
+                _ => dot_rows2_avx2::<W, 4>(w0, w1, xs, acc0, acc1),
+            }
+        }
+        return;
+    }
+    let _ = simd;
+    dot_rows_scalar(w0, xs, acc0);
+    dot_rows_scalar(w1, xs, acc1);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows2_avx2<W: Element, const R: usize>(
+    w0: &[W],
+    w1: &[W],
+    xs: &[&[f32]],
+    acc0: &mut [f32],
+    acc1: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let k = w0.len();
+    let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
+    let mut a0 = [_mm256_setzero_ps(); R];
+    let mut a1 = [_mm256_setzero_ps(); R];
+    let mut i = 0;
+    while i + 8 <= k {
+        let v0 = W::load8(p0.add(i));
+        let v1 = W::load8(p1.add(i));
+        for r in 0..R {
+            let x = _mm256_loadu_ps(xs[r].as_ptr().add(i));
+            a0[r] = _mm256_fmadd_ps(v0, x, a0[r]);
+            a1[r] = _mm256_fmadd_ps(v1, x, a1[r]);
+        }
+        i += 8;
+    }
+    for r in 0..R {
+        let (mut t0, mut t1) = (hsum(a0[r]), hsum(a1[r]));
+        for j in i..k {
+            let x = *xs[r].get_unchecked(j);
+            t0 += (*p0.add(j)).to_f32() * x;
+            t1 += (*p1.add(j)).to_f32() * x;
+        }
+        acc0[r] = t0;
+        acc1[r] = t1;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let hi = _mm256_extractf128_ps::<1>(v);
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+    _mm_cvtss_f32(s)
+}
+
 /// `U` blocks of 8 weights per step, `U` accumulators per activation row: at least four
 /// independent FMA chains in flight to cover the FMA latency (`U = 4` for one row).
 #[cfg(target_arch = "x86_64")]

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::dot::{dot_rows, widen_transposed, Element, DOT_MAX_ROWS};
+use super::dot::{dot_rows, dot_rows2, widen_transposed, Element, DOT2_MAX_ROWS, DOT_MAX_ROWS};
 
 /// Up to this many activation rows, the product runs as dot products over each weight row read
 /// once (the row stays in L1 while up to 8 activation rows at a time go past it); above it, as
@@ -162,16 +162,35 @@ fn gemv_rows<W: Element>(job: &Job<'_>, w: &[W], j0: usize) {
         xs[r] = x;
     }
     let simd = W::simd_available();
+    let put = |r: usize, j: usize, a: f32| {
+        // SAFETY: r < m and j0 + j < n, so the index is inside `out`; column j0 + j belongs to
+        // this task alone.
+        unsafe { *job.out.get().add(r * n + j0 + j) = a };
+    };
+    let rows: Vec<&[W]> = w.chunks_exact(k).collect();
     let mut acc = [0f32; DOT_MAX_ROWS];
-    for (jj, row) in w.chunks_exact(k).enumerate() {
-        for r0 in (0..m).step_by(DOT_MAX_ROWS) {
-            let rows = (m - r0).min(DOT_MAX_ROWS);
-            dot_rows(simd, row, &xs[r0..r0 + rows], &mut acc);
-            for (r, &a) in acc[..rows].iter().enumerate() {
-                // SAFETY: r0 + r < m and j0 + jj < n, so the index is inside `out`; column
-                // j0 + jj belongs to this task alone.
-                unsafe { *job.out.get().add((r0 + r) * n + j0 + jj) = a };
+    let mut acc1 = [0f32; DOT_MAX_ROWS];
+    if (2..=DOT2_MAX_ROWS).contains(&m) {
+        // Two weight rows per pass over the activations.
+        for (p, pair) in rows.chunks(2).enumerate() {
+            if let [r0, r1] = pair {
+                dot_rows2(simd, r0, r1, &xs[..m], &mut acc, &mut acc1);
+                for r in 0..m {
+                    put(r, 2 * p, acc[r]);
+                    put(r, 2 * p + 1, acc1[r]);
+                }
+            } else {
+                dot_rows(simd, pair[0], &xs[..m], &mut acc);
+                (0..m).for_each(|r| put(r, 2 * p, acc[r]));
             }
+        }
+        return;
+    }
+    for (jj, row) in rows.iter().enumerate() {
+        for r0 in (0..m).step_by(DOT_MAX_ROWS) {
+            let nr = (m - r0).min(DOT_MAX_ROWS);
+            dot_rows(simd, row, &xs[r0..r0 + nr], &mut acc);
+            (0..nr).for_each(|r| put(r0 + r, jj, acc[r]));
         }
     }
 }
