@@ -39,6 +39,30 @@ fn bench(c: &mut Criterion) {
         }
     }
     group.finish();
+
+    // The CPU bench model's shapes: an expert projection (3584 x 1024) and the LM head (32000 x
+    // 1024), at the row counts of decode steps with 1 to 16 sequences.
+    let mut group = c.benchmark_group("matmul_bench_model_bf16");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for (name, n) in [("expert", 3584usize), ("lm_head", 32000)] {
+        let k = 1024;
+        let w: Vec<bf16> = random_bf16(n * k, 0.02, 9);
+        for m in [1usize, 2, 4, 8, 16] {
+            let x: Vec<f32> = random_bf16(m * k, 1.0, m as u64)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect();
+            let mut out = vec![0f32; m * n];
+            group.throughput(Throughput::Bytes((n * k * 2) as u64));
+            group.bench_function(BenchmarkId::new(name, m), |b| {
+                b.iter(|| matmul_xwt(&x, m, k, WeightRef::BF16(&w), n, &mut out))
+            });
+        }
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench);
