@@ -21,7 +21,7 @@ fn bench(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(3));
-    for m in [1usize, 4, 8, 16, 32, 128] {
+    for m in [1usize, 2, 3, 4, 8, 16, 32, 128] {
         let x: Vec<f32> = random_bf16(m * K, 1.0, m as u64)
             .iter()
             .map(|v| v.to_f32())

@@ -228,10 +228,10 @@ pub fn dot_rows2<W: Element>(
         // SAFETY: as in `dot_rows`: features checked by the caller, lengths checked above.
         unsafe {
             match xs.len() {
-                1 => dot_rows2_avx2::<W, 1>(w0, w1, xs, acc0, acc1),
-                2 => dot_rows2_avx2::<W, 2>(w0, w1, xs, acc0, acc1),
-                3 => dot_rows2_avx2::<W, 3>(w0, w1, xs, acc0, acc1),
-                _ => dot_rows2_avx2::<W, 4>(w0, w1, xs, acc0, acc1),
+                1 => dot_rows2_avx2::<W, 1, 4>(w0, w1, xs, acc0, acc1),
+                2 => dot_rows2_avx2::<W, 2, 2>(w0, w1, xs, acc0, acc1),
+                3 => dot_rows2_avx2::<W, 3, 1>(w0, w1, xs, acc0, acc1),
+                _ => dot_rows2_avx2::<W, 4, 1>(w0, w1, xs, acc0, acc1),
             }
         }
         return;
@@ -241,9 +241,10 @@ pub fn dot_rows2<W: Element>(
     dot_rows_scalar(w1, xs, acc1);
 }
 
+/// `U` blocks of 8 per step: `2·R·U` independent FMA chains (at least 6) cover the latency.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows2_avx2<W: Element, const R: usize>(
+unsafe fn dot_rows2_avx2<W: Element, const R: usize, const U: usize>(
     w0: &[W],
     w1: &[W],
     xs: &[&[f32]],
@@ -253,21 +254,39 @@ unsafe fn dot_rows2_avx2<W: Element, const R: usize>(
     use std::arch::x86_64::*;
     let k = w0.len();
     let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
-    let mut a0 = [_mm256_setzero_ps(); R];
-    let mut a1 = [_mm256_setzero_ps(); R];
+    let mut a0 = [[_mm256_setzero_ps(); R]; U];
+    let mut a1 = [[_mm256_setzero_ps(); R]; U];
     let mut i = 0;
+    while i + 8 * U <= k {
+        for u in 0..U {
+            let at = i + 8 * u;
+            let v0 = W::load8(p0.add(at));
+            let v1 = W::load8(p1.add(at));
+            for r in 0..R {
+                let x = _mm256_loadu_ps(xs[r].as_ptr().add(at));
+                a0[u][r] = _mm256_fmadd_ps(v0, x, a0[u][r]);
+                a1[u][r] = _mm256_fmadd_ps(v1, x, a1[u][r]);
+            }
+        }
+        i += 8 * U;
+    }
     while i + 8 <= k {
         let v0 = W::load8(p0.add(i));
         let v1 = W::load8(p1.add(i));
         for r in 0..R {
             let x = _mm256_loadu_ps(xs[r].as_ptr().add(i));
-            a0[r] = _mm256_fmadd_ps(v0, x, a0[r]);
-            a1[r] = _mm256_fmadd_ps(v1, x, a1[r]);
+            a0[0][r] = _mm256_fmadd_ps(v0, x, a0[0][r]);
+            a1[0][r] = _mm256_fmadd_ps(v1, x, a1[0][r]);
         }
         i += 8;
     }
     for r in 0..R {
-        let (mut t0, mut t1) = (hsum(a0[r]), hsum(a1[r]));
+        let (mut s0, mut s1) = (a0[0][r], a1[0][r]);
+        for u in 1..U {
+            s0 = _mm256_add_ps(s0, a0[u][r]);
+            s1 = _mm256_add_ps(s1, a1[u][r]);
+        }
+        let (mut t0, mut t1) = (hsum(s0), hsum(s1));
         for j in i..k {
             let x = *xs[r].get_unchecked(j);
             t0 += (*p0.add(j)).to_f32() * x;
