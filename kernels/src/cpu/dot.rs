@@ -254,6 +254,7 @@ unsafe fn dot_rows2_avx2<W: Element, const R: usize, const U: usize>(
     use std::arch::x86_64::*;
     let k = w0.len();
     let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
+    let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
     let mut a0 = [[_mm256_setzero_ps(); R]; U];
     let mut a1 = [[_mm256_setzero_ps(); R]; U];
     let mut i = 0;
@@ -263,7 +264,7 @@ unsafe fn dot_rows2_avx2<W: Element, const R: usize, const U: usize>(
             let v0 = W::load8(p0.add(at));
             let v1 = W::load8(p1.add(at));
             for r in 0..R {
-                let x = _mm256_loadu_ps(xs[r].as_ptr().add(at));
+                let x = _mm256_loadu_ps(xp[r].add(at));
                 a0[u][r] = _mm256_fmadd_ps(v0, x, a0[u][r]);
                 a1[u][r] = _mm256_fmadd_ps(v1, x, a1[u][r]);
             }
@@ -274,7 +275,7 @@ unsafe fn dot_rows2_avx2<W: Element, const R: usize, const U: usize>(
         let v0 = W::load8(p0.add(i));
         let v1 = W::load8(p1.add(i));
         for r in 0..R {
-            let x = _mm256_loadu_ps(xs[r].as_ptr().add(i));
+            let x = _mm256_loadu_ps(xp[r].add(i));
             a0[0][r] = _mm256_fmadd_ps(v0, x, a0[0][r]);
             a1[0][r] = _mm256_fmadd_ps(v1, x, a1[0][r]);
         }
@@ -320,13 +321,14 @@ unsafe fn dot_rows_avx2<W: Element, const R: usize, const U: usize>(
     use std::arch::x86_64::*;
     let k = w.len();
     let wp = w.as_ptr();
+    let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
     let mut a = [[_mm256_setzero_ps(); R]; U];
     let mut i = 0;
     while i + 8 * U <= k {
         for (u, au) in a.iter_mut().enumerate() {
             let wv = W::load8(wp.add(i + 8 * u));
             for r in 0..R {
-                au[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xs[r].as_ptr().add(i + 8 * u)), au[r]);
+                au[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[r].add(i + 8 * u)), au[r]);
             }
         }
         i += 8 * U;
@@ -334,7 +336,7 @@ unsafe fn dot_rows_avx2<W: Element, const R: usize, const U: usize>(
     while i + 8 <= k {
         let wv = W::load8(wp.add(i));
         for r in 0..R {
-            a[0][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xs[r].as_ptr().add(i)), a[0][r]);
+            a[0][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[r].add(i)), a[0][r]);
         }
         i += 8;
     }
