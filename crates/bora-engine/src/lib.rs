@@ -21,7 +21,8 @@ pub use perplexity::{perplexity, Perplexity};
 pub use sampler::{Sampler, SamplingParams};
 pub use serve::{
     Choice, Completion, CompletionResult, CompletionStream, Engine, EngineConfig, EngineStats,
-    Event, FinishReason as StopReason, KvBudget, ModelSource, Usage,
+    Event, FinishReason as StopReason, KvBudget, LogitsProcessor, ModelSource, Penalties,
+    ProcessorFactory, Usage,
 };
 pub use tokenizer::{IncrementalDecoder, PieceKind, SpecialTokens, SpmPiece, SpmVocab, Tokenizer};
 

@@ -292,3 +292,57 @@ async fn usable_from_async_code() {
     let streamed = e.submit(p, &greedy(6)).unwrap().collect(1).await.unwrap();
     assert_eq!(streamed, blocking);
 }
+
+/// A request's own logits processors run on every step of each choice: forbidding the best
+/// first token changes the greedy answer, and a large frequency penalty forbids repeats.
+#[test]
+fn logits_processors_shape_the_answer() {
+    /// Masks the most probable token of the first step.
+    struct NotTheBestFirst;
+    impl LogitsProcessor for NotTheBestFirst {
+        fn process(&mut self, generated: &[u32], logits: &mut [f32]) {
+            if generated.is_empty() {
+                let best = (0..logits.len())
+                    .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                    .unwrap();
+                logits[best] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let e = engine(config());
+    let p = prompts(&e)[6].clone();
+    let plain = run(&e, &p, &greedy(8));
+    let req = Completion {
+        processors: vec![ProcessorFactory::new(|| Box::new(NotTheBestFirst))],
+        ..greedy(8)
+    };
+    let other = run(&e, &p, &req);
+    assert_ne!(other.choices[0].text, plain.choices[0].text);
+    assert_eq!(other.usage.completion_tokens, 8);
+
+    /// Records every token it is shown as generated.
+    struct Spy(std::sync::Arc<std::sync::Mutex<Vec<u32>>>);
+    impl LogitsProcessor for Spy {
+        fn process(&mut self, generated: &[u32], _logits: &mut [f32]) {
+            *self.0.lock().unwrap() = generated.to_vec();
+        }
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let req = Completion {
+        frequency_penalty: 100.0,
+        processors: vec![ProcessorFactory::new(move || Box::new(Spy(s2.clone())))],
+        ..greedy(12)
+    };
+    run(&e, &p, &req);
+    let ids = seen.lock().unwrap().clone();
+    assert_eq!(ids.len(), 11, "the last step sees the 11 tokens before it");
+    let mut uniq = ids.clone();
+    uniq.sort_unstable();
+    uniq.dedup();
+    assert_eq!(
+        uniq.len(),
+        ids.len(),
+        "a huge frequency penalty never repeats a token: {ids:?}"
+    );
+}

@@ -8,6 +8,7 @@
 
 mod blocks;
 mod core;
+mod logits;
 mod request;
 mod sequence;
 mod stop;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use bora_model::Model;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+pub use logits::{LogitsProcessor, Penalties, ProcessorFactory};
 pub use request::{Choice, Completion, CompletionResult, Event, FinishReason, Usage};
 
 use self::core::{Command, Core, Submitted};
@@ -305,8 +307,7 @@ impl Engine {
                 max_tokens: req.max_tokens.unwrap_or(room - prompt.len()),
                 context: room,
                 sampler,
-                presence_penalty: req.presence_penalty,
-                frequency_penalty: req.frequency_penalty,
+                processors: processors(req),
                 stop: req.stop.clone(),
             }));
         }
@@ -325,6 +326,19 @@ impl Engine {
     pub fn chat_blocking(&self, req: &Completion) -> Result<CompletionResult> {
         self.chat(req)?.collect_blocking(req.n)
     }
+}
+
+/// The chain of one choice: penalties (when set), then the request's own processors.
+fn processors(req: &Completion) -> Vec<Box<dyn LogitsProcessor>> {
+    let mut chain: Vec<Box<dyn LogitsProcessor>> = Vec::new();
+    if req.presence_penalty != 0.0 || req.frequency_penalty != 0.0 {
+        chain.push(Box::new(Penalties::new(
+            req.presence_penalty,
+            req.frequency_penalty,
+        )));
+    }
+    chain.extend(req.processors.iter().map(|f| f.make()));
+    chain
 }
 
 /// Choice `i`'s seed: distinct per choice, the same for the same request seed.

@@ -1,5 +1,6 @@
 //! Typed requests and the events that answer them.
 
+use super::logits::ProcessorFactory;
 use crate::chat::{ChatRequest, ToolCall};
 use crate::sampler::SamplingParams;
 
@@ -22,6 +23,8 @@ pub struct Completion {
     pub presence_penalty: f32,
     /// Subtracted from a token's logit once per time it was generated.
     pub frequency_penalty: f32,
+    /// More logits processors, run after the penalties (one instance per choice).
+    pub processors: Vec<ProcessorFactory>,
 }
 
 impl Completion {
@@ -36,6 +39,7 @@ impl Completion {
             n: 1,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            processors: Vec::new(),
         }
     }
 }

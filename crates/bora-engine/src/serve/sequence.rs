@@ -1,10 +1,9 @@
 //! One choice of one request, from its prompt to its last token: what is computed, its blocks,
 //! its sampler, and the text it has released.
 
-use std::collections::HashMap;
-
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::logits::LogitsProcessor;
 use super::request::{Event, FinishReason};
 use super::stop::StopText;
 use crate::chat::{parse_output, ChatFormat, ParsedOutput};
@@ -38,9 +37,8 @@ pub(crate) struct Seq {
     pub max_tokens: usize,
     pub context: usize,
     pub sampler: Sampler,
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
-    counts: HashMap<u32, u32>,
+    /// Run in order on the logits before the sampler.
+    processors: Vec<Box<dyn LogitsProcessor>>,
     detok: IncrementalDecoder,
     stop: StopText,
     kind: Kind,
@@ -58,8 +56,7 @@ pub(crate) struct SeqInit {
     pub max_tokens: usize,
     pub context: usize,
     pub sampler: Sampler,
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
+    pub processors: Vec<Box<dyn LogitsProcessor>>,
     pub stop: Vec<String>,
 }
 
@@ -78,9 +75,7 @@ impl Seq {
             max_tokens: i.max_tokens,
             context: i.context,
             sampler: i.sampler,
-            presence_penalty: i.presence_penalty,
-            frequency_penalty: i.frequency_penalty,
-            counts: HashMap::new(),
+            processors: i.processors,
             detok: IncrementalDecoder::new(),
             stop: StopText::new(i.stop),
             kind: Kind::Undecided,
@@ -98,15 +93,11 @@ impl Seq {
         &self.tokens[self.prompt_len..]
     }
 
-    /// The logits processors (presence and frequency penalties over the generated tokens),
-    /// then the sampler: the next token.
+    /// The logits processors, in order, then the sampler: the next token.
     pub fn choose(&mut self, logits: &mut [f32]) -> u32 {
-        if self.presence_penalty != 0.0 || self.frequency_penalty != 0.0 {
-            for (&t, &c) in &self.counts {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l -= self.presence_penalty + self.frequency_penalty * c as f32;
-                }
-            }
+        let generated = &self.tokens[self.prompt_len..];
+        for p in &mut self.processors {
+            p.process(generated, logits);
         }
         self.sampler.sample(logits)
     }
@@ -124,7 +115,6 @@ impl Seq {
             return Some(FinishReason::Stop);
         }
         self.tokens.push(t);
-        *self.counts.entry(t).or_default() += 1;
         let first = self.generated().len() == 1;
         if first && format == ChatFormat::V3 && Some(t) == tok.specials().tool_calls {
             self.kind = Kind::Calls;

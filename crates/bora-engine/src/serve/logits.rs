@@ -1,0 +1,85 @@
+//! The per-sequence chain of logits processors, run in order on each step's logits before the
+//! sampler: penalties now, constraint masks (structured output) next.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Changes one sequence's logits before sampling (a mask sets logits to `-inf`).
+pub trait LogitsProcessor: Send {
+    /// `generated`: the tokens this sequence generated so far; `logits`: one per vocabulary
+    /// entry, changed in place.
+    fn process(&mut self, generated: &[u32], logits: &mut [f32]);
+}
+
+/// Makes a fresh processor for each choice of a request.
+#[derive(Clone)]
+pub struct ProcessorFactory(pub Arc<dyn Fn() -> Box<dyn LogitsProcessor> + Send + Sync>);
+
+impl std::fmt::Debug for ProcessorFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProcessorFactory")
+    }
+}
+
+impl ProcessorFactory {
+    /// A factory from a closure.
+    pub fn new(make: impl Fn() -> Box<dyn LogitsProcessor> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(make))
+    }
+
+    /// A new processor.
+    pub fn make(&self) -> Box<dyn LogitsProcessor> {
+        (self.0)()
+    }
+}
+
+/// OpenAI's presence and frequency penalties over the generated tokens:
+/// `logit -= presence · [count > 0] + frequency · count`.
+pub struct Penalties {
+    presence: f32,
+    frequency: f32,
+    counts: HashMap<u32, u32>,
+    seen: usize,
+}
+
+impl Penalties {
+    /// Penalties with these weights.
+    pub fn new(presence: f32, frequency: f32) -> Self {
+        Self {
+            presence,
+            frequency,
+            counts: HashMap::new(),
+            seen: 0,
+        }
+    }
+}
+
+impl LogitsProcessor for Penalties {
+    fn process(&mut self, generated: &[u32], logits: &mut [f32]) {
+        for &t in &generated[self.seen.min(generated.len())..] {
+            *self.counts.entry(t).or_default() += 1;
+        }
+        self.seen = generated.len();
+        for (&t, &c) in &self.counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= self.presence + self.frequency * c as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn penalties_count_generated_tokens() {
+        let mut p = Penalties::new(0.5, 0.25);
+        let mut logits = vec![1.0; 4];
+        p.process(&[2, 2, 3], &mut logits);
+        assert_eq!(logits, vec![1.0, 1.0, 1.0 - 0.5 - 0.5, 1.0 - 0.5 - 0.25]);
+        let mut logits = vec![1.0; 4];
+        p.process(&[2, 2, 3, 0], &mut logits);
+        assert_eq!(logits, vec![0.25, 1.0, 0.0, 0.25]);
+    }
+}
