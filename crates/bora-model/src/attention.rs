@@ -31,12 +31,42 @@ pub(crate) fn attention(
     );
     let qkv = Matrix::forward_many(x, &[&w.q, &w.k, &w.v])?;
     let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]); // [T, Hq·D], [T, Hkv·D], [T, Hkv·D]
+                                                 // Decode steps of a CPU f32 model take the in-place kernel, all together.
+    let host =
+        x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && ctx.rope.host().is_some();
+    let mut starts = Vec::with_capacity(batch.seqs.len());
+    let mut at = 0;
+    for s in &batch.seqs {
+        starts.push(at);
+        at += s.tokens.len();
+    }
+    let fast: Vec<usize> = (0..batch.seqs.len())
+        .filter(|&i| host && batch.seqs[i].tokens.len() == 1)
+        .collect();
+    let fast_out = if fast.is_empty() {
+        None
+    } else {
+        let rows: Vec<usize> = fast.iter().map(|&i| starts[i]).collect();
+        let seqs: Vec<&crate::SeqInput> = fast.iter().map(|&i| &batch.seqs[i]).collect();
+        Some(crate::decode::decode_attention(
+            ctx, q, k, v, &rows, &seqs, cache,
+        )?)
+    };
     let mut outs = Vec::with_capacity(batch.seqs.len());
     let mut row = 0;
-    for s in &batch.seqs {
+    let mut next_fast = 0;
+    for (si, s) in batch.seqs.iter().enumerate() {
         let l = s.tokens.len();
         if l == 0 {
             continue;
+        }
+        if let (Some(f), Some(&fi)) = (&fast_out, fast.get(next_fast)) {
+            if fi == si {
+                outs.push(f.narrow(0, next_fast, 1)?);
+                next_fast += 1;
+                row += l;
+                continue;
+            }
         }
         let heads = |t: &Tensor, n: usize| -> Result<Tensor> {
             // [L, n·D] → [1, n, L, D]

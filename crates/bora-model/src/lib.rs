@@ -14,6 +14,7 @@
 
 mod attention;
 mod batch;
+mod decode;
 mod error;
 mod kv_cache;
 mod model;

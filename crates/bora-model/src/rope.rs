@@ -10,6 +10,8 @@ use crate::Result;
 pub(crate) struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// The same tables as host f32 values, for the CPU decode kernel (f32 on the CPU only).
+    host: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Rope {
@@ -28,10 +30,33 @@ impl Rope {
                 sin.push(a.sin());
             }
         }
+        let host = (device.is_cpu() && dtype == DType::F32).then(|| (cos.clone(), sin.clone()));
         Ok(Self {
             cos: Tensor::from_vec(cos, (max_pos, d / 2), device)?.to_dtype(dtype)?,
             sin: Tensor::from_vec(sin, (max_pos, d / 2), device)?.to_dtype(dtype)?,
+            host,
         })
+    }
+
+    /// The host tables `[max_pos · D/2]` (cos, sin), where the model runs in f32 on the CPU.
+    pub fn host(&self) -> Option<(&[f32], &[f32])> {
+        self.host
+            .as_ref()
+            .map(|(c, s)| (c.as_slice(), s.as_slice()))
+    }
+
+    /// Rotates one head `x` (`D` values) at position `pos` in place, with host tables.
+    pub fn rotate(cos: &[f32], sin: &[f32], pos: usize, x: &mut [f32]) {
+        let half = x.len() / 2;
+        let (c, s) = (
+            &cos[pos * half..(pos + 1) * half],
+            &sin[pos * half..(pos + 1) * half],
+        );
+        for i in 0..half {
+            let (x1, x2) = (x[i], x[i + half]);
+            x[i] = x1 * c[i] - x2 * s[i];
+            x[i + half] = x2 * c[i] + x1 * s[i];
+        }
     }
 
     /// Rotates `x` `[1, heads, L, D]` (contiguous) for positions `start..start + L`.
