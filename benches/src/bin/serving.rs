@@ -88,16 +88,26 @@ fn main() -> Result<()> {
     for _ in 0..repeat {
         for entry in per_stream.iter_mut() {
             let streams = entry.0;
-            let handles: Vec<CompletionStream> =
-                (0..streams).map(|_| engine.submit(prompt(&mut rng, 16), &request(GEN))).collect::<Result<_, _>>()?;
+            let handles: Vec<CompletionStream> = (0..streams)
+                .map(|_| engine.submit(prompt(&mut rng, 16), &request(GEN)))
+                .collect::<Result<_, _>>()?;
             // Each stream is read on its own thread, so that its first token is timed when it comes.
-            let readers: Vec<_> = handles.into_iter().map(|h| std::thread::spawn(move || drain(h))).collect();
-            let results: Vec<(usize, Option<Instant>)> =
-                readers.into_iter().map(|r| r.join().expect("reader")).collect();
+            let readers: Vec<_> = handles
+                .into_iter()
+                .map(|h| std::thread::spawn(move || drain(h)))
+                .collect();
+            let results: Vec<(usize, Option<Instant>)> = readers
+                .into_iter()
+                .map(|r| r.join().expect("reader"))
+                .collect();
             let end = Instant::now();
             // Decode only: from the moment every stream has its first token (the prompts are
             // prefilled by then) to the end, counting the tokens after each first one.
-            let decoding_from = results.iter().filter_map(|r| r.1).max().context("no tokens")?;
+            let decoding_from = results
+                .iter()
+                .filter_map(|r| r.1)
+                .max()
+                .context("no tokens")?;
             let tokens: usize = results.iter().map(|r| r.0.saturating_sub(1)).sum();
             let secs = end.duration_since(decoding_from).as_secs_f64();
             let rate = tokens as f64 / secs;

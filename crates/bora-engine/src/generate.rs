@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bora_model::{Batch, Logits, Model};
 
 use crate::sampler::{Sampler, SamplingParams};
+use crate::serve::FinishReason;
 use crate::{EngineError, Result};
 
 /// Prompt tokens per prefill step.
@@ -22,17 +23,6 @@ pub struct GenerateOptions {
     pub stop_tokens: Vec<u32>,
     /// Positions available to prompt and output together; at most the model's context.
     pub context: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-/// Why [`generate`] stopped.
-pub enum FinishReason {
-    /// A stop token was generated.
-    Stop,
-    /// `max_tokens` were generated.
-    Length,
-    /// The context is full.
-    ModelLength,
 }
 
 #[derive(Debug, Clone)]

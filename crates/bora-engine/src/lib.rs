@@ -16,13 +16,13 @@ pub mod serve;
 mod tokenizer;
 
 pub use error::EngineError;
-pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use generate::{generate, GenerateOptions, Generation};
 pub use perplexity::{perplexity, Perplexity};
 pub use sampler::{Sampler, SamplingParams};
 pub use serve::{
     Choice, Completion, CompletionResult, CompletionStream, Engine, EngineConfig, EngineStats,
-    Event, FinishReason as StopReason, KvBudget, LogitsProcessor, ModelSource, Penalties,
-    ProcessorFactory, Usage,
+    Event, FinishReason, KvBudget, LogitsProcessor, ModelSource, Penalties, ProcessorFactory,
+    Usage,
 };
 pub use tokenizer::{IncrementalDecoder, PieceKind, SpecialTokens, SpmPiece, SpmVocab, Tokenizer};
 

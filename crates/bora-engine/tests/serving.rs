@@ -65,7 +65,7 @@ fn batching_does_not_change_greedy_answers() {
         .collect();
     assert_eq!(alone, together);
     for (r, p) in alone.iter().zip(&ps) {
-        assert_eq!(r.choices[0].finish_reason, Some(StopReason::Length));
+        assert_eq!(r.choices[0].finish_reason, Some(FinishReason::Length));
         assert_eq!(
             (r.usage.prompt_tokens, r.usage.completion_tokens),
             (p.len(), 12)
@@ -132,11 +132,11 @@ fn stop_strings_max_tokens_and_n() {
     };
     let r = run(&e, p, &req);
     assert_eq!(r.choices[0].text, full[..first], "stop string {stop:?}");
-    assert_eq!(r.choices[0].finish_reason, Some(StopReason::Stop));
+    assert_eq!(r.choices[0].finish_reason, Some(FinishReason::Stop));
     let r = run(&e, p, &greedy(3));
     assert_eq!(
         (r.usage.completion_tokens, r.choices[0].finish_reason),
-        (3, Some(StopReason::Length))
+        (3, Some(FinishReason::Length))
     );
     // n choices, sampled: distinct answers, tokens counted for all, the prompt once.
     let req = Completion {
@@ -153,7 +153,7 @@ fn stop_strings_max_tokens_and_n() {
     assert!(r
         .choices
         .iter()
-        .all(|c| c.finish_reason == Some(StopReason::Length)));
+        .all(|c| c.finish_reason == Some(FinishReason::Length)));
     assert!(r.choices[0].text != r.choices[1].text || r.choices[1].text != r.choices[2].text);
     assert_eq!(
         (r.usage.prompt_tokens, r.usage.completion_tokens),
