@@ -272,6 +272,13 @@ fn a_full_queue_refuses_at_once_and_oversized_requests_are_refused() {
     }
     a.collect_blocking(1).unwrap();
     b.collect_blocking(1).unwrap();
+    let e0 = e.submit(ps[3].clone(), &greedy(0)).map(|_| ()).unwrap_err();
+    assert!(e0.to_string().contains("max_tokens"), "{e0}");
+    let n0 = e
+        .submit(ps[3].clone(), &Completion { n: 0, ..greedy(3) })
+        .map(|_| ())
+        .unwrap_err();
+    assert!(n0.to_string().contains("`n`"), "{n0}");
     let long = vec![1; 120];
     let err = e.submit(long, &greedy(50)).map(|_| ()).unwrap_err();
     assert!(err.to_string().contains("context of 128"), "{err}");

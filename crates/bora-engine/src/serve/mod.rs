@@ -260,6 +260,12 @@ impl Engine {
                 reason: "must be at least 1".into(),
             });
         }
+        if req.max_tokens == Some(0) {
+            return Err(EngineError::Sampling {
+                name: "max_tokens",
+                reason: "must be at least 1".into(),
+            });
+        }
         let room = self.context;
         let wanted = prompt.len() + req.max_tokens.unwrap_or(1);
         if prompt.len() >= room || wanted > room {
