@@ -2,7 +2,7 @@
 //! expert so that each expert runs one product over all its tokens, and sum the expert outputs
 //! with the routing weights.
 
-use bora_kernels::{matmul_many, matmul_xwt, silu_mul, Product};
+use bora_kernels::{matmul_many, matmul_xwt, silu_mul, Product, Twin};
 use bora_weights::{Experts, HostMatrix, Matrix};
 use candle_core::{Device, IndexOp, Storage, Tensor};
 
@@ -120,9 +120,10 @@ fn moe_host(
     let mut u: Vec<Vec<f32>> = g.clone();
     let mut y: Vec<Vec<f32>> = hit.iter().map(|&ex| vec![0f32; rows(ex) * h]).collect(); // [n, H]
                                                                                          // All experts' gate and up projections in one parallel region, then all down projections.
-    let mut products = Vec::with_capacity(2 * hit.len());
+    let mut products = Vec::with_capacity(hit.len());
     for (((&ex, x), g), u) in hit.iter().zip(&xe).zip(g.iter_mut()).zip(u.iter_mut()) {
         let m = rows(ex);
+        // Gate and up share the input: row j of both in one pass where the kernel can.
         products.push(Product {
             x,
             m,
@@ -130,14 +131,10 @@ fn moe_host(
             w: gate[ex].weights(),
             n: im,
             out: g,
-        });
-        products.push(Product {
-            x,
-            m,
-            k: h,
-            w: up[ex].weights(),
-            n: im,
-            out: u,
+            twin: Some(Twin {
+                w: up[ex].weights(),
+                out: u,
+            }),
         });
     }
     matmul_many(&mut products);
@@ -155,6 +152,7 @@ fn moe_host(
             w: down[ex].weights(),
             n: h,
             out: y,
+            twin: None,
         })
         .collect();
     matmul_many(&mut products);

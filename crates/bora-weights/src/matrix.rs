@@ -357,6 +357,7 @@ impl Matrix {
                 .iter()
                 .zip(outs.iter_mut())
                 .map(|(h, out)| bora_kernels::Product {
+                    twin: None,
                     x: xs,
                     m,
                     k,

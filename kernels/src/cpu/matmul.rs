@@ -45,13 +45,22 @@ impl WeightRef<'_> {
     }
 }
 
-/// One product `out[m, n] = x[m, k] · w[n, k]ᵀ`.
+/// One product `out[m, n] = x[m, k] · w[n, k]ᵀ`, and optionally a twin with the same input and
+/// shape (an expert's gate and up projections): row `j` of both weights is read in one pass over
+/// the activations where that pays.
 pub struct Product<'a> {
     pub x: &'a [f32],
     pub m: usize,
     pub k: usize,
     pub w: WeightRef<'a>,
     pub n: usize,
+    pub out: &'a mut [f32],
+    pub twin: Option<Twin<'a>>,
+}
+
+/// The second weight and output of a [`Product`]: `out[m, n] = x[m, k] · w[n, k]ᵀ`.
+pub struct Twin<'a> {
+    pub w: WeightRef<'a>,
     pub out: &'a mut [f32],
 }
 
@@ -78,6 +87,8 @@ struct Job<'a> {
     w: WeightRef<'a>,
     n: usize,
     out: OutPtr,
+    /// A twin computed in the same pass (same dtype, 1 to 4 activation rows).
+    twin: Option<(WeightRef<'a>, OutPtr)>,
 }
 
 /// `out[M, N] = x[M, K] · W[N, K]ᵀ`. `x` is `M·K` long, `w` `N·K`, `out` `M·N`.
@@ -85,7 +96,15 @@ struct Job<'a> {
 /// # Panics
 /// If the slice lengths do not match `m`, `k` and `n`: callers check shapes first.
 pub fn matmul_xwt(x: &[f32], m: usize, k: usize, w: WeightRef<'_>, n: usize, out: &mut [f32]) {
-    matmul_many(&mut [Product { x, m, k, w, n, out }]);
+    matmul_many(&mut [Product {
+        x,
+        m,
+        k,
+        w,
+        n,
+        out,
+        twin: None,
+    }]);
 }
 
 /// Runs every product, splitting all of them into one list of parallel tasks.
@@ -100,11 +119,18 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
         assert_eq!(p.x.len(), p.m * p.k, "matmul: x is not [m, k]");
         assert_eq!(p.w.len(), p.n * p.k, "matmul: w is not [n, k]");
         assert_eq!(p.out.len(), p.m * p.n, "matmul: out is not [m, n]");
+        if let Some(t) = &p.twin {
+            assert_eq!(t.w.len(), p.n * p.k, "matmul: twin w is not [n, k]");
+            assert_eq!(t.out.len(), p.m * p.n, "matmul: twin out is not [m, n]");
+        }
         if p.m == 0 || p.n == 0 {
             continue;
         }
         if p.k == 0 {
             p.out.fill(0.0);
+            if let Some(t) = p.twin.as_mut() {
+                t.out.fill(0.0);
+            }
             continue;
         }
         let block = if p.m <= GEMV_MAX_ROWS {
@@ -114,33 +140,75 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             let balanced = p.n.div_ceil(threads).div_ceil(8) * 8;
             cache_rows.min(balanced).max(8)
         };
-        let j = jobs.len();
-        jobs.push(Job {
-            x: p.x,
-            m: p.m,
-            k: p.k,
-            w: p.w,
-            n: p.n,
-            out: OutPtr(p.out.as_mut_ptr()),
-        });
-        tasks.extend(
-            (0..p.n)
-                .step_by(block)
-                .map(|j0| (j, j0, block.min(p.n - j0))),
-        );
+        let same_dtype = |a: WeightRef<'_>, b: WeightRef<'_>| {
+            std::mem::discriminant(&a) == std::mem::discriminant(&b)
+        };
+        let mut halves = vec![(p.w, OutPtr(p.out.as_mut_ptr()), None)];
+        if let Some(t) = p.twin.as_mut() {
+            let twin = (t.w, OutPtr(t.out.as_mut_ptr()));
+            if p.m <= DOT2_MAX_ROWS && same_dtype(p.w, t.w) {
+                halves[0].2 = Some(twin);
+            } else {
+                halves.push((twin.0, twin.1, None));
+            }
+        }
+        for (w, out, twin) in halves {
+            let j = jobs.len();
+            jobs.push(Job {
+                x: p.x,
+                m: p.m,
+                k: p.k,
+                w,
+                n: p.n,
+                out,
+                twin,
+            });
+            tasks.extend(
+                (0..p.n)
+                    .step_by(block)
+                    .map(|j0| (j, j0, block.min(p.n - j0))),
+            );
+        }
     }
     let run = |&(j, j0, rows): &(usize, usize, usize)| {
         let job = &jobs[j];
-        match job.w {
-            WeightRef::F32(w) => task(job, w, j0, rows),
-            WeightRef::BF16(w) => task(job, w, j0, rows),
-            WeightRef::F16(w) => task(job, w, j0, rows),
+        match (job.w, job.twin) {
+            (WeightRef::F32(a), Some((WeightRef::F32(b), o))) => twin_task(job, a, b, o, j0, rows),
+            (WeightRef::BF16(a), Some((WeightRef::BF16(b), o))) => {
+                twin_task(job, a, b, o, j0, rows)
+            }
+            (WeightRef::F16(a), Some((WeightRef::F16(b), o))) => twin_task(job, a, b, o, j0, rows),
+            (WeightRef::F32(w), _) => task(job, w, j0, rows),
+            (WeightRef::BF16(w), _) => task(job, w, j0, rows),
+            (WeightRef::F16(w), _) => task(job, w, j0, rows),
         }
     };
     if tasks.len() == 1 {
         run(&tasks[0]);
     } else {
         tasks.par_iter().for_each(run);
+    }
+}
+
+/// Rows `j0..j0 + rows` of a product and its twin, row `j` of both in one pass (m ≤ 4).
+fn twin_task<W: Element>(job: &Job<'_>, wa: &[W], wb: &[W], out_b: OutPtr, j0: usize, rows: usize) {
+    let (m, k, n) = (job.m, job.k, job.n);
+    let mut xs: [&[f32]; DOT2_MAX_ROWS] = [&[]; DOT2_MAX_ROWS];
+    for (r, x) in job.x.chunks_exact(k).enumerate() {
+        xs[r] = x;
+    }
+    let simd = W::simd_available();
+    let (mut a, mut b) = ([0f32; DOT_MAX_ROWS], [0f32; DOT_MAX_ROWS]);
+    for j in j0..j0 + rows {
+        let row = j * k..(j + 1) * k;
+        dot_rows2(simd, &wa[row.clone()], &wb[row], &xs[..m], &mut a, &mut b);
+        for r in 0..m {
+            // SAFETY: r < m and j < n: inside both outputs; column j belongs to this task alone.
+            unsafe {
+                *job.out.get().add(r * n + j) = a[r];
+                *out_b.get().add(r * n + j) = b[r];
+            }
+        }
     }
 }
 
@@ -308,6 +376,32 @@ mod tests {
     }
 
     #[test]
+    fn twins_match_separate_products() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for &(m, k, n) in &[(1usize, 40usize, 33usize), (2, 17, 20), (4, 64, 9), (6, 32, 10)] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let a: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(rng.random_range(-1.0..1.0))).collect();
+            let b: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(rng.random_range(-1.0..1.0))).collect();
+            let (mut oa, mut ob) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+            matmul_many(&mut [Product {
+                x: &x,
+                m,
+                k,
+                w: WeightRef::BF16(&a),
+                n,
+                out: &mut oa,
+                twin: Some(Twin { w: WeightRef::BF16(&b), out: &mut ob }),
+            }]);
+            for (w, got) in [(&a, &oa), (&b, &ob)] {
+                let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+                for (g, want) in got.iter().zip(reference(&x, m, k, &wf, n)) {
+                    assert!((g - want).abs() < 1e-4 * (1.0 + want.abs()), "{m}x{k}x{n}: {g} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn many_products_in_one_region() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let shapes = [
@@ -335,6 +429,7 @@ mod tests {
             .zip(&data)
             .zip(outs.iter_mut())
             .map(|((&(m, k, n), (x, w)), out)| Product {
+                twin: None,
                 x,
                 m,
                 k,

@@ -13,7 +13,7 @@
 mod dot;
 mod matmul;
 
-pub use matmul::{matmul_many, matmul_xwt, Product, WeightRef, GEMV_MAX_ROWS};
+pub use matmul::{matmul_many, matmul_xwt, Product, Twin, WeightRef, GEMV_MAX_ROWS};
 
 /// `gate[i] = silu(gate[i]) * up[i]`, SwiGLU's gating, in place.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
