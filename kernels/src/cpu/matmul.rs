@@ -378,10 +378,19 @@ mod tests {
     #[test]
     fn twins_match_separate_products() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for &(m, k, n) in &[(1usize, 40usize, 33usize), (2, 17, 20), (4, 64, 9), (6, 32, 10)] {
+        for &(m, k, n) in &[
+            (1usize, 40usize, 33usize),
+            (2, 17, 20),
+            (4, 64, 9),
+            (6, 32, 10),
+        ] {
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let a: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(rng.random_range(-1.0..1.0))).collect();
-            let b: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(rng.random_range(-1.0..1.0))).collect();
+            let a: Vec<bf16> = (0..n * k)
+                .map(|_| bf16::from_f32(rng.random_range(-1.0..1.0)))
+                .collect();
+            let b: Vec<bf16> = (0..n * k)
+                .map(|_| bf16::from_f32(rng.random_range(-1.0..1.0)))
+                .collect();
             let (mut oa, mut ob) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
             matmul_many(&mut [Product {
                 x: &x,
@@ -390,12 +399,18 @@ mod tests {
                 w: WeightRef::BF16(&a),
                 n,
                 out: &mut oa,
-                twin: Some(Twin { w: WeightRef::BF16(&b), out: &mut ob }),
+                twin: Some(Twin {
+                    w: WeightRef::BF16(&b),
+                    out: &mut ob,
+                }),
             }]);
             for (w, got) in [(&a, &oa), (&b, &ob)] {
                 let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
                 for (g, want) in got.iter().zip(reference(&x, m, k, &wf, n)) {
-                    assert!((g - want).abs() < 1e-4 * (1.0 + want.abs()), "{m}x{k}x{n}: {g} vs {want}");
+                    assert!(
+                        (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{m}x{k}x{n}: {g} vs {want}"
+                    );
                 }
             }
         }
