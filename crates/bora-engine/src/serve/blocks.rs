@@ -29,7 +29,8 @@ pub(crate) struct BlockAllocator {
     idle: BTreeMap<u64, u32>,
     idle_tick: Vec<u64>,
     tick: u64,
-    /// Prompt blocks looked up, and found, in the prefix cache.
+    /// Full prompt blocks of admitted sequences, and those the prefix cache held (a sequence
+    /// that waits and is looked up again counts once).
     pub lookups: u64,
     pub hits: u64,
 }
@@ -112,6 +113,12 @@ impl BlockAllocator {
         self.hash_of[block as usize] = Some(hash);
     }
 
+    /// Counts an admitted prompt: its full blocks, and how many the prefix cache held.
+    pub fn record(&mut self, full_blocks: usize, hits: usize) {
+        self.lookups += full_blocks as u64;
+        self.hits += hits as u64;
+    }
+
     /// The cached blocks that hold `tokens`' leading full blocks, each with a new reference, and
     /// their chain hashes. At least one token is left to compute, so that its logits exist.
     pub fn lookup_prefix(&mut self, tokens: &[u32]) -> Vec<(u32, u64)> {
@@ -120,12 +127,10 @@ impl BlockAllocator {
         let mut out = Vec::new();
         let mut prev = 0;
         for i in 0..full {
-            self.lookups += 1;
             let h = chain_hash(prev, &tokens[i * bs..(i + 1) * bs]);
             let Some(&b) = self.by_hash.get(&h) else {
                 break;
             };
-            self.hits += 1;
             if self.refs[b as usize] == 0 {
                 self.idle.remove(&self.idle_tick[b as usize]);
             }

@@ -226,6 +226,8 @@ impl Core {
             self.alloc.release(&blocks);
             return false;
         }
+        self.alloc
+            .record(seq.tokens.len().saturating_sub(1) / bs, hits.len());
         seq.blocks = hits.iter().map(|h| h.0).collect();
         seq.hashes = hits.iter().map(|h| h.1).collect();
         seq.computed = seq.blocks.len() * bs;

@@ -92,7 +92,7 @@ pub struct EngineStats {
     pub blocks_free: usize,
     /// KV blocks in the pool.
     pub blocks_total: usize,
-    /// Prompt blocks looked up in the prefix cache, and found there.
+    /// Full prompt blocks of admitted sequences, and those found in the prefix cache.
     pub prefix_lookups: u64,
     /// Prompt blocks found in the prefix cache.
     pub prefix_hits: u64,
