@@ -2,7 +2,8 @@
 //! over the KV pool: no gather of a sequence's keys and values, and a handful of operations per
 //! step instead of some thirty candle operations per sequence and layer.
 
-use candle_core::{Storage, Tensor};
+use bora_weights::with_cpu_f32;
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::attention::AttentionCtx;
@@ -54,59 +55,51 @@ pub(crate) fn decode_attention(
         kv.k.slice_set(&kt, 0, row)?;
         kv.v.slice_set(&vt, 0, row)?;
     }
-    let (ks, kl) = kv.k.storage_and_layout();
-    let (vs, vl) = kv.v.storage_and_layout();
-    let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*ks, &*vs) else {
-        return Err(ModelError::Batch(
-            "the CPU decode kernel needs a CPU cache".into(),
-        ));
-    };
-    let kpool = &kc.as_slice::<f32>()?[kl.start_offset()..];
-    let vpool = &vc.as_slice::<f32>()?[vl.start_offset()..];
     let g = hq / hkv;
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; n * hq * d];
-    out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
-        let (i, h) = (idx / hq, idx % hq);
-        let s = seqs[i];
-        let p = s.start_pos;
-        let lo = cfg.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
-        let qh = &qr[(i * hq + h) * d..(i * hq + h + 1) * d];
-        let kvh = h / g;
-        // Where position j's key or value of this kv head sits in a pool.
-        let at = |j: usize| {
-            let b = (cache.row(&s.blocks, j) * hkv + kvh) * d;
-            b..b + d
-        };
-        let mut scores: Vec<f32> = (lo..=p).map(|j| dot(qh, &kpool[at(j)]) * scale).collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0.0;
-        for sc in scores.iter_mut() {
-            *sc = (*sc - max).exp();
-            total += *sc;
-        }
-        for (j, &w) in (lo..=p).zip(&scores) {
-            let w = w / total;
-            for (o, &x) in o.iter_mut().zip(&vpool[at(j)]) {
-                *o += w * x;
+    let mut attend = |kpool: &[f32], vpool: &[f32]| {
+        out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
+            let (i, h) = (idx / hq, idx % hq);
+            let s = seqs[i];
+            let p = s.start_pos;
+            let lo = cfg.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
+            let qh = &qr[(i * hq + h) * d..(i * hq + h + 1) * d];
+            let kvh = h / g;
+            // Where position j's key or value of this kv head sits in a pool.
+            let at = |j: usize| {
+                let b = (cache.row(&s.blocks, j) * hkv + kvh) * d;
+                b..b + d
+            };
+            let mut scores: Vec<f32> = (lo..=p).map(|j| dot(qh, &kpool[at(j)]) * scale).collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                total += *sc;
             }
-        }
-    });
+            for (j, &w) in (lo..=p).zip(&scores) {
+                let w = w / total;
+                for (o, &x) in o.iter_mut().zip(&vpool[at(j)]) {
+                    *o += w * x;
+                }
+            }
+        })
+    };
+    with_cpu_f32(&kv.k, |kpool| {
+        with_cpu_f32(&kv.v, |vpool| attend(kpool, vpool))
+    })??;
     Ok(Tensor::from_vec(out, (n, hq * d), dev)?)
 }
 
 /// The given rows of a contiguous `[T, C]` f32 CPU tensor, concatenated.
 fn rows_of(t: &Tensor, rows: &[usize]) -> Result<Vec<f32>> {
     let (_, c) = t.dims2()?;
-    let (st, l) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*st else {
-        return Err(ModelError::Batch("expected CPU activations".into()));
-    };
-    let all = &cpu.as_slice::<f32>()?[l.start_offset()..];
-    Ok(rows
-        .iter()
-        .flat_map(|&r| all[r * c..(r + 1) * c].iter().copied())
-        .collect())
+    Ok(with_cpu_f32(t, |all| {
+        rows.iter()
+            .flat_map(|&r| all[r * c..(r + 1) * c].iter().copied())
+            .collect()
+    })?)
 }
 
 /// A dot product the compiler vectorizes (eight independent partial sums).

@@ -3,8 +3,8 @@
 //! with the routing weights.
 
 use bora_kernels::{matmul_many, matmul_xwt, silu_mul, Product, Twin};
-use bora_weights::{Experts, HostMatrix, Matrix};
-use candle_core::{Device, IndexOp, Storage, Tensor};
+use bora_weights::{with_cpu_f32, Experts, HostMatrix, Matrix};
+use candle_core::{Device, IndexOp, Tensor};
 
 use crate::router::{route, route_tensor};
 use crate::{ModelError, Result};
@@ -70,107 +70,132 @@ fn moe_host(
     stats: Option<&mut RoutingStats>,
 ) -> Result<Tensor> {
     let (t, h) = x.dims2()?;
-    let e = router.rows();
     let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
+    if !x.device().is_cpu() {
         return Err(ModelError::Batch(
             "host experts need CPU activations".into(),
         ));
+    }
+    let experts = HostExperts {
+        router,
+        gate,
+        up,
+        down,
+        a,
     };
-    let (o0, o1) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| ModelError::Batch("non-contiguous activations".into()))?;
-    let xs = &cpu.as_slice::<f32>()?[o0..o1];
+    let out = with_cpu_f32(&x, |xs| experts.run(xs, t, h, layer, stats))?;
+    Ok(Tensor::from_vec(out, (t, h), &Device::Cpu)?)
+}
 
-    let mut logits = vec![0f32; t * e]; // [T, E]
-    matmul_xwt(xs, t, h, router.weights(), e, &mut logits);
-    let mut chosen = vec![0u32; t * a]; // [T, A]
-    let mut weights = vec![0f32; t * a]; // [T, A]
-    for ((l, c), w) in logits
-        .chunks_exact(e)
-        .zip(chosen.chunks_exact_mut(a))
-        .zip(weights.chunks_exact_mut(a))
-    {
-        route(l, c, w);
-    }
-    if let Some(s) = stats {
-        s.add(layer, &chosen);
-    }
+/// The host matrices of one MoE block.
+struct HostExperts<'a> {
+    router: &'a HostMatrix,
+    gate: &'a [HostMatrix],
+    up: &'a [HostMatrix],
+    down: &'a [HostMatrix],
+    a: usize,
+}
 
-    // Group the (token, slot) assignments by expert; gather each expert's tokens.
-    let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
-    for (i, &c) in chosen.iter().enumerate() {
-        by_expert[c as usize].push(i);
-    }
-    let hit: Vec<usize> = (0..e).filter(|&ex| !by_expert[ex].is_empty()).collect();
-    let im = gate.first().map(|g| g.rows()).unwrap_or(0);
-    let xe: Vec<Vec<f32>> = hit
-        .iter()
-        .map(|&ex| {
-            by_expert[ex]
-                .iter()
-                .flat_map(|&i| &xs[i / a * h..(i / a + 1) * h])
-                .copied()
-                .collect()
-        })
-        .collect(); // per expert [n, H]
-    let rows = |ex: usize| by_expert[ex].len();
-    let mut g: Vec<Vec<f32>> = hit.iter().map(|&ex| vec![0f32; rows(ex) * im]).collect(); // [n, I]
-    let mut u: Vec<Vec<f32>> = g.clone();
-    let mut y: Vec<Vec<f32>> = hit.iter().map(|&ex| vec![0f32; rows(ex) * h]).collect(); // [n, H]
-                                                                                         // All experts' gate and up projections in one parallel region, then all down projections.
-    let mut products = Vec::with_capacity(hit.len());
-    for (((&ex, x), g), u) in hit.iter().zip(&xe).zip(g.iter_mut()).zip(u.iter_mut()) {
-        let m = rows(ex);
-        // Gate and up share the input: row j of both in one pass where the kernel can.
-        products.push(Product {
-            x,
-            m,
-            k: h,
-            w: gate[ex].weights(),
-            n: im,
-            out: g,
-            twin: Some(Twin {
-                w: up[ex].weights(),
-                out: u,
-            }),
-        });
-    }
-    matmul_many(&mut products);
-    for (g, u) in g.iter_mut().zip(&u) {
-        silu_mul(g, u);
-    }
-    let mut products: Vec<Product<'_>> = hit
-        .iter()
-        .zip(&g)
-        .zip(y.iter_mut())
-        .map(|((&ex, g), y)| Product {
-            x: g,
-            m: rows(ex),
-            k: im,
-            w: down[ex].weights(),
-            n: h,
-            out: y,
-            twin: None,
-        })
-        .collect();
-    matmul_many(&mut products);
-    let mut out = vec![0f32; t * h]; // [T, H]
-    for (&ex, y) in hit.iter().zip(&y) {
-        for (r, &i) in by_expert[ex].iter().enumerate() {
-            let tok = i / a;
-            let wgt = weights[i];
-            for (o, v) in out[tok * h..(tok + 1) * h]
-                .iter_mut()
-                .zip(&y[r * h..(r + 1) * h])
-            {
-                *o += wgt * v;
+impl HostExperts<'_> {
+    /// `xs` `[T, H]` → `[T, H]`.
+    fn run(
+        &self,
+        xs: &[f32],
+        t: usize,
+        h: usize,
+        layer: usize,
+        stats: Option<&mut RoutingStats>,
+    ) -> Vec<f32> {
+        let (router, gate, up, down, a) = (self.router, self.gate, self.up, self.down, self.a);
+        let e = router.rows();
+        let mut logits = vec![0f32; t * e]; // [T, E]
+        matmul_xwt(xs, t, h, router.weights(), e, &mut logits);
+        let mut chosen = vec![0u32; t * a]; // [T, A]
+        let mut weights = vec![0f32; t * a]; // [T, A]
+        for ((l, c), w) in logits
+            .chunks_exact(e)
+            .zip(chosen.chunks_exact_mut(a))
+            .zip(weights.chunks_exact_mut(a))
+        {
+            route(l, c, w);
+        }
+        if let Some(s) = stats {
+            s.add(layer, &chosen);
+        }
+
+        // Group the (token, slot) assignments by expert; gather each expert's tokens.
+        let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
+        for (i, &c) in chosen.iter().enumerate() {
+            by_expert[c as usize].push(i);
+        }
+        let hit: Vec<usize> = (0..e).filter(|&ex| !by_expert[ex].is_empty()).collect();
+        let im = gate.first().map(|g| g.rows()).unwrap_or(0);
+        let xe: Vec<Vec<f32>> = hit
+            .iter()
+            .map(|&ex| {
+                by_expert[ex]
+                    .iter()
+                    .flat_map(|&i| &xs[i / a * h..(i / a + 1) * h])
+                    .copied()
+                    .collect()
+            })
+            .collect(); // per expert [n, H]
+        let rows = |ex: usize| by_expert[ex].len();
+        let mut g: Vec<Vec<f32>> = hit.iter().map(|&ex| vec![0f32; rows(ex) * im]).collect(); // [n, I]
+        let mut u: Vec<Vec<f32>> = g.clone();
+        let mut y: Vec<Vec<f32>> = hit.iter().map(|&ex| vec![0f32; rows(ex) * h]).collect(); // [n, H]
+                                                                                             // All experts' gate and up projections in one parallel region, then all down projections.
+        let mut products = Vec::with_capacity(hit.len());
+        for (((&ex, x), g), u) in hit.iter().zip(&xe).zip(g.iter_mut()).zip(u.iter_mut()) {
+            let m = rows(ex);
+            // Gate and up share the input: row j of both in one pass where the kernel can.
+            products.push(Product {
+                x,
+                m,
+                k: h,
+                w: gate[ex].weights(),
+                n: im,
+                out: g,
+                twin: Some(Twin {
+                    w: up[ex].weights(),
+                    out: u,
+                }),
+            });
+        }
+        matmul_many(&mut products);
+        for (g, u) in g.iter_mut().zip(&u) {
+            silu_mul(g, u);
+        }
+        let mut products: Vec<Product<'_>> = hit
+            .iter()
+            .zip(&g)
+            .zip(y.iter_mut())
+            .map(|((&ex, g), y)| Product {
+                x: g,
+                m: rows(ex),
+                k: im,
+                w: down[ex].weights(),
+                n: h,
+                out: y,
+                twin: None,
+            })
+            .collect();
+        matmul_many(&mut products);
+        let mut out = vec![0f32; t * h]; // [T, H]
+        for (&ex, y) in hit.iter().zip(&y) {
+            for (r, &i) in by_expert[ex].iter().enumerate() {
+                let tok = i / a;
+                let wgt = weights[i];
+                for (o, v) in out[tok * h..(tok + 1) * h]
+                    .iter_mut()
+                    .zip(&y[r * h..(r + 1) * h])
+                {
+                    *o += wgt * v;
+                }
             }
         }
+        out
     }
-    drop(storage);
-    Ok(Tensor::from_vec(out, (t, h), &Device::Cpu)?)
 }
 
 /// candle's path, for any device. Routing runs on the device; the expert of each assignment is
@@ -187,7 +212,6 @@ fn moe_tensor(
     layer: usize,
     stats: Option<&mut RoutingStats>,
 ) -> Result<Tensor> {
-    let (t, _h) = x.dims2()?;
     let logits = router.forward(x)?; // [T, E]
     let (idx, w) = route_tensor(&logits, a)?; // [T, A] each
     let chosen = idx.flatten_all()?.to_vec1::<u32>()?;
@@ -215,6 +239,5 @@ fn moe_tensor(
         let y = y.broadcast_mul(&w.index_select(&slots, 0)?.unsqueeze(1)?)?;
         out = out.index_add(&toks, &y, 0)?;
     }
-    let _ = t;
     Ok(out)
 }

@@ -19,7 +19,7 @@ mod store;
 
 pub use error::WeightsError;
 pub use experts::Experts;
-pub use matrix::{HostMatrix, Matrix, WeightDType};
+pub use matrix::{with_cpu_f32, HostMatrix, Matrix, WeightDType};
 pub use mixtral::{Backend, LayerWeights, LoadOptions, MixtralWeights};
 pub use names::{ExpertLayout, TensorName};
 pub use store::{MapMode, SafetensorsStore, StoredTensor};

@@ -259,19 +259,6 @@ impl HostMatrix {
         })?;
         Tensor::from_vec(out, (m, self.rows), &Device::Cpu)
     }
-
-    /// The matrix as a candle tensor `[rows, cols]` of `dtype` on `device` (a copy).
-    pub fn to_tensor(
-        &self,
-        dtype: candle_core::DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let mut v = vec![0f32; self.rows * self.cols];
-        for r in 0..self.rows {
-            self.row_f32(r, &mut v[r * self.cols..(r + 1) * self.cols]);
-        }
-        Tensor::from_vec(v, (self.rows, self.cols), device)?.to_dtype(dtype)
-    }
 }
 
 fn convert(bytes: &[u8], from: WeightDType, to: WeightDType) -> HostData {
@@ -291,7 +278,7 @@ fn convert(bytes: &[u8], from: WeightDType, to: WeightDType) -> HostData {
 }
 
 /// Runs `f` on the f32 values of a contiguous CPU tensor, without copying them.
-pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         candle_core::bail!("expected a CPU tensor")

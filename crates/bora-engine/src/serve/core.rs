@@ -196,7 +196,7 @@ impl Core {
             if self.running.len() == 1 {
                 let mut seq = self.running.remove(i);
                 seq.finish(FinishReason::ModelLength, self.format, &self.tok);
-                self.end(&mut seq, FinishReason::ModelLength);
+                self.end(&mut seq);
                 return false;
             }
             let victim_is_self = self.running.len() == i + 1;
@@ -273,7 +273,7 @@ impl Core {
                     let _ = seq.events.send(Event::Error {
                         message: format!("the forward pass failed: {e}"),
                     });
-                    self.end(&mut seq, FinishReason::Error);
+                    self.end(&mut seq);
                 }
                 return;
             }
@@ -304,12 +304,12 @@ impl Core {
         for (i, reason) in done {
             let mut seq = self.running.remove(i);
             seq.finish(reason, self.format, &self.tok);
-            self.end(&mut seq, reason);
+            self.end(&mut seq);
         }
     }
 
     /// Frees a finished sequence; after a request's last choice, sends `Done`.
-    fn end(&mut self, seq: &mut Seq, _reason: FinishReason) {
+    fn end(&mut self, seq: &mut Seq) {
         self.alloc.release(&seq.blocks);
         seq.blocks.clear();
         let Some(r) = self.requests.get_mut(&seq.req) else {
