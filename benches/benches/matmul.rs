@@ -63,6 +63,34 @@ fn bench(c: &mut Criterion) {
         }
     }
     group.finish();
+
+    // The same expert shape streamed from DRAM, as decode reads it: 48 distinct matrices
+    // (336 MB, ten times the L3), one after the other.
+    let (n, k, count) = (3584usize, 1024usize, 48usize);
+    let experts: Vec<Vec<bf16>> = (0..count)
+        .map(|e| random_bf16(n * k, 0.02, 100 + e as u64))
+        .collect();
+    let mut group = c.benchmark_group("matmul_expert_stream_bf16");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for m in [1usize, 2, 4, 8, 16] {
+        let x: Vec<f32> = random_bf16(m * k, 1.0, m as u64)
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let mut out = vec![0f32; m * n];
+        let mut next = 0;
+        group.throughput(Throughput::Bytes((n * k * 2) as u64));
+        group.bench_function(BenchmarkId::from_parameter(m), |b| {
+            b.iter(|| {
+                next = (next + 1) % count;
+                matmul_xwt(&x, m, k, WeightRef::BF16(&experts[next]), n, &mut out)
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench);

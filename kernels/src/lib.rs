@@ -7,4 +7,4 @@
 
 pub mod cpu;
 
-pub use cpu::{matmul_many, matmul_xwt, silu_mul, Product, Twin, WeightRef};
+pub use cpu::{matmul_many, matmul_xwt, silu_mul, Isa, Product, Twin, WeightRef};

@@ -65,6 +65,10 @@ fn main() -> Result<()> {
         tok,
         EngineConfig {
             kv_budget: KvBudget::Mib(1024),
+            max_prefill_chunk: std::env::var("CHUNK")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(EngineConfig::default().max_prefill_chunk),
             ..EngineConfig::default()
         },
     )?;

@@ -1,23 +1,77 @@
-//! Dot products of one weight row with up to four f32 activation rows.
+//! Dot products of a block of up to four weight rows with up to eight f32 activation rows.
 //!
-//! `dot_rows::<W>(w, xs, acc)` sets `acc[r] = Σ_k w[k]·xs[r][k]` for each activation row `r`.
-//! The AVX2 path widens 8 weights at a time to f32 (bf16: shift left 16; f16: F16C) and keeps
-//! several accumulators per row; the scalar path is the reference and the fallback.
+//! `dot_block::<W>(isa, ws, xs, accs)` sets `accs[i][r] = Σ_k ws[i][k]·xs[r][k]`. The SIMD paths widen the weights to f32 as they load them (bf16: shift left 16; f16:
+//! `vcvtph2ps`) and keep several accumulators per row: AVX-512 (16 lanes) where the CPU has it,
+//! else AVX2 with FMA and F16C (8 lanes). The scalar path is the reference and the fallback.
+//! All paths compute in f32; they differ only in the order of the additions.
+
+use std::sync::OnceLock;
 
 use half::{bf16, f16};
+
+/// The instruction set the CPU kernels run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust.
+    Scalar,
+    /// AVX2, FMA and F16C: 8 f32 lanes.
+    Avx2,
+    /// AVX-512F: 16 f32 lanes.
+    Avx512,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports, capped by the `BORA_CPU_ISA` environment
+    /// variable (`scalar`, `avx2` or `avx512`; read once) where it is set, so that a bench can
+    /// compare the paths on one machine.
+    pub fn get() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let cap = match std::env::var("BORA_CPU_ISA").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") => Isa::Avx2,
+                _ => Isa::Avx512,
+            };
+            Isa::supported()
+                .into_iter()
+                .filter(|&i| i <= cap)
+                .max()
+                .unwrap_or(Isa::Scalar)
+        })
+    }
+
+    /// Every instruction set this CPU can run, the scalar path first.
+    pub fn supported() -> Vec<Isa> {
+        let mut out = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                out.push(Isa::Avx2);
+            }
+            if has!("avx512f") {
+                out.push(Isa::Avx512);
+            }
+        }
+        out
+    }
+}
 
 /// A weight element that can be widened to f32.
 pub trait Element: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
-    /// Whether this CPU can run the AVX2 path for this element type.
-    fn simd_available() -> bool;
     /// Loads 8 consecutive elements as f32.
     ///
     /// # Safety
-    /// `p` must point to 8 readable elements, and the CPU must support what `simd_available`
-    /// checked.
+    /// `p` must point to 8 readable elements, and the CPU must have AVX2 and F16C.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Loads 16 consecutive elements as f32.
+    ///
+    /// # Safety
+    /// `p` must point to 16 readable elements, and the CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl Element for f32 {
@@ -25,13 +79,15 @@ impl Element for f32 {
     fn to_f32(self) -> f32 {
         self
     }
-    fn simd_available() -> bool {
-        has_avx2_fma()
-    }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
     }
 }
 
@@ -40,15 +96,19 @@ impl Element for bf16 {
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
     }
-    fn simd_available() -> bool {
-        has_avx2_fma()
-    }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         let h = _mm_loadu_si128(p as *const __m128i);
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
     }
 }
 
@@ -57,29 +117,18 @@ impl Element for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
-    fn simd_available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
-}
-
-fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// `dst` = `src` (`[rows, k]`, row-major) widened to f32 and transposed: `dst[kk·rows + i] =
@@ -94,7 +143,7 @@ pub fn widen_transposed<W: Element>(src: &[W], rows: usize, k: usize, dst: &mut 
     dst.resize(rows * k, 0.0);
     let (full_rows, full_k) = (rows / 8 * 8, k / 8 * 8);
     #[cfg(target_arch = "x86_64")]
-    if W::simd_available() {
+    if Isa::get() >= Isa::Avx2 {
         // SAFETY: tiles cover rows < full_rows ≤ rows and kk < full_k ≤ k, inside both
         // buffers (src is rows·k, dst was resized to rows·k); CPU features were checked.
         unsafe { transpose_tiles_avx2(src, rows, k, full_rows, full_k, dst.as_mut_ptr()) };
@@ -176,194 +225,266 @@ pub fn dot_rows_scalar<W: Element>(w: &[W], xs: &[&[f32]], acc: &mut [f32]) {
     }
 }
 
-/// Activation rows one call of [`dot_rows`] takes at most.
+/// Activation rows one call of [`dot_block`] takes at most.
 pub const DOT_MAX_ROWS: usize = 8;
 
-/// `acc[r] = Σ_k w[k]·xs[r][k]` for `xs.len()` ≤ 8 rows, each at least `w.len()` long.
-#[inline]
-pub fn dot_rows<W: Element>(simd: bool, w: &[W], xs: &[&[f32]], acc: &mut [f32]) {
-    debug_assert!(xs.len() <= DOT_MAX_ROWS && acc.len() >= xs.len());
-    debug_assert!(xs.iter().all(|x| x.len() >= w.len()));
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is `W::simd_available()`, checked by the caller; lengths are checked
-        // above (every x row is at least as long as w).
-        unsafe {
-            match xs.len() {
-                1 => dot_rows_avx2::<W, 1, 4>(w, xs, acc),
-                2 => dot_rows_avx2::<W, 2, 4>(w, xs, acc),
-                3 => dot_rows_avx2::<W, 3, 2>(w, xs, acc),
-                4 => dot_rows_avx2::<W, 4, 2>(w, xs, acc),
-                5 => dot_rows_avx2::<W, 5, 1>(w, xs, acc),
-                6 => dot_rows_avx2::<W, 6, 1>(w, xs, acc),
-                7 => dot_rows_avx2::<W, 7, 1>(w, xs, acc),
-                _ => dot_rows_avx2::<W, 8, 1>(w, xs, acc),
-            }
-        }
-        return;
-    }
-    let _ = simd;
-    dot_rows_scalar(w, xs, acc)
-}
+/// Weight rows one call of [`dot_block`] takes at most.
+pub const DOT_MAX_BLOCK: usize = 4;
 
 /// How far ahead (in weight elements, 16 KB of bf16) the dot-product kernels prefetch: several
 /// rows ahead, so that DRAM keeps streaming while a row is computed on (measured on the MoE
 /// bench: 256 to 16384 tried, 8192 best; decode rose from about 70 to 97 tok/s on the e2e model).
 const PREFETCH_ELEMS: usize = 8192;
 
-/// Rows of `x` up to which [`dot_rows2`] pays: two weight rows share each activation load.
-pub const DOT2_MAX_ROWS: usize = 4;
+/// How many weight rows [`dot_block`] takes together for `m` activation rows: as many as the
+/// registers hold accumulators for. Each activation vector loaded then serves that many weight
+/// rows, which matters once the activation rows no longer fit in L1 and come from L2 for every
+/// weight row.
+pub fn block_rows(isa: Isa, m: usize) -> usize {
+    let m = m.clamp(1, DOT_MAX_ROWS);
+    match isa {
+        Isa::Scalar => 1,
+        // One row: two weight rows keep two DRAM streams going per core.
+        _ if m == 1 => 1,
+        _ => (accumulators(isa) / m).clamp(1, DOT_MAX_BLOCK),
+    }
+}
 
-/// [`dot_rows`] for two weight rows at once (`acc0` for `w0`, `acc1` for `w1`): each activation
-/// vector loaded serves both, halving the activation traffic, which bounds decode steps of a
-/// few sequences (their activation rows do not all fit in L1).
+/// Accumulator registers a kernel may use: the rest hold weights and an activation vector
+/// (AVX2 has 16 vector registers, AVX-512 32).
+const fn accumulators(isa: Isa) -> usize {
+    match isa {
+        Isa::Scalar => 1,
+        Isa::Avx2 => 12,
+        Isa::Avx512 => 16,
+    }
+}
+
+/// `accs[i][r] = Σ_k ws[i][k]·xs[r][k]`: `ws.len()` ≤ [`block_rows`]`(isa, xs.len())` weight
+/// rows against `xs.len()` ≤ 8 activation rows, each at least as long as the weight rows.
+///
+/// # Panics
+/// If the counts or lengths are off.
 #[inline]
-pub fn dot_rows2<W: Element>(
-    simd: bool,
-    w0: &[W],
-    w1: &[W],
+pub fn dot_block<W: Element>(
+    isa: Isa,
+    ws: &[&[W]],
     xs: &[&[f32]],
-    acc0: &mut [f32],
-    acc1: &mut [f32],
+    accs: &mut [[f32; DOT_MAX_ROWS]],
 ) {
-    debug_assert!(xs.len() <= DOT2_MAX_ROWS && w0.len() == w1.len());
-    debug_assert!(xs.iter().all(|x| x.len() >= w0.len()));
+    let (nw, m) = (ws.len(), xs.len());
+    assert!((1..=DOT_MAX_ROWS).contains(&m) && accs.len() >= nw);
+    assert!((1..=block_rows(isa, m)).contains(&nw));
+    let k = ws[0].len();
+    assert!(ws.iter().all(|w| w.len() == k) && xs.iter().all(|x| x.len() >= k));
+    // U vectors of weights per step: at least four independent FMA chains (NW·R·U) in flight
+    // to cover the FMA latency.
+    macro_rules! rows {
+        ($kernel:ident, $nw:literal) => {
+            match m {
+                1 => $kernel::<W, $nw, 1, { unroll($nw * 1) }>(ws, xs, accs),
+                2 => $kernel::<W, $nw, 2, { unroll($nw * 2) }>(ws, xs, accs),
+                3 => $kernel::<W, $nw, 3, 1>(ws, xs, accs),
+                4 => $kernel::<W, $nw, 4, 1>(ws, xs, accs),
+                5 => $kernel::<W, $nw, 5, 1>(ws, xs, accs),
+                6 => $kernel::<W, $nw, 6, 1>(ws, xs, accs),
+                7 => $kernel::<W, $nw, 7, 1>(ws, xs, accs),
+                _ => $kernel::<W, $nw, 8, 1>(ws, xs, accs),
+            }
+        };
+    }
+    // SAFETY: the CPU has `isa` (callers take it from `Isa::get`, which detected it); counts
+    // and lengths are checked above. `block_rows` keeps NW·R within the registers; the
+    // instances beyond it are never called.
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: as in `dot_rows`: features checked by the caller, lengths checked above.
-        unsafe {
-            match xs.len() {
-                1 => dot_rows2_avx2::<W, 1, 4>(w0, w1, xs, acc0, acc1),
-                2 => dot_rows2_avx2::<W, 2, 2>(w0, w1, xs, acc0, acc1),
-                3 => dot_rows2_avx2::<W, 3, 1>(w0, w1, xs, acc0, acc1),
-                _ => dot_rows2_avx2::<W, 4, 1>(w0, w1, xs, acc0, acc1),
-            }
+    unsafe {
+        match (isa, nw) {
+            (Isa::Avx512, 1) => return rows!(dot_block_avx512, 1),
+            (Isa::Avx512, 2) => return rows!(dot_block_avx512, 2),
+            (Isa::Avx512, 3) => return rows!(dot_block_avx512, 3),
+            (Isa::Avx512, _) => return rows!(dot_block_avx512, 4),
+            (Isa::Avx2, 1) => return rows!(dot_block_avx2, 1),
+            (Isa::Avx2, 2) => return rows!(dot_block_avx2, 2),
+            (Isa::Avx2, 3) => return rows!(dot_block_avx2, 3),
+            (Isa::Avx2, _) => return rows!(dot_block_avx2, 4),
+            (Isa::Scalar, _) => {}
         }
-        return;
     }
-    let _ = simd;
-    dot_rows_scalar(w0, xs, acc0);
-    dot_rows_scalar(w1, xs, acc1);
-}
-
-/// `U` blocks of 8 per step: `2·R·U` independent FMA chains (at least 6) cover the latency.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows2_avx2<W: Element, const R: usize, const U: usize>(
-    w0: &[W],
-    w1: &[W],
-    xs: &[&[f32]],
-    acc0: &mut [f32],
-    acc1: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let k = w0.len();
-    let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
-    let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
-    let mut a0 = [[_mm256_setzero_ps(); R]; U];
-    let mut a1 = [[_mm256_setzero_ps(); R]; U];
-    let mut i = 0;
-    while i + 8 * U <= k {
-        // Ask for the weights well ahead: the hardware prefetcher alone does not keep DRAM busy.
-        _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(i + PREFETCH_ELEMS) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(i + PREFETCH_ELEMS) as *const i8);
-        for u in 0..U {
-            let at = i + 8 * u;
-            let v0 = W::load8(p0.add(at));
-            let v1 = W::load8(p1.add(at));
-            for r in 0..R {
-                let x = _mm256_loadu_ps(xp[r].add(at));
-                a0[u][r] = _mm256_fmadd_ps(v0, x, a0[u][r]);
-                a1[u][r] = _mm256_fmadd_ps(v1, x, a1[u][r]);
-            }
-        }
-        i += 8 * U;
-    }
-    while i + 8 <= k {
-        let v0 = W::load8(p0.add(i));
-        let v1 = W::load8(p1.add(i));
-        for r in 0..R {
-            let x = _mm256_loadu_ps(xp[r].add(i));
-            a0[0][r] = _mm256_fmadd_ps(v0, x, a0[0][r]);
-            a1[0][r] = _mm256_fmadd_ps(v1, x, a1[0][r]);
-        }
-        i += 8;
-    }
-    for r in 0..R {
-        let (mut s0, mut s1) = (a0[0][r], a1[0][r]);
-        for u in 1..U {
-            s0 = _mm256_add_ps(s0, a0[u][r]);
-            s1 = _mm256_add_ps(s1, a1[u][r]);
-        }
-        let (mut t0, mut t1) = (hsum(s0), hsum(s1));
-        for j in i..k {
-            let x = *xs[r].get_unchecked(j);
-            t0 += (*p0.add(j)).to_f32() * x;
-            t1 += (*p1.add(j)).to_f32() * x;
-        }
-        acc0[r] = t0;
-        acc1[r] = t1;
+    for (w, acc) in ws.iter().zip(accs.iter_mut()) {
+        dot_rows_scalar(w, xs, acc);
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let hi = _mm256_extractf128_ps::<1>(v);
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), hi);
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-    _mm_cvtss_f32(s)
+/// Vectors of weights per step for `chains` accumulators a step: at least 4 chains in all.
+const fn unroll(chains: usize) -> usize {
+    if chains >= 8 {
+        1
+    } else {
+        8 / chains
+    }
 }
 
-/// `U` blocks of 8 weights per step, `U` accumulators per activation row: at least four
-/// independent FMA chains in flight to cover the FMA latency (`U = 4` for one row).
+/// One SIMD register width: what the generic kernels below need of it. Every method is
+/// `inline(always)`, so that it compiles inside the `target_feature` function that calls it.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_avx2<W: Element, const R: usize, const U: usize>(
-    w: &[W],
-    xs: &[&[f32]],
-    acc: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let k = w.len();
-    let wp = w.as_ptr();
-    let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
-    let mut a = [[_mm256_setzero_ps(); R]; U];
-    let mut i = 0;
-    while i + 8 * U <= k {
-        _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(i + PREFETCH_ELEMS) as *const i8);
-        for (u, au) in a.iter_mut().enumerate() {
-            let wv = W::load8(wp.add(i + 8 * u));
-            for r in 0..R {
-                au[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[r].add(i + 8 * u)), au[r]);
-            }
-        }
-        i += 8 * U;
+trait Lanes {
+    type V: Copy;
+    /// f32 lanes per vector.
+    const N: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn load_x(p: *const f32) -> Self::V;
+    unsafe fn load_w<W: Element>(p: *const W) -> Self::V;
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn hsum(v: Self::V) -> f32;
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx2 {
+    type V = std::arch::x86_64::__m256;
+    const N: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        std::arch::x86_64::_mm256_setzero_ps()
     }
-    while i + 8 <= k {
-        let wv = W::load8(wp.add(i));
-        for r in 0..R {
-            a[0][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[r].add(i)), a[0][r]);
-        }
-        i += 8;
+    #[inline(always)]
+    unsafe fn load_x(p: *const f32) -> Self::V {
+        std::arch::x86_64::_mm256_loadu_ps(p)
     }
-    for r in 0..R {
-        let mut v = a[0][r];
-        for au in &a[1..] {
-            v = _mm256_add_ps(v, au[r]);
-        }
+    #[inline(always)]
+    unsafe fn load_w<W: Element>(p: *const W) -> Self::V {
+        W::load8(p)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::arch::x86_64::_mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        std::arch::x86_64::_mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: Self::V) -> f32 {
+        use std::arch::x86_64::*;
         let hi = _mm256_extractf128_ps::<1>(v);
         let s = _mm_add_ps(_mm256_castps256_ps128(v), hi);
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-        let mut total = _mm_cvtss_f32(s);
-        for j in i..k {
-            total += (*wp.add(j)).to_f32() * *xs[r].get_unchecked(j);
-        }
-        acc[r] = total;
+        _mm_cvtss_f32(s)
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx512 {
+    type V = std::arch::x86_64::__m512;
+    const N: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        std::arch::x86_64::_mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load_x(p: *const f32) -> Self::V {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_w<W: Element>(p: *const W) -> Self::V {
+        W::load16(p)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::arch::x86_64::_mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        std::arch::x86_64::_mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: Self::V) -> f32 {
+        std::arch::x86_64::_mm512_reduce_add_ps(v)
+    }
+}
+
+/// The kernel of [`dot_block`]: `NW` weight rows, `R` activation rows, `U` vectors of weights
+/// per step.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // constant indices keep the accumulators in registers
+unsafe fn dot_block_lanes<L: Lanes, W: Element, const NW: usize, const R: usize, const U: usize>(
+    ws: &[&[W]],
+    xs: &[&[f32]],
+    accs: &mut [[f32; DOT_MAX_ROWS]],
+) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let k = ws[0].len();
+    let wp: [*const W; NW] = std::array::from_fn(|i| ws[i].as_ptr());
+    let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
+    // Indexed by constants only (every loop here unrolls), so that the accumulators live in
+    // registers: an iterator over them made LLVM store each one back after every FMA.
+    let mut a = [[[L::zero(); R]; NW]; U];
+    let mut i = 0;
+    while i + L::N * U <= k {
+        // Ask for the weights well ahead: the hardware prefetcher alone does not keep DRAM busy.
+        // One prefetch per 64-byte line a step reads.
+        for j in 0..NW {
+            let ahead = wp[j].wrapping_add(i + PREFETCH_ELEMS) as *const i8;
+            for line in (0..L::N * U * std::mem::size_of::<W>()).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+            }
+        }
+        for u in 0..U {
+            let at = i + L::N * u;
+            let mut wv = [L::zero(); NW];
+            for j in 0..NW {
+                wv[j] = L::load_w(wp[j].add(at));
+            }
+            for r in 0..R {
+                let x = L::load_x(xp[r].add(at));
+                for j in 0..NW {
+                    a[u][j][r] = L::fmadd(wv[j], x, a[u][j][r]);
+                }
+            }
+        }
+        i += L::N * U;
+    }
+    for j in 0..NW {
+        for r in 0..R {
+            let mut v = a[0][j][r];
+            for u in 1..U {
+                v = L::add(v, a[u][j][r]);
+            }
+            let mut total = L::hsum(v);
+            for t in i..k {
+                total += (*wp[j].add(t)).to_f32() * *xp[r].add(t);
+            }
+            accs[j][r] = total;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_block_avx2<W: Element, const NW: usize, const R: usize, const U: usize>(
+    ws: &[&[W]],
+    xs: &[&[f32]],
+    accs: &mut [[f32; DOT_MAX_ROWS]],
+) {
+    dot_block_lanes::<Avx2, W, NW, R, U>(ws, xs, accs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_block_avx512<W: Element, const NW: usize, const R: usize, const U: usize>(
+    ws: &[&[W]],
+    xs: &[&[f32]],
+    accs: &mut [[f32; DOT_MAX_ROWS]],
+) {
+    dot_block_lanes::<Avx512, W, NW, R, U>(ws, xs, accs)
 }
 
 #[cfg(test)]
@@ -373,24 +494,33 @@ mod tests {
 
     fn check<W: Element>(conv: fn(f32) -> W) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for k in [1, 7, 8, 15, 16, 17, 33, 100, 1024] {
-            let w: Vec<W> = (0..k).map(|_| conv(rng.random_range(-1.0..1.0))).collect();
-            let xs: Vec<Vec<f32>> = (0..8)
+        for k in [1, 7, 8, 15, 16, 17, 33, 63, 64, 65, 100, 1024] {
+            let ws: Vec<Vec<W>> = (0..DOT_MAX_BLOCK)
+                .map(|_| (0..k).map(|_| conv(rng.random_range(-1.0..1.0))).collect())
+                .collect();
+            let xs: Vec<Vec<f32>> = (0..DOT_MAX_ROWS)
                 .map(|_| (0..k).map(|_| rng.random_range(-1.0..1.0)).collect())
                 .collect();
-            for rows in 1..=8 {
-                let x: Vec<&[f32]> = xs[..rows].iter().map(|v| v.as_slice()).collect();
-                let mut want = [0f32; 8];
-                let mut got = [0f32; 8];
-                dot_rows_scalar(&w, &x, &mut want);
-                dot_rows(W::simd_available(), &w, &x, &mut got);
-                for r in 0..rows {
-                    assert!(
-                        (want[r] - got[r]).abs() < 1e-4,
-                        "k={k} r={r}: {} vs {}",
-                        want[r],
-                        got[r]
-                    );
+            for m in 1..=DOT_MAX_ROWS {
+                let x: Vec<&[f32]> = xs[..m].iter().map(|v| v.as_slice()).collect();
+                for isa in Isa::supported() {
+                    for nw in 1..=block_rows(isa, m) {
+                        let w: Vec<&[W]> = ws[..nw].iter().map(|v| v.as_slice()).collect();
+                        let mut got = [[0f32; DOT_MAX_ROWS]; DOT_MAX_BLOCK];
+                        dot_block(isa, &w, &x, &mut got);
+                        for (j, row) in w.iter().enumerate() {
+                            let mut want = [0f32; DOT_MAX_ROWS];
+                            dot_rows_scalar(row, &x, &mut want);
+                            for r in 0..m {
+                                assert!(
+                                    (want[r] - got[j][r]).abs() < 1e-4,
+                                    "{isa:?} k={k} m={m} nw={nw} ({j}, {r}): {} vs {}",
+                                    want[r],
+                                    got[j][r]
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }

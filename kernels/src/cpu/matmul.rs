@@ -9,12 +9,14 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::dot::{dot_rows, dot_rows2, widen_transposed, Element, DOT2_MAX_ROWS, DOT_MAX_ROWS};
+use super::dot::{
+    block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
+};
 
 /// Up to this many activation rows, the product runs as dot products over each weight row read
-/// once (the row stays in L1 while up to 8 activation rows at a time go past it); above it, as
-/// blocked f32 GEMM on widened weight blocks.
-pub const GEMV_MAX_ROWS: usize = 8;
+/// once (a few rows at a time stay in registers while the activation rows go past them); above
+/// it, as blocked f32 GEMM on widened weight blocks.
+pub const GEMV_MAX_ROWS: usize = 16;
 
 /// Bytes of widened f32 weights per GEMM block: the block is written transposed, and stays in
 /// a Zen 3 core's 512 KB L2 while it is (measured: 256 KB beats 128 KB, 512 KB and 1 MB).
@@ -81,13 +83,15 @@ impl OutPtr {
 /// What a task needs of its product, without the `&mut` output.
 #[derive(Clone, Copy)]
 struct Job<'a> {
+    /// Row r of x starts at `r * x_stride`.
     x: &'a [f32],
+    x_stride: usize,
     m: usize,
     k: usize,
     w: WeightRef<'a>,
     n: usize,
     out: OutPtr,
-    /// A twin computed in the same pass (same dtype, 1 to 4 activation rows).
+    /// A twin computed in the same pass (same dtype, up to [`GEMV_MAX_ROWS`] activation rows).
     twin: Option<(WeightRef<'a>, OutPtr)>,
 }
 
@@ -113,9 +117,19 @@ pub fn matmul_xwt(x: &[f32], m: usize, k: usize, w: WeightRef<'_>, n: usize, out
 /// If a product's slice lengths do not match its `m`, `k` and `n`.
 pub fn matmul_many(products: &mut [Product<'_>]) {
     let threads = rayon::current_num_threads().max(1);
+    // The dot-product path reads its activation rows at a stride that is not a multiple of
+    // 4 KB: at K 1024 (4 KB rows) every row fell in the same L1 set, and beyond 4 rows (plus
+    // the weight rows) they evicted each other on every load (m 8 ran at a quarter of m 4).
+    let padded: Vec<Option<(Vec<f32>, usize, usize)>> = products
+        .iter()
+        .map(|p| {
+            let dot = p.m >= 2 && p.m <= GEMV_MAX_ROWS && p.k > 0 && p.x.len() == p.m * p.k;
+            dot.then(|| pad_rows(p.x, p.m, p.k))
+        })
+        .collect();
     let mut jobs = Vec::with_capacity(products.len());
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (job, first row, rows)
-    for p in products.iter_mut() {
+    for (p, pad) in products.iter_mut().zip(&padded) {
         assert_eq!(p.x.len(), p.m * p.k, "matmul: x is not [m, k]");
         assert_eq!(p.w.len(), p.n * p.k, "matmul: w is not [n, k]");
         assert_eq!(p.out.len(), p.m * p.n, "matmul: out is not [m, n]");
@@ -146,7 +160,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
         let mut halves = vec![(p.w, OutPtr(p.out.as_mut_ptr()), None)];
         if let Some(t) = p.twin.as_mut() {
             let twin = (t.w, OutPtr(t.out.as_mut_ptr()));
-            if p.m <= DOT2_MAX_ROWS && same_dtype(p.w, t.w) {
+            if p.m <= GEMV_MAX_ROWS && same_dtype(p.w, t.w) {
                 halves[0].2 = Some(twin);
             } else {
                 halves.push((twin.0, twin.1, None));
@@ -154,8 +168,13 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
         }
         for (w, out, twin) in halves {
             let j = jobs.len();
+            let (x, x_stride) = match pad {
+                Some((buf, start, stride)) => (&buf[*start..], *stride),
+                None => (p.x, p.k),
+            };
             jobs.push(Job {
-                x: p.x,
+                x,
+                x_stride,
                 m: p.m,
                 k: p.k,
                 w,
@@ -173,11 +192,15 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
     let run = |&(j, j0, rows): &(usize, usize, usize)| {
         let job = &jobs[j];
         match (job.w, job.twin) {
-            (WeightRef::F32(a), Some((WeightRef::F32(b), o))) => twin_task(job, a, b, o, j0, rows),
-            (WeightRef::BF16(a), Some((WeightRef::BF16(b), o))) => {
-                twin_task(job, a, b, o, j0, rows)
+            (WeightRef::F32(a), Some((WeightRef::F32(b), o))) => {
+                gemv_task(job, &[(a, job.out), (b, o)], j0, rows)
             }
-            (WeightRef::F16(a), Some((WeightRef::F16(b), o))) => twin_task(job, a, b, o, j0, rows),
+            (WeightRef::BF16(a), Some((WeightRef::BF16(b), o))) => {
+                gemv_task(job, &[(a, job.out), (b, o)], j0, rows)
+            }
+            (WeightRef::F16(a), Some((WeightRef::F16(b), o))) => {
+                gemv_task(job, &[(a, job.out), (b, o)], j0, rows)
+            }
             (WeightRef::F32(w), _) => task(job, w, j0, rows),
             (WeightRef::BF16(w), _) => task(job, w, j0, rows),
             (WeightRef::F16(w), _) => task(job, w, j0, rows),
@@ -190,75 +213,71 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
     }
 }
 
-/// Rows `j0..j0 + rows` of a product and its twin, row `j` of both in one pass (m ≤ 4).
-fn twin_task<W: Element>(job: &Job<'_>, wa: &[W], wb: &[W], out_b: OutPtr, j0: usize, rows: usize) {
-    let (m, k, n) = (job.m, job.k, job.n);
-    let mut xs: [&[f32]; DOT2_MAX_ROWS] = [&[]; DOT2_MAX_ROWS];
-    for (r, x) in job.x.chunks_exact(k).enumerate() {
-        xs[r] = x;
+/// `x` (`[m, k]`) copied to rows 64-byte aligned, at a stride of an odd number of 64-byte lines:
+/// returns the buffer, where row 0 starts in it, and the stride.
+fn pad_rows(x: &[f32], m: usize, k: usize) -> (Vec<f32>, usize, usize) {
+    let lines = k.div_ceil(16) | 1;
+    let stride = lines * 16;
+    let mut buf = vec![0f32; m * stride + 16];
+    let start = buf.as_ptr().align_offset(64).min(15);
+    for (r, row) in x.chunks_exact(k).enumerate() {
+        buf[start + r * stride..start + r * stride + k].copy_from_slice(row);
     }
-    let simd = W::simd_available();
-    let (mut a, mut b) = ([0f32; DOT_MAX_ROWS], [0f32; DOT_MAX_ROWS]);
-    for j in j0..j0 + rows {
-        let row = j * k..(j + 1) * k;
-        dot_rows2(simd, &wa[row.clone()], &wb[row], &xs[..m], &mut a, &mut b);
-        for r in 0..m {
-            // SAFETY: r < m and j < n: inside both outputs; column j belongs to this task alone.
-            unsafe {
-                *job.out.get().add(r * n + j) = a[r];
-                *out_b.get().add(r * n + j) = b[r];
-            }
-        }
-    }
+    (buf, start, stride)
 }
 
 /// Rows `j0..j0 + rows` of one product.
 fn task<W: Element>(job: &Job<'_>, w: &[W], j0: usize, rows: usize) {
     let (m, k, n) = (job.m, job.k, job.n);
-    let w = &w[j0 * k..(j0 + rows) * k];
     if m <= GEMV_MAX_ROWS {
-        gemv_rows(job, w, j0)
+        gemv_task(job, &[(w, job.out)], j0, rows)
     } else {
-        gemm_rows(job, w, j0, rows, m, k, n)
+        gemm_rows(job, &w[j0 * k..(j0 + rows) * k], j0, rows, m, k, n)
     }
 }
 
-fn gemv_rows<W: Element>(job: &Job<'_>, w: &[W], j0: usize) {
+/// Rows `j0..j0 + rows` of each source (a `[n, k]` weight and its `[m, n]` output: a product,
+/// or a product and its twin, row `j` of both side by side), as dot products over blocks of
+/// weight rows that share each activation load.
+fn gemv_task<W: Element>(job: &Job<'_>, sources: &[(&[W], OutPtr)], j0: usize, rows: usize) {
     let (m, k, n) = (job.m, job.k, job.n);
-    let mut xs: [&[f32]; GEMV_MAX_ROWS] = [&[]; GEMV_MAX_ROWS];
-    for (r, x) in job.x.chunks_exact(k).enumerate() {
-        xs[r] = x;
-    }
-    let simd = W::simd_available();
-    let put = |r: usize, j: usize, a: f32| {
-        // SAFETY: r < m and j0 + j < n, so the index is inside `out`; column j0 + j belongs to
-        // this task alone.
-        unsafe { *job.out.get().add(r * n + j0 + j) = a };
-    };
-    let rows: Vec<&[W]> = w.chunks_exact(k).collect();
-    let mut acc = [0f32; DOT_MAX_ROWS];
-    let mut acc1 = [0f32; DOT_MAX_ROWS];
-    if (2..=DOT2_MAX_ROWS).contains(&m) {
-        // Two weight rows per pass over the activations.
-        for (p, pair) in rows.chunks(2).enumerate() {
-            if let [r0, r1] = pair {
-                dot_rows2(simd, r0, r1, &xs[..m], &mut acc, &mut acc1);
-                for r in 0..m {
-                    put(r, 2 * p, acc[r]);
-                    put(r, 2 * p + 1, acc1[r]);
-                }
-            } else {
-                dot_rows(simd, pair[0], &xs[..m], &mut acc);
-                (0..m).for_each(|r| put(r, 2 * p, acc[r]));
-            }
+    let isa = Isa::get();
+    let xs: Vec<&[f32]> = (0..m)
+        .map(|r| &job.x[r * job.x_stride..r * job.x_stride + k])
+        .collect();
+    let lines: Vec<(&[W], OutPtr, usize)> = (j0..j0 + rows)
+        .flat_map(|j| {
+            sources
+                .iter()
+                .map(move |&(w, out)| (&w[j * k..(j + 1) * k], out, j))
+        })
+        .collect();
+    // Activation rows go past a block of weight rows in groups of up to 8, the block staying
+    // in L1 from one group to the next.
+    let groups: Vec<(usize, &[&[f32]])> = (0..m)
+        .step_by(DOT_MAX_ROWS)
+        .map(|r0| (r0, &xs[r0..m.min(r0 + DOT_MAX_ROWS)]))
+        .collect();
+    let nw = groups
+        .iter()
+        .map(|g| block_rows(isa, g.1.len()))
+        .min()
+        .unwrap_or(1);
+    let mut accs = [[0f32; DOT_MAX_ROWS]; DOT_MAX_BLOCK];
+    for block in lines.chunks(nw) {
+        let mut ws: [&[W]; DOT_MAX_BLOCK] = [&[]; DOT_MAX_BLOCK];
+        for (w, line) in ws.iter_mut().zip(block) {
+            *w = line.0;
         }
-        return;
-    }
-    for (jj, row) in rows.iter().enumerate() {
-        for r0 in (0..m).step_by(DOT_MAX_ROWS) {
-            let nr = (m - r0).min(DOT_MAX_ROWS);
-            dot_rows(simd, row, &xs[r0..r0 + nr], &mut acc);
-            (0..nr).for_each(|r| put(r0 + r, jj, acc[r]));
+        for &(r0, xs) in &groups {
+            dot_block(isa, &ws[..block.len()], xs, &mut accs);
+            for (acc, &(_, out, j)) in accs.iter().zip(block) {
+                for (r, &a) in acc[..xs.len()].iter().enumerate() {
+                    // SAFETY: r0 + r < m and j < n, inside the output; column j belongs to
+                    // this task.
+                    unsafe { *out.get().add((r0 + r) * n + j) = a };
+                }
+            }
         }
     }
 }
@@ -280,7 +299,8 @@ fn gemm_rows<W: Element>(
     let x = job.x;
     // rhs[kk, j] = W[j0 + j, kk] sits at (rhs_cs, rhs_rs) strides from `rhs`.
     let run = |rhs: &[f32], rhs_cs: isize, rhs_rs: isize| {
-        // SAFETY: `rhs` holds the [rows, k] block (in either layout); `x` is [m, k]; the
+        // SAFETY: `rhs` holds the [rows, k] block (in either layout); `x` is [m, k] at row
+        // stride `x_stride`; the
         // destination is the [m, rows] window of `out` at column j0 with row stride n, written
         // by this task alone.
         unsafe {
@@ -294,7 +314,7 @@ fn gemm_rows<W: Element>(
                 false,
                 x.as_ptr(),
                 1,
-                k as isize,
+                job.x_stride as isize,
                 rhs.as_ptr(),
                 rhs_cs,
                 rhs_rs,
@@ -348,6 +368,12 @@ mod tests {
             (3, 33, 17),
             (4, 128, 64),
             (5, 40, 9),
+            (2, 48, 11),
+            (6, 64, 7),
+            (7, 1024, 5),
+            (8, 130, 29),
+            (12, 70, 13),
+            (16, 1024, 19),
             (17, 96, 130),
             (64, 200, 37),
         ] {
@@ -381,8 +407,14 @@ mod tests {
         for &(m, k, n) in &[
             (1usize, 40usize, 33usize),
             (2, 17, 20),
+            (3, 48, 7),
             (4, 64, 9),
             (6, 32, 10),
+            (7, 100, 11),
+            (8, 1024, 13),
+            (12, 40, 9),
+            (16, 64, 5),
+            (20, 33, 12),
         ] {
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let a: Vec<bf16> = (0..n * k)
