@@ -3,6 +3,9 @@
 //! that arrives while a 2,000-token prompt is being prefilled.
 //!
 //!   serving DIR    (DIR: a checkpoint directory, e.g. .cache/bench-model/bf16)
+//!
+//! Environment: STREAMS (a list such as 1,16: only those, no TTFT run), REPEAT (rounds, default
+//! 3), CHUNK (max_prefill_chunk), BORA_CPU_ISA (avx2 or scalar: cap the kernels' instruction set).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
