@@ -4,6 +4,7 @@ mod inspect;
 mod load;
 mod perplexity;
 mod run;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve Mistral's chat API (the official SDKs work unchanged) on a local model.
+    #[command(
+        after_help = "Example:\n  bora serve --model models/fixtures/tiny-mixtral --port 8080\n  then: Mistral(api_key=\"x\", server_url=\"http://127.0.0.1:8080\")"
+    )]
+    Serve(serve::Args),
     /// Show a checkpoint's architecture, tensors, parameter counts and size, without loading it.
     #[command(after_help = "Example:\n  bora inspect models/fixtures/tiny-mixtral")]
     Inspect(inspect::Args),
@@ -51,6 +57,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let res = match cli.command {
+        Command::Serve(a) => serve::main(a),
         Command::Inspect(a) => inspect::main(a),
         Command::Run(a) => run::main(a),
         Command::Perplexity(a) => perplexity::main(a),

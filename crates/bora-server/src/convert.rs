@@ -1,46 +1,281 @@
-//! Wire request → engine request: parse, don't validate. Errors name the field.
+//! Wire request → engine request. Wrong types and out-of-range values are 422s that name the
+//! field (with pydantic-style `detail`); what bora cannot do is a 400 that says so.
 
 use bora_engine::chat::{ChatRequest, Content, Message, Tool, ToolCall};
-use serde_json::Value;
+use bora_engine::{Completion, SamplingParams};
+use serde_json::{json, Value};
 
+use crate::error::ApiError;
 use crate::wire::{
-    ChatCompletionRequest, WireChunk, WireContent, WireMessage, WireTool, WireToolCall,
+    ChatCompletionRequest, ResponseFormat, Stop, ToolChoice, ToolChoiceMode, WireChunk,
+    WireContent, WireMessage, WireTool, WireToolCall, KNOWN_FIELDS,
 };
+
+/// Mistral's guardrail system prompt, prepended when `safe_prompt` is true.
+pub const SAFE_PROMPT: &str = "Always assist with care, respect, and truth. Respond with utmost \
+utility yet securely. Avoid harmful, unethical, prejudiced, or negative content. Ensure replies \
+promote fairness and positivity.";
+
+/// Temperature when the request sets none: the model card's `default_model_temperature`, as
+/// the cloud does for Mixtral.
+pub const DEFAULT_TEMPERATURE: f64 = 0.7;
 
 /// A request body that is not a chat completion request bora can take.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct WireError(pub String);
 
-/// Parses a `/v1/chat/completions` body into the engine's chat request.
+/// A chat completion request, ready for the engine.
+#[derive(Debug, Clone)]
+pub struct ParsedRequest {
+    /// The model asked for.
+    pub model: String,
+    /// Whether to answer with server-sent events.
+    pub stream: bool,
+    /// What the engine runs.
+    pub completion: Completion,
+    /// `tool_choice: "none"`: the model must not call a tool.
+    pub forbid_tool_calls: bool,
+    /// `parallel_tool_calls` (default true); false keeps one call.
+    pub parallel_tool_calls: bool,
+}
+
+/// Parses a `/v1/chat/completions` body into the engine's chat request (for tools that take
+/// the wire format, e.g. `bora tokenize --chat-json`).
 pub fn parse_chat_request(body: &str) -> Result<ChatRequest, WireError> {
-    let req: ChatCompletionRequest =
-        serde_json::from_str(body).map_err(|e| WireError(format!("invalid request body: {e}")))?;
-    ChatRequest::try_from(&req)
+    parse_request(body.as_bytes(), false)
+        .map(|r| r.completion.chat)
+        .map_err(|e| WireError(e.message))
 }
 
-impl TryFrom<&ChatCompletionRequest> for ChatRequest {
-    type Error = WireError;
-
-    fn try_from(req: &ChatCompletionRequest) -> Result<Self, WireError> {
-        let messages = req
-            .messages
+/// Parses and checks a request body; `strict` refuses unknown top-level fields.
+pub fn parse_request(body: &[u8], strict: bool) -> Result<ParsedRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid_field(
+            &[json!(e.column())],
+            "json_invalid",
+            &format!("JSON decode error: {e}"),
+            None,
+        )
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::invalid_field(
+            &[],
+            "model_attributes_type",
+            "Input should be a valid dictionary or object to extract fields from",
+            Some(&value),
+        ));
+    };
+    if strict {
+        let extra: Vec<Value> = obj
             .iter()
-            .enumerate()
-            .map(|(i, m)| message(m, &format!("messages[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let tools = req
-            .tools
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, t)| tool(t, &format!("tools[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ChatRequest { messages, tools })
+            .filter(|(k, _)| !KNOWN_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| {
+                json!({"type": "extra_forbidden", "loc": ["body", k],
+                       "msg": "Extra inputs are not permitted", "input": v})
+            })
+            .collect();
+        if let Some(first) = extra.first() {
+            let mut err = ApiError::invalid_field(
+                &[first["loc"][1].clone()],
+                "extra_forbidden",
+                "Extra inputs are not permitted",
+                Some(&first["input"]),
+            );
+            err.detail = extra;
+            return Err(err);
+        }
     }
+    let req: ChatCompletionRequest =
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+            let loc: Vec<Value> = e
+                .path()
+                .iter()
+                .filter_map(|seg| match seg {
+                    serde_path_to_error::Segment::Seq { index } => Some(json!(index)),
+                    serde_path_to_error::Segment::Map { key } => Some(json!(key)),
+                    serde_path_to_error::Segment::Enum { variant } => Some(json!(variant)),
+                    serde_path_to_error::Segment::Unknown => None,
+                })
+                .collect();
+            let input = lookup(&value, &loc);
+            ApiError::invalid_field(&loc, "type_error", &e.inner().to_string(), input)
+        })?;
+    convert(req)
 }
 
-fn message(m: &WireMessage, at: &str) -> Result<Message, WireError> {
+/// The value at `loc` in `v`.
+fn lookup<'a>(v: &'a Value, loc: &[Value]) -> Option<&'a Value> {
+    loc.iter().try_fold(v, |v, k| match k {
+        Value::Number(n) => v.get(n.as_u64()? as usize),
+        Value::String(s) => v.get(s),
+        _ => None,
+    })
+}
+
+fn range_error(field: &str, msg: &str, input: impl Into<Value>) -> ApiError {
+    ApiError::invalid_field(&[json!(field)], "value_error", msg, Some(&input.into()))
+}
+
+fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
+    let model = req.model.clone().ok_or_else(|| {
+        ApiError::invalid_field(&[json!("model")], "missing", "Field required", None)
+    })?;
+    let wire_messages = req.messages.as_ref().ok_or_else(|| {
+        ApiError::invalid_field(&[json!("messages")], "missing", "Field required", None)
+    })?;
+    let temperature = req.temperature.unwrap_or(DEFAULT_TEMPERATURE);
+    if !(temperature >= 0.0 && temperature.is_finite()) {
+        return Err(range_error(
+            "temperature",
+            "Input should be greater than or equal to 0",
+            temperature,
+        ));
+    }
+    let top_p = req.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(range_error(
+            "top_p",
+            "Input should be greater than 0 and less than or equal to 1",
+            top_p,
+        ));
+    }
+    let top_k = req.top_k.unwrap_or(0);
+    if top_k < 0 {
+        return Err(range_error(
+            "top_k",
+            "Input should be greater than or equal to 0",
+            top_k,
+        ));
+    }
+    let (max_field, max_tokens) = match (req.max_tokens, req.max_completion_tokens) {
+        (Some(m), _) => ("max_tokens", Some(m)),
+        (None, Some(m)) => ("max_completion_tokens", Some(m)),
+        (None, None) => ("max_tokens", None),
+    };
+    if let Some(m) = max_tokens.filter(|&m| m < 1) {
+        return Err(range_error(
+            max_field,
+            "Input should be greater than or equal to 1",
+            m,
+        ));
+    }
+    let (seed_field, seed) = match (req.random_seed, req.seed) {
+        (Some(s), _) => ("random_seed", Some(s)),
+        (None, Some(s)) => ("seed", Some(s)),
+        (None, None) => ("random_seed", None),
+    };
+    if let Some(s) = seed.filter(|&s| s < 0) {
+        return Err(range_error(
+            seed_field,
+            "Input should be greater than or equal to 0",
+            s,
+        ));
+    }
+    let n = req.n.unwrap_or(1);
+    if !(1..=16).contains(&n) {
+        return Err(range_error("n", "Input should be between 1 and 16", n));
+    }
+    let penalty = |field: &str, v: Option<f64>| -> Result<f32, ApiError> {
+        let v = v.unwrap_or(0.0);
+        if (-2.0..=2.0).contains(&v) {
+            Ok(v as f32)
+        } else {
+            Err(range_error(field, "Input should be between -2 and 2", v))
+        }
+    };
+    let presence_penalty = penalty("presence_penalty", req.presence_penalty)?;
+    let frequency_penalty = penalty("frequency_penalty", req.frequency_penalty)?;
+    let stop = match req.stop.clone() {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    if stop.iter().any(|s| s.is_empty()) {
+        return Err(range_error(
+            "stop",
+            "Stop strings must not be empty",
+            stop.clone(),
+        ));
+    }
+    match &req.response_format {
+        None | Some(ResponseFormat::Text) => {}
+        Some(ResponseFormat::JsonObject) => {
+            return Err(ApiError::bad_request(
+                "response_format `json_object` is not supported by this server yet",
+            )
+            .with_param("response_format"))
+        }
+        Some(ResponseFormat::JsonSchema { .. }) => {
+            return Err(ApiError::bad_request(
+                "response_format `json_schema` is not supported by this server yet",
+            )
+            .with_param("response_format"))
+        }
+    }
+    let forbid_tool_calls = match &req.tool_choice {
+        None | Some(ToolChoice::Mode(ToolChoiceMode::Auto)) => false,
+        Some(ToolChoice::Mode(ToolChoiceMode::None)) => true,
+        Some(ToolChoice::Mode(mode)) => {
+            return Err(ApiError::bad_request(format!(
+                "tool_choice `{}` (a forced tool call) is not supported by this server yet; use `auto` or `none`",
+                if *mode == ToolChoiceMode::Any { "any" } else { "required" }
+            ))
+            .with_param("tool_choice"))
+        }
+        Some(ToolChoice::Named(named)) => {
+            return Err(ApiError::bad_request(format!(
+                "tool_choice naming the function `{}` (a forced tool call) is not supported by this server yet; use `auto` or `none`",
+                named.function.name
+            ))
+            .with_param("tool_choice"))
+        }
+    };
+
+    let mut messages = wire_messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message(m, &format!("messages[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if req.safe_prompt.or(req.safe_mode).unwrap_or(false) {
+        messages.insert(
+            0,
+            Message::System {
+                content: Some(Content::Text(SAFE_PROMPT.to_string())),
+            },
+        );
+    }
+    let tools = req
+        .tools
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, t)| tool(t, &format!("tools[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut completion = Completion::new(ChatRequest { messages, tools });
+    completion.sampling = SamplingParams {
+        temperature: temperature as f32,
+        top_p: top_p as f32,
+        top_k: top_k as usize,
+        seed: 0,
+    };
+    completion.seed = seed.map(|s| s as u64);
+    completion.max_tokens = max_tokens.map(|m| m as usize);
+    completion.stop = stop;
+    completion.n = n as usize;
+    completion.presence_penalty = presence_penalty;
+    completion.frequency_penalty = frequency_penalty;
+    Ok(ParsedRequest {
+        model,
+        stream: req.stream.unwrap_or(false),
+        completion,
+        forbid_tool_calls,
+        parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
+    })
+}
+
+fn message(m: &WireMessage, at: &str) -> Result<Message, ApiError> {
     let content = |c: &Option<WireContent>| {
         c.as_ref()
             .map(|c| content(c, &format!("{at}.content")))
@@ -83,7 +318,7 @@ fn message(m: &WireMessage, at: &str) -> Result<Message, WireError> {
     })
 }
 
-fn content(c: &WireContent, at: &str) -> Result<Content, WireError> {
+fn content(c: &WireContent, at: &str) -> Result<Content, ApiError> {
     match c {
         WireContent::Text(s) => Ok(Content::Text(s.clone())),
         WireContent::Chunks(chunks) => chunks
@@ -95,30 +330,37 @@ fn content(c: &WireContent, at: &str) -> Result<Content, WireError> {
     }
 }
 
-fn chunk(c: &WireChunk, at: &str) -> Result<String, WireError> {
+fn chunk(c: &WireChunk, at: &str) -> Result<String, ApiError> {
     match (c.kind.as_str(), &c.text) {
         ("text", Some(t)) => Ok(t.clone()),
-        ("text", None) => Err(WireError(format!("{at}: a text chunk needs `text`"))),
-        (other, _) => Err(WireError(format!(
+        ("text", None) => {
+            Err(ApiError::bad_request(format!("{at}: a text chunk needs `text`")).with_param(at))
+        }
+        (other, _) => Err(ApiError::bad_request(format!(
             "{at}: content chunks of type `{other}` are not supported: Mixtral reads text only"
-        ))),
+        ))
+        .with_param(at)),
     }
 }
 
-fn tool_call(c: &WireToolCall, at: &str) -> Result<ToolCall, WireError> {
+fn tool_call(c: &WireToolCall, at: &str) -> Result<ToolCall, ApiError> {
     if let Some(kind) = c.kind.as_deref().filter(|k| *k != "function") {
-        return Err(WireError(format!(
-            "{at}.type: `{kind}` is not a function call"
-        )));
+        return Err(
+            ApiError::bad_request(format!("{at}.type: `{kind}` is not a function call"))
+                .with_param(&format!("{at}.type")),
+        );
     }
     let arguments = match &c.function.arguments {
         None | Some(Value::Null) => "{}".to_string(),
         Some(Value::String(s)) => s.clone(),
         Some(v @ Value::Object(_)) => v.to_string(),
         Some(v) => {
-            return Err(WireError(format!(
-                "{at}.function.arguments: expected a JSON string or object, got {v}"
-            )))
+            return Err(ApiError::invalid_field(
+                &field_loc(&format!("{at}.function.arguments")),
+                "type_error",
+                "expected a JSON string or object",
+                Some(v),
+            ))
         }
     };
     Ok(ToolCall {
@@ -128,19 +370,23 @@ fn tool_call(c: &WireToolCall, at: &str) -> Result<ToolCall, WireError> {
     })
 }
 
-fn tool(t: &WireTool, at: &str) -> Result<Tool, WireError> {
+fn tool(t: &WireTool, at: &str) -> Result<Tool, ApiError> {
     if let Some(kind) = t.kind.as_deref().filter(|k| *k != "function") {
-        return Err(WireError(format!(
+        return Err(ApiError::bad_request(format!(
             "{at}.type: tools of type `{kind}` are not supported, only `function`"
-        )));
+        ))
+        .with_param(&format!("{at}.type")));
     }
     let parameters = match &t.function.parameters {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(v @ Value::Object(_)) => v.clone(),
         Some(v) => {
-            return Err(WireError(format!(
-                "{at}.function.parameters: expected a JSON Schema object, got {v}"
-            )))
+            return Err(ApiError::invalid_field(
+                &field_loc(&format!("{at}.function.parameters")),
+                "type_error",
+                "expected a JSON Schema object",
+                Some(v),
+            ))
         }
     };
     Ok(Tool {
@@ -148,4 +394,133 @@ fn tool(t: &WireTool, at: &str) -> Result<Tool, WireError> {
         description: t.function.description.clone().unwrap_or_default(),
         parameters,
     })
+}
+
+/// `a[0].b` → `["a", 0, "b"]`.
+fn field_loc(path: &str) -> Vec<Value> {
+    let mut loc = Vec::new();
+    for part in path.split('.') {
+        let mut rest = part;
+        if let Some(i) = rest.find('[') {
+            loc.push(json!(&rest[..i]));
+            rest = &rest[i..];
+            while let Some(end) = rest.find(']') {
+                if let Ok(n) = rest[1..end].parse::<u64>() {
+                    loc.push(json!(n));
+                }
+                rest = &rest[end + 1..];
+            }
+        } else {
+            loc.push(json!(rest));
+        }
+    }
+    loc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    fn parse(body: Value) -> Result<ParsedRequest, ApiError> {
+        parse_request(body.to_string().as_bytes(), false)
+    }
+
+    #[test]
+    fn sdk_shapes_parse() {
+        let r = parse(json!({
+            "model": "m", "stream": false, "temperature": null, "max_tokens": null,
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "assistant", "content": "", "prefix": false,
+                 "tool_calls": [{"id": "abcABC123", "type": "function", "index": 0,
+                                 "function": {"name": "f", "arguments": {"x": 1}}}]},
+                {"role": "tool", "content": "{}", "tool_call_id": "abcABC123"},
+            ],
+            "seed": 7, "max_completion_tokens": 5, "stream_options": {"include_usage": true},
+            "user": "u", "unknown_field": 1, "stop": "x"
+        }))
+        .unwrap();
+        assert_eq!(r.completion.seed, Some(7));
+        assert_eq!(r.completion.max_tokens, Some(5));
+        assert_eq!(r.completion.stop, vec!["x".to_string()]);
+        assert_eq!(
+            r.completion.sampling.temperature,
+            DEFAULT_TEMPERATURE as f32
+        );
+        assert!(!r.stream);
+        match &r.completion.chat.messages[1] {
+            Message::Assistant { tool_calls, .. } => {
+                assert_eq!(tool_calls.as_ref().unwrap()[0].arguments, r#"{"x":1}"#)
+            }
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let e = parse(json!({"model": "m", "messages": [], "temperature": "hot"})).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        assert_eq!(e.detail[0]["loc"], json!(["body", "temperature"]));
+        assert_eq!(e.detail[0]["input"], json!("hot"));
+        let e =
+            parse(json!({"model": "m", "messages": [{"role": "user", "content": 5}]})).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.message.starts_with("messages[0]"), "{}", e.message);
+        let e = parse(json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}))
+            .unwrap_err();
+        assert!(e.message.contains("robot"), "{}", e.message);
+        let e = parse(json!({"messages": []})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("model"));
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        for (field, value) in [
+            ("temperature", json!(-1)),
+            ("top_p", json!(0)),
+            ("top_p", json!(1.5)),
+            ("max_tokens", json!(0)),
+            ("random_seed", json!(-3)),
+            ("n", json!(0)),
+            ("presence_penalty", json!(3)),
+            ("stop", json!([""])),
+        ] {
+            let mut body = json!({"model": "m", "messages": []});
+            body[field] = value;
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+            assert_eq!(e.param.as_deref(), Some(field));
+        }
+    }
+
+    #[test]
+    fn strict_mode_refuses_unknown_fields() {
+        let body = json!({"model": "m", "messages": [], "bogus": 1}).to_string();
+        assert!(parse_request(body.as_bytes(), false).is_ok());
+        let e = parse_request(body.as_bytes(), true).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.detail[0]["type"], "extra_forbidden");
+        assert_eq!(e.detail[0]["loc"], json!(["body", "bogus"]));
+    }
+
+    #[test]
+    fn malformed_json_and_unsupported_features() {
+        let e = parse_request(b"{\"model\": ", false).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.detail[0]["type"], "json_invalid");
+        let e = parse(json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}))
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let e = parse(json!({"model": "m", "messages": [], "tool_choice": "any"})).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let r = parse(json!({"model": "m", "messages": [], "tool_choice": "none",
+                             "safe_mode": true}))
+        .unwrap();
+        assert!(r.forbid_tool_calls);
+        assert!(matches!(&r.completion.chat.messages[0],
+            Message::System { content: Some(Content::Text(t)) } if t == SAFE_PROMPT));
+    }
 }

@@ -1,10 +1,76 @@
-//! bora-server: Mistral's chat API. The only crate that knows the JSON wire format.
+//! bora-server: Mistral's chat API over HTTP, so that the official `mistralai` and `openai`
+//! SDKs work unchanged against a local engine. The only crate that knows the JSON wire format.
 //!
-//! Today: the request wire types ([`wire`]) as the `mistralai` and `openai` SDKs send them, and
-//! their conversion into the engine's [`bora_engine::chat::ChatRequest`] ([`convert`]), with
-//! errors that name the offending field. The HTTP server itself is the next issue's.
+//! * [`wire`]: request bodies as the SDKs send them; [`convert`]: into engine requests, with
+//!   422s that name the field;
+//! * [`api`]: response bodies, stream chunks and model cards; [`error`]: the error shape;
+//! * [`routes`]: the axum router (`/v1/chat/completions`, `/v1/models`, `/health`,
+//!   `/metrics`); [`metrics`]: Prometheus text;
+//! * [`serve`]: runs the router on a listener until a shutdown signal.
 
+pub mod api;
 pub mod convert;
+pub mod error;
+pub mod metrics;
+pub mod routes;
 pub mod wire;
 
-pub use convert::{parse_chat_request, WireError};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use convert::{parse_chat_request, parse_request, ParsedRequest, WireError};
+pub use error::ApiError;
+pub use routes::{router, AppState, ServerConfig};
+
+/// Serves the API on `listener` until `shutdown` resolves; then stops accepting connections
+/// and waits for the open ones (running generations included) to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The name a model is served under by default: the cloud's name for the two Mixtral shapes
+/// (so that scripts written for the cloud run as they are), else the directory's name.
+pub fn default_model_name(cfg: &bora_core::ModelConfig, dir: &Path) -> String {
+    match (
+        cfg.num_local_experts,
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+    ) {
+        (8, 4096, 32) => "open-mixtral-8x7b".into(),
+        (8, 6144, 56) => "open-mixtral-8x22b".into(),
+        _ => dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "bora".into()),
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

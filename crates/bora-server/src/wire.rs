@@ -1,16 +1,155 @@
 //! The body of `POST /v1/chat/completions` as the SDKs send it (see
-//! ../shared/design/mistral-api.md). JSON `null` means unset; unknown fields are ignored.
+//! ../shared/design/mistral-api.md): Mistral's `ChatCompletionRequest`, and the OpenAI names
+//! that arrive at the same endpoint. JSON `null` means unset; unknown fields are ignored (or,
+//! in strict mode, refused: [`KNOWN_FIELDS`]).
 
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The top-level fields bora takes; in strict mode any other is a 422.
+pub const KNOWN_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "stream",
+    "stop",
+    "random_seed",
+    "metadata",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "safe_prompt",
+    "parallel_tool_calls",
+    "prediction",
+    // Old clients' name of safe_prompt.
+    "safe_mode",
+    // OpenAI's names.
+    "seed",
+    "max_completion_tokens",
+    "stream_options",
+    "user",
+];
+
+/// A chat completion request.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
-    pub messages: Vec<WireMessage>,
+    #[serde(default)]
+    pub messages: Option<Vec<WireMessage>>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Not in Mistral's API; llama.cpp and vLLM take it.
+    #[serde(default)]
+    pub top_k: Option<i64>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub random_seed: Option<i64>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
     #[serde(default)]
     pub tools: Option<Vec<WireTool>>,
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub safe_prompt: Option<bool>,
+    #[serde(default)]
+    pub safe_mode: Option<bool>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// A speculative-decoding hint: accepted and ignored.
+    #[serde(default)]
+    pub prediction: Option<Value>,
+    /// Usage is always in the last chunk: accepted and ignored.
+    #[serde(default)]
+    pub stream_options: Option<Value>,
+    #[serde(default)]
+    pub user: Option<Value>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+/// `stop`: one string or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `response_format`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub schema: Value,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: a mode, or one named function.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    Mode(ToolChoiceMode),
+    Named(NamedToolChoice),
+}
+
+/// `tool_choice` as a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoiceMode {
+    Auto,
+    None,
+    Any,
+    Required,
+}
+
+/// `{"type": "function", "function": {"name": ...}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedToolChoice {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    pub function: NamedFunction,
+}
+
+/// The function of a [`NamedToolChoice`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedFunction {
+    pub name: String,
 }
 
 /// A message, told apart by its `role`.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
-use bora_model::{Batch, KvCache, Logits, Model, SeqInput};
+use bora_model::{Batch, KvCache, Logits, Model, RoutingStats, SeqInput};
 
 use super::blocks::{chain_hash, BlockAllocator};
 use super::request::{Event, FinishReason, Usage};
@@ -45,6 +45,8 @@ pub(crate) struct Core {
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     requests: HashMap<u64, ReqState>,
+    /// Tokens routed to each expert of each layer since the start.
+    routing: RoutingStats,
 }
 
 impl Core {
@@ -60,6 +62,8 @@ impl Core {
         stats: Arc<Mutex<EngineStats>>,
     ) -> Self {
         let alloc = BlockAllocator::new(cache.num_blocks(), cache.block_size());
+        let cfg = model.config();
+        let routing = RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts);
         Self {
             model,
             cache,
@@ -73,6 +77,7 @@ impl Core {
             waiting: VecDeque::new(),
             running: Vec::new(),
             requests: HashMap::new(),
+            routing,
         }
     }
 
@@ -261,7 +266,7 @@ impl Core {
         let wants: Vec<bool> = seqs.iter().map(|s| s.logits == Logits::Last).collect();
         let result = self
             .model
-            .forward(&Batch { seqs }, &mut self.cache)
+            .forward_observed(&Batch { seqs }, &mut self.cache, &mut self.routing)
             .and_then(|l| Ok(l.to_vec2::<f32>()?));
         let mut rows = match result {
             Ok(rows) => rows.into_iter(),
@@ -372,6 +377,7 @@ impl Core {
             st.prefix_lookups = self.alloc.lookups;
             st.prefix_hits = self.alloc.hits;
             st.steps += 1;
+            st.expert_tokens.clone_from(&self.routing.counts);
         }
     }
 }

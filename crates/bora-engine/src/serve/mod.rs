@@ -98,6 +98,8 @@ pub struct EngineStats {
     pub prefix_hits: u64,
     /// Steps run so far.
     pub steps: u64,
+    /// Tokens routed to each expert (`[layer][expert]`) since the start.
+    pub expert_tokens: Vec<Vec<u64>>,
 }
 
 impl EngineStats {
@@ -123,6 +125,7 @@ pub enum ModelSource {
 pub struct Engine {
     tx: Sender<Command>,
     tok: Arc<Tokenizer>,
+    model_config: Arc<bora_core::ModelConfig>,
     format: ChatFormat,
     context: usize,
     block_size: usize,
@@ -210,6 +213,7 @@ impl Engine {
         Ok(Self {
             tx,
             tok,
+            model_config: Arc::new(cfg.clone()),
             format,
             context: cfg
                 .max_position_embeddings
@@ -226,6 +230,11 @@ impl Engine {
     /// The engine's tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tok
+    }
+
+    /// The configuration of the model being served.
+    pub fn model_config(&self) -> &bora_core::ModelConfig {
+        &self.model_config
     }
 
     /// The chat format prompts are rendered in.

@@ -1,0 +1,136 @@
+//! `bora serve`: Mistral's chat API over HTTP on a local model.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use bora_engine::chat::ChatFormat;
+use bora_engine::{Engine, EngineConfig, KvBudget};
+use bora_server::{AppState, ServerConfig};
+
+use crate::load::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (loopback by default: nothing outside this machine can connect).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* requests.
+    #[arg(long, conflicts_with = "api_key_file")]
+    api_key: Option<String>,
+    /// Read the API key from this file (its first line).
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// The model's name in requests and /v1/models (default: open-mixtral-8x7b or
+    /// open-mixtral-8x22b for those shapes, else the model directory's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Refuse unknown request fields with 422, as Mistral's cloud does.
+    #[arg(long)]
+    strict_api: bool,
+    /// Request bodies over this many MiB get 413.
+    #[arg(long, default_value_t = 16)]
+    max_body_mib: usize,
+    /// Memory for the KV cache in MiB (default: a quarter of the free memory).
+    #[arg(long)]
+    kv_cache_mib: Option<usize>,
+    /// Requests waiting for admission at most; beyond it, 429 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// v1 or v3 (default: from the tokenizer).
+    #[arg(long)]
+    chat_format: Option<String>,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let dir = &a.model.model;
+    let cfg = bora_core::ModelConfig::from_file(&dir.join("config.json"))
+        .with_context(|| format!("--model {}", dir.display()))?;
+    let name = a
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| bora_server::default_model_name(&cfg, dir));
+    let api_key = match (&a.api_key, &a.api_key_file) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("--api-key-file {}", f.display()))?;
+            let key = text.lines().next().unwrap_or("").trim().to_string();
+            if key.is_empty() {
+                bail!("--api-key-file {}: the file is empty", f.display());
+            }
+            Some(key)
+        }
+        (None, None) => None,
+    };
+    let chat_format = a
+        .chat_format
+        .as_deref()
+        .map(str::parse::<ChatFormat>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--chat-format: {e}"))?;
+    let mut server = ServerConfig::new(name.clone());
+    server.description = format!(
+        "Mixtral ({} layers, {} experts, top {}) from {}",
+        cfg.num_hidden_layers,
+        cfg.num_local_experts,
+        cfg.num_experts_per_tok,
+        dir.display()
+    );
+    server.api_key = api_key;
+    server.strict_api = a.strict_api;
+    server.body_limit = a.max_body_mib << 20;
+    let engine_config = EngineConfig {
+        kv_budget: a
+            .kv_cache_mib
+            .map_or(EngineConfig::default().kv_budget, KvBudget::Mib),
+        max_queue: a.max_queue,
+        chat_format,
+        ..EngineConfig::default()
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        let state = AppState::new(server);
+        // Listening before the model is loaded: /health says 503 until it is.
+        println!("bora: listening on http://{local} (model `{name}`, loading)");
+        let loading = state.clone();
+        let model_args = a.model;
+        let started = Instant::now();
+        let load = tokio::task::spawn_blocking(move || -> Result<()> {
+            let loaded = model_args.load()?;
+            let engine = Engine::new(loaded.model, loaded.tokenizer, engine_config)?;
+            loading.set_engine(engine);
+            Ok(())
+        });
+        let server = tokio::spawn(bora_server::serve(
+            listener,
+            state,
+            bora_server::shutdown_signal(),
+        ));
+        load.await.context("the loading task failed")??;
+        println!(
+            "bora: ready in {:.1} s: http://{local}/v1/chat/completions",
+            started.elapsed().as_secs_f64()
+        );
+        server
+            .await
+            .context("the server task failed")?
+            .context("the server failed")?;
+        println!("bora: stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,146 @@
+//! Response bodies: completions, stream chunks and model cards, in the shapes the SDKs parse
+//! (../shared/design/mistral-api.md §2, §3, §5).
+
+use bora_engine::chat::ToolCall;
+use bora_engine::{FinishReason, Usage};
+use serde_json::{json, Value};
+
+/// The tool calls of a message: `arguments` as a JSON string, `index` in order.
+pub fn tool_calls_json(calls: &[ToolCall]) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                json!({
+                    "id": c.id.clone().unwrap_or_else(|| "null".into()),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                    "index": i,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `usage`, with `total_tokens` the sum of the others.
+pub fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens(),
+    })
+}
+
+/// One choice of a whole completion.
+pub fn choice_json(
+    index: usize,
+    text: &str,
+    calls: &[ToolCall],
+    reason: Option<FinishReason>,
+) -> Value {
+    let (content, tool_calls) = if calls.is_empty() {
+        (text.to_string(), Value::Null)
+    } else {
+        (String::new(), tool_calls_json(calls))
+    };
+    json!({
+        "index": index,
+        "message": {
+            "role": "assistant",
+            "content": content,
+            "tool_calls": tool_calls,
+            "prefix": false,
+        },
+        "finish_reason": reason.unwrap_or(FinishReason::Error).as_str(),
+        "logprobs": null,
+    })
+}
+
+/// A whole completion.
+pub fn completion_json(
+    id: &str,
+    created: u64,
+    model: &str,
+    choices: Vec<Value>,
+    usage: &Usage,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage_json(usage),
+    })
+}
+
+/// A stream chunk; `usage` rides on the last one.
+pub fn chunk_json(
+    id: &str,
+    created: u64,
+    model: &str,
+    choices: Vec<Value>,
+    usage: Option<&Usage>,
+) -> Value {
+    let mut chunk = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    });
+    if let Some(u) = usage {
+        chunk["usage"] = usage_json(u);
+    }
+    chunk
+}
+
+/// One choice of a chunk: every choice carries a `finish_reason` key, null until its end.
+pub fn chunk_choice(index: usize, delta: Value, reason: Option<FinishReason>) -> Value {
+    json!({
+        "index": index,
+        "delta": delta,
+        "finish_reason": reason.map(|r| r.as_str()),
+        "logprobs": null,
+    })
+}
+
+/// What `/v1/models` says of the served model.
+#[derive(Debug, Clone)]
+pub struct ModelCard {
+    pub id: String,
+    pub created: u64,
+    pub description: String,
+    pub function_calling: bool,
+    pub max_context_length: usize,
+    pub default_temperature: f64,
+}
+
+impl ModelCard {
+    /// The card in Mistral's `BaseModelCard` shape (openai reads `id`, `object`, `created`,
+    /// `owned_by`).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "bora",
+            "type": "base",
+            "name": self.id,
+            "description": self.description,
+            "capabilities": {
+                "completion_chat": true,
+                "function_calling": self.function_calling,
+                "completion_fim": false,
+                "fine_tuning": false,
+                "vision": false,
+                "classification": false,
+            },
+            "max_context_length": self.max_context_length,
+            "aliases": [],
+            "deprecation": null,
+            "default_model_temperature": self.default_temperature,
+        })
+    }
+}

@@ -1,0 +1,198 @@
+//! `GET /metrics`: Prometheus text, through the `prometheus-client` crate. Request counters and
+//! latency histograms are kept by the server; the engine's own state (queue, running sequences,
+//! KV blocks, prefix cache, expert routing) is read from its stats snapshot at each scrape.
+
+use std::time::Duration;
+
+use bora_engine::EngineStats;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExpertLabel {
+    layer: String,
+    expert: String,
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<StatusLabel, Counter>,
+    prompt_tokens: Counter,
+    generated_tokens: Counter,
+    ttft: Histogram,
+    itl: Histogram,
+    queue: Gauge,
+    running: Gauge,
+    blocks_used: Gauge,
+    blocks_free: Gauge,
+    prefix_lookups: Counter,
+    prefix_hits: Counter,
+    expert_tokens: Family<ExpertLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bora");
+        let requests = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests answered, by status code",
+            requests.clone(),
+        );
+        let prompt_tokens = Counter::default();
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens of accepted requests",
+            prompt_tokens.clone(),
+        );
+        let generated_tokens = Counter::default();
+        registry.register(
+            "generation_tokens",
+            "Tokens generated",
+            generated_tokens.clone(),
+        );
+        // 1 ms to about 33 s.
+        let ttft = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "time_to_first_token_seconds",
+            "From a request's arrival to its first generated text",
+            ttft.clone(),
+        );
+        // 1 ms to about 4 s.
+        let itl = Histogram::new(exponential_buckets(0.001, 2.0, 13));
+        registry.register(
+            "inter_token_latency_seconds",
+            "Between consecutive pieces of generated text of one request",
+            itl.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let queue = gauge(
+            &mut registry,
+            "queue_depth",
+            "Sequences waiting for admission",
+        );
+        let running = gauge(&mut registry, "running_sequences", "Sequences running");
+        let blocks_used = gauge(
+            &mut registry,
+            "kv_blocks_used",
+            "KV cache blocks held by sequences",
+        );
+        let blocks_free = gauge(
+            &mut registry,
+            "kv_blocks_free",
+            "KV cache blocks free or idle in the prefix cache",
+        );
+        let prefix_lookups = Counter::default();
+        registry.register(
+            "prefix_cache_lookups",
+            "Full prompt blocks looked up in the prefix cache",
+            prefix_lookups.clone(),
+        );
+        let prefix_hits = Counter::default();
+        registry.register(
+            "prefix_cache_hits",
+            "Prompt blocks found in the prefix cache",
+            prefix_hits.clone(),
+        );
+        let expert_tokens = Family::<ExpertLabel, Counter>::default();
+        registry.register(
+            "expert_tokens",
+            "Tokens routed to each expert of each layer",
+            expert_tokens.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            prompt_tokens,
+            generated_tokens,
+            ttft,
+            itl,
+            queue,
+            running,
+            blocks_used,
+            blocks_free,
+            prefix_lookups,
+            prefix_hits,
+            expert_tokens,
+        }
+    }
+
+    /// Counts an answer.
+    pub fn request(&self, status: u16) {
+        self.requests
+            .get_or_create(&StatusLabel {
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a finished request's tokens.
+    pub fn tokens(&self, prompt: usize, generated: usize) {
+        self.prompt_tokens.inc_by(prompt as u64);
+        self.generated_tokens.inc_by(generated as u64);
+    }
+
+    /// Records a time to first token.
+    pub fn first_token(&self, d: Duration) {
+        self.ttft.observe(d.as_secs_f64());
+    }
+
+    /// Records an inter-token latency.
+    pub fn inter_token(&self, d: Duration) {
+        self.itl.observe(d.as_secs_f64());
+    }
+
+    /// The text exposition, with the engine's state as of `stats` (absent while loading).
+    pub fn render(&self, stats: Option<&EngineStats>) -> String {
+        if let Some(st) = stats {
+            self.queue.set(st.waiting as i64);
+            self.running.set(st.running as i64);
+            self.blocks_used.set(st.blocks_used as i64);
+            self.blocks_free.set(st.blocks_free as i64);
+            advance(&self.prefix_lookups, st.prefix_lookups);
+            advance(&self.prefix_hits, st.prefix_hits);
+            for (layer, experts) in st.expert_tokens.iter().enumerate() {
+                for (expert, &count) in experts.iter().enumerate() {
+                    let c = self.expert_tokens.get_or_create(&ExpertLabel {
+                        layer: layer.to_string(),
+                        expert: expert.to_string(),
+                    });
+                    advance(&c, count);
+                }
+            }
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Raises a counter that mirrors the engine's running total to `total`.
+fn advance(c: &Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}

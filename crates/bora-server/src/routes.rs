@@ -1,0 +1,505 @@
+//! The HTTP routes, on axum: chat completions (JSON or SSE), models, health and metrics.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bora_engine::chat::{ChatFormat, ToolCall};
+use bora_engine::{
+    CompletionStream, Engine, Event, FinishReason, LogitsProcessor, ProcessorFactory, Usage,
+};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::api::{
+    choice_json, chunk_choice, chunk_json, completion_json, tool_calls_json, ModelCard,
+};
+use crate::convert::{parse_request, ParsedRequest, DEFAULT_TEMPERATURE};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// How the server behaves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The name the model answers to (`model` in requests, `id` in `/v1/models`).
+    pub model_name: String,
+    /// What `/v1/models` says the model is.
+    pub description: String,
+    /// When set, `/v1/*` requests need `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Refuse unknown request fields with 422, as Mistral's cloud does.
+    pub strict_api: bool,
+    /// Request bodies over this many bytes get 413.
+    pub body_limit: usize,
+    /// A request body must arrive within this time (408 otherwise).
+    pub body_timeout: Duration,
+    /// An SSE comment goes out after this long without an event (a long prompt being read).
+    pub keep_alive: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a model called `model_name`.
+    pub fn new(model_name: impl Into<String>) -> Self {
+        Self {
+            model_name: model_name.into(),
+            description: String::new(),
+            api_key: None,
+            strict_api: false,
+            body_limit: 16 << 20,
+            body_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the handlers share: the settings, the engine once it is loaded, the metrics.
+pub struct AppState {
+    config: ServerConfig,
+    engine: OnceLock<Engine>,
+    metrics: Metrics,
+    created: u64,
+}
+
+impl AppState {
+    /// A server with no engine yet: everything but `/health` and `/metrics` answers 503 until
+    /// [`AppState::set_engine`].
+    pub fn new(config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            engine: OnceLock::new(),
+            metrics: Metrics::new(),
+            created: unix_now(),
+        })
+    }
+
+    /// A server on a loaded engine.
+    pub fn with_engine(config: ServerConfig, engine: Engine) -> Arc<Self> {
+        let state = Self::new(config);
+        state.set_engine(engine);
+        state
+    }
+
+    /// The model is loaded: start answering.
+    pub fn set_engine(&self, engine: Engine) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// The engine, or 503 while it loads.
+    pub fn engine(&self) -> Result<&Engine, ApiError> {
+        self.engine.get().ok_or_else(ApiError::loading)
+    }
+
+    /// The server's settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    fn card(&self, engine: &Engine) -> ModelCard {
+        ModelCard {
+            id: self.config.model_name.clone(),
+            created: self.created,
+            description: self.config.description.clone(),
+            function_calling: engine.chat_format() == ChatFormat::V3,
+            max_context_length: engine.context(),
+            default_temperature: DEFAULT_TEMPERATURE,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The whole API.
+pub fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method not allowed on this route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+/// Counts every answer by status.
+async fn count(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    st.metrics.request(resp.status().as_u16());
+    resp
+}
+
+/// Checks the bearer token when a key is configured.
+async fn auth(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &st.config.api_key {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            None => return ApiError::unauthorized("missing bearer token").into_response(),
+            Some(g) if !bool::from(g.as_bytes().ct_eq(key.as_bytes())) => {
+                return ApiError::unauthorized("invalid API key").into_response()
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(req).await
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    match st.engine() {
+        Ok(_) => Json(json!({"status": "ok"})).into_response(),
+        Err(e) => {
+            let mut resp = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "loading"})),
+            )
+                .into_response();
+            if let Some(secs) = e.retry_after {
+                resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+            }
+            resp
+        }
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let stats = st.engine.get().map(|e| e.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(stats.as_ref()),
+    )
+        .into_response()
+}
+
+async fn models(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let engine = st.engine()?;
+    Ok(Json(json!({"object": "list", "data": [st.card(engine).to_json()]})).into_response())
+}
+
+async fn model(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let engine = st.engine()?;
+    if id != st.config.model_name {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_model",
+            format!("Model not found: {id}"),
+        ));
+    }
+    Ok(Json(st.card(engine).to_json()).into_response())
+}
+
+/// Reads a body of at most `limit` bytes within `timeout`.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            ),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes.to_vec()),
+        Ok(Err(e)) => {
+            let too_big =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.to_string().contains("length limit"));
+            Err(if too_big {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    format!("the request body is over the limit of {limit} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            })
+        }
+    }
+}
+
+/// Forbids one token (a `[TOOL_CALLS]` control token under `tool_choice: "none"`).
+struct Forbid(u32);
+
+impl LogitsProcessor for Forbid {
+    fn process(&mut self, _generated: &[u32], logits: &mut [f32]) {
+        if let Some(l) = logits.get_mut(self.0 as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
+async fn chat(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let bytes = read_body(body, st.config.body_limit, st.config.body_timeout).await?;
+    let ParsedRequest {
+        model,
+        stream,
+        mut completion,
+        forbid_tool_calls,
+        parallel_tool_calls,
+    } = parse_request(&bytes, st.config.strict_api)?;
+    let engine = st.engine()?.clone();
+    if model != st.config.model_name {
+        return Err(ApiError {
+            code: Some("1500"),
+            param: Some("model".into()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_model",
+                format!("Invalid model: {model}"),
+            )
+        });
+    }
+    if forbid_tool_calls {
+        completion.chat.tools.clear();
+        if let Some(id) = engine.tokenizer().specials().tool_calls {
+            completion
+                .processors
+                .push(ProcessorFactory::new(move || Box::new(Forbid(id))));
+        }
+    }
+    let n = completion.n;
+    // Rendering and tokenizing a long conversation is CPU work: off the async workers.
+    let events = tokio::task::spawn_blocking(move || engine.chat(&completion))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("request task failed: {e}"),
+            )
+        })??;
+    let reply = Reply {
+        id: format!("cmpl-{:032x}", rand::random::<u128>()),
+        created: unix_now(),
+        model,
+        n,
+        parallel_tool_calls,
+        arrived,
+        last_token: None,
+    };
+    if stream {
+        Ok(reply.stream(st, events))
+    } else {
+        Ok(reply.whole(&st, events).await.into_response())
+    }
+}
+
+/// What every answer to one request shares.
+struct Reply {
+    id: String,
+    created: u64,
+    model: String,
+    n: usize,
+    parallel_tool_calls: bool,
+    arrived: Instant,
+    last_token: Option<Instant>,
+}
+
+impl Reply {
+    /// Times text as it comes: the first token, then the gaps between tokens.
+    fn timed(&mut self, metrics: &Metrics) {
+        let now = Instant::now();
+        match self.last_token {
+            None => metrics.first_token(now - self.arrived),
+            Some(t) => metrics.inter_token(now - t),
+        }
+        self.last_token = Some(now);
+    }
+
+    fn calls(&self, mut calls: Vec<ToolCall>) -> Vec<ToolCall> {
+        if !self.parallel_tool_calls {
+            calls.truncate(1);
+        }
+        calls
+    }
+
+    /// Waits for the whole answer.
+    async fn whole(mut self, st: &AppState, mut events: CompletionStream) -> Json<Value> {
+        let mut text = vec![String::new(); self.n];
+        let mut calls: Vec<Vec<ToolCall>> = vec![Vec::new(); self.n];
+        let mut reasons: Vec<Option<FinishReason>> = vec![None; self.n];
+        let mut usage = Usage::default();
+        while let Some(e) = events.next().await {
+            match e {
+                Event::Delta { choice, text: t } => {
+                    self.timed(&st.metrics);
+                    text[choice].push_str(&t);
+                }
+                Event::ToolCalls { choice, calls: c } => {
+                    self.timed(&st.metrics);
+                    calls[choice] = self.calls(c);
+                }
+                Event::Finish { choice, reason } => reasons[choice] = Some(reason),
+                Event::Done { usage: u } => {
+                    usage = u;
+                    break;
+                }
+                Event::Error { message } => {
+                    tracing::error!(id = %self.id, "generation failed: {message}");
+                    break;
+                }
+            }
+        }
+        st.metrics
+            .tokens(usage.prompt_tokens, usage.completion_tokens);
+        let choices = (0..self.n)
+            .map(|i| choice_json(i, &text[i], &calls[i], reasons[i]))
+            .collect();
+        Json(completion_json(
+            &self.id,
+            self.created,
+            &self.model,
+            choices,
+            &usage,
+        ))
+    }
+
+    /// Answers with server-sent events, fed by a task that follows the engine's events. A
+    /// client that goes away closes the channel; the task then drops the engine stream, which
+    /// cancels the generation.
+    fn stream(self, st: Arc<AppState>, events: CompletionStream) -> Response {
+        let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
+        let keep_alive = st.config.keep_alive;
+        tokio::spawn(self.follow(st, events, tx));
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+        });
+        Sse::new(body)
+            .keep_alive(KeepAlive::new().interval(keep_alive))
+            .into_response()
+    }
+
+    async fn follow(
+        mut self,
+        st: Arc<AppState>,
+        mut events: CompletionStream,
+        tx: tokio::sync::mpsc::Sender<SseEvent>,
+    ) {
+        let (id, created, model) = (self.id.clone(), self.created, self.model.clone());
+        let chunk = |choices: Vec<Value>, usage: Option<&Usage>| {
+            SseEvent::default().data(chunk_json(&id, created, &model, choices, usage).to_string())
+        };
+        let mut out: VecDeque<SseEvent> = VecDeque::new();
+        for i in 0..self.n {
+            out.push_back(chunk(
+                vec![chunk_choice(
+                    i,
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                )],
+                None,
+            ));
+        }
+        // A choice's tool calls wait for its finish, and the last finish waits for the usage.
+        let mut calls: Vec<Option<Vec<ToolCall>>> = vec![None; self.n];
+        let mut held: Option<Value> = None;
+        let mut finished = vec![false; self.n];
+        loop {
+            for e in out.drain(..) {
+                if tx.send(e).await.is_err() {
+                    return; // the client left: dropping `events` cancels the request
+                }
+            }
+            let event = tokio::select! {
+                e = events.next() => e,
+                _ = tx.closed() => return,
+            };
+            let end = matches!(event, None | Some(Event::Done { .. } | Event::Error { .. }));
+            let usage = match &event {
+                Some(Event::Done { usage }) => Some(*usage),
+                _ => None,
+            };
+            match held.take() {
+                Some(h) => out.push_back(chunk(vec![h], usage.as_ref())),
+                None if usage.is_some() => out.push_back(chunk(Vec::new(), usage.as_ref())),
+                None => {}
+            }
+            match event {
+                Some(Event::Delta { choice, text }) => {
+                    self.timed(&st.metrics);
+                    out.push_back(chunk(
+                        vec![chunk_choice(choice, json!({"content": text}), None)],
+                        None,
+                    ));
+                }
+                Some(Event::ToolCalls { choice, calls: c }) => {
+                    self.timed(&st.metrics);
+                    calls[choice] = Some(self.calls(c));
+                }
+                Some(Event::Finish { choice, reason }) => {
+                    finished[choice] = true;
+                    let delta = match calls[choice].take() {
+                        Some(c) => json!({"content": "", "tool_calls": tool_calls_json(&c)}),
+                        None => json!({"content": ""}),
+                    };
+                    held = Some(chunk_choice(choice, delta, Some(reason)));
+                }
+                Some(Event::Done { usage }) => {
+                    st.metrics
+                        .tokens(usage.prompt_tokens, usage.completion_tokens);
+                }
+                Some(Event::Error { message }) => {
+                    tracing::error!(%id, "generation failed: {message}");
+                }
+                None => tracing::error!(%id, "the engine stopped mid-request"),
+            }
+            if end {
+                // Choices the engine did not finish end with `error`.
+                let unfinished: Vec<Value> = (0..self.n)
+                    .filter(|&i| !finished[i])
+                    .map(|i| chunk_choice(i, json!({"content": ""}), Some(FinishReason::Error)))
+                    .collect();
+                if !unfinished.is_empty() {
+                    out.push_back(chunk(unfinished, None));
+                }
+                out.push_back(SseEvent::default().data("[DONE]"));
+                for e in out.drain(..) {
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! The HTTP API against a real server on 127.0.0.1 with the tiny fixture model: wire format,
+//! stream framing, error shapes, auth, limits, cancellation and metrics.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bora_engine::{Engine, EngineConfig, ModelSource};
+use bora_server::{AppState, ServerConfig};
+use serde_json::{json, Value};
+
+const MODEL: &str = "tiny-mixtral";
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures/tiny-mixtral")
+}
+
+fn engine(config: EngineConfig) -> Engine {
+    Engine::load(ModelSource::Dir(fixture()), config).expect("the tiny fixture loads")
+}
+
+/// A server on a free loopback port; returns its base URL and state.
+async fn start(state: Arc<AppState>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(bora_server::serve(
+        listener,
+        state,
+        std::future::pending::<()>(),
+    ));
+    format!("http://{addr}")
+}
+
+async fn server() -> (String, Arc<AppState>) {
+    let state = AppState::with_engine(ServerConfig::new(MODEL), engine(EngineConfig::default()));
+    (start(state.clone()).await, state)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+fn chat_body(extra: Value) -> Value {
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hello, who are you?"}],
+        "max_tokens": 12,
+        "temperature": 0,
+        "random_seed": 3,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+async fn post(url: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn content_type(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The `data:` payloads of an SSE body, and its comment lines.
+fn sse(body: &str) -> (Vec<String>, usize) {
+    let mut data = Vec::new();
+    let mut comments = 0;
+    for event in body.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        for line in event.lines() {
+            if let Some(d) = line.strip_prefix("data: ") {
+                data.push(d.to_string());
+            } else if line.starts_with(':') {
+                comments += 1;
+            }
+        }
+    }
+    (data, comments)
+}
+
+/// Error answers: JSON in the API's shape.
+async fn expect_error(r: reqwest::Response, status: u16, kind: &str) -> Value {
+    assert_eq!(r.status().as_u16(), status);
+    assert!(content_type(&r).starts_with("application/json"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["object"], "error", "{body}");
+    assert_eq!(body["type"], kind, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+    assert!(body.get("param").is_some() && body.get("code").is_some());
+    body
+}
+
+#[tokio::test]
+async fn completion_has_the_sdk_shape() {
+    let (url, _) = server().await;
+    let r = post(&url, &chat_body(json!({}))).await;
+    assert_eq!(r.status(), 200);
+    assert!(content_type(&r).starts_with("application/json"));
+    let body: Value = r.json().await.unwrap();
+    assert!(body["id"].as_str().unwrap().starts_with("cmpl-"));
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["created"].is_u64());
+    assert_eq!(body["model"], MODEL);
+    let choice = &body["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(!choice["message"]["content"].as_str().unwrap().is_empty());
+    assert_eq!(choice["finish_reason"], "length");
+    let u = &body["usage"];
+    assert_eq!(u["completion_tokens"], 12);
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn stream_framing_and_equality_with_the_whole_answer() {
+    let (url, _) = server().await;
+    for n in [1usize, 2] {
+        let whole: Value = post(&url, &chat_body(json!({"n": n})))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let r = post(&url, &chat_body(json!({"n": n, "stream": true}))).await;
+        assert_eq!(r.status(), 200);
+        assert!(content_type(&r).starts_with("text/event-stream"));
+        let (data, _) = sse(&r.text().await.unwrap());
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        let chunks: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).expect("every event is one JSON chunk"))
+            .collect();
+        let mut text = vec![String::new(); n];
+        let mut reasons = vec![Value::Null; n];
+        for (k, c) in chunks.iter().enumerate() {
+            assert_eq!(c["object"], "chat.completion.chunk");
+            assert_eq!(c["id"], chunks[0]["id"]);
+            assert!(c["created"].is_u64());
+            for ch in c["choices"].as_array().unwrap() {
+                let i = ch["index"].as_u64().unwrap() as usize;
+                assert!(ch.get("finish_reason").is_some(), "{c}");
+                if k < n {
+                    assert_eq!(ch["delta"]["role"], "assistant");
+                }
+                text[i].push_str(ch["delta"]["content"].as_str().unwrap_or(""));
+                if !ch["finish_reason"].is_null() {
+                    reasons[i] = ch["finish_reason"].clone();
+                }
+            }
+            // Usage rides on the last chunk only.
+            assert_eq!(c.get("usage").is_some(), k == chunks.len() - 1, "{c}");
+        }
+        assert_eq!(chunks.last().unwrap()["usage"], whole["usage"]);
+        for i in 0..n {
+            assert_eq!(
+                text[i], whole["choices"][i]["message"]["content"],
+                "n={n} choice {i}"
+            );
+            assert_eq!(reasons[i], whole["choices"][i]["finish_reason"]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn requests_as_the_sdks_send_them() {
+    let (url, _) = server().await;
+    // Nulls for unset fields, OpenAI's names, an echoed assistant message with a tool call,
+    // text chunks, and unknown fields.
+    let body = json!({
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": "Hello!", "tool_calls": null, "prefix": false},
+            {"role": "user", "content": "How are you?"},
+        ],
+        "temperature": null, "top_p": null, "max_tokens": null, "stream": false,
+        "stop": null, "random_seed": null, "response_format": {"type": "text"},
+        "tools": null, "tool_choice": "auto", "presence_penalty": 0, "frequency_penalty": 0,
+        "n": 1, "safe_prompt": true, "seed": 5, "max_completion_tokens": 6,
+        "stream_options": {"include_usage": true}, "user": "someone", "something_new": [1],
+    });
+    let r = post(&url, &body).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+}
+
+#[tokio::test]
+async fn stop_strings_are_never_in_the_output() {
+    let (url, _) = server().await;
+    let whole: Value = post(&url, &chat_body(json!({"max_tokens": 20})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let text = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    let stop: String = text.chars().skip(3).take(2).collect();
+    let cut: Value = post(
+        &url,
+        &chat_body(json!({"max_tokens": 20, "stop": [stop.clone()]})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+    let got = cut["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        !got.contains(&stop) && text.starts_with(got),
+        "{got:?} / {text:?}"
+    );
+}
+
+#[tokio::test]
+async fn errors_have_the_api_shape_and_status() {
+    let (url, _) = server().await;
+    let c = client();
+    let send = |body: String| {
+        c.post(format!("{url}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Malformed JSON and wrong types: 422 with a detail list naming the field.
+    let e = expect_error(
+        send("{\"model\": ".into()).await.unwrap(),
+        422,
+        "invalid_request_error",
+    )
+    .await;
+    assert_eq!(e["detail"][0]["type"], "json_invalid");
+    let e = expect_error(
+        post(&url, &chat_body(json!({"temperature": "hot"}))).await,
+        422,
+        "invalid_request_error",
+    )
+    .await;
+    assert_eq!(e["param"], "temperature");
+    assert_eq!(e["detail"][0]["loc"], json!(["body", "temperature"]));
+    let e = expect_error(
+        post(&url, &chat_body(json!({"top_p": 2}))).await,
+        422,
+        "invalid_request_error",
+    )
+    .await;
+    assert_eq!(e["param"], "top_p");
+    let e = expect_error(
+        post(
+            &url,
+            &chat_body(json!({"messages": [{"role": "robot", "content": "x"}]})),
+        )
+        .await,
+        422,
+        "invalid_request_error",
+    )
+    .await;
+    assert!(e["message"].as_str().unwrap().contains("robot"), "{e}");
+    // Semantic errors: 400.
+    let e = expect_error(
+        post(&url, &chat_body(json!({"model": "gpt-4"}))).await,
+        400,
+        "invalid_model",
+    )
+    .await;
+    assert_eq!(e["message"], "Invalid model: gpt-4");
+    assert_eq!(e["code"], "1500");
+    let e = expect_error(
+        post(&url, &chat_body(json!({"messages": []}))).await,
+        400,
+        "invalid_request_error",
+    )
+    .await;
+    assert_eq!(e["message"], "Conversation must have at least one message");
+    expect_error(
+        post(
+            &url,
+            &chat_body(json!({"messages": [
+                {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})),
+        )
+        .await,
+        400,
+        "invalid_request_error",
+    )
+    .await;
+    let long = "word ".repeat(400);
+    let e = expect_error(
+        post(
+            &url,
+            &chat_body(json!({"messages": [{"role": "user", "content": long}]})),
+        )
+        .await,
+        400,
+        "invalid_request_error",
+    )
+    .await;
+    assert!(e["message"].as_str().unwrap().contains("context"), "{e}");
+    expect_error(
+        post(
+            &url,
+            &chat_body(json!({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": "http://x/y.png"}]}]})),
+        )
+        .await,
+        400,
+        "invalid_request_error",
+    )
+    .await;
+    // Routes and methods.
+    expect_error(
+        c.get(format!("{url}/v1/nothing")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        c.get(format!("{url}/v1/chat/completions"))
+            .send()
+            .await
+            .unwrap(),
+        405,
+        "invalid_request_error",
+    )
+    .await;
+    expect_error(
+        c.get(format!("{url}/v1/models/nope")).send().await.unwrap(),
+        404,
+        "invalid_model",
+    )
+    .await;
+    // The server is still fine.
+    assert_eq!(post(&url, &chat_body(json!({}))).await.status(), 200);
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_unknown_fields() {
+    let mut config = ServerConfig::new(MODEL);
+    config.strict_api = true;
+    let url = start(AppState::with_engine(
+        config,
+        engine(EngineConfig::default()),
+    ))
+    .await;
+    let e = expect_error(
+        post(&url, &chat_body(json!({"bogus": 1}))).await,
+        422,
+        "invalid_request_error",
+    )
+    .await;
+    assert_eq!(e["detail"][0]["type"], "extra_forbidden");
+    assert_eq!(e["detail"][0]["loc"], json!(["body", "bogus"]));
+    assert_eq!(
+        post(&url, &chat_body(json!({"seed": 1}))).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn auth_body_limit_overload_and_loading() {
+    // Auth: /v1 needs the key; /health does not.
+    let mut config = ServerConfig::new(MODEL);
+    config.api_key = Some("s3cret".into());
+    config.body_limit = 4096;
+    let url = start(AppState::with_engine(
+        config,
+        engine(EngineConfig::default()),
+    ))
+    .await;
+    let c = client();
+    let chat = || {
+        c.post(format!("{url}/v1/chat/completions"))
+            .json(&chat_body(json!({})))
+    };
+    expect_error(chat().send().await.unwrap(), 401, "authentication_error").await;
+    expect_error(
+        chat().bearer_auth("wrong").send().await.unwrap(),
+        401,
+        "authentication_error",
+    )
+    .await;
+    assert_eq!(
+        chat().bearer_auth("s3cret").send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{url}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Bodies over the limit: 413.
+    let big = chat_body(json!({"messages": [{"role": "user", "content": "x".repeat(8000)}]}));
+    expect_error(
+        c.post(format!("{url}/v1/chat/completions"))
+            .bearer_auth("s3cret")
+            .json(&big)
+            .send()
+            .await
+            .unwrap(),
+        413,
+        "invalid_request_error",
+    )
+    .await;
+
+    // A full queue: 429 with Retry-After.
+    let url = start(AppState::with_engine(
+        ServerConfig::new(MODEL),
+        engine(EngineConfig {
+            max_queue: 0,
+            ..EngineConfig::default()
+        }),
+    ))
+    .await;
+    let r = post(&url, &chat_body(json!({}))).await;
+    assert!(r.headers().get("retry-after").is_some());
+    expect_error(r, 429, "rate_limit_error").await;
+
+    // Loading: 503 with Retry-After everywhere but /metrics.
+    let url = start(AppState::new(ServerConfig::new(MODEL))).await;
+    let r = c.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let r = post(&url, &chat_body(json!({}))).await;
+    assert!(r.headers().get("retry-after").is_some());
+    expect_error(r, 503, "service_unavailable").await;
+    assert_eq!(
+        c.get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn models_list_and_card() {
+    let (url, _) = server().await;
+    let list: Value = client()
+        .get(format!("{url}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["object"], "list");
+    let card = &list["data"][0];
+    assert_eq!(card["id"], MODEL);
+    assert_eq!(card["object"], "model");
+    assert_eq!(card["type"], "base");
+    assert_eq!(card["capabilities"]["completion_chat"], true);
+    // The v1 tokenizer has no tool tokens.
+    assert_eq!(card["capabilities"]["function_calling"], false);
+    assert_eq!(card["max_context_length"], 128);
+    let one: Value = client()
+        .get(format!("{url}/v1/models/{MODEL}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&one, card);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_its_generation() {
+    let (url, state) = server().await;
+    let mut r = post(
+        &url,
+        &chat_body(json!({"stream": true, "max_tokens": 100, "n": 2})),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap();
+    assert!(first.is_some());
+    drop(r);
+    let engine = state.engine().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = engine.stats();
+        if st.running == 0 && st.waiting == 0 && st.blocks_used == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running: {st:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_comments_while_waiting() {
+    let mut config = ServerConfig::new(MODEL);
+    config.keep_alive = Duration::from_millis(1);
+    let state = AppState::with_engine(config, engine(EngineConfig::default()));
+    let url = start(state).await;
+    // A long prompt and a long answer: gaps between events well over a millisecond.
+    let prompt = "word ".repeat(60);
+    let r = post(
+        &url,
+        &chat_body(json!({"stream": true, "max_tokens": 40,
+                          "messages": [{"role": "user", "content": prompt}]})),
+    )
+    .await;
+    let (data, comments) = sse(&r.text().await.unwrap());
+    assert!(
+        comments > 0,
+        "no keep-alive comment in {} events",
+        data.len()
+    );
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_and_experts() {
+    let (url, _) = server().await;
+    assert_eq!(post(&url, &chat_body(json!({}))).await.status(), 200);
+    assert_eq!(
+        post(&url, &chat_body(json!({"model": "nope"})))
+            .await
+            .status(),
+        400
+    );
+    let text = client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "bora_requests_total{status=\"200\"} 1",
+        "bora_requests_total{status=\"400\"} 1",
+        "bora_generation_tokens_total 12",
+        "bora_time_to_first_token_seconds_count 1",
+        "bora_inter_token_latency_seconds_count",
+        "bora_running_sequences 0",
+        "bora_kv_blocks_free",
+        "bora_prefix_cache_hits_total",
+        "bora_expert_tokens_total{layer=\"1\",expert=\"7\"}",
+    ] {
+        assert!(text.contains(needle), "{needle} not in:\n{text}");
+    }
+    // Every token of the request went through 2 experts in each of the 2 layers.
+    let routed: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("bora_expert_tokens_total{layer=\"0\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(routed >= 2 * 12, "{routed}");
+}
