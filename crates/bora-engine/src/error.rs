@@ -25,7 +25,7 @@ pub enum EngineError {
     Load(String),
     #[error("engine configuration: {0}")]
     Config(String),
-    #[error("the prompt has {prompt} tokens and max_tokens is {max_tokens:?}: together they must fit the context of {context} tokens")]
+    #[error("the prompt has {prompt} tokens{}: together they must fit the context of {context} tokens", max_tokens.map(|m| format!(" and max_tokens is {m}")).unwrap_or_default())]
     ContextExceeded {
         prompt: usize,
         max_tokens: Option<usize>,
