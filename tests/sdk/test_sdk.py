@@ -156,6 +156,11 @@ def test_mistral_errors(server, auth_server, full_server):
         )
     assert e.value.status_code == 400 and "context" in e.value.body
     with pytest.raises(SDKError) as e:
+        client.chat.complete(
+            model=MODEL, messages=[{"role": "user", "content": "x" * (17 << 20)}]
+        )
+    assert e.value.status_code == 413
+    with pytest.raises(SDKError) as e:
         mistral(auth_server, key="wrong").chat.complete(model=MODEL, messages=HELLO)
     assert e.value.status_code == 401
     ok = mistral(auth_server, key="s3cret").chat.complete(
@@ -206,6 +211,11 @@ def test_openai_errors(server, auth_server, full_server):
         client.chat.completions.create(model=MODEL, messages=HELLO, temperature=-2)
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x" * (17 << 20)}]
+        )
+    assert e.value.status_code == 413
     with pytest.raises(openai.AuthenticationError):
         oai(auth_server, key="wrong").chat.completions.create(model=MODEL, messages=HELLO)
     with pytest.raises(openai.RateLimitError):

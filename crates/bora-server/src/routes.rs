@@ -503,3 +503,104 @@ impl Reply {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bora_engine::chat::ToolCall;
+
+    fn reply(n: usize) -> Reply {
+        Reply {
+            id: "cmpl-test".into(),
+            created: 1,
+            model: "m".into(),
+            n,
+            parallel_tool_calls: false,
+            arrived: Instant::now(),
+            last_token: None,
+        }
+    }
+
+    /// The chunks of an SSE body (`[DONE]` as a string).
+    async fn chunks(resp: Response) -> Vec<Value> {
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec())
+            .unwrap()
+            .split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(|d| serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.into())))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_error_mid_stream_ends_it_with_finish_reason_error() {
+        let state = AppState::new(ServerConfig::new("m"));
+        let (tx, events) = CompletionStream::channel();
+        tx.send(Event::Delta {
+            choice: 0,
+            text: "Hel".into(),
+        })
+        .unwrap();
+        tx.send(Event::Finish {
+            choice: 1,
+            reason: FinishReason::Stop,
+        })
+        .unwrap();
+        tx.send(Event::Error {
+            message: "boom".into(),
+        })
+        .unwrap();
+        let c = chunks(reply(2).stream(state, events)).await;
+        // Two role chunks, the delta, choice 1's finish, choice 0 ended by the error, [DONE].
+        assert_eq!(c.len(), 6, "{c:?}");
+        assert_eq!(c[2]["choices"][0]["delta"]["content"], "Hel");
+        assert_eq!(c[3]["choices"][0]["index"], 1);
+        assert_eq!(c[3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(c[4]["choices"][0]["index"], 0);
+        assert_eq!(c[4]["choices"][0]["finish_reason"], "error");
+        assert_eq!(c[5], "[DONE]");
+    }
+
+    #[tokio::test]
+    async fn tool_calls_arrive_whole_with_the_finish_and_usage() {
+        let state = AppState::new(ServerConfig::new("m"));
+        let (tx, events) = CompletionStream::channel();
+        let call = |name: &str| ToolCall {
+            id: Some("abcABC123".into()),
+            name: name.into(),
+            arguments: "{\"a\": 1}".into(),
+        };
+        tx.send(Event::ToolCalls {
+            choice: 0,
+            calls: vec![call("f"), call("g")],
+        })
+        .unwrap();
+        tx.send(Event::Finish {
+            choice: 0,
+            reason: FinishReason::ToolCalls,
+        })
+        .unwrap();
+        tx.send(Event::Done {
+            usage: Usage {
+                prompt_tokens: 5,
+                completion_tokens: 7,
+            },
+        })
+        .unwrap();
+        let c = chunks(reply(1).stream(state, events)).await;
+        assert_eq!(c.len(), 3, "{c:?}");
+        let last = &c[1];
+        assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+        // parallel_tool_calls false keeps the first call; arguments stay a JSON string.
+        let calls = last["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["function"]["arguments"], "{\"a\": 1}");
+        assert_eq!(calls[0]["id"], "abcABC123");
+        assert_eq!(last["usage"]["total_tokens"], 12);
+        assert_eq!(c[2], "[DONE]");
+    }
+}

@@ -563,3 +563,41 @@ async fn metrics_count_requests_tokens_and_experts() {
         .sum();
     assert!(routed >= 2 * 12, "{routed}");
 }
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = ServerConfig::new(MODEL);
+    config.body_timeout = Duration::from_millis(300);
+    let url = start(AppState::with_engine(
+        config,
+        engine(EngineConfig::default()),
+    ))
+    .await;
+    let addr = url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Promise 100 bytes, send 10, then stall.
+    conn.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"model\": ",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&answer).contains("\"object\":\"error\"") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer to a stalled body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // The server still serves others.
+    assert_eq!(post(&url, &chat_body(json!({}))).await.status(), 200);
+}

@@ -371,6 +371,13 @@ fn available_memory() -> usize {
 }
 
 impl CompletionStream {
+    /// A stream fed by the caller instead of an engine: for adapters, and for testing what
+    /// consumes events (an error mid-answer, say).
+    pub fn channel() -> (tokio::sync::mpsc::UnboundedSender<Event>, Self) {
+        let (tx, rx) = unbounded_channel();
+        (tx, Self { rx })
+    }
+
     /// The next event (async).
     pub async fn next(&mut self) -> Option<Event> {
         self.rx.recv().await
