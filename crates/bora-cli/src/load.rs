@@ -1,9 +1,12 @@
 //! Options shared by the commands that load a model, and the loading itself.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bora_core::{DTypeSpec, DeviceSpec};
+use bora_engine::hub::{hf_offline, resolve_model, ModelLocation, RepoId};
 use bora_engine::Tokenizer;
 use bora_model::Model;
 use bora_weights::{
@@ -12,10 +15,15 @@ use bora_weights::{
 
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
-    /// Model directory: config.json, model.safetensors or model.safetensors.index.json and its
-    /// shards, and a tokenizer (tokenizer.json or tokenizer.model[.v1|.v3]).
+    /// The model: a directory (config.json, model.safetensors or model.safetensors.index.json
+    /// and its shards, a tokenizer), or a Hugging Face repo id (owner/name[@revision]) found
+    /// in the local Hugging Face cache. Default: the built-in demo model (random weights).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<String>,
+    /// Download a repo id that is not in the local cache (through hf-hub; refused when
+    /// HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub allow_download: bool,
     /// Tokenizer to use instead of the model directory's: tokenizer.json or a sentencepiece
     /// model (tokenizer.model, tokenizer.model.v1, tokenizer.model.v3).
     #[arg(long)]
@@ -38,19 +46,22 @@ pub struct Loaded {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<Loaded> {
+        self.load_from(&self.dir()?)
+    }
+
+    /// [`ModelArgs::load`] from an already resolved directory.
+    pub fn load_from(&self, dir: &Path) -> Result<Loaded> {
         if let Some(n) = self.threads {
             rayon_threads(n)?;
         }
         let device = self.device.parse::<DeviceSpec>()?.open()?;
-        let dir = &self.model;
-        if !dir.is_dir() {
-            bail!(
-                "--model {}: not a directory (expected config.json and safetensors weights)",
-                dir.display()
-            );
-        }
+        let started = Instant::now();
         let config = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
-        let store = SafetensorsStore::open_dir(dir, MapMode::Populate)?;
+        let store = SafetensorsStore::open_dir(dir, MapMode::Lazy)?;
+        let size = store.size_on_disk();
+        let phase = Phase::new("reading", size);
+        store.prefault(|done| phase.at(done));
+        phase.done();
         let dtype = match &self.dtype {
             Some(s) => match s.parse::<DTypeSpec>()? {
                 DTypeSpec::F32 => WeightDType::F32,
@@ -59,15 +70,71 @@ impl ModelArgs {
             },
             None => store.weight_dtype(&TensorName::Embed.hf(ExpertLayout::PerExpert))?,
         };
+        let kept = store.weight_dtype(&TensorName::Embed.hf(ExpertLayout::PerExpert))?;
+        let phase = Phase::new(
+            if kept == dtype {
+                "building"
+            } else {
+                "converting"
+            },
+            0,
+        );
+        let (total, active) = (config.param_count(), config.active_param_count());
         let weights = MixtralWeights::load(&store, config, &LoadOptions::new(dtype, device))?;
         let model = Model::new(weights)?;
+        phase.done();
         let tok_path = match &self.tokenizer {
             Some(p) => p.clone(),
             None => Tokenizer::find_in_dir(dir)
                 .context("the model needs a tokenizer: pass --tokenizer FILE")?,
         };
         let tokenizer = Tokenizer::from_file(&tok_path)?;
+        eprintln!(
+            "bora: loaded {}: {} parameters ({} active per token), {}, {} resident, in {:.1} s",
+            dir.display(),
+            count(total),
+            count(active),
+            dtype_name(dtype),
+            bytes(resident_bytes()),
+            started.elapsed().as_secs_f64()
+        );
         Ok(Loaded { model, tokenizer })
+    }
+}
+
+impl ModelArgs {
+    /// The model's directory: `--model` resolved offline (or downloaded with
+    /// `--allow-download`), or the demo model's when no `--model` is given.
+    pub fn dir(&self) -> Result<PathBuf> {
+        let Some(arg) = &self.model else {
+            eprintln!(
+                "bora: no --model given: using the demo model `{}` (random weights: its text is noise; pass --model for a real one)",
+                bora_engine::DEMO_MODEL_NAME
+            );
+            return Ok(bora_engine::demo_model_dir()?);
+        };
+        match resolve_model(arg) {
+            Ok(ModelLocation::Dir(d)) => Ok(d),
+            Ok(ModelLocation::Gguf(p)) => bail!(
+                "--model {}: GGUF files cannot be loaded yet; use a Hugging Face checkpoint directory (safetensors)",
+                p.display()
+            ),
+            Err(missing) => match RepoId::parse(arg) {
+                Some(id) if self.allow_download => {
+                    if hf_offline() {
+                        bail!("{missing}\nHF_HUB_OFFLINE is set, so --allow-download cannot fetch it");
+                    }
+                    crate::download::download(&id)
+                }
+                Some(_) => bail!("{missing}\nTo fetch it from the Hugging Face Hub, add --allow-download"),
+                None => bail!("{missing}"),
+            },
+        }
+    }
+
+    /// Whether the demo model is used.
+    pub fn is_demo(&self) -> bool {
+        self.model.is_none()
     }
 }
 
@@ -78,6 +145,102 @@ fn rayon_threads(n: usize) -> Result<()> {
     // Read by rayon's global pool (bora's kernels) and by candle when they first start.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     Ok(())
+}
+
+/// One phase of loading: a progress bar on a terminal, log lines otherwise.
+struct Phase {
+    name: &'static str,
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+}
+
+impl Phase {
+    /// A phase of `len` bytes (0: a spinner, no length).
+    fn new(name: &'static str, len: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = if len > 0 {
+                indicatif::ProgressBar::new(len).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                )
+            } else {
+                indicatif::ProgressBar::new_spinner()
+            };
+            bar.set_message(name);
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            bar
+        });
+        if bar.is_none() {
+            tracing::info!(
+                "{name} {}",
+                if len > 0 { bytes(len) } else { String::new() }
+            );
+        }
+        Self {
+            name,
+            bar,
+            started: Instant::now(),
+        }
+    }
+
+    fn at(&self, done: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        }
+    }
+
+    fn done(self) {
+        match self.bar {
+            Some(b) => b.finish_and_clear(),
+            None => tracing::info!(
+                "{} done in {:.1} s",
+                self.name,
+                self.started.elapsed().as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// `1.5 GB`.
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.0} MB", n as f64 / (1u64 << 20) as f64),
+        n => format!("{:.0} KB", n as f64 / 1024.0),
+    }
+}
+
+/// `46.7B`, `12.9M`.
+fn count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n => format!("{:.1}K", n as f64 / 1e3),
+    }
+}
+
+fn dtype_name(d: WeightDType) -> &'static str {
+    match d {
+        WeightDType::F32 => "f32",
+        WeightDType::BF16 => "bf16",
+        WeightDType::F16 => "f16",
+    }
+}
+
+/// The process's resident memory (Linux; 0 elsewhere).
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// `path` for messages.

@@ -48,13 +48,32 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let dir = &a.model.model;
+    let dir = a.model.dir()?;
     let cfg = bora_core::ModelConfig::from_file(&dir.join("config.json"))
         .with_context(|| format!("--model {}", dir.display()))?;
-    let name = a
-        .served_model_name
-        .clone()
-        .unwrap_or_else(|| bora_server::default_model_name(&cfg, dir));
+    let name = match (&a.served_model_name, &a.model.model) {
+        (Some(n), _) => n.clone(),
+        (None, None) => bora_engine::DEMO_MODEL_NAME.to_string(),
+        (None, Some(arg)) => {
+            // A directory is named by its last component, a repo id by its name.
+            let path = std::path::Path::new(arg);
+            let fallback = if path.exists() {
+                path.canonicalize()
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| arg.clone())
+            } else {
+                arg.rsplit('/')
+                    .next()
+                    .unwrap_or(arg)
+                    .split('@')
+                    .next()
+                    .unwrap_or(arg)
+                    .to_string()
+            };
+            bora_server::default_model_name(&cfg, &fallback)
+        }
+    };
     let api_key = match (&a.api_key, &a.api_key_file) {
         (Some(k), _) => Some(k.clone()),
         (None, Some(f)) => {
@@ -75,13 +94,17 @@ pub fn main(a: Args) -> Result<()> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("--chat-format: {e}"))?;
     let mut server = ServerConfig::new(name.clone());
-    server.description = format!(
-        "Mixtral ({} layers, {} experts, top {}) from {}",
-        cfg.num_hidden_layers,
-        cfg.num_local_experts,
-        cfg.num_experts_per_tok,
-        dir.display()
-    );
+    server.description = if a.model.is_demo() {
+        "DEMO: a small random-weight Mixtral built into bora; its text is noise".to_string()
+    } else {
+        format!(
+            "Mixtral ({} layers, {} experts, top {}) from {}",
+            cfg.num_hidden_layers,
+            cfg.num_local_experts,
+            cfg.num_experts_per_tok,
+            dir.display()
+        )
+    };
     server.api_key = api_key;
     server.strict_api = a.strict_api;
     server.body_limit = a.max_body_mib << 20;
@@ -106,12 +129,17 @@ pub fn main(a: Args) -> Result<()> {
         let local = listener.local_addr()?;
         let state = AppState::new(server);
         // Listening before the model is loaded: /health says 503 until it is.
-        println!("bora: listening on http://{local} (model `{name}`, loading)");
+        let demo = if a.model.is_demo() {
+            ", the DEMO model: random weights, its text is noise"
+        } else {
+            ""
+        };
+        println!("bora: listening on http://{local} (model `{name}`{demo}; loading)");
         let loading = state.clone();
         let model_args = a.model;
         let started = Instant::now();
         let load = tokio::task::spawn_blocking(move || -> Result<()> {
-            let loaded = model_args.load()?;
+            let loaded = model_args.load_from(&dir)?;
             let engine = Engine::new(loaded.model, loaded.tokenizer, engine_config)?;
             loading.set_engine(engine);
             Ok(())

@@ -8,13 +8,16 @@
 //! ([`perplexity`]). The scheduler and the request API come with the issues that specify them.
 
 pub mod chat;
+mod demo;
 mod error;
 mod generate;
+pub mod hub;
 mod perplexity;
 mod sampler;
 pub mod serve;
 mod tokenizer;
 
+pub use demo::{demo_model_dir, DEMO_MODEL_NAME, DEMO_SEED};
 pub use error::EngineError;
 pub use generate::{generate, GenerateOptions, Generation};
 pub use perplexity::{perplexity, Perplexity};

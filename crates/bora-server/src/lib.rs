@@ -16,7 +16,6 @@ pub mod routes;
 pub mod wire;
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 
 pub use convert::{parse_chat_request, parse_request, ParsedRequest, WireError};
@@ -36,8 +35,9 @@ pub async fn serve(
 }
 
 /// The name a model is served under by default: the cloud's name for the two Mixtral shapes
-/// (so that scripts written for the cloud run as they are), else the directory's name.
-pub fn default_model_name(cfg: &bora_core::ModelConfig, dir: &Path) -> String {
+/// (so that scripts written for the cloud run as they are), else `fallback` (the directory's
+/// or the repo's name).
+pub fn default_model_name(cfg: &bora_core::ModelConfig, fallback: &str) -> String {
     match (
         cfg.num_local_experts,
         cfg.hidden_size,
@@ -45,11 +45,7 @@ pub fn default_model_name(cfg: &bora_core::ModelConfig, dir: &Path) -> String {
     ) {
         (8, 4096, 32) => "open-mixtral-8x7b".into(),
         (8, 6144, 56) => "open-mixtral-8x22b".into(),
-        _ => dir
-            .canonicalize()
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "bora".into()),
+        _ => fallback.to_string(),
     }
 }
 

@@ -30,6 +30,8 @@ pub enum WeightsError {
         file: PathBuf,
         got: String,
     },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
     #[error("{0}")]
     Core(#[from] bora_core::CoreError),
     #[error("tensor backend: {0}")]

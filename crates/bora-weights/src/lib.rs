@@ -10,6 +10,7 @@
 //! * [`MixtralWeights`]: every tensor of a Mixtral checkpoint, found by [`TensorName`] in the
 //!   per-expert layout of Mistral's checkpoints or the fused layout of transformers 5.
 
+mod demo;
 mod error;
 mod experts;
 mod matrix;
@@ -17,6 +18,7 @@ mod mixtral;
 mod names;
 mod store;
 
+pub use demo::{write_demo_checkpoint, DEMO_CONFIG};
 pub use error::WeightsError;
 pub use experts::Experts;
 pub use matrix::{with_cpu_f32, HostMatrix, Matrix, WeightDType};

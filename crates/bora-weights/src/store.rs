@@ -138,6 +138,27 @@ impl SafetensorsStore {
         self.files.iter().map(|(_, m)| m.len() as u64).sum()
     }
 
+    /// Reads every page of every file into memory (what [`MapMode::Populate`] does at open),
+    /// 64 MB at a time, calling `progress` with the bytes read so far: for a progress bar.
+    pub fn prefault(&self, mut progress: impl FnMut(u64)) {
+        const CHUNK: usize = 64 << 20;
+        let mut done = 0u64;
+        for (_, map) in &self.files {
+            for start in (0..map.len()).step_by(CHUNK) {
+                let len = CHUNK.min(map.len() - start);
+                // Read-ahead hint; the loop below faults the pages in either way.
+                let _ = map.advise_range(memmap2::Advice::WillNeed, start, len);
+                let mut sum = 0u8;
+                for page in (start..start + len).step_by(4096) {
+                    sum = sum.wrapping_add(map[page]);
+                }
+                std::hint::black_box(sum);
+                done += len as u64;
+                progress(done);
+            }
+        }
+    }
+
     pub fn file_paths(&self) -> impl Iterator<Item = &Path> {
         self.files.iter().map(|(p, _)| p.as_path())
     }

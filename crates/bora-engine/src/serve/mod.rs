@@ -118,6 +118,8 @@ impl EngineStats {
 pub enum ModelSource {
     /// A directory with config.json, safetensors weights and a tokenizer.
     Dir(PathBuf),
+    /// The demo model ([`crate::demo_model_dir`]).
+    Demo,
 }
 
 /// A handle to a running engine; cheap to clone, shareable across threads.
@@ -144,7 +146,10 @@ pub struct CompletionStream {
 impl Engine {
     /// Loads a model (on the CPU, weights in the checkpoint's dtype) and starts an engine.
     pub fn load(source: ModelSource, config: EngineConfig) -> Result<Self> {
-        let ModelSource::Dir(dir) = source;
+        let dir = match source {
+            ModelSource::Dir(dir) => dir,
+            ModelSource::Demo => crate::demo_model_dir()?,
+        };
         let opts = bora_weights::LoadOptions::new(
             bora_weights::SafetensorsStore::open_dir(&dir, bora_weights::MapMode::Lazy)
                 .and_then(|s| s.weight_dtype("model.embed_tokens.weight"))
