@@ -1,5 +1,6 @@
 //! `bora`: run Mixtral offline. One binary; each command is a module.
 
+mod chat;
 mod download;
 mod inspect;
 mod load;
@@ -34,6 +35,11 @@ enum Command {
         after_help = "Example:\n  bora serve --model models/fixtures/tiny-mixtral --port 8080\n  then: Mistral(api_key=\"x\", server_url=\"http://127.0.0.1:8080\")"
     )]
     Serve(serve::Args),
+    /// Chat with a model in the terminal: streamed answers, history, /reset, /save FILE, /exit.
+    #[command(
+        after_help = "Examples:\n  bora chat                      (the demo model)\n  bora chat --model mistralai/Mixtral-8x7B-Instruct-v0.1 --system 'Answer briefly.'"
+    )]
+    Chat(chat::Args),
     /// Show a checkpoint's architecture, tensors, parameter counts and size, without loading it.
     #[command(after_help = "Example:\n  bora inspect models/fixtures/tiny-mixtral")]
     Inspect(inspect::Args),
@@ -70,6 +76,7 @@ fn main() {
         .init();
     let res = match cli.command {
         Command::Serve(a) => serve::main(a),
+        Command::Chat(a) => chat::main(a),
         Command::Inspect(a) => inspect::main(a),
         Command::Run(a) => run::main(a),
         Command::Perplexity(a) => perplexity::main(a),
