@@ -1,7 +1,6 @@
 //! `bora inspect`: what a checkpoint holds, read from its config and safetensors headers only.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use bora_core::ModelConfig;
@@ -12,8 +11,9 @@ use crate::load::shown;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model directory (config.json and safetensors weights).
-    path: PathBuf,
+    /// The model: a directory (config.json and safetensors weights) or a Hugging Face repo id
+    /// in the local cache. Default: the demo model.
+    model: Option<String>,
     /// List every tensor, not only the first layer's and the global ones.
     #[arg(long)]
     tensors: bool,
@@ -23,9 +23,10 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let cfg = ModelConfig::from_file(&a.path.join("config.json"))
-        .with_context(|| format!("{} is not a model directory", shown(&a.path)))?;
-    let store = SafetensorsStore::open_dir(&a.path, MapMode::Lazy)?;
+    let path = crate::load::ModelArgs::source_only(a.model.clone()).dir()?;
+    let cfg = ModelConfig::from_file(&path.join("config.json"))
+        .with_context(|| format!("{} is not a model directory", shown(&path)))?;
+    let store = SafetensorsStore::open_dir(&path, MapMode::Lazy)?;
     let layout = if store
         .names()
         .any(|n| n.contains("mlp.experts.gate_up_proj"))
@@ -66,7 +67,7 @@ pub fn main(a: Args) -> Result<()> {
     }
     println!(
         "model        {} ({}, {layout} experts)",
-        shown(&a.path),
+        shown(&path),
         cfg.architecture.hf_name()
     );
     println!(

@@ -132,6 +132,18 @@ impl ModelArgs {
         }
     }
 
+    /// Model arguments that only name the model (commands that read no weights).
+    pub fn source_only(model: Option<String>) -> Self {
+        Self {
+            model,
+            allow_download: false,
+            tokenizer: None,
+            device: "cpu".into(),
+            dtype: None,
+            threads: None,
+        }
+    }
+
     /// Whether the demo model is used.
     pub fn is_demo(&self) -> bool {
         self.model.is_none()

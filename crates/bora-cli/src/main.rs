@@ -1,5 +1,6 @@
 //! `bora`: run Mixtral offline. One binary; each command is a module.
 
+mod bench;
 mod chat;
 mod download;
 mod inspect;
@@ -40,6 +41,12 @@ enum Command {
         after_help = "Examples:\n  bora chat                      (the demo model)\n  bora chat --model mistralai/Mixtral-8x7B-Instruct-v0.1 --system 'Answer briefly.'"
     )]
     Chat(chat::Args),
+    /// Measure prefill and decode tokens/s by batch size, time to first token, peak memory and
+    /// how evenly tokens are routed to the experts of each layer.
+    #[command(
+        after_help = "Examples:\n  bora bench --prompt-len 128 --gen-len 32 --batch 1,4\n  bora bench --model ~/models/Mixtral-8x7B-v0.1 --batch 1,4,16 --json"
+    )]
+    Bench(bench::Args),
     /// Show a checkpoint's architecture, tensors, parameter counts and size, without loading it.
     #[command(after_help = "Example:\n  bora inspect models/fixtures/tiny-mixtral")]
     Inspect(inspect::Args),
@@ -73,10 +80,12 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let res = match cli.command {
         Command::Serve(a) => serve::main(a),
         Command::Chat(a) => chat::main(a),
+        Command::Bench(a) => bench::main(a),
         Command::Inspect(a) => inspect::main(a),
         Command::Run(a) => run::main(a),
         Command::Perplexity(a) => perplexity::main(a),

@@ -11,9 +11,10 @@ use crate::load::shown;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A model directory, or a tokenizer file (tokenizer.json, tokenizer.model[.v1|.v3]).
+    /// A model (directory or Hugging Face repo id in the local cache), or a tokenizer file
+    /// (tokenizer.json, tokenizer.model[.v1|.v3]). Default: the demo model's tokenizer.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<String>,
     /// Plain text to encode (no BOS; control-token spellings stay text).
     #[arg(
         long,
@@ -33,10 +34,13 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let path = if a.model.is_dir() {
-        Tokenizer::find_in_dir(&a.model)?
-    } else {
-        a.model.clone()
+    let path = match &a.model {
+        // A tokenizer file is taken as it is.
+        Some(m) if PathBuf::from(m).is_file() => PathBuf::from(m),
+        _ => {
+            let source = crate::load::ModelArgs::source_only(a.model.clone());
+            Tokenizer::find_in_dir(&source.dir()?)?
+        }
     };
     let tok = Tokenizer::from_file(&path)?;
     let ids = match (&a.text, &a.chat_json) {

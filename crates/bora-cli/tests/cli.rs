@@ -257,3 +257,188 @@ fn errors_are_one_clear_line() {
     let e = err(&["inspect", "/no/such/dir"]);
     assert!(e.contains("/no/such/dir"), "{e}");
 }
+
+fn bora_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bora"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env_remove("HF_HUB_OFFLINE");
+    cmd.output().expect("bora runs")
+}
+
+#[test]
+fn bench_reports_throughput_ttft_memory_and_routing() {
+    let m = fixture("tiny-mixtral");
+    let out = ok(&[
+        "bench",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt-len",
+        "16",
+        "--gen-len",
+        "6",
+        "--batch",
+        "1,3",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bench --json prints JSON");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for (r, batch) in runs.iter().zip([1, 3]) {
+        assert_eq!(r["batch"], batch);
+        assert!(r["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["ttft_ms"]["max"].as_f64().unwrap() >= r["ttft_ms"]["median"].as_f64().unwrap());
+    }
+    assert!(v["peak_memory_bytes"].as_u64().unwrap() > 1 << 20);
+    let experts = v["experts"].as_array().unwrap();
+    assert_eq!(experts.len(), 2, "one entry per layer");
+    for layer in experts {
+        let share: Vec<f64> = layer["share"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_f64().unwrap())
+            .collect();
+        assert_eq!(share.len(), 8);
+        assert!((share.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{share:?}");
+        assert!(layer["imbalance"].as_f64().unwrap() >= 1.0);
+    }
+    let table = ok(&[
+        "bench",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt-len",
+        "8",
+        "--gen-len",
+        "4",
+        "--batch",
+        "2",
+    ]);
+    assert!(
+        table.contains("imbalance") && table.contains("peak memory"),
+        "{table}"
+    );
+}
+
+#[test]
+fn repo_ids_resolve_in_a_hugging_face_cache_tree() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = root.path().join("hub");
+    let repo = hub.join("models--someone--tiny");
+    let hash = "4f1d8a8c3b2e1f0a9d8c7b6a5f4e3d2c1b0a9f8e";
+    let snap = repo.join("snapshots").join(hash);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), hash).unwrap();
+    // Snapshot entries are symlinks, as huggingface_hub makes them (here to the fixture).
+    for entry in std::fs::read_dir(fixture("tiny-mixtral")).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), snap.join(entry.file_name())).unwrap();
+    }
+    let run = |model: &str, extra: &[&str], env: &[(&str, &std::path::Path)]| {
+        let mut args = vec![
+            "run",
+            "--model",
+            model,
+            "--prompt",
+            "x",
+            "--raw",
+            "--max-tokens",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        bora_env(&args, env)
+    };
+    let via_home = [("HF_HOME", root.path()), ("HOME", root.path())];
+    let out = run("someone/tiny", &[], &via_home);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        &format!("someone/tiny@{hash}"),
+        &[],
+        &[("HF_HUB_CACHE", &hub)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Not there: every place is listed, with the way to fetch it.
+    let out = run("someone/absent", &[], &via_home);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("someone/absent: no such file or directory"),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!(
+            "{} (HF_HOME): not in this cache",
+            hub.join("models--someone--absent").display()
+        )),
+        "{e}"
+    );
+    assert!(e.contains("--allow-download"), "{e}");
+    // HF_HUB_OFFLINE forbids the download.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bora"));
+    cmd.args([
+        "run",
+        "--model",
+        "someone/absent",
+        "--prompt",
+        "x",
+        "--allow-download",
+    ])
+    .env("HF_HOME", root.path())
+    .env("HF_HUB_OFFLINE", "1");
+    let out = cmd.output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("HF_HUB_OFFLINE"), "{e}");
+}
+
+#[test]
+fn the_demo_model_runs_without_weight_files() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = bora_env(
+        &["run", "--prompt", "Hello", "--max-tokens", "3"],
+        &[("XDG_CACHE_HOME", cache.path())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("demo model `bora-demo`"), "{e}");
+    assert!(e.contains("7.4M parameters"), "{e}");
+    // The same seed gives the same weights: a second cache gives the same greedy answer.
+    let other = tempfile::tempdir().unwrap();
+    let again = bora_env(
+        &["run", "--prompt", "Hello", "--max-tokens", "3"],
+        &[("XDG_CACHE_HOME", other.path())],
+    );
+    assert_eq!(out.stdout, again.stdout);
+    let a = std::fs::read(cache.path().join("bora/demo-v1-b0ade30/model.safetensors")).unwrap();
+    let b = std::fs::read(other.path().join("bora/demo-v1-b0ade30/model.safetensors")).unwrap();
+    assert!(a == b, "the demo weights differ between two writes");
+}
+
+#[test]
+fn model_sources_that_cannot_load_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("m.gguf");
+    std::fs::write(&gguf, b"GGUF").unwrap();
+    let e = err(&["run", "--model", gguf.to_str().unwrap(), "--prompt", "x"]);
+    assert!(e.contains("GGUF") && e.contains("safetensors"), "{e}");
+    let txt = dir.path().join("notes.txt");
+    std::fs::write(&txt, b"x").unwrap();
+    let e = err(&["run", "--model", txt.to_str().unwrap(), "--prompt", "x"]);
+    assert!(e.contains("not a .gguf file"), "{e}");
+}

@@ -1,0 +1,235 @@
+//! `bora bench`: prefill and decode throughput by batch size, time to first token, peak memory
+//! and expert routing balance, on any model source.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bora_engine::chat::ChatRequest;
+use bora_engine::{
+    Completion, CompletionStream, Engine, EngineConfig, Event, LogitsProcessor, ProcessorFactory,
+};
+use rand::{RngExt, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::load::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens per request.
+    #[arg(long, default_value_t = 512)]
+    prompt_len: usize,
+    /// Tokens generated per request (end-of-sequence is masked, so every request makes them all).
+    #[arg(long, default_value_t = 128)]
+    gen_len: usize,
+    /// Concurrent requests, one run per entry.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    batch: Vec<usize>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Masks the end-of-sequence tokens, so that every request generates `gen_len` tokens.
+struct NoEos(Vec<u32>);
+
+impl LogitsProcessor for NoEos {
+    fn process(&mut self, _generated: &[u32], logits: &mut [f32]) {
+        for &t in &self.0 {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+struct Run {
+    batch: usize,
+    prefill_tps: f64,
+    decode_tps: f64,
+    ttft: Vec<Duration>,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    if a.prompt_len == 0 || a.gen_len < 2 || a.batch.contains(&0) {
+        bail!(
+            "--prompt-len must be at least 1, --gen-len at least 2, and every --batch at least 1"
+        );
+    }
+    let loaded = a.model.load()?;
+    let cfg = loaded.model.config().clone();
+    if a.prompt_len + a.gen_len > cfg.max_position_embeddings {
+        bail!(
+            "--prompt-len {} + --gen-len {} exceed the model's context of {} tokens",
+            a.prompt_len,
+            a.gen_len,
+            cfg.max_position_embeddings
+        );
+    }
+    let eos = cfg.eos_token_ids.clone();
+    let max_batch = a.batch.iter().copied().max().unwrap_or(1);
+    let engine = Engine::new(
+        loaded.model,
+        loaded.tokenizer,
+        EngineConfig {
+            max_running: max_batch.max(EngineConfig::default().max_running),
+            ..EngineConfig::default()
+        },
+    )?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut prompt = |len: usize| -> Vec<u32> {
+        let mut p: Vec<u32> = cfg.bos_token_id.into_iter().collect();
+        while p.len() < len {
+            // Ids above the control and byte tokens.
+            p.push(rng.random_range(300..cfg.vocab_size as u32));
+        }
+        p
+    };
+    let mut request = Completion::new(ChatRequest::default());
+    request.max_tokens = Some(a.gen_len);
+    let no_eos = eos.clone();
+    request.processors = vec![ProcessorFactory::new(move || {
+        Box::new(NoEos(no_eos.clone()))
+    })];
+
+    // Warm-up: page faults, allocations, thread pools.
+    drain(engine.submit(prompt(8.min(a.prompt_len)), &request)?)?;
+    let routed_before = engine.stats().expert_tokens;
+
+    let mut runs = Vec::new();
+    for &batch in &a.batch {
+        let started = Instant::now();
+        let streams: Vec<CompletionStream> = (0..batch)
+            .map(|_| engine.submit(prompt(a.prompt_len), &request))
+            .collect::<Result<_, _>>()
+            .context("cannot submit the bench requests")?;
+        let readers: Vec<_> = streams
+            .into_iter()
+            .map(|s| std::thread::spawn(move || drain(s)))
+            .collect();
+        let mut firsts = Vec::new();
+        let mut generated = 0;
+        for r in readers {
+            let (n, first) = r.join().map_err(|_| anyhow::anyhow!("a reader failed"))??;
+            generated += n.saturating_sub(1);
+            firsts.push(first.context("a request produced no token")?);
+        }
+        let end = Instant::now();
+        let all_first = firsts.iter().max().copied().unwrap_or(end);
+        runs.push(Run {
+            batch,
+            prefill_tps: (batch * a.prompt_len) as f64
+                / all_first.duration_since(started).as_secs_f64(),
+            decode_tps: generated as f64 / end.duration_since(all_first).as_secs_f64().max(1e-9),
+            ttft: firsts.iter().map(|f| f.duration_since(started)).collect(),
+        });
+    }
+
+    let routed_after = engine.stats().expert_tokens;
+    let experts: Vec<(Vec<f64>, f64)> = routed_after
+        .iter()
+        .zip(routed_before.iter().chain(std::iter::repeat(&Vec::new())))
+        .map(|(after, before)| {
+            let counts: Vec<f64> = after
+                .iter()
+                .enumerate()
+                .map(|(e, &c)| (c - before.get(e).copied().unwrap_or(0)) as f64)
+                .collect();
+            let total: f64 = counts.iter().sum();
+            let share: Vec<f64> = counts.iter().map(|c| c / total.max(1.0)).collect();
+            let mean = total / counts.len().max(1) as f64;
+            let max = counts.iter().copied().fold(0.0, f64::max);
+            (share, if mean > 0.0 { max / mean } else { 0.0 })
+        })
+        .collect();
+    let peak = peak_memory();
+
+    if a.json {
+        let report = json!({
+            "model": a.model.model.clone().unwrap_or_else(|| bora_engine::DEMO_MODEL_NAME.into()),
+            "prompt_len": a.prompt_len,
+            "gen_len": a.gen_len,
+            "runs": runs.iter().map(|r| json!({
+                "batch": r.batch,
+                "prefill_tokens_per_s": r.prefill_tps,
+                "decode_tokens_per_s": r.decode_tps,
+                "ttft_ms": {"median": ms(median(&r.ttft)), "max": ms(r.ttft.iter().max().copied().unwrap_or_default())},
+            })).collect::<Vec<Value>>(),
+            "peak_memory_bytes": peak,
+            "experts": experts.iter().enumerate().map(|(l, (share, imb))| json!({
+                "layer": l, "share": share, "imbalance": imb,
+            })).collect::<Vec<Value>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "prompt {} tokens, {} generated per request",
+        a.prompt_len, a.gen_len
+    );
+    println!(
+        "{:>5}  {:>14}  {:>13}  {:>16}  {:>13}",
+        "batch", "prefill tok/s", "decode tok/s", "TTFT median ms", "TTFT max ms"
+    );
+    for r in &runs {
+        println!(
+            "{:>5}  {:>14.1}  {:>13.1}  {:>16.1}  {:>13.1}",
+            r.batch,
+            r.prefill_tps,
+            r.decode_tps,
+            ms(median(&r.ttft)),
+            ms(r.ttft.iter().max().copied().unwrap_or_default())
+        );
+    }
+    println!("peak memory: {:.1} MB", peak as f64 / (1u64 << 20) as f64);
+    println!("expert routing: share of each layer's tokens per expert; imbalance = max / mean");
+    for (l, (share, imb)) in experts.iter().enumerate() {
+        let cells: Vec<String> = share
+            .iter()
+            .map(|s| format!("{:5.1}%", s * 100.0))
+            .collect();
+        println!("  layer {l:>2}: {}  imbalance {imb:.2}", cells.join(" "));
+    }
+    Ok(())
+}
+
+/// Reads a stream to its end: tokens generated and when the first one came.
+fn drain(mut s: CompletionStream) -> Result<(usize, Option<Instant>)> {
+    let mut first = None;
+    let mut n = 0;
+    while let Some(e) = s.next_blocking() {
+        match e {
+            Event::Delta { .. } | Event::ToolCalls { .. } if first.is_none() => {
+                first = Some(Instant::now())
+            }
+            Event::Done { usage } => n = usage.completion_tokens,
+            Event::Error { message } => bail!("generation failed: {message}"),
+            _ => {}
+        }
+    }
+    Ok((n, first))
+}
+
+fn median(d: &[Duration]) -> Duration {
+    let mut v = d.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The process's peak resident memory (Linux's VmHWM; 0 elsewhere).
+fn peak_memory() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
