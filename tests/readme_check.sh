@@ -7,7 +7,7 @@ cmd=$(grep -m1 -E '^cargo run --release -p bora-cli -- serve' README.md) || {
     echo "README check: no 'cargo run --release -p bora-cli -- serve' line in README.md"
     exit 1
 }
-port=$(echo "$cmd" | grep -oE -- '--port [0-9]+' | awk '{print $2}')
+port=$(echo "$cmd" | { grep -oE -- '--port [0-9]+' || true; } | awk '{print $2}')
 port=${port:-8080}
 echo "README check: building, then timing: $cmd"
 cargo build --release -p bora-cli --locked
