@@ -226,3 +226,37 @@ def test_still_healthy_after_all(server):
     assert server.healthy()
     res = mistral(server).chat.complete(model=MODEL, messages=HELLO, max_tokens=3)
     assert res.usage.completion_tokens == 3
+
+
+def test_json_mode_and_schema_through_the_sdks(server):
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "pages": {"type": "integer", "minimum": 1}},
+        "required": ["name", "pages"],
+        "additionalProperties": False,
+    }
+    client = mistral(server)
+    for seed in range(5):
+        res = client.chat.complete(
+            model=MODEL, messages=[{"role": "user", "content": "JSON"}], max_tokens=80,
+            temperature=1, random_seed=seed, response_format={"type": "json_object"},
+        )
+        assert isinstance(json.loads(res.choices[0].message.content), dict)
+        res = oai(server).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "A book"}], max_tokens=80,
+            temperature=1, seed=seed,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "Book", "schema": schema, "strict": True}},
+        )
+        book = json.loads(res.choices[0].message.content)
+        assert set(book) == {"name", "pages"} and book["pages"] >= 1
+    with pytest.raises(SDKError) as e:
+        client.chat.complete(
+            model=MODEL, messages=HELLO,
+            response_format={"type": "json_schema", "json_schema": {
+                "name": "X", "schema": {"type": "object", "properties": {
+                    "a": {"type": "string", "format": "no-such-format"}}}}},
+        )
+    assert e.value.status_code == 400

@@ -33,6 +33,8 @@ pub enum EngineError {
     },
     #[error("the engine is overloaded: {queued} requests are already waiting; retry later")]
     Overloaded { queued: usize },
+    #[error("{0}")]
+    Constraint(String),
     #[error("generation failed: {0}")]
     Generation(String),
     #[error("tensor backend: {0}")]

@@ -8,6 +8,7 @@
 //! ([`perplexity`]). The scheduler and the request API come with the issues that specify them.
 
 pub mod chat;
+pub mod constrain;
 mod demo;
 mod error;
 mod generate;

@@ -2,6 +2,7 @@
 //! field (with pydantic-style `detail`); what bora cannot do is a 400 that says so.
 
 use bora_engine::chat::{ChatRequest, Content, Message, Tool, ToolCall};
+use bora_engine::constrain::{Constraint, ToolChoice as EngineToolChoice};
 use bora_engine::{Completion, SamplingParams};
 use serde_json::{json, Value};
 
@@ -198,39 +199,48 @@ fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
             stop.clone(),
         ));
     }
-    match &req.response_format {
-        None | Some(ResponseFormat::Text) => {}
-        Some(ResponseFormat::JsonObject) => {
-            return Err(ApiError::bad_request(
-                "response_format `json_object` is not supported by this server yet",
-            )
-            .with_param("response_format"))
-        }
-        Some(ResponseFormat::JsonSchema { .. }) => {
-            return Err(ApiError::bad_request(
-                "response_format `json_schema` is not supported by this server yet",
-            )
-            .with_param("response_format"))
-        }
-    }
-    let forbid_tool_calls = match &req.tool_choice {
-        None | Some(ToolChoice::Mode(ToolChoiceMode::Auto)) => false,
-        Some(ToolChoice::Mode(ToolChoiceMode::None)) => true,
-        Some(ToolChoice::Mode(mode)) => {
-            return Err(ApiError::bad_request(format!(
-                "tool_choice `{}` (a forced tool call) is not supported by this server yet; use `auto` or `none`",
-                if *mode == ToolChoiceMode::Any { "any" } else { "required" }
-            ))
-            .with_param("tool_choice"))
-        }
-        Some(ToolChoice::Named(named)) => {
-            return Err(ApiError::bad_request(format!(
-                "tool_choice naming the function `{}` (a forced tool call) is not supported by this server yet; use `auto` or `none`",
-                named.function.name
-            ))
-            .with_param("tool_choice"))
+    let text_json = match &req.response_format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(json!({"type": "object"})),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            if !json_schema.schema.is_object() && !json_schema.schema.is_boolean() {
+                return Err(ApiError::invalid_field(
+                    &[
+                        json!("response_format"),
+                        json!("json_schema"),
+                        json!("schema"),
+                    ],
+                    "type_error",
+                    "Input should be a JSON Schema object",
+                    Some(&json_schema.schema),
+                ));
+            }
+            Some(json_schema.schema.clone())
         }
     };
+    let parallel = req.parallel_tool_calls.unwrap_or(true);
+    let has_tools = req.tools.as_ref().is_some_and(|t| !t.is_empty());
+    let (forbid_tool_calls, tool_choice) = match &req.tool_choice {
+        None | Some(ToolChoice::Mode(ToolChoiceMode::Auto)) => {
+            (false, has_tools.then_some(EngineToolChoice::Auto))
+        }
+        Some(ToolChoice::Mode(ToolChoiceMode::None)) => (true, None),
+        Some(ToolChoice::Mode(_)) => (false, Some(EngineToolChoice::Required)),
+        Some(ToolChoice::Named(named)) => (
+            false,
+            Some(EngineToolChoice::Named(named.function.name.clone())),
+        ),
+    };
+    if matches!(
+        tool_choice,
+        Some(EngineToolChoice::Required | EngineToolChoice::Named(_))
+    ) && !has_tools
+    {
+        return Err(ApiError::bad_request(
+            "tool_choice requires a tool call, but the request has no tools",
+        )
+        .with_param("tool_choice"));
+    }
 
     let mut messages = wire_messages
         .iter()
@@ -266,12 +276,21 @@ fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
     completion.n = n as usize;
     completion.presence_penalty = presence_penalty;
     completion.frequency_penalty = frequency_penalty;
+    completion.constraint = match tool_choice {
+        Some(choice) => Some(Constraint::Tools {
+            tools: completion.chat.tools.clone(),
+            choice,
+            parallel,
+            text_json,
+        }),
+        None => text_json.map(Constraint::Json),
+    };
     Ok(ParsedRequest {
         model,
         stream: req.stream.unwrap_or(false),
         completion,
         forbid_tool_calls,
-        parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
+        parallel_tool_calls: parallel,
     })
 }
 
@@ -516,6 +535,7 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         let e = parse(json!({"model": "m", "messages": [], "tool_choice": "any"})).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
         let r = parse(json!({"model": "m", "messages": [], "tool_choice": "none",
                              "safe_mode": true}))
         .unwrap();

@@ -149,6 +149,10 @@ impl From<EngineError> for ApiError {
                 ApiError::bad_request(message).with_param("messages")
             }
             EngineError::Tokenizer(_) => ApiError::bad_request(message),
+            // A schema or tool choice the constraint engine cannot enforce.
+            EngineError::Constraint(_) => {
+                ApiError::bad_request(message).with_param("response_format")
+            }
             EngineError::Sampling { name, reason } => {
                 ApiError::invalid_field(&[json!(name)], "value_error", &reason, None)
             }

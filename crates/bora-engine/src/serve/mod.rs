@@ -127,6 +127,7 @@ pub enum ModelSource {
 pub struct Engine {
     tx: Sender<Command>,
     tok: Arc<Tokenizer>,
+    grammars: Arc<crate::constrain::Grammars>,
     model_config: Arc<bora_core::ModelConfig>,
     format: ChatFormat,
     context: usize,
@@ -193,6 +194,11 @@ impl Engine {
             .unwrap_or_else(|| ChatFormat::detect(&tok));
         let mut eos = cfg.eos_token_ids.clone();
         eos.extend(tok.specials().eos.filter(|e| !eos.contains(e)));
+        let grammars = Arc::new(crate::constrain::Grammars::new(
+            &tok,
+            eos.first().copied().unwrap_or(2),
+            format,
+        )?);
         let tok = Arc::new(tok);
         let queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(Mutex::new(EngineStats {
@@ -218,6 +224,7 @@ impl Engine {
         Ok(Self {
             tx,
             tok,
+            grammars,
             model_config: Arc::new(cfg.clone()),
             format,
             context: cfg
@@ -303,6 +310,19 @@ impl Engine {
                 queued: self.max_queue,
             });
         }
+        let grammar = match &req.constraint {
+            Some(c) => match self
+                .grammars
+                .processor(c, req.max_tokens.unwrap_or(room - prompt.len()))
+            {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let seed = req.seed.unwrap_or_else(rand::random);
         let (etx, erx) = unbounded_channel();
@@ -327,7 +347,7 @@ impl Engine {
                 max_tokens: req.max_tokens.unwrap_or(room - prompt.len()),
                 context: room,
                 sampler,
-                processors: processors(req),
+                processors: processors(req, grammar.as_ref()),
                 stop: req.stop.clone(),
             }));
         }
@@ -349,7 +369,10 @@ impl Engine {
 }
 
 /// The chain of one choice: penalties (when set), then the request's own processors.
-fn processors(req: &Completion) -> Vec<Box<dyn LogitsProcessor>> {
+fn processors(
+    req: &Completion,
+    grammar: Option<&ProcessorFactory>,
+) -> Vec<Box<dyn LogitsProcessor>> {
     let mut chain: Vec<Box<dyn LogitsProcessor>> = Vec::new();
     if req.presence_penalty != 0.0 || req.frequency_penalty != 0.0 {
         chain.push(Box::new(Penalties::new(
@@ -358,6 +381,8 @@ fn processors(req: &Completion) -> Vec<Box<dyn LogitsProcessor>> {
         )));
     }
     chain.extend(req.processors.iter().map(|f| f.make()));
+    // The grammar's mask comes last, so that nothing re-allows what it forbids.
+    chain.extend(grammar.map(|g| g.make()));
     chain
 }
 

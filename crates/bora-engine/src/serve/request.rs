@@ -25,6 +25,8 @@ pub struct Completion {
     pub frequency_penalty: f32,
     /// More logits processors, run after the penalties (one instance per choice).
     pub processors: Vec<ProcessorFactory>,
+    /// What the output must be (JSON, tool calls), enforced token by token; last in the chain.
+    pub constraint: Option<crate::constrain::Constraint>,
 }
 
 impl Completion {
@@ -40,6 +42,7 @@ impl Completion {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             processors: Vec::new(),
+            constraint: None,
         }
     }
 }

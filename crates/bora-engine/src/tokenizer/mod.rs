@@ -127,6 +127,19 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// Ids of the special (control) tokens: `<s>`, `</s>`, `[INST]`, ...
+    pub fn special_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Tokens in the vocabulary, special ones included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
