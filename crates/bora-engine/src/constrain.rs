@@ -136,6 +136,7 @@ impl Grammars {
             Box::new(GrammarProcessor {
                 matcher: m,
                 seen: 0,
+                mask: None,
                 budget,
                 closing: closing.clone(),
             })
@@ -228,17 +229,30 @@ impl Grammars {
 struct GrammarProcessor {
     matcher: Matcher,
     seen: usize,
+    /// The mask for `seen` tokens, when `prepare` computed it.
+    mask: Option<llguidance::toktrie::SimpleVob>,
     budget: usize,
     closing: Arc<Vec<bool>>,
 }
 
 impl LogitsProcessor for GrammarProcessor {
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+
+    fn prepare(&mut self, generated: &[u32]) {
+        self.consume(generated);
+        self.mask = self.matcher.compute_mask_or_eos().ok();
+    }
+
     fn process(&mut self, generated: &[u32], logits: &mut [f32]) {
-        for &t in &generated[self.seen.min(generated.len())..] {
-            let _ = self.matcher.consume_token(t);
-        }
-        self.seen = generated.len();
-        match self.matcher.compute_mask_or_eos() {
+        let prepared = self.seen == generated.len() && self.mask.is_some();
+        self.consume(generated);
+        let mask = match self.mask.take().filter(|_| prepared) {
+            Some(m) => Ok(m),
+            None => self.matcher.compute_mask_or_eos(),
+        };
+        match mask {
             Ok(mask) => {
                 let eos = self.eos();
                 let closing_time = self.budget.saturating_sub(generated.len()) <= CLOSING_WINDOW;
@@ -272,6 +286,18 @@ impl LogitsProcessor for GrammarProcessor {
 }
 
 impl GrammarProcessor {
+    /// Feeds the matcher the tokens generated since it last saw them.
+    fn consume(&mut self, generated: &[u32]) {
+        if self.seen == generated.len() {
+            return;
+        }
+        for &t in &generated[self.seen.min(generated.len())..] {
+            let _ = self.matcher.consume_token(t);
+        }
+        self.seen = generated.len();
+        self.mask = None;
+    }
+
     fn eos(&self) -> TokenId {
         self.matcher
             .tok_env()

@@ -264,10 +264,34 @@ impl Core {
             })
             .collect();
         let wants: Vec<bool> = seqs.iter().map(|s| s.logits == Logits::Last).collect();
-        let result = self
-            .model
-            .forward_observed(&Batch { seqs }, &mut self.cache, &mut self.routing)
-            .and_then(|l| Ok(l.to_vec2::<f32>()?));
+        // Grammar masks depend only on the tokens so far: they are computed on a thread of their
+        // own while the forward pass runs.
+        let to_prepare: Vec<usize> = plan
+            .iter()
+            .zip(&wants)
+            .filter(|&(&(i, _), &want)| want && self.running[i].needs_prepare())
+            .map(|(&(i, _), _)| i)
+            .collect();
+        let (model, cache, routing, running) = (
+            &self.model,
+            &mut self.cache,
+            &mut self.routing,
+            &mut self.running,
+        );
+        let result = std::thread::scope(|scope| {
+            if !to_prepare.is_empty() {
+                let mut seqs: Vec<&mut Seq> = running
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| to_prepare.contains(i))
+                    .map(|(_, s)| s)
+                    .collect();
+                scope.spawn(move || seqs.iter_mut().for_each(|s| s.prepare()));
+            }
+            model
+                .forward_observed(&Batch { seqs }, cache, routing)
+                .and_then(|l| Ok(l.to_vec2::<f32>()?))
+        });
         let mut rows = match result {
             Ok(rows) => rows.into_iter(),
             Err(e) => {

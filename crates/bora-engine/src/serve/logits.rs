@@ -9,6 +9,16 @@ pub trait LogitsProcessor: Send {
     /// `generated`: the tokens this sequence generated so far; `logits`: one per vocabulary
     /// entry, changed in place.
     fn process(&mut self, generated: &[u32], logits: &mut [f32]);
+
+    /// Whether [`LogitsProcessor::prepare`] does anything (the engine then runs it on a thread
+    /// of its own while the forward pass computes the logits).
+    fn needs_prepare(&self) -> bool {
+        false
+    }
+
+    /// Work that depends only on the tokens so far (a grammar's mask), done before the logits
+    /// exist; `process` then applies it.
+    fn prepare(&mut self, _generated: &[u32]) {}
 }
 
 /// Makes a fresh processor for each choice of a request.

@@ -93,6 +93,19 @@ impl Seq {
         &self.tokens[self.prompt_len..]
     }
 
+    /// Whether a processor has work to do before the logits exist.
+    pub fn needs_prepare(&self) -> bool {
+        self.processors.iter().any(|p| p.needs_prepare())
+    }
+
+    /// Runs the processors' work that needs no logits (see `LogitsProcessor::prepare`).
+    pub fn prepare(&mut self) {
+        let generated = &self.tokens[self.prompt_len..];
+        for p in &mut self.processors {
+            p.prepare(generated);
+        }
+    }
+
     /// The logits processors, in order, then the sampler: the next token.
     pub fn choose(&mut self, logits: &mut [f32]) -> u32 {
         let generated = &self.tokens[self.prompt_len..];
