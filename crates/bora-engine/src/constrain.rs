@@ -262,13 +262,35 @@ impl LogitsProcessor for GrammarProcessor {
                     && (0..logits.len()).any(|i| {
                         mask.is_allowed(i as TokenId) && self.closing.get(i) == Some(&true)
                     });
-                for (i, l) in logits.iter_mut().enumerate() {
-                    let t = i as TokenId;
-                    let keep = mask.is_allowed(t)
-                        && (!end_now || t == eos)
-                        && (!close_only || self.closing.get(i) == Some(&true));
-                    if !keep {
-                        *l = f32::NEG_INFINITY;
+                if !end_now && !close_only {
+                    // The common case, a word of the mask at a time: 32 tokens allowed or
+                    // forbidden together need no per-token test.
+                    for (w, &word) in mask.as_slice().iter().enumerate() {
+                        let chunk = logits.iter_mut().skip(w * 32).take(32);
+                        match word {
+                            u32::MAX => {}
+                            0 => chunk.for_each(|l| *l = f32::NEG_INFINITY),
+                            _ => chunk.enumerate().for_each(|(b, l)| {
+                                if word & (1 << b) == 0 {
+                                    *l = f32::NEG_INFINITY;
+                                }
+                            }),
+                        }
+                    }
+                    // Tokens past the mask's end (none when the vocabularies agree).
+                    logits
+                        .iter_mut()
+                        .skip(mask.as_slice().len() * 32)
+                        .for_each(|l| *l = f32::NEG_INFINITY);
+                } else {
+                    for (i, l) in logits.iter_mut().enumerate() {
+                        let t = i as TokenId;
+                        let keep = mask.is_allowed(t)
+                            && (!end_now || t == eos)
+                            && (!close_only || self.closing.get(i) == Some(&true));
+                        if !keep {
+                            *l = f32::NEG_INFINITY;
+                        }
                     }
                 }
             }
