@@ -21,10 +21,10 @@ MODEL = "tiny-mixtral"
 
 
 class Server:
-    def __init__(self, *extra: str):
-        binary = os.environ.get("BORA_BIN", str(ROOT / "target" / "debug" / "bora"))
+    def __init__(self, *extra: str, model: str = str(FIXTURE), binary: str = ""):
+        binary = binary or os.environ.get("BORA_BIN", str(ROOT / "target" / "debug" / "bora"))
         self.proc = subprocess.Popen(
-            [binary, "serve", "--model", str(FIXTURE), "--port", "0", *extra],
+            [binary, "serve", "--model", model, "--port", "0", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

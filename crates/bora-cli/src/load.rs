@@ -17,7 +17,8 @@ use bora_weights::{
 pub struct ModelArgs {
     /// The model: a directory (config.json, model.safetensors or model.safetensors.index.json
     /// and its shards, a tokenizer), or a Hugging Face repo id (owner/name[@revision]) found
-    /// in the local Hugging Face cache. Default: the built-in demo model (random weights).
+    /// in the local Hugging Face cache, or a built-in demo: `bora-demo` (the default; Mixtral
+    /// 8x7B's tokenizer) or `bora-demo-v3` (8x22B's, with tool tokens); random weights.
     #[arg(long)]
     pub model: Option<String>,
     /// Download a repo id that is not in the local cache (through hf-hub; refused when
@@ -113,6 +114,13 @@ impl ModelArgs {
             );
             return Ok(bora_engine::demo_model_dir()?);
         };
+        // The built-in demos, by name.
+        if arg == bora_engine::DEMO_MODEL_NAME {
+            return Ok(bora_engine::demo_model_dir()?);
+        }
+        if arg == bora_engine::DEMO_V3_MODEL_NAME {
+            return Ok(bora_engine::demo_v3_model_dir()?);
+        }
         match resolve_model(arg) {
             Ok(ModelLocation::Dir(d)) => Ok(d),
             Ok(ModelLocation::Gguf(p)) => bail!(
@@ -144,9 +152,12 @@ impl ModelArgs {
         }
     }
 
-    /// Whether the demo model is used.
+    /// Whether a demo model is used.
     pub fn is_demo(&self) -> bool {
-        self.model.is_none()
+        match self.model.as_deref() {
+            None => true,
+            Some(m) => m == bora_engine::DEMO_MODEL_NAME || m == bora_engine::DEMO_V3_MODEL_NAME,
+        }
     }
 }
 

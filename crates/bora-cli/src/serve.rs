@@ -54,6 +54,7 @@ pub fn main(a: Args) -> Result<()> {
     let name = match (&a.served_model_name, &a.model.model) {
         (Some(n), _) => n.clone(),
         (None, None) => bora_engine::DEMO_MODEL_NAME.to_string(),
+        (None, Some(m)) if a.model.is_demo() => m.clone(),
         (None, Some(arg)) => {
             // A directory is named by its last component, a repo id by its name.
             let path = std::path::Path::new(arg);

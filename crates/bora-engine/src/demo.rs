@@ -15,6 +15,13 @@ pub const DEMO_SEED: u64 = 0x0b0a_de30;
 /// Mixtral 8x7B's sentencepiece tokenizer (mistral-common's `tokenizer.model.v1`).
 static TOKENIZER_V1: &[u8] = include_bytes!("../../../models/tokenizers/tokenizer.model.v1");
 
+/// Mixtral 8x22B's, with tool tokens (`mistral_instruct_tokenizer_240323.model.v3`).
+static TOKENIZER_V3: &[u8] = include_bytes!("../../../models/tokenizers/tokenizer.model.v3");
+
+/// The name of the demo with Mixtral 8x22B's v3 tokenizer (control tokens, tool calls in the
+/// model's own format).
+pub const DEMO_V3_MODEL_NAME: &str = "bora-demo-v3";
+
 /// Bumped whenever the demo's architecture or weight generation changes.
 const DEMO_VERSION: u32 = 1;
 
@@ -35,8 +42,18 @@ fn demo_root() -> PathBuf {
 /// The demo model's directory, written on first use (15 MB; the same bytes every time) and
 /// reused afterwards.
 pub fn demo_model_dir() -> Result<PathBuf> {
+    demo_dir(false)
+}
+
+/// [`demo_model_dir`] for the demo with the v3 tokenizer (vocabulary 32768).
+pub fn demo_v3_model_dir() -> Result<PathBuf> {
+    demo_dir(true)
+}
+
+fn demo_dir(v3: bool) -> Result<PathBuf> {
     let root = demo_root();
-    let dir = root.join(format!("demo-v{DEMO_VERSION}-{DEMO_SEED:x}"));
+    let flavour = if v3 { "-v3tok" } else { "" };
+    let dir = root.join(format!("demo-v{DEMO_VERSION}-{DEMO_SEED:x}{flavour}"));
     let done = dir.join(".complete");
     if done.exists() {
         return Ok(dir);
@@ -46,31 +63,35 @@ pub fn demo_model_dir() -> Result<PathBuf> {
     };
     // Written beside the final place, then renamed: a concurrent start never reads half a model.
     let tmp = root.join(format!(
-        "demo-v{DEMO_VERSION}-{DEMO_SEED:x}.{}.tmp",
+        "demo-v{DEMO_VERSION}-{DEMO_SEED:x}{flavour}.{}.tmp",
         std::process::id()
     ));
     std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp.display().to_string(), &e))?;
-    bora_weights::write_demo_checkpoint(&tmp, DEMO_SEED).map_err(|e| err("weights", &e))?;
-    std::fs::write(tmp.join("tokenizer.model.v1"), TOKENIZER_V1)
-        .map_err(|e| err("tokenizer", &e))?;
+    let (vocab, name, bytes) = if v3 {
+        (32768, "tokenizer.model.v3", TOKENIZER_V3)
+    } else {
+        (32000, "tokenizer.model.v1", TOKENIZER_V1)
+    };
+    bora_weights::write_demo_checkpoint(&tmp, DEMO_SEED, vocab).map_err(|e| err("weights", &e))?;
+    std::fs::write(tmp.join(name), bytes).map_err(|e| err("tokenizer", &e))?;
     std::fs::write(tmp.join(".complete"), b"").map_err(|e| err("marker", &e))?;
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another process got there first (or a stale incomplete copy is in the way).
         let _ = std::fs::remove_dir_all(&tmp);
         if !done.exists() {
             let _ = std::fs::remove_dir_all(&dir);
-            return demo_model_dir_retry(&dir);
+            return demo_dir_retry(&dir, v3);
         }
     }
     Ok(dir)
 }
 
-fn demo_model_dir_retry(dir: &std::path::Path) -> Result<PathBuf> {
+fn demo_dir_retry(dir: &std::path::Path, v3: bool) -> Result<PathBuf> {
     if dir.exists() {
         return Err(EngineError::Load(format!(
             "cannot write the demo model: {} is in the way",
             dir.display()
         )));
     }
-    demo_model_dir()
+    demo_dir(v3)
 }

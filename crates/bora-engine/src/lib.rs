@@ -18,7 +18,7 @@ mod sampler;
 pub mod serve;
 mod tokenizer;
 
-pub use demo::{demo_model_dir, DEMO_MODEL_NAME, DEMO_SEED};
+pub use demo::{demo_model_dir, demo_v3_model_dir, DEMO_MODEL_NAME, DEMO_SEED, DEMO_V3_MODEL_NAME};
 pub use error::EngineError;
 pub use generate::{generate, GenerateOptions, Generation};
 pub use perplexity::{perplexity, Perplexity};

@@ -36,9 +36,10 @@ pub const DEMO_CONFIG: &str = r#"{
 }"#;
 
 /// Writes `config.json` and `model.safetensors` of the demo model into `dir` (which must
-/// exist): the same bytes for the same seed.
-pub fn write_demo_checkpoint(dir: &Path, seed: u64) -> Result<(), WeightsError> {
-    let (h, i, v, layers, experts, kv) = (128usize, 256usize, 32000usize, 4usize, 8usize, 64usize);
+/// exist): the same bytes for the same seed and vocabulary size (32000 for Mixtral 8x7B's
+/// tokenizer, 32768 for 8x22B's).
+pub fn write_demo_checkpoint(dir: &Path, seed: u64, vocab: usize) -> Result<(), WeightsError> {
+    let (h, i, v, layers, experts, kv) = (128usize, 256usize, vocab, 4usize, 8usize, 64usize);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // Uniform with the standard deviation of a 0.02 normal; norms at 1.
     let bound = 0.02f32 * 3f32.sqrt();
@@ -97,7 +98,8 @@ pub fn write_demo_checkpoint(dir: &Path, seed: u64) -> Result<(), WeightsError> 
         path: dir.to_path_buf(),
         reason: e.to_string(),
     };
-    std::fs::write(dir.join("config.json"), DEMO_CONFIG).map_err(|e| io(&e))?;
+    let config = DEMO_CONFIG.replace("\"vocab_size\": 32000", &format!("\"vocab_size\": {vocab}"));
+    std::fs::write(dir.join("config.json"), config).map_err(|e| io(&e))?;
     safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors"))
         .map_err(|e| io(&e))?;
     Ok(())
