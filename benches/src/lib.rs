@@ -179,3 +179,74 @@ pub fn memory() -> (u64, u64) {
     };
     (field("VmHWM:"), field("VmRSS:"))
 }
+
+/// A serving engine on a bench checkpoint directory (kept in its own dtype, on the CPU, with a
+/// 1 GiB KV cache), with Mixtral 8x7B's tokenizer: the bench checkpoints carry none, and any
+/// 32000-token tokenizer decodes their ids.
+pub fn bench_engine(dir: &Path) -> Result<bora_engine::Engine> {
+    use bora_weights::{LoadOptions, MapMode, MixtralWeights, SafetensorsStore};
+    let store = SafetensorsStore::open_dir(dir, MapMode::Populate)?;
+    let cfg = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
+    let dtype = store.weight_dtype("model.embed_tokens.weight")?;
+    let model = bora_model::Model::new(MixtralWeights::load(
+        &store,
+        cfg,
+        &LoadOptions::new(dtype, candle_core::Device::Cpu),
+    )?)?;
+    drop(store);
+    let tok = bora_engine::Tokenizer::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tokenizers/tokenizer.model.v1"),
+    )?;
+    Ok(bora_engine::Engine::new(
+        model,
+        tok,
+        bora_engine::EngineConfig {
+            kv_budget: bora_engine::KvBudget::Mib(1024),
+            max_prefill_chunk: std::env::var("CHUNK")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(bora_engine::EngineConfig::default().max_prefill_chunk),
+            ..bora_engine::EngineConfig::default()
+        },
+    )?)
+}
+
+/// Waits for a stream's end; returns the generated tokens and the time of its first delta.
+pub fn drain(mut s: bora_engine::CompletionStream) -> (usize, Option<std::time::Instant>) {
+    let mut first = None;
+    let mut n = 0;
+    while let Some(e) = s.next_blocking() {
+        match e {
+            bora_engine::Event::Delta { .. } if first.is_none() => {
+                first = Some(std::time::Instant::now())
+            }
+            bora_engine::Event::Done { usage } => n = usage.completion_tokens,
+            bora_engine::Event::Error { message } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    (n, first)
+}
+
+/// Decode only, over concurrent streams: from the moment every stream has its first token (the
+/// prompts are prefilled by then) to the end, counting the tokens after each first one.
+/// Returns (tokens, seconds). Each stream is read on its own thread, so that its first token is
+/// timed when it comes.
+pub fn aggregate_decode(streams: Vec<bora_engine::CompletionStream>) -> Result<(usize, f64)> {
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|h| std::thread::spawn(move || drain(h)))
+        .collect();
+    let results: Vec<(usize, Option<std::time::Instant>)> = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader"))
+        .collect();
+    let end = std::time::Instant::now();
+    let from = results
+        .iter()
+        .filter_map(|r| r.1)
+        .max()
+        .ok_or_else(|| anyhow::anyhow!("no tokens"))?;
+    let tokens: usize = results.iter().map(|r| r.0.saturating_sub(1)).sum();
+    Ok((tokens, end.duration_since(from).as_secs_f64()))
+}

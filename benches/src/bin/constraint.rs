@@ -6,41 +6,18 @@
 //! Environment: REPEAT (rounds, default 3; each configuration's best round counts).
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bora_engine::chat::ChatRequest;
 use bora_engine::constrain::Constraint;
-use bora_engine::{Completion, CompletionStream, Engine, EngineConfig, Event, KvBudget, Tokenizer};
-use bora_model::Model;
-use bora_weights::{LoadOptions, MapMode, MixtralWeights, SafetensorsStore};
-use candle_core::Device;
+use bora_engine::{Completion, CompletionStream, Engine};
 use serde_json::json;
 
 const GEN: usize = 96;
 
 fn main() -> Result<()> {
     let dir = PathBuf::from(std::env::args().nth(1).context("usage: constraint DIR")?);
-    let store = SafetensorsStore::open_dir(&dir, MapMode::Populate)?;
-    let cfg = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
-    let dtype = store.weight_dtype("model.embed_tokens.weight")?;
-    let model = Model::new(MixtralWeights::load(
-        &store,
-        cfg,
-        &LoadOptions::new(dtype, Device::Cpu),
-    )?)?;
-    drop(store);
-    let tok = Tokenizer::from_file(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tokenizers/tokenizer.model.v1"),
-    )?;
-    let engine = Engine::new(
-        model,
-        tok,
-        EngineConfig {
-            kv_budget: KvBudget::Mib(1024),
-            ..EngineConfig::default()
-        },
-    )?;
+    let engine = bora_benches::bench_engine(&dir)?;
     // A schema whose strings are long enough that answers run to GEN tokens.
     let schema = json!({
         "type": "object",
@@ -96,32 +73,6 @@ fn run(engine: &Engine, batch: usize, schema: Option<serde_json::Value>) -> Resu
             engine.submit(vec![1, 1000 + i as u32, 2000, 3000], &r)
         })
         .collect::<Result<_, _>>()?;
-    let readers: Vec<_> = streams
-        .into_iter()
-        .map(|mut s| {
-            std::thread::spawn(move || {
-                let (mut first, mut n) = (None, 0);
-                while let Some(e) = s.next_blocking() {
-                    match e {
-                        Event::Delta { .. } if first.is_none() => first = Some(Instant::now()),
-                        Event::Done { usage } => n = usage.completion_tokens,
-                        _ => {}
-                    }
-                }
-                (n, first)
-            })
-        })
-        .collect();
-    let results: Vec<(usize, Option<Instant>)> = readers
-        .into_iter()
-        .map(|r| r.join().expect("reader"))
-        .collect();
-    let end = Instant::now();
-    let from = results
-        .iter()
-        .filter_map(|r| r.1)
-        .max()
-        .context("no tokens")?;
-    let tokens: usize = results.iter().map(|r| r.0.saturating_sub(1)).sum();
-    Ok(tokens as f64 / end.duration_since(from).as_secs_f64())
+    let (tokens, secs) = bora_benches::aggregate_decode(streams)?;
+    Ok(tokens as f64 / secs)
 }

@@ -11,12 +11,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bora_benches::Rng;
+use bora_benches::{drain, Rng};
 use bora_engine::chat::ChatRequest;
-use bora_engine::{Completion, CompletionStream, Engine, EngineConfig, Event, KvBudget, Tokenizer};
-use bora_model::Model;
-use bora_weights::{LoadOptions, MapMode, MixtralWeights, SafetensorsStore};
-use candle_core::Device;
+use bora_engine::{Completion, CompletionStream, Event};
 
 const GEN: usize = 64;
 
@@ -33,48 +30,9 @@ fn request(max_tokens: usize) -> Completion {
     }
 }
 
-/// Waits for a stream's end; returns the generated tokens and the time of its first delta.
-fn drain(mut s: CompletionStream) -> (usize, Option<Instant>) {
-    let mut first = None;
-    let mut n = 0;
-    while let Some(e) = s.next_blocking() {
-        match e {
-            Event::Delta { .. } if first.is_none() => first = Some(Instant::now()),
-            Event::Done { usage } => n = usage.completion_tokens,
-            Event::Error { message } => panic!("{message}"),
-            _ => {}
-        }
-    }
-    (n, first)
-}
-
 fn main() -> Result<()> {
     let dir = PathBuf::from(std::env::args().nth(1).context("usage: serving DIR")?);
-    let store = SafetensorsStore::open_dir(&dir, MapMode::Populate)?;
-    let cfg = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
-    let dtype = store.weight_dtype("model.embed_tokens.weight")?;
-    let model = Model::new(MixtralWeights::load(
-        &store,
-        cfg,
-        &LoadOptions::new(dtype, Device::Cpu),
-    )?)?;
-    drop(store);
-    // The bench checkpoints carry no tokenizer; any 32000-token one decodes their ids.
-    let tok = Tokenizer::from_file(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tokenizers/tokenizer.model.v1"),
-    )?;
-    let engine = Engine::new(
-        model,
-        tok,
-        EngineConfig {
-            kv_budget: KvBudget::Mib(1024),
-            max_prefill_chunk: std::env::var("CHUNK")
-                .ok()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(EngineConfig::default().max_prefill_chunk),
-            ..EngineConfig::default()
-        },
-    )?;
+    let engine = bora_benches::bench_engine(&dir)?;
     let mut rng = Rng::new(5);
 
     // Warm-up (page faults, allocations).
@@ -98,25 +56,7 @@ fn main() -> Result<()> {
             let handles: Vec<CompletionStream> = (0..streams)
                 .map(|_| engine.submit(prompt(&mut rng, 16), &request(GEN)))
                 .collect::<Result<_, _>>()?;
-            // Each stream is read on its own thread, so that its first token is timed when it comes.
-            let readers: Vec<_> = handles
-                .into_iter()
-                .map(|h| std::thread::spawn(move || drain(h)))
-                .collect();
-            let results: Vec<(usize, Option<Instant>)> = readers
-                .into_iter()
-                .map(|r| r.join().expect("reader"))
-                .collect();
-            let end = Instant::now();
-            // Decode only: from the moment every stream has its first token (the prompts are
-            // prefilled by then) to the end, counting the tokens after each first one.
-            let decoding_from = results
-                .iter()
-                .filter_map(|r| r.1)
-                .max()
-                .context("no tokens")?;
-            let tokens: usize = results.iter().map(|r| r.0.saturating_sub(1)).sum();
-            let secs = end.duration_since(decoding_from).as_secs_f64();
+            let (tokens, secs) = bora_benches::aggregate_decode(handles)?;
             let rate = tokens as f64 / secs;
             println!("{streams:>2} streams: {tokens} decode tokens in {secs:.2} s = {rate:.1} tok/s aggregate");
             if rate > entry.1 {

@@ -143,7 +143,7 @@ pub fn main(a: Args) -> Result<()> {
             (share, if mean > 0.0 { max / mean } else { 0.0 })
         })
         .collect();
-    let peak = peak_memory();
+    let peak = crate::load::peak_resident_bytes();
 
     if a.json {
         let report = json!({
@@ -219,17 +219,4 @@ fn median(d: &[Duration]) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// The process's peak resident memory (Linux's VmHWM; 0 elsewhere).
-fn peak_memory() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }

@@ -255,11 +255,21 @@ fn dtype_name(d: WeightDType) -> &'static str {
 
 /// The process's resident memory (Linux; 0 elsewhere).
 pub fn resident_bytes() -> u64 {
+    proc_status_bytes("VmRSS:")
+}
+
+/// The process's peak resident memory (Linux; 0 elsewhere).
+pub fn peak_resident_bytes() -> u64 {
+    proc_status_bytes("VmHWM:")
+}
+
+/// A kB figure of /proc/self/status, in bytes.
+fn proc_status_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
