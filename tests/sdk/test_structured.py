@@ -61,7 +61,53 @@ NESTED = {
     "type": "object",
     "additionalProperties": False,
 }
-SCHEMAS = [BOOK, NESTED]
+EXTRA = [
+    # A list of records with bounded counts.
+    {"type": "object", "properties": {"items": {"type": "array", "minItems": 1, "maxItems": 4,
+        "items": {"type": "object", "properties": {"sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
+                                                   "qty": {"type": "integer", "minimum": 1, "maximum": 9}},
+                  "required": ["sku", "qty"], "additionalProperties": False}}},
+     "required": ["items"], "additionalProperties": False},
+    # Optional properties only.
+    {"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "null"}, "c": {"type": "number"}},
+     "additionalProperties": False},
+    # A top-level enum and const mix.
+    {"type": "object", "properties": {"kind": {"const": "event"}, "level": {"enum": ["low", "mid", "high"]},
+                                      "count": {"type": "integer", "exclusiveMinimum": 0, "maximum": 1000}},
+     "required": ["kind", "level", "count"], "additionalProperties": False},
+    # Nested arrays of numbers.
+    {"type": "object", "properties": {"matrix": {"type": "array", "maxItems": 3,
+        "items": {"type": "array", "maxItems": 3, "items": {"type": "number", "minimum": -1, "maximum": 1}}}},
+     "required": ["matrix"], "additionalProperties": False},
+    # Recursive $ref, as pydantic emits a tree.
+    {"$defs": {"Node": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+        "children": {"type": "array", "maxItems": 2, "items": {"$ref": "#/$defs/Node"}}},
+        "required": ["name"], "additionalProperties": False}},
+     "$ref": "#/$defs/Node"},
+    # A discriminated union (pydantic's oneOf of tagged models).
+    {"$defs": {"Cat": {"type": "object", "properties": {"pet": {"const": "cat"}, "lives": {"type": "integer", "minimum": 1, "maximum": 9}},
+                       "required": ["pet", "lives"], "additionalProperties": False},
+               "Dog": {"type": "object", "properties": {"pet": {"const": "dog"}, "good": {"type": "boolean"}},
+                       "required": ["pet", "good"], "additionalProperties": False}},
+     "type": "object", "properties": {"animal": {"anyOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}]}},
+     "required": ["animal"], "additionalProperties": False},
+    # Strings with length bounds and a uuid format.
+    {"type": "object", "properties": {"code": {"type": "string", "minLength": 2, "maxLength": 4},
+                                      "id": {"type": "string", "format": "uuid"}},
+     "required": ["code", "id"], "additionalProperties": False},
+    # A map with typed values.
+    {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 99}, "maxProperties": 3},
+]
+SCHEMAS = [BOOK, NESTED, *EXTRA]
+MORE_TOOLS = [
+    {"type": "function", "function": {"name": "search", "parameters": {"type": "object",
+     "properties": {"query": {"type": "string", "maxLength": 30}, "limit": {"type": "integer", "minimum": 1, "maximum": 10}},
+     "required": ["query"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "book_flight", "parameters": {"type": "object",
+     "properties": {"from": {"type": "string", "pattern": "^[A-Z]{3}$"}, "to": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                    "class": {"enum": ["economy", "business"]}},
+     "required": ["from", "to"], "additionalProperties": False}}},
+]
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
      "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
@@ -96,7 +142,7 @@ def test_json_mode(demo):
         assert isinstance(json.loads(c.message.content), dict)
 
 
-@pytest.mark.parametrize("schema", SCHEMAS, ids=["book", "nested"])
+@pytest.mark.parametrize("schema", SCHEMAS, ids=["book", "nested", "records", "optional", "enum", "matrix", "tree", "union", "strings", "map"])
 def test_json_schemas(demo, schema):
     model, server = demo
     fmt = {"type": "json_schema", "json_schema": {"name": "S", "schema": schema, "strict": True}}
@@ -106,26 +152,28 @@ def test_json_schemas(demo, schema):
         jsonschema.validate(json.loads(c.message.content), schema)
 
 
-@pytest.mark.parametrize("choice", ["any", {"type": "function", "function": {"name": "add"}}],
-                         ids=["any", "named"])
-def test_forced_tool_calls(demo, choice):
+@pytest.mark.parametrize("choice,count", [("any", 1), ("any", 4), ({"type": "function", "function": {"name": "add"}}, 2), ({"type": "function", "function": {"name": "book_flight"}}, 4)],
+                         ids=["any-1", "any-4", "named-2", "named-4"])
+def test_forced_tool_calls(demo, choice, count):
     model, server = demo
-    by_name = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-    for res in many(Mistral(api_key="x", server_url=server.url), model, tools=TOOLS,
+    tools = (TOOLS + MORE_TOOLS)[:count] if count > 1 else TOOLS[:1]
+    by_name = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    for res in many(Mistral(api_key="x", server_url=server.url), model, tools=tools,
                     tool_choice=choice, parallel_tool_calls=False):
         c = res.choices[0]
         assert c.finish_reason == "tool_calls", c.message.content
         assert len(c.message.tool_calls) == 1
         call = c.message.tool_calls[0]
         if isinstance(choice, dict):
-            assert call.function.name == "add"
+            assert call.function.name == choice["function"]["name"]
         jsonschema.validate(json.loads(call.function.arguments), by_name[call.function.name])
 
 
 def test_auto_tool_calls_are_valid_when_made(demo):
     model, server = demo
-    by_name = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-    for res in many(Mistral(api_key="x", server_url=server.url), model, tools=TOOLS,
+    tools = TOOLS + MORE_TOOLS
+    by_name = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    for res in many(Mistral(api_key="x", server_url=server.url), model, tools=tools,
                     tool_choice="auto"):
         for call in res.choices[0].message.tool_calls or []:
             jsonschema.validate(json.loads(call.function.arguments), by_name[call.function.name])
