@@ -1,6 +1,7 @@
-//! Constrained decoding on the demo model (random weights, Mixtral 8x7B's v1 tokenizer and
-//! bora's v1 tool format): seeded sampled answers under JSON mode, JSON schemas and forced tool
-//! calls parse and validate.
+//! Constrained decoding on the demo models (random weights; Mixtral 8x7B's v1 tokenizer with
+//! bora's v1 tool format, and 8x22B's v3 tokenizer with its `[TOOL_CALLS]` token): seeded
+//! sampled answers under JSON mode, JSON schemas and forced tool calls parse and validate.
+//! `BORA_CONSTRAINED_REQUESTS` sets the requests per case (12; tests/run runs 200 in release).
 
 use bora_engine::chat::{ChatRequest, Content, Message, Tool};
 use bora_engine::constrain::{Constraint, ToolChoice};
@@ -9,7 +10,21 @@ use bora_engine::{
 };
 use serde_json::{json, Value};
 
-const REQUESTS: u64 = 12;
+fn requests() -> u64 {
+    std::env::var("BORA_CONSTRAINED_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12)
+}
+
+/// Both demos: v1 and v3 tokenizers.
+fn engines() -> Vec<Engine> {
+    let v3 = bora_engine::demo_v3_model_dir().expect("the v3 demo is written");
+    vec![
+        Engine::load(ModelSource::Demo, EngineConfig::default()).expect("the demo model loads"),
+        Engine::load(ModelSource::Dir(v3), EngineConfig::default()).expect("the v3 demo loads"),
+    ]
+}
 
 fn engine() -> Engine {
     Engine::load(ModelSource::Demo, EngineConfig::default()).expect("the demo model loads")
@@ -37,7 +52,7 @@ fn request(constraint: Constraint, seed: u64, max_tokens: usize) -> Completion {
 
 /// Runs REQUESTS seeded requests at once; returns their results.
 fn run(engine: &Engine, constraint: &Constraint, max_tokens: usize) -> Vec<CompletionResult> {
-    let streams: Vec<_> = (0..REQUESTS)
+    let streams: Vec<_> = (0..requests())
         .map(|seed| {
             engine
                 .chat(&request(constraint.clone(), seed, max_tokens))
@@ -60,7 +75,6 @@ fn validate(schema: &Value, v: &Value) {
 
 #[test]
 fn json_mode_and_schemas_give_valid_json() {
-    let engine = engine();
     let book = json!({
         "type": "object",
         "properties": {
@@ -80,20 +94,21 @@ fn json_mode_and_schemas_give_valid_json() {
         "required": ["title", "author", "rating"],
         "additionalProperties": false,
     });
-    for schema in [json!({"type": "object"}), book, nested] {
-        for r in run(&engine, &Constraint::Json(schema.clone()), 96) {
-            let c = &r.choices[0];
-            assert_eq!(c.finish_reason, Some(FinishReason::Stop), "{:?}", c.text);
-            let v: Value = serde_json::from_str(&c.text)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", c.text));
-            validate(&schema, &v);
+    for engine in engines() {
+        for schema in [json!({"type": "object"}), book.clone(), nested.clone()] {
+            for r in run(&engine, &Constraint::Json(schema.clone()), 96) {
+                let c = &r.choices[0];
+                assert_eq!(c.finish_reason, Some(FinishReason::Stop), "{:?}", c.text);
+                let v: Value = serde_json::from_str(&c.text)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", c.text));
+                validate(&schema, &v);
+            }
         }
     }
 }
 
 #[test]
 fn forced_tool_calls_are_valid_calls() {
-    let engine = engine();
     let tools = vec![
         Tool {
             name: "get_weather".into(),
@@ -106,35 +121,37 @@ fn forced_tool_calls_are_valid_calls() {
             parameters: json!({"type": "object", "properties": {"a": {"type": "integer", "minimum": -100, "maximum": 100}, "b": {"type": "integer", "minimum": -100, "maximum": 100}}, "required": ["a", "b"], "additionalProperties": false}),
         },
     ];
-    for (choice, names) in [
-        (ToolChoice::Required, vec!["get_weather", "add"]),
-        (ToolChoice::Named("add".into()), vec!["add"]),
-    ] {
-        let c = Constraint::Tools {
-            tools: tools.clone(),
-            choice,
-            parallel: false,
-            text_json: None,
-        };
-        for r in run(&engine, &c, 96) {
-            let ch = &r.choices[0];
-            assert_eq!(
-                ch.finish_reason,
-                Some(FinishReason::ToolCalls),
-                "{:?}",
-                ch.text
-            );
-            assert_eq!(
-                ch.tool_calls.len(),
-                1,
-                "parallel_tool_calls false: one call"
-            );
-            let call = &ch.tool_calls[0];
-            assert!(names.contains(&call.name.as_str()), "{}", call.name);
-            assert_eq!(call.id.as_ref().map(|i| i.len()), Some(9));
-            let args: Value = serde_json::from_str(&call.arguments).unwrap();
-            let tool = tools.iter().find(|t| t.name == call.name).unwrap();
-            validate(&tool.parameters, &args);
+    for engine in engines() {
+        for (choice, names) in [
+            (ToolChoice::Required, vec!["get_weather", "add"]),
+            (ToolChoice::Named("add".into()), vec!["add"]),
+        ] {
+            let c = Constraint::Tools {
+                tools: tools.clone(),
+                choice,
+                parallel: false,
+                text_json: None,
+            };
+            for r in run(&engine, &c, 96) {
+                let ch = &r.choices[0];
+                assert_eq!(
+                    ch.finish_reason,
+                    Some(FinishReason::ToolCalls),
+                    "{:?}",
+                    ch.text
+                );
+                assert_eq!(
+                    ch.tool_calls.len(),
+                    1,
+                    "parallel_tool_calls false: one call"
+                );
+                let call = &ch.tool_calls[0];
+                assert!(names.contains(&call.name.as_str()), "{}", call.name);
+                assert_eq!(call.id.as_ref().map(|i| i.len()), Some(9));
+                let args: Value = serde_json::from_str(&call.arguments).unwrap();
+                let tool = tools.iter().find(|t| t.name == call.name).unwrap();
+                validate(&tool.parameters, &args);
+            }
         }
     }
 }
