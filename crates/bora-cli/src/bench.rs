@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bora_engine::chat::ChatRequest;
 use bora_engine::{
-    Completion, CompletionStream, Engine, EngineConfig, Event, LogitsProcessor, ProcessorFactory,
+    Completion, CompletionStream, Engine, EngineConfig, Event, ForbidTokens, ProcessorFactory,
 };
 use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
@@ -29,19 +29,6 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-/// Masks the end-of-sequence tokens, so that every request generates `gen_len` tokens.
-struct NoEos(Vec<u32>);
-
-impl LogitsProcessor for NoEos {
-    fn process(&mut self, _generated: &[u32], logits: &mut [f32]) {
-        for &t in &self.0 {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l = f32::NEG_INFINITY;
-            }
-        }
-    }
 }
 
 struct Run {
@@ -90,7 +77,7 @@ pub fn main(a: Args) -> Result<()> {
     request.max_tokens = Some(a.gen_len);
     let no_eos = eos.clone();
     request.processors = vec![ProcessorFactory::new(move || {
-        Box::new(NoEos(no_eos.clone()))
+        Box::new(ForbidTokens(no_eos.clone()))
     })];
 
     // Warm-up: page faults, allocations, thread pools.

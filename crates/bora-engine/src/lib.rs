@@ -25,8 +25,8 @@ pub use perplexity::{perplexity, Perplexity};
 pub use sampler::{Sampler, SamplingParams};
 pub use serve::{
     Choice, Completion, CompletionResult, CompletionStream, Engine, EngineConfig, EngineStats,
-    Event, FinishReason, KvBudget, LogitsProcessor, ModelSource, Penalties, ProcessorFactory,
-    Usage,
+    Event, FinishReason, ForbidTokens, KvBudget, LogitsProcessor, ModelSource, Penalties,
+    ProcessorFactory, Usage,
 };
 pub use tokenizer::{IncrementalDecoder, PieceKind, SpecialTokens, SpmPiece, SpmVocab, Tokenizer};
 

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bora_engine::chat::{ChatFormat, ToolCall};
 use bora_engine::{
-    CompletionStream, Engine, Event, FinishReason, LogitsProcessor, ProcessorFactory, Usage,
+    CompletionStream, Engine, Event, FinishReason, ForbidTokens, ProcessorFactory, Usage,
 };
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
@@ -256,17 +256,6 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8
     }
 }
 
-/// Forbids one token (a `[TOOL_CALLS]` control token under `tool_choice: "none"`).
-struct Forbid(u32);
-
-impl LogitsProcessor for Forbid {
-    fn process(&mut self, _generated: &[u32], logits: &mut [f32]) {
-        if let Some(l) = logits.get_mut(self.0 as usize) {
-            *l = f32::NEG_INFINITY;
-        }
-    }
-}
-
 async fn chat(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let bytes = read_body(body, st.config.body_limit, st.config.body_timeout).await?;
@@ -292,9 +281,9 @@ async fn chat(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, A
     if forbid_tool_calls {
         completion.chat.tools.clear();
         if let Some(id) = engine.tokenizer().specials().tool_calls {
-            completion
-                .processors
-                .push(ProcessorFactory::new(move || Box::new(Forbid(id))));
+            completion.processors.push(ProcessorFactory::new(move || {
+                Box::new(ForbidTokens(vec![id]))
+            }));
         }
     }
     let n = completion.n;

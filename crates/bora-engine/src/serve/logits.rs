@@ -43,6 +43,21 @@ impl ProcessorFactory {
     }
 }
 
+/// Forbids some tokens outright (an end-of-sequence token for a fixed-length bench, a
+/// `[TOOL_CALLS]` control token under `tool_choice: "none"`).
+#[derive(Debug, Clone)]
+pub struct ForbidTokens(pub Vec<u32>);
+
+impl LogitsProcessor for ForbidTokens {
+    fn process(&mut self, _generated: &[u32], logits: &mut [f32]) {
+        for &t in &self.0 {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 /// OpenAI's presence and frequency penalties over the generated tokens:
 /// `logit -= presence · [count > 0] + frequency · count`.
 pub struct Penalties {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use bora_model::Model;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-pub use logits::{LogitsProcessor, Penalties, ProcessorFactory};
+pub use logits::{ForbidTokens, LogitsProcessor, Penalties, ProcessorFactory};
 pub use request::{Choice, Completion, CompletionResult, Event, FinishReason, Usage};
 
 use self::core::{Command, Core, Submitted};
