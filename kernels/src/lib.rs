@@ -6,5 +6,7 @@
 //! rows (outputs). Weights are row-major `[N, K]`, the layout of a PyTorch `nn.Linear`.
 
 pub mod cpu;
+pub mod quant;
 
 pub use cpu::{matmul_many, matmul_xwt, silu_mul, Isa, Product, Twin, WeightRef};
+pub use quant::{QBuf, QType};

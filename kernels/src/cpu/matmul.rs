@@ -9,6 +9,8 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::quant::{dot_rows, ActQuant, QBuf, QType};
+
 use super::dot::{
     block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
 };
@@ -31,14 +33,18 @@ pub enum WeightRef<'a> {
     F32(&'a [f32]),
     BF16(&'a [bf16]),
     F16(&'a [f16]),
+    /// Rows of ggml blocks of one type, `K / block_elems` blocks per row.
+    Quant(QType, &'a [u8]),
 }
 
 impl WeightRef<'_> {
+    /// The number of weight values.
     pub fn len(&self) -> usize {
         match self {
             WeightRef::F32(w) => w.len(),
             WeightRef::BF16(w) => w.len(),
             WeightRef::F16(w) => w.len(),
+            WeightRef::Quant(q, w) => w.len() / q.block_bytes() * q.block_elems(),
         }
     }
 
@@ -93,6 +99,47 @@ struct Job<'a> {
     out: OutPtr,
     /// A twin computed in the same pass (same dtype, up to [`GEMV_MAX_ROWS`] activation rows).
     twin: Option<(WeightRef<'a>, OutPtr)>,
+    /// The activation rows quantized for a quantized `w` and twin.
+    qx: [Option<&'a QActs>; 2],
+}
+
+/// The activation rows in `acts` quantized for `w`, when `w` is quantized.
+fn acts_for<'a>(acts: &'a [QActs], w: WeightRef<'_>) -> Option<&'a QActs> {
+    match w {
+        WeightRef::Quant(q, _) => acts.iter().find(|a| a.kind == q.act_quant()),
+        _ => None,
+    }
+}
+
+/// Activation rows quantized to the blocks a quantized weight's dot products take.
+struct QActs {
+    kind: ActQuant,
+    buf: QBuf,
+    row_bytes: usize,
+}
+
+impl QActs {
+    fn new(kind: ActQuant, x: &[f32], m: usize, k: usize) -> Self {
+        let row_bytes = k / kind.block_elems() * kind.block_bytes();
+        let mut buf = QBuf::zeroed(m * row_bytes);
+        if row_bytes > 0 {
+            for (row, q) in x
+                .chunks_exact(k)
+                .zip(buf.as_bytes_mut().chunks_exact_mut(row_bytes))
+            {
+                kind.quantize(row, q);
+            }
+        }
+        Self {
+            kind,
+            buf,
+            row_bytes,
+        }
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        &self.buf.as_bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
 }
 
 /// `out[M, N] = x[M, K] · W[N, K]ᵀ`. `x` is `M·K` long, `w` `N·K`, `out` `M·N`.
@@ -123,13 +170,35 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
     let padded: Vec<Option<(Vec<f32>, usize, usize)>> = products
         .iter()
         .map(|p| {
-            let dot = p.m >= 2 && p.m <= GEMV_MAX_ROWS && p.k > 0 && p.x.len() == p.m * p.k;
-            dot.then(|| pad_rows(p.x, p.m, p.k))
+            let float = !matches!(p.w, WeightRef::Quant(..));
+            let dot = float && p.m >= 2 && p.m <= GEMV_MAX_ROWS && p.k > 0;
+            (dot && p.x.len() == p.m * p.k).then(|| pad_rows(p.x, p.m, p.k))
+        })
+        .collect();
+    // Quantized weights take activations quantized once per product (and kind), as ggml does.
+    let qacts: Vec<Vec<QActs>> = products
+        .iter()
+        .map(|p| {
+            let mut kinds: Vec<QActs> = Vec::new();
+            let ws = std::iter::once(p.w).chain(p.twin.as_ref().map(|t| t.w));
+            for w in ws {
+                if let WeightRef::Quant(q, _) = w {
+                    assert!(
+                        p.k.is_multiple_of(q.block_elems()) && p.x.len() == p.m * p.k,
+                        "matmul: {q} weight rows of {} values are not whole blocks",
+                        p.k
+                    );
+                    if !kinds.iter().any(|a| a.kind == q.act_quant()) {
+                        kinds.push(QActs::new(q.act_quant(), p.x, p.m, p.k));
+                    }
+                }
+            }
+            kinds
         })
         .collect();
     let mut jobs = Vec::with_capacity(products.len());
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (job, first row, rows)
-    for (p, pad) in products.iter_mut().zip(&padded) {
+    for ((p, pad), acts) in products.iter_mut().zip(&padded).zip(&qacts) {
         assert_eq!(p.x.len(), p.m * p.k, "matmul: x is not [m, k]");
         assert_eq!(p.w.len(), p.n * p.k, "matmul: w is not [n, k]");
         assert_eq!(p.out.len(), p.m * p.n, "matmul: out is not [m, n]");
@@ -137,6 +206,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             assert_eq!(t.w.len(), p.n * p.k, "matmul: twin w is not [n, k]");
             assert_eq!(t.out.len(), p.m * p.n, "matmul: twin out is not [m, n]");
         }
+        let quant = matches!(p.w, WeightRef::Quant(..));
         if p.m == 0 || p.n == 0 {
             continue;
         }
@@ -147,7 +217,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             }
             continue;
         }
-        let block = if p.m <= GEMV_MAX_ROWS {
+        let block = if p.m <= GEMV_MAX_ROWS || quant {
             p.n.div_ceil(threads * 4).max(GEMV_MIN_ROWS_PER_TASK)
         } else {
             let cache_rows = (GEMM_BLOCK_BYTES / (4 * p.k)).max(8) / 8 * 8;
@@ -160,7 +230,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
         let mut halves = vec![(p.w, OutPtr(p.out.as_mut_ptr()), None)];
         if let Some(t) = p.twin.as_mut() {
             let twin = (t.w, OutPtr(t.out.as_mut_ptr()));
-            if p.m <= GEMV_MAX_ROWS && same_dtype(p.w, t.w) {
+            if (p.m <= GEMV_MAX_ROWS || quant) && same_dtype(p.w, t.w) {
                 halves[0].2 = Some(twin);
             } else {
                 halves.push((twin.0, twin.1, None));
@@ -181,6 +251,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
                 n: p.n,
                 out,
                 twin,
+                qx: [acts_for(acts, w), twin.and_then(|t| acts_for(acts, t.0))],
             });
             tasks.extend(
                 (0..p.n)
@@ -201,6 +272,20 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             (WeightRef::F16(a), Some((WeightRef::F16(b), o))) => {
                 gemv_task(job, &[(a, job.out), (b, o)], j0, rows)
             }
+            (WeightRef::Quant(qa, a), Some((WeightRef::Quant(qb, b), o))) => quant_task(
+                job,
+                &[(qa, a, job.out), (qb, b, o)],
+                job.qx.map(|q| q.expect("quantized activations")),
+                j0,
+                rows,
+            ),
+            (WeightRef::Quant(q, w), _) => quant_task(
+                job,
+                &[(q, w, job.out)],
+                [job.qx[0].expect("quantized activations"); 2],
+                j0,
+                rows,
+            ),
             (WeightRef::F32(w), _) => task(job, w, j0, rows),
             (WeightRef::BF16(w), _) => task(job, w, j0, rows),
             (WeightRef::F16(w), _) => task(job, w, j0, rows),
@@ -276,6 +361,47 @@ fn gemv_task<W: Element>(job: &Job<'_>, sources: &[(&[W], OutPtr)], j0: usize, r
                     // SAFETY: r0 + r < m and j < n, inside the output; column j belongs to
                     // this task.
                     unsafe { *out.get().add((r0 + r) * n + j) = a };
+                }
+            }
+        }
+    }
+}
+
+/// Activation rows per pass over a block of quantized weight rows (their quantized rows stay
+/// in L2 while the block stays in L1).
+const QUANT_ACT_ROWS: usize = 16;
+/// Quantized weight rows per block.
+const QUANT_BLOCK_ROWS: usize = 8;
+
+/// Rows `j0..j0 + rows` of each quantized source (type, `[n, k]` blocks, output), dotted with
+/// the activation rows quantized for it (`acts[i]` for source `i`).
+fn quant_task(
+    job: &Job<'_>,
+    sources: &[(QType, &[u8], OutPtr)],
+    acts: [&QActs; 2],
+    j0: usize,
+    rows: usize,
+) {
+    let (m, k, n) = (job.m, job.k, job.n);
+    let mut dots = [0f32; QUANT_ACT_ROWS];
+    let mut xs: [&[u8]; QUANT_ACT_ROWS] = [&[]; QUANT_ACT_ROWS];
+    for b0 in (j0..j0 + rows).step_by(QUANT_BLOCK_ROWS) {
+        let b1 = (b0 + QUANT_BLOCK_ROWS).min(j0 + rows);
+        for r0 in (0..m).step_by(QUANT_ACT_ROWS) {
+            let cnt = QUANT_ACT_ROWS.min(m - r0);
+            for (s, &(q, w, out)) in sources.iter().enumerate() {
+                for (r, x) in xs[..cnt].iter_mut().enumerate() {
+                    *x = acts[s].row(r0 + r);
+                }
+                let row_bytes = w.len() / n;
+                for j in b0..b1 {
+                    let row = &w[j * row_bytes..(j + 1) * row_bytes];
+                    dot_rows(q, k, row, &xs[..cnt], &mut dots[..cnt]);
+                    for (r, &d) in dots[..cnt].iter().enumerate() {
+                        // SAFETY: r0 + r < m and j < n, inside the output; column j belongs
+                        // to this task.
+                        unsafe { *out.get().add((r0 + r) * n + j) = d };
+                    }
                 }
             }
         }
@@ -396,6 +522,60 @@ mod tests {
                         (a - b).abs() < 1e-4 * (1.0 + b.abs()),
                         "{m}x{k}x{n} {w:?}: {a} vs {b}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_weights_match_their_values() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for q in QType::ALL {
+            for &(m, k, n) in &[
+                (1usize, 256usize, 37usize),
+                (3, 512, 20),
+                (16, 256, 9),
+                (21, 256, 18),
+            ] {
+                let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let wf: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let wf2: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let quantized = |w: &[f32]| {
+                    let mut b = QBuf::zeroed(n * q.row_bytes(k).unwrap());
+                    crate::quant::quantize(q, w, b.as_bytes_mut());
+                    let mut back = vec![0f32; n * k];
+                    crate::quant::dequantize(q, b.as_bytes(), &mut back);
+                    (b, back)
+                };
+                let ((qa, da), (qb, db)) = (quantized(&wf), quantized(&wf2));
+                let (mut oa, mut ob) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                matmul_many(&mut [Product {
+                    x: &x,
+                    m,
+                    k,
+                    w: WeightRef::Quant(q, qa.as_bytes()),
+                    n,
+                    out: &mut oa,
+                    twin: Some(Twin {
+                        w: WeightRef::Quant(q, qb.as_bytes()),
+                        out: &mut ob,
+                    }),
+                }]);
+                for (deq, got) in [(&da, &oa), (&db, &ob)] {
+                    let want = reference(&x, m, k, deq, n);
+                    for i in 0..m {
+                        for j in 0..n {
+                            // Activations are quantized to 8 bits per block: the error is a
+                            // small fraction of the sum of the terms' magnitudes.
+                            let mag: f32 =
+                                (0..k).map(|t| (x[i * k + t] * deq[j * k + t]).abs()).sum();
+                            let (g, w) = (got[i * n + j], want[i * n + j]);
+                            assert!(
+                                (g - w).abs() <= 0.01 * mag + 1e-5,
+                                "{q} {m}x{k}x{n}: {g} vs {w}"
+                            );
+                        }
+                    }
                 }
             }
         }
