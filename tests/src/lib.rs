@@ -21,9 +21,19 @@ pub struct Reference {
 
 impl Reference {
     pub fn load(name: &str) -> Self {
-        let path = fixture(name).join("reference.safetensors");
-        let tensors =
-            candle_core::safetensors::load(&path, &Device::Cpu).expect("reference outputs");
+        Self::load_prefixed(&fixture(name).join("reference.safetensors"), "")
+    }
+
+    /// The outputs stored under `PREFIX.` in `path` (one file of references for several models).
+    pub fn load_prefixed(path: &std::path::Path, prefix: &str) -> Self {
+        let all = candle_core::safetensors::load(path, &Device::Cpu).expect("reference outputs");
+        let tensors = all
+            .into_iter()
+            .filter_map(|(k, v)| match prefix {
+                "" => Some((k, v)),
+                p => k.strip_prefix(&format!("{p}.")).map(|k| (k.to_string(), v)),
+            })
+            .collect();
         Self { tensors }
     }
 
@@ -73,6 +83,18 @@ pub fn load(name: &str, dtype: WeightDType, backend: Backend) -> Model {
     };
     let w = MixtralWeights::load_dir(&fixture(name), &opts).expect("fixture loads");
     Model::new(w).expect("model")
+}
+
+/// Loads a GGUF fixture (`models/fixtures/gguf/FILE`) on bora's CPU kernels.
+pub fn load_gguf(file: &str) -> Model {
+    let store = bora_weights::GgufStore::open(&fixture("gguf").join(file)).expect("GGUF opens");
+    let cfg = bora_weights::gguf_config(&store).expect("GGUF config");
+    let opts = LoadOptions {
+        dtype: WeightDType::F32,
+        device: Device::Cpu,
+        backend: Backend::Host,
+    };
+    Model::new(MixtralWeights::load_gguf(&store, cfg, &opts).expect("GGUF loads")).expect("model")
 }
 
 /// Largest absolute difference between two equally shaped row sets.

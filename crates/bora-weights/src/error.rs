@@ -11,6 +11,10 @@ pub enum WeightsError {
     },
     #[error("{path} is not a valid safetensors file (truncated or corrupt?): {reason}")]
     BadFile { path: PathBuf, reason: String },
+    #[error("{path} is not a valid GGUF file: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
     #[error("shard index {path} is invalid: {reason}")]
     BadIndex { path: PathBuf, reason: String },
     #[error("no weights in {dir}: expected model.safetensors or model.safetensors.index.json")]

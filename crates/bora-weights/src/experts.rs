@@ -33,8 +33,8 @@ impl Experts {
     /// Bytes of one expert's three matrices.
     pub fn expert_bytes(&self) -> usize {
         match self {
-            Experts::Host { gate, .. } => match gate.first() {
-                Some(g) => 3 * g.rows() * g.cols() * g.dtype().size(),
+            Experts::Host { gate, up, down } => match gate.first() {
+                Some(g) => g.size_bytes() + up[0].size_bytes() + down[0].size_bytes(),
                 None => 0,
             },
             Experts::Tensor { gate, .. } => {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use bora_kernels::WeightRef;
+use bora_kernels::{QBuf, QType, WeightRef};
 use candle_core::{Device, Storage, Tensor};
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -53,20 +53,62 @@ impl WeightDType {
     }
 }
 
+/// How a host matrix holds its values: floats of a dtype, or ggml's quantized blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    Float(WeightDType),
+    Quant(QType),
+}
+
+impl WeightFormat {
+    /// Bytes of `rows` rows of `cols` values (`cols` a whole number of blocks when quantized).
+    pub fn bytes(self, rows: usize, cols: usize) -> usize {
+        match self {
+            WeightFormat::Float(d) => rows * cols * d.size(),
+            WeightFormat::Quant(q) => rows * q.row_bytes(cols).unwrap_or(0),
+        }
+    }
+
+    /// The alignment the values need in memory.
+    fn align(self) -> usize {
+        match self {
+            WeightFormat::Float(d) => d.size(),
+            WeightFormat::Quant(q) => q.block_align(),
+        }
+    }
+
+    /// `f32`, `bf16`, `f16`, or ggml's name of the quantized type.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::Float(WeightDType::F32) => "f32",
+            WeightFormat::Float(WeightDType::BF16) => "bf16",
+            WeightFormat::Float(WeightDType::F16) => "f16",
+            WeightFormat::Quant(q) => q.name(),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Element storage of a host matrix: a window of a memory map, or owned values.
 enum HostData {
     Mapped { map: Arc<Mmap>, start: usize },
     F32(Vec<f32>),
     BF16(Vec<bf16>),
     F16(Vec<f16>),
+    Quant(QBuf),
 }
 
-/// A weight matrix in host memory, in its kept dtype; cheap to clone and to take rows of.
+/// A weight matrix in host memory, in its kept format; cheap to clone and to take rows of.
 #[derive(Clone)]
 pub struct HostMatrix {
     data: Arc<HostData>,
-    dtype: WeightDType,
-    /// First element of this matrix in `data`.
+    format: WeightFormat,
+    /// First element of this matrix in `data` (a whole number of rows).
     offset: usize,
     rows: usize,
     cols: usize,
@@ -80,8 +122,8 @@ impl std::fmt::Debug for HostMatrix {
         };
         write!(
             f,
-            "HostMatrix({kind} {:?} [{}, {}])",
-            self.dtype, self.rows, self.cols
+            "HostMatrix({kind} {} [{}, {}])",
+            self.format, self.rows, self.cols
         )
     }
 }
@@ -119,11 +161,118 @@ impl HostMatrix {
         };
         Ok(Self {
             data: Arc::new(data),
-            dtype,
+            format: WeightFormat::Float(dtype),
             offset: 0,
             rows,
             cols,
         })
+    }
+
+    /// `rows × cols` values of `format` at byte `start` of a memory map (a GGUF file's tensor,
+    /// whose bounds the reader checked); converted into owned memory when not aligned.
+    pub fn mapped(
+        map: Arc<Mmap>,
+        start: usize,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+    ) -> Self {
+        let len = format.bytes(rows, cols);
+        assert!(start + len <= map.len(), "HostMatrix::mapped: past the map");
+        let aligned = (map[start..].as_ptr() as usize).is_multiple_of(format.align());
+        let data = if aligned {
+            HostData::Mapped { map, start }
+        } else {
+            let bytes = &map[start..start + len];
+            match format {
+                WeightFormat::Float(d) => convert(bytes, d, d),
+                WeightFormat::Quant(_) => {
+                    let mut buf = QBuf::zeroed(len);
+                    buf.as_bytes_mut().copy_from_slice(bytes);
+                    HostData::Quant(buf)
+                }
+            }
+        };
+        Self {
+            data: Arc::new(data),
+            format,
+            offset: 0,
+            rows,
+            cols,
+        }
+    }
+
+    /// A matrix of owned quantized blocks (`rows` rows of `cols` values of type `q`).
+    pub fn from_quant(buf: QBuf, q: QType, rows: usize, cols: usize) -> Self {
+        assert_eq!(
+            Some(buf.as_bytes().len()),
+            q.row_bytes(cols).map(|b| b * rows),
+            "HostMatrix::from_quant: wrong length"
+        );
+        Self {
+            data: Arc::new(HostData::Quant(buf)),
+            format: WeightFormat::Quant(q),
+            offset: 0,
+            rows,
+            cols,
+        }
+    }
+
+    /// This matrix quantized to `q` (row by row, with ggml's reference quantization).
+    pub fn quantize(&self, q: QType) -> Self {
+        let row_bytes = q
+            .row_bytes(self.cols)
+            .expect("HostMatrix::quantize: rows are not whole blocks");
+        let mut buf = QBuf::zeroed(self.rows * row_bytes);
+        let mut row = vec![0f32; self.cols];
+        for (r, out) in buf.as_bytes_mut().chunks_exact_mut(row_bytes).enumerate() {
+            self.row_f32(r, &mut row);
+            bora_kernels::quant::quantize(q, &row, out);
+        }
+        Self::from_quant(buf, q, self.rows, self.cols)
+    }
+
+    /// Rows with their order changed: row `i` of the result is row `order[i]` of this one
+    /// (owned; the attention projections of a GGUF file are stored in llama.cpp's row order).
+    pub fn permute_rows(&self, order: &[usize]) -> Self {
+        assert_eq!(
+            order.len(),
+            self.rows,
+            "HostMatrix::permute_rows: wrong order"
+        );
+        let row_bytes = self.format.bytes(1, self.cols);
+        let src = self.bytes();
+        let mut out = QBuf::zeroed(self.rows * row_bytes);
+        for (dst, &from) in out.as_bytes_mut().chunks_exact_mut(row_bytes).zip(order) {
+            dst.copy_from_slice(&src[from * row_bytes..(from + 1) * row_bytes]);
+        }
+        let data = match self.format {
+            WeightFormat::Quant(_) => HostData::Quant(out),
+            WeightFormat::Float(d) => convert(out.as_bytes(), d, d),
+        };
+        Self {
+            data: Arc::new(data),
+            format: self.format,
+            offset: 0,
+            rows: self.rows,
+            cols: self.cols,
+        }
+    }
+
+    /// The matrix's bytes, in its format.
+    fn bytes(&self) -> &[u8] {
+        let (start, len) = (
+            self.format.bytes(self.offset / self.cols.max(1), self.cols),
+            self.format.bytes(self.rows, self.cols),
+        );
+        let all: &[u8] = match &*self.data {
+            HostData::Mapped { map, start } => &map[*start..],
+            HostData::F32(v) => as_bytes(v),
+            HostData::BF16(v) => as_bytes(v),
+            HostData::F16(v) => as_bytes(v),
+            HostData::Quant(b) => b.as_bytes(),
+        };
+        &all[start..start + len]
     }
 
     /// A matrix of owned f32 values (for tests and generated weights).
@@ -142,7 +291,7 @@ impl HostMatrix {
         };
         Self {
             data: Arc::new(data),
-            dtype,
+            format: WeightFormat::Float(dtype),
             offset: 0,
             rows,
             cols,
@@ -158,7 +307,7 @@ impl HostMatrix {
         );
         Self {
             data: Arc::new(HostData::BF16(values)),
-            dtype: WeightDType::BF16,
+            format: WeightFormat::Float(WeightDType::BF16),
             offset: 0,
             rows,
             cols,
@@ -173,8 +322,13 @@ impl HostMatrix {
         self.cols
     }
 
-    pub fn dtype(&self) -> WeightDType {
-        self.dtype
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// Bytes of weights this matrix holds.
+    pub fn size_bytes(&self) -> usize {
+        self.format.bytes(self.rows, self.cols)
     }
 
     /// Whether the values are read straight from the file's memory map.
@@ -190,7 +344,7 @@ impl HostMatrix {
         );
         Self {
             data: self.data.clone(),
-            dtype: self.dtype,
+            format: self.format,
             offset: self.offset + start * self.cols,
             rows: count,
             cols: self.cols,
@@ -200,31 +354,40 @@ impl HostMatrix {
     /// The values as the kernels take them.
     pub fn weights(&self) -> WeightRef<'_> {
         let (o, n) = (self.offset, self.rows * self.cols);
-        match &*self.data {
-            HostData::Mapped { map, start } => {
-                let p = map[*start..].as_ptr();
-                // SAFETY: `load` checked that the window [start, start + elems·size) lies in
-                // the map (safetensors validated the offsets) and is aligned for the dtype;
-                // `o + n` never exceeds the loaded element count (slice_rows asserts it).
-                unsafe {
-                    match self.dtype {
-                        WeightDType::F32 => {
-                            WeightRef::F32(std::slice::from_raw_parts((p as *const f32).add(o), n))
-                        }
-                        WeightDType::BF16 => WeightRef::BF16(std::slice::from_raw_parts(
-                            (p as *const bf16).add(o),
-                            n,
-                        )),
-                        WeightDType::F16 => {
-                            WeightRef::F16(std::slice::from_raw_parts((p as *const f16).add(o), n))
+        let q = match self.format {
+            WeightFormat::Quant(q) => q,
+            WeightFormat::Float(dtype) => {
+                return match &*self.data {
+                    HostData::Mapped { map, start } => {
+                        let p = map[*start..].as_ptr();
+                        // SAFETY: the constructors checked that the window [start, start +
+                        // elems·size) lies in the map and is aligned for the dtype; `o + n`
+                        // never exceeds the loaded element count (slice_rows asserts it).
+                        unsafe {
+                            match dtype {
+                                WeightDType::F32 => WeightRef::F32(std::slice::from_raw_parts(
+                                    (p as *const f32).add(o),
+                                    n,
+                                )),
+                                WeightDType::BF16 => WeightRef::BF16(std::slice::from_raw_parts(
+                                    (p as *const bf16).add(o),
+                                    n,
+                                )),
+                                WeightDType::F16 => WeightRef::F16(std::slice::from_raw_parts(
+                                    (p as *const f16).add(o),
+                                    n,
+                                )),
+                            }
                         }
                     }
-                }
+                    HostData::F32(v) => WeightRef::F32(&v[o..o + n]),
+                    HostData::BF16(v) => WeightRef::BF16(&v[o..o + n]),
+                    HostData::F16(v) => WeightRef::F16(&v[o..o + n]),
+                    HostData::Quant(_) => unreachable!("float format over quantized data"),
+                };
             }
-            HostData::F32(v) => WeightRef::F32(&v[o..o + n]),
-            HostData::BF16(v) => WeightRef::BF16(&v[o..o + n]),
-            HostData::F16(v) => WeightRef::F16(&v[o..o + n]),
-        }
+        };
+        WeightRef::Quant(q, self.bytes())
     }
 
     /// Row `r` widened into `out` (an embedding lookup).
@@ -240,7 +403,20 @@ impl HostMatrix {
                 .iter_mut()
                 .zip(&w[r * c..(r + 1) * c])
                 .for_each(|(o, v)| *o = v.to_f32()),
+            WeightRef::Quant(q, w) => {
+                let rb = w.len() / self.rows;
+                bora_kernels::quant::dequantize(q, &w[r * rb..(r + 1) * rb], out)
+            }
         }
+    }
+
+    /// Every value widened to f32 (the candle path's copy of a quantized matrix).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            self.row_f32(r, row);
+        }
+        out
     }
 
     /// `x[M, cols] · selfᵀ` as a `[M, rows]` f32 CPU tensor; `x` is f32 on the CPU.
@@ -275,6 +451,12 @@ fn convert(bytes: &[u8], from: WeightDType, to: WeightDType) -> HostData {
         WeightDType::BF16 => HostData::BF16(vals.map(bf16::from_f32).collect()),
         WeightDType::F16 => HostData::F16(vals.map(f16::from_f32).collect()),
     }
+}
+
+/// The bytes of a slice of plain numbers.
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: f32/bf16/f16 are plain data without padding; the length is the slice's size.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
 /// Runs `f` on the f32 values of a contiguous CPU tensor, without copying them.
@@ -364,7 +546,7 @@ impl Matrix {
     /// Bytes of weights this matrix holds.
     pub fn size_bytes(&self) -> usize {
         match self {
-            Matrix::Host(h) => h.rows * h.cols * h.dtype.size(),
+            Matrix::Host(h) => h.size_bytes(),
             Matrix::Tensor(t) => t.elem_count() * t.dtype().size_in_bytes(),
         }
     }
