@@ -87,10 +87,19 @@ fn random_strings_encode_like_sentencepiece() {
     // tokenizer.json of the fixtures must agree with sentencepiece alike.
     let v1_json =
         Tokenizer::from_file(&models().join("fixtures/tiny-mixtral/tokenizer.json")).unwrap();
+    // And from the tokenizer-only GGUF files llama.cpp's converter made of the same models.
+    let gguf = |v: &str| {
+        Tokenizer::from_gguf_file(&models().join(format!("fixtures/gguf/vocab-{v}.gguf"))).unwrap()
+    };
+    // The chat format follows from the GGUF vocabulary's control tokens.
+    assert_eq!(ChatFormat::detect(&gguf("v1")), ChatFormat::V1);
+    assert_eq!(ChatFormat::detect(&gguf("v3")), ChatFormat::V3);
     for (fmt, tok) in [
         ("v1", tokenizer("v1")),
         ("v1", v1_json),
+        ("v1", gguf("v1")),
         ("v3", tokenizer("v3")),
+        ("v3", gguf("v3")),
     ] {
         let mut bad = Vec::new();
         for r in &rows {

@@ -83,6 +83,21 @@ impl Tokenizer {
         Ok(Self::new(vocab.build()?))
     }
 
+    /// Builds the tokenizer a GGUF file's `tokenizer.ggml.*` metadata describes.
+    pub fn from_gguf(store: &bora_weights::GgufStore) -> Result<Self> {
+        Self::from_spm(&SpmVocab::from_gguf(store)?)
+    }
+
+    /// Builds the tokenizer of a GGUF file's metadata.
+    pub fn from_gguf_file(path: &Path) -> Result<Self> {
+        let store =
+            bora_weights::GgufStore::open(path).map_err(|e| EngineError::TokenizerLoad {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Self::from_gguf(&store)
+    }
+
     fn new(mut inner: tokenizers::Tokenizer) -> Self {
         inner.set_encode_special_tokens(true);
         let id = |s: &str| inner.token_to_id(s);

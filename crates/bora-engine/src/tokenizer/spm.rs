@@ -183,6 +183,98 @@ impl SpmVocab {
         })
     }
 
+    /// The vocabulary a GGUF file's `tokenizer.ggml.*` metadata holds (llama.cpp's converter
+    /// copies a sentencepiece model's pieces, scores and types there, as `tokenizer.ggml.model`
+    /// `llama`).
+    pub fn from_gguf(store: &bora_weights::GgufStore) -> Result<Self> {
+        use bora_weights::MetaValue;
+        let path = store.main().path.clone();
+        let bad = |reason: String| EngineError::TokenizerLoad {
+            path: path.clone(),
+            reason,
+        };
+        let model = store
+            .meta("tokenizer.ggml.model")
+            .and_then(MetaValue::as_str)
+            .ok_or_else(|| bad("no tokenizer.ggml.model in the metadata".into()))?;
+        if model != "llama" {
+            return Err(bad(format!(
+                "tokenizer.ggml.model `{model}` is not supported: bora reads sentencepiece vocabularies (`llama`), as Mixtral's are"
+            )));
+        }
+        if store
+            .meta("tokenizer.ggml.add_space_prefix")
+            .and_then(MetaValue::as_bool)
+            == Some(false)
+        {
+            return Err(bad(
+                "tokenizer.ggml.add_space_prefix is false: only sentencepiece's dummy-prefix behaviour is supported".into(),
+            ));
+        }
+        let array = |key: &str| -> Result<&[MetaValue]> {
+            store
+                .meta(key)
+                .and_then(MetaValue::as_array)
+                .ok_or_else(|| bad(format!("{key} is missing or not an array")))
+        };
+        let tokens = array("tokenizer.ggml.tokens")?;
+        let scores = array("tokenizer.ggml.scores")?;
+        let types = array("tokenizer.ggml.token_type")?;
+        if scores.len() != tokens.len() || types.len() != tokens.len() {
+            return Err(bad(format!(
+                "{} tokens but {} scores and {} token types",
+                tokens.len(),
+                scores.len(),
+                types.len()
+            )));
+        }
+        let pieces = tokens
+            .iter()
+            .zip(scores)
+            .zip(types)
+            .enumerate()
+            .map(|(i, ((t, s), k))| {
+                let text = t
+                    .as_str()
+                    .ok_or_else(|| bad(format!("token {i} is not a string")))?;
+                let score = s
+                    .as_f64()
+                    .ok_or_else(|| bad(format!("score {i} is not a number")))?;
+                let code = k.as_i64().unwrap_or(-1);
+                let kind = i32::try_from(code)
+                    .ok()
+                    .and_then(PieceKind::from_code)
+                    .ok_or_else(|| bad(format!("token {i} has unknown type {code}")))?;
+                Ok(SpmPiece {
+                    text: text.to_string(),
+                    score: score as f32,
+                    kind,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let unk_id = match store.meta("tokenizer.ggml.unknown_token_id") {
+            Some(v) => v
+                .as_u64()
+                .filter(|&u| (u as usize) < pieces.len())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "unknown_token_id {} is outside the vocabulary",
+                        v.summary()
+                    ))
+                })? as u32,
+            None => pieces
+                .iter()
+                .position(|p| p.kind == PieceKind::Unknown)
+                .unwrap_or(0) as u32,
+        };
+        let byte_fallback = pieces.iter().any(|p| p.kind == PieceKind::Byte);
+        Ok(Self {
+            pieces,
+            unk_id,
+            byte_fallback,
+        })
+    }
+
     /// The equivalent Hugging Face tokenizer.
     pub fn build(&self) -> Result<tokenizers::Tokenizer> {
         let err = |e: tokenizers::Error| EngineError::Tokenizer(e.to_string());
