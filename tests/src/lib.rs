@@ -80,6 +80,7 @@ pub fn load(name: &str, dtype: WeightDType, backend: Backend) -> Model {
         dtype,
         device: Device::Cpu,
         backend,
+        quantize: None,
     };
     let w = MixtralWeights::load_dir(&fixture(name), &opts).expect("fixture loads");
     Model::new(w).expect("model")
@@ -93,6 +94,7 @@ pub fn load_gguf(file: &str) -> Model {
         dtype: WeightDType::F32,
         device: Device::Cpu,
         backend: Backend::Host,
+        quantize: None,
     };
     Model::new(MixtralWeights::load_gguf(&store, cfg, &opts).expect("GGUF loads")).expect("model")
 }

@@ -9,14 +9,17 @@ use bora_core::{DTypeSpec, DeviceSpec};
 use bora_engine::hub::{hf_offline, resolve_model, ModelLocation, RepoId};
 use bora_engine::Tokenizer;
 use bora_model::Model;
+use bora_weights::QType;
 use bora_weights::{
-    ExpertLayout, LoadOptions, MapMode, MixtralWeights, SafetensorsStore, TensorName, WeightDType,
+    gguf_config, gguf_type_counts, ExpertLayout, GgufStore, LoadOptions, MapMode, MixtralWeights,
+    SafetensorsStore, TensorName, WeightDType,
 };
 
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
     /// The model: a directory (config.json, model.safetensors or model.safetensors.index.json
-    /// and its shards, a tokenizer), or a Hugging Face repo id (owner/name[@revision]) found
+    /// and its shards, a tokenizer), a GGUF file (the first part of a split one), or a Hugging
+    /// Face repo id (owner/name[@revision]) found
     /// in the local Hugging Face cache, or a built-in demo: `bora-demo` (the default; Mixtral
     /// 8x7B's tokenizer) or `bora-demo-v3` (8x22B's, with tool tokens); random weights.
     #[arg(long)]
@@ -38,6 +41,10 @@ pub struct ModelArgs {
     /// Worker threads for the CPU kernels (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Quantize the linear layers while loading: q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k,
+    /// q4_k, q5_k or q6_k (CPU only; a GGUF file's quantized tensors stay as they are).
+    #[arg(long, value_name = "TYPE")]
+    pub quantize: Option<String>,
 }
 
 pub struct Loaded {
@@ -50,13 +57,34 @@ impl ModelArgs {
         self.load_from(&self.dir()?)
     }
 
-    /// [`ModelArgs::load`] from an already resolved directory.
+    /// The `--quantize` type, checked against the device.
+    fn quantize_type(&self) -> Result<Option<QType>> {
+        let Some(s) = &self.quantize else {
+            return Ok(None);
+        };
+        let q = QType::parse(s).with_context(|| {
+            format!(
+                "--quantize {s}: unknown type; use one of {}",
+                QType::ALL.map(|q| q.name().to_lowercase()).join(", ")
+            )
+        })?;
+        if self.device != "cpu" {
+            bail!("--quantize runs on bora's CPU kernels: use it with --device cpu");
+        }
+        Ok(Some(q))
+    }
+
+    /// [`ModelArgs::load`] from an already resolved source (a directory or a `.gguf` file).
     pub fn load_from(&self, dir: &Path) -> Result<Loaded> {
         if let Some(n) = self.threads {
             rayon_threads(n)?;
         }
-        let device = self.device.parse::<DeviceSpec>()?.open()?;
+        let quantize = self.quantize_type()?;
         let started = Instant::now();
+        if dir.is_file() {
+            return self.load_gguf(dir, quantize, started);
+        }
+        let device = self.device.parse::<DeviceSpec>()?.open()?;
         let config = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
         let store = SafetensorsStore::open_dir(dir, MapMode::Lazy)?;
         let size = store.size_on_disk();
@@ -73,7 +101,9 @@ impl ModelArgs {
         };
         let kept = store.weight_dtype(&TensorName::Embed.hf(ExpertLayout::PerExpert))?;
         let phase = Phase::new(
-            if kept == dtype {
+            if quantize.is_some() {
+                "quantizing"
+            } else if kept == dtype {
                 "building"
             } else {
                 "converting"
@@ -81,7 +111,11 @@ impl ModelArgs {
             0,
         );
         let (total, active) = (config.param_count(), config.active_param_count());
-        let weights = MixtralWeights::load(&store, config, &LoadOptions::new(dtype, device))?;
+        let opts = LoadOptions {
+            quantize,
+            ..LoadOptions::new(dtype, device)
+        };
+        let weights = MixtralWeights::load(&store, config, &opts)?;
         let model = Model::new(weights)?;
         phase.done();
         let tok_path = match &self.tokenizer {
@@ -95,7 +129,67 @@ impl ModelArgs {
             dir.display(),
             count(total),
             count(active),
-            dtype_name(dtype),
+            match quantize {
+                Some(q) => format!("{q} (quantized at load)"),
+                None => dtype_name(dtype).to_string(),
+            },
+            bytes(resident_bytes()),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Loaded { model, tokenizer })
+    }
+
+    fn load_gguf(&self, path: &Path, quantize: Option<QType>, started: Instant) -> Result<Loaded> {
+        let device = self.device.parse::<DeviceSpec>()?.open()?;
+        let store = GgufStore::open(path)?;
+        let config = gguf_config(&store)?;
+        let phase = Phase::new("reading", store.data_bytes());
+        store.prefault(|done, _| phase.at(done));
+        phase.done();
+        let dtype = match &self.dtype {
+            Some(s) => match s.parse::<DTypeSpec>()? {
+                DTypeSpec::F32 => WeightDType::F32,
+                DTypeSpec::BF16 => WeightDType::BF16,
+                DTypeSpec::F16 => WeightDType::F16,
+            },
+            // Float tensors of a GGUF file stay as stored on the CPU; candle computes in f16.
+            None => WeightDType::F16,
+        };
+        let phase = Phase::new(
+            if quantize.is_some() {
+                "quantizing"
+            } else {
+                "building"
+            },
+            0,
+        );
+        let (total, active) = (config.param_count(), config.active_param_count());
+        let opts = LoadOptions {
+            quantize,
+            ..LoadOptions::new(dtype, device)
+        };
+        let weights = MixtralWeights::load_gguf(&store, config, &opts)?;
+        let model = Model::new(weights)?;
+        phase.done();
+        let tokenizer = match &self.tokenizer {
+            Some(p) => Tokenizer::from_file(p)?,
+            None => Tokenizer::from_gguf(&store)
+                .context("the GGUF file's tokenizer cannot be read: pass --tokenizer FILE")?,
+        };
+        let types: Vec<String> = gguf_type_counts(&store)
+            .into_iter()
+            .map(|(t, n)| format!("{t}×{n}"))
+            .collect();
+        eprintln!(
+            "bora: loaded {}: {} parameters ({} active per token), {}{}, {} resident, in {:.1} s",
+            path.display(),
+            count(total),
+            count(active),
+            types.join(" "),
+            match quantize {
+                Some(q) => format!(" (float tensors quantized to {q} at load)"),
+                None => String::new(),
+            },
             bytes(resident_bytes()),
             started.elapsed().as_secs_f64()
         );
@@ -123,20 +217,21 @@ impl ModelArgs {
         }
         match resolve_model(arg) {
             Ok(ModelLocation::Dir(d)) => Ok(d),
-            Ok(ModelLocation::Gguf(p)) => bail!(
-                "--model {}: GGUF files cannot be loaded yet; use a Hugging Face checkpoint directory (safetensors)",
-                p.display()
-            ),
-            Err(missing) => match RepoId::parse(arg) {
-                Some(id) if self.allow_download => {
-                    if hf_offline() {
-                        bail!("{missing}\nHF_HUB_OFFLINE is set, so --allow-download cannot fetch it");
+            Ok(ModelLocation::Gguf(p)) => Ok(p),
+            Err(missing) => {
+                match RepoId::parse(arg) {
+                    Some(id) if self.allow_download => {
+                        if hf_offline() {
+                            bail!("{missing}\nHF_HUB_OFFLINE is set, so --allow-download cannot fetch it");
+                        }
+                        crate::download::download(&id)
                     }
-                    crate::download::download(&id)
+                    Some(_) => bail!(
+                        "{missing}\nTo fetch it from the Hugging Face Hub, add --allow-download"
+                    ),
+                    None => bail!("{missing}"),
                 }
-                Some(_) => bail!("{missing}\nTo fetch it from the Hugging Face Hub, add --allow-download"),
-                None => bail!("{missing}"),
-            },
+            }
         }
     }
 
@@ -149,6 +244,7 @@ impl ModelArgs {
             device: "cpu".into(),
             dtype: None,
             threads: None,
+            quantize: None,
         }
     }
 

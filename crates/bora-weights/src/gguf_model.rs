@@ -248,7 +248,31 @@ impl GgufLoader<'_> {
         if let Some(heads) = permute {
             h = h.permute_rows(&unpermute_order(rows, heads));
         }
+        if !name.contains("ffn_gate_inp") {
+            h = self.quantized(h, name)?;
+        }
         self.finish(h)
+    }
+
+    /// Float weights quantized to `--quantize`'s type when one is asked for (quantized
+    /// tensors stay as the file has them).
+    fn quantized(&self, h: HostMatrix, name: &str) -> Result<HostMatrix> {
+        match (self.opts.quantize, h.format()) {
+            (Some(q), WeightFormat::Float(_)) => {
+                if q.row_bytes(h.cols()).is_none() {
+                    return Err(WeightsError::Unsupported {
+                        path: self.store.main().path.clone(),
+                        reason: format!(
+                            "cannot quantize `{name}` to {q}: its rows of {} values are not a multiple of {q}'s block of {}",
+                            h.cols(),
+                            q.block_elems()
+                        ),
+                    });
+                }
+                Ok(h.quantize(q))
+            }
+            _ => Ok(h),
+        }
     }
 
     fn finish(&self, h: HostMatrix) -> Result<Matrix> {
@@ -301,9 +325,13 @@ impl GgufLoader<'_> {
         );
         let (gate, up, down): (Vec<HostMatrix>, Vec<HostMatrix>, Vec<HostMatrix>) = match layout {
             ExpertLayout::Fused => {
-                let g = self.host(&format!("blk.{l}.ffn_gate_exps.weight"), &[e, im, h])?;
-                let u = self.host(&format!("blk.{l}.ffn_up_exps.weight"), &[e, im, h])?;
-                let d = self.host(&format!("blk.{l}.ffn_down_exps.weight"), &[e, h, im])?;
+                let stacked = |p: &str, shape: [usize; 3]| {
+                    let name = format!("blk.{l}.ffn_{p}_exps.weight");
+                    self.quantized(self.host(&name, &shape)?, &name)
+                };
+                let g = stacked("gate", [e, im, h])?;
+                let u = stacked("up", [e, im, h])?;
+                let d = stacked("down", [e, h, im])?;
                 (
                     (0..e).map(|x| g.slice_rows(x * im, im)).collect(),
                     (0..e).map(|x| u.slice_rows(x * im, im)).collect(),
@@ -312,7 +340,8 @@ impl GgufLoader<'_> {
             }
             ExpertLayout::PerExpert => {
                 let one = |p: &str, x: usize, shape: [usize; 2]| {
-                    self.host(&format!("blk.{l}.ffn_{p}.{x}.weight"), &shape)
+                    let name = format!("blk.{l}.ffn_{p}.{x}.weight");
+                    self.quantized(self.host(&name, &shape)?, &name)
                 };
                 (
                     (0..e)

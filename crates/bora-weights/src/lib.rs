@@ -21,6 +21,7 @@ mod mixtral;
 mod names;
 mod store;
 
+pub use bora_kernels::QType;
 pub use demo::{write_demo_checkpoint, DEMO_CONFIG};
 pub use error::WeightsError;
 pub use experts::Experts;

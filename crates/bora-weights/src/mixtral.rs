@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use bora_core::ModelConfig;
+use bora_kernels::QType;
 use candle_core::{DType, Device, Tensor};
 
 use crate::names::{ExpertLayout, TensorName};
@@ -25,6 +26,9 @@ pub struct LoadOptions {
     pub dtype: WeightDType,
     pub device: Device,
     pub backend: Backend,
+    /// Quantize the linear layers to this type while loading (bora's CPU kernels only; the
+    /// routers stay as stored, as llama.cpp keeps them).
+    pub quantize: Option<QType>,
 }
 
 impl LoadOptions {
@@ -39,6 +43,7 @@ impl LoadOptions {
             dtype,
             device,
             backend,
+            quantize: None,
         }
     }
 
@@ -159,6 +164,24 @@ impl Loader<'_> {
         HostMatrix::load(self.store, name, t, rows, cols, self.opts.dtype)
     }
 
+    /// `h` quantized to `--quantize`'s type, when one is asked for.
+    fn quantized(&self, h: HostMatrix, name: &str) -> Result<HostMatrix> {
+        let Some(q) = self.opts.quantize else {
+            return Ok(h);
+        };
+        if q.row_bytes(h.cols()).is_none() {
+            return Err(WeightsError::Unsupported {
+                path: self.store.path(self.store.get(name)?).to_path_buf(),
+                reason: format!(
+                    "cannot quantize `{name}` to {q}: its rows of {} values are not a multiple of {q}'s block of {}",
+                    h.cols(),
+                    q.block_elems()
+                ),
+            });
+        }
+        Ok(h.quantize(q))
+    }
+
     fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let t = self.get(name, shape)?;
         let stored = WeightDType::of_stored(t, name, self.store)?.candle();
@@ -169,7 +192,10 @@ impl Loader<'_> {
     fn matrix(&self, name: TensorName, rows: usize, cols: usize) -> Result<Matrix> {
         let n = name.hf(self.layout);
         Ok(match self.opts.backend {
-            Backend::Host => Matrix::Host(self.host(&n, &[rows, cols])?),
+            Backend::Host if matches!(name, TensorName::Router(_)) => {
+                Matrix::Host(self.host(&n, &[rows, cols])?)
+            }
+            Backend::Host => Matrix::Host(self.quantized(self.host(&n, &[rows, cols])?, &n)?),
             Backend::Candle => {
                 Matrix::Tensor(self.tensor(&n, &[rows, cols], self.opts.dtype.candle())?)
             }
@@ -213,15 +239,24 @@ impl Loader<'_> {
                 let mut up = Vec::with_capacity(e);
                 let mut down = Vec::with_capacity(e);
                 for x in 0..e {
-                    gate.push(self.host(&TensorName::ExpertGate(l, x).hf(self.layout), &[im, h])?);
-                    up.push(self.host(&TensorName::ExpertUp(l, x).hf(self.layout), &[im, h])?);
-                    down.push(self.host(&TensorName::ExpertDown(l, x).hf(self.layout), &[h, im])?);
+                    for (list, name, shape) in [
+                        (&mut gate, TensorName::ExpertGate(l, x), [im, h]),
+                        (&mut up, TensorName::ExpertUp(l, x), [im, h]),
+                        (&mut down, TensorName::ExpertDown(l, x), [h, im]),
+                    ] {
+                        let n = name.hf(self.layout);
+                        list.push(self.quantized(self.host(&n, &shape)?, &n)?);
+                    }
                 }
                 Ok(Experts::Host { gate, up, down })
             }
             (ExpertLayout::Fused, Backend::Host) => {
-                let gu = self.host(&TensorName::FusedGateUp(l).hf(self.layout), &[e, 2 * im, h])?;
-                let dn = self.host(&TensorName::FusedDown(l).hf(self.layout), &[e, h, im])?;
+                let (gu_name, dn_name) = (
+                    TensorName::FusedGateUp(l).hf(self.layout),
+                    TensorName::FusedDown(l).hf(self.layout),
+                );
+                let gu = self.quantized(self.host(&gu_name, &[e, 2 * im, h])?, &gu_name)?;
+                let dn = self.quantized(self.host(&dn_name, &[e, h, im])?, &dn_name)?;
                 Ok(Experts::Host {
                     gate: (0..e).map(|x| gu.slice_rows(x * 2 * im, im)).collect(),
                     up: (0..e).map(|x| gu.slice_rows(x * 2 * im + im, im)).collect(),
