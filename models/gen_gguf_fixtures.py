@@ -8,7 +8,7 @@ binding used here to compute reference logits). Build it once and run, from the 
 
 where DIR is the unpacked sdist (`llama_cpp_python-0.3.36`) whose `vendor/llama.cpp` was built
 with `cmake -B build -DBUILD_SHARED_LIBS=ON && cmake --build build --target llama llama-quantize
-llama-bench` (models/build_llama_cpp.sh does both). The Python needs the packages of
+llama-bench` (models/build_llama_cpp.sh fetches and builds it). The Python needs the packages of
 models/requirements-fixtures.txt (torch, transformers, sentencepiece, numpy).
 
 Writes `models/fixtures/gguf/`:
@@ -20,6 +20,8 @@ Writes `models/fixtures/gguf/`:
 * `tiny-F16.gguf` (convert_hf_to_gguf.py --outtype f16), then `tiny-Q8_0.gguf`,
   `tiny-Q4_0.gguf`, `tiny-Q4_K_M.gguf`, `tiny-Q6_K.gguf` (llama-quantize from the F16 file),
   all in the merged expert layout (`blk.N.ffn_gate_exps`).
+* `tiny-Q4_K-pure.gguf`: `llama-quantize --pure` (every tensor Q4_K), to compare bora's own Q4_K
+  quantization with.
 * `tiny-Q4_K_M-per-expert.gguf`: the Q4_K_M file rewritten by gguf-py's writer in the older
   per-expert layout (`blk.N.ffn_gate.E`), the same blocks byte for byte (current llama.cpp does
   not load that layout, so its reference is the merged file's).
@@ -216,6 +218,13 @@ def main() -> None:
         path = os.path.join(OUT, f"tiny-{q}.gguf")
         subprocess.run([os.path.join(bindir, "llama-quantize"), f16, path, q], check=True)
         files[f"tiny-{q}"] = path
+    # Every tensor in Q4_K (token embedding and output included), the type bora's own
+    # quantizer is compared with.
+    pure = os.path.join(OUT, "tiny-Q4_K-pure.gguf")
+    subprocess.run(
+        [os.path.join(bindir, "llama-quantize"), "--pure", f16, pure, "Q4_K_M"], check=True
+    )
+    files["tiny-Q4_K-pure"] = pure
     per_expert_copy(gguf, files["tiny-Q4_K_M"], os.path.join(OUT, "tiny-Q4_K_M-per-expert.gguf"))
 
     for name, model_file, vocab in [

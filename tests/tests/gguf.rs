@@ -1,7 +1,13 @@
 //! GGUF files made by llama.cpp's own converter and quantizer (models/gen_gguf_fixtures.py)
 //! against llama.cpp's logits on the same files (computed with an f32 KV cache).
 
+use bora_model::Model;
 use bora_tests::*;
+use bora_weights::{
+    gguf_config, write_gguf, Backend, GgufStore, LoadOptions, MetaValue, MixtralWeights, QType,
+    WeightDType,
+};
+use candle_core::Device;
 
 fn reference(stem: &str) -> Reference {
     Reference::load_prefixed(&fixture("gguf").join("reference.safetensors"), stem)
@@ -69,4 +75,169 @@ fn both_expert_layouts_give_identical_logits() {
     );
     let ids = reference("tiny-Q4_K_M").ids(0);
     assert_eq!(prefill_all(&merged, &ids), prefill_all(&split, &ids));
+}
+
+/// The GGUF fixtures' source checkpoint (f16 safetensors) on bora's CPU kernels.
+fn load_source(dtype: WeightDType, quantize: Option<QType>) -> MixtralWeights {
+    let opts = LoadOptions {
+        dtype,
+        device: Device::Cpu,
+        backend: Backend::Host,
+        quantize,
+    };
+    MixtralWeights::load_dir(&fixture("gguf/source"), &opts).expect("source loads")
+}
+
+fn model(w: MixtralWeights) -> Model {
+    Model::new(w).expect("model")
+}
+
+/// Every prompt's logits at every position.
+fn all_logits(m: &Model) -> Vec<Vec<f32>> {
+    let r = reference("tiny-F16");
+    (0..r.prompts())
+        .flat_map(|k| prefill_all(m, &r.ids(k)))
+        .collect()
+}
+
+/// The F16 GGUF holds the checkpoint's f16 values (q/k rows permuted by the converter, put
+/// back by bora): the same logits as the safetensors checkpoint kept in f16.
+#[test]
+fn f16_gguf_and_safetensors_give_the_same_logits() {
+    let st = all_logits(&model(load_source(WeightDType::F16, None)));
+    let gg = all_logits(&load_gguf("tiny-F16.gguf"));
+    let d = max_abs_diff(&st, &gg);
+    eprintln!("F16 GGUF vs f16 safetensors: max |Δlogit| {d:.2e}");
+    assert!(d <= 1e-5, "F16 GGUF vs safetensors: {d}");
+}
+
+/// bora's Q8_0 of the checkpoint, written as GGUF, holds llama-quantize's Q8_0 blocks byte
+/// for byte, in every tensor (names, types, q/k row order, routers and norms in F32).
+#[test]
+fn bora_q8_0_file_equals_llama_quantize_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q8.gguf");
+    write_gguf(
+        &load_source(WeightDType::F16, None),
+        QType::Q8_0,
+        vec![],
+        &out,
+        |_, _| {},
+    )
+    .unwrap();
+    let ours = GgufStore::open(&out).unwrap();
+    let theirs = GgufStore::open(&fixture("gguf/tiny-Q8_0.gguf")).unwrap();
+    assert_eq!(ours.tensors().count(), theirs.tensors().count());
+    for (f, t) in ours.tensors() {
+        let (g, u) = theirs.get(&t.name).unwrap();
+        assert_eq!((t.dtype, &t.dims), (u.dtype, &u.dims), "{}", t.name);
+        assert!(
+            f.map[t.start..t.end] == g.map[u.start..u.end],
+            "{}: bytes differ",
+            t.name
+        );
+    }
+}
+
+/// A file bora writes reads back as written: its metadata, and a model whose logits are those
+/// of the same quantization done at load time (the tensor bytes themselves are checked against
+/// llama-quantize's in `bora_q8_0_file_equals_llama_quantize_byte_for_byte`).
+#[test]
+fn written_file_reads_back_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q4k.gguf");
+    let extra = vec![
+        ("general.name".to_string(), MetaValue::String("tiny".into())),
+        (
+            "test.array".to_string(),
+            MetaValue::Array(vec![MetaValue::I32(-3), MetaValue::I32(7)]),
+        ),
+    ];
+    write_gguf(
+        &load_source(WeightDType::F16, None),
+        QType::Q4K,
+        extra.clone(),
+        &out,
+        |_, _| {},
+    )
+    .unwrap();
+    let store = GgufStore::open(&out).unwrap();
+    for (k, v) in &extra {
+        assert_eq!(store.meta(k), Some(v), "{k}");
+    }
+    let cfg = gguf_config(&store).unwrap();
+    let mut want = load_source(WeightDType::F16, None).config;
+    // The file names no tokenizer here, so no BOS/EOS ids; and GGUF has no sliding window.
+    (want.bos_token_id, want.eos_token_ids) = (None, vec![]);
+    // GGUF keeps the epsilon in f32, as llama.cpp's converter writes it.
+    want.rms_norm_eps = want.rms_norm_eps as f32 as f64;
+    assert_eq!(cfg, want);
+    let opts = LoadOptions::new(WeightDType::F32, Device::Cpu);
+    let from_file = model(MixtralWeights::load_gguf(&store, cfg, &opts).unwrap());
+    let at_load = model(load_source(WeightDType::F16, Some(QType::Q4K)));
+    // Same blocks; the file keeps the router in f32 (bora's load keeps it in f16) and the norm
+    // epsilon in f32: float-rounding differences only.
+    let d = max_abs_diff(&all_logits(&from_file), &all_logits(&at_load));
+    assert!(d <= 1e-4, "written Q4_K file vs Q4_K at load: {d}");
+}
+
+/// Mean KL divergence of the next-token distributions from the f32 model's, over every
+/// position of the fixed prompts.
+fn mean_kl(reference: &[Vec<f32>], got: &[Vec<f32>]) -> f64 {
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
+        row.iter().map(|&v| v as f64 - z).collect()
+    };
+    let total: f64 = reference
+        .iter()
+        .zip(got)
+        .map(|(p, q)| {
+            let (lp, lq) = (log_softmax(p), log_softmax(q));
+            lp.iter()
+                .zip(&lq)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>()
+        })
+        .sum();
+    total / reference.len() as f64
+}
+
+/// Quantization error per type against the f32 model, and bora's own Q8_0 no worse than
+/// llama-quantize's of the same weights (the blocks are identical). bora's k-quant quantizers
+/// are candle's ports of ggml's older search (`make_qkx1_quants`); llama.cpp's Q4_K now uses a
+/// weighted search, and measures 0.213 here against bora's 0.233: printed, not yet asserted
+/// (the bound on Q4_K is open).
+#[test]
+fn quantization_error_per_type() {
+    let f32_logits = all_logits(&model(load_source(WeightDType::F32, None)));
+    let kl_file = |f: &str| mean_kl(&f32_logits, &all_logits(&load_gguf(f)));
+    let kl_bora = |q| {
+        mean_kl(
+            &f32_logits,
+            &all_logits(&model(load_source(WeightDType::F32, Some(q)))),
+        )
+    };
+    let mut table = Vec::new();
+    for f in [
+        "tiny-F16.gguf",
+        "tiny-Q8_0.gguf",
+        "tiny-Q6_K.gguf",
+        "tiny-Q4_K_M.gguf",
+        "tiny-Q4_K-pure.gguf",
+        "tiny-Q4_0.gguf",
+    ] {
+        table.push((format!("llama.cpp {f}"), kl_file(f)));
+    }
+    for q in [QType::Q8_0, QType::Q6K, QType::Q5K, QType::Q4K, QType::Q4_0] {
+        table.push((format!("bora --quantize {q}"), kl_bora(q)));
+    }
+    for (what, kl) in &table {
+        eprintln!("mean KL vs f32: {kl:.6}  {what}");
+    }
+    let kl = |name: &str| table.iter().find(|(w, _)| w == name).unwrap().1;
+    assert!(kl("bora --quantize Q8_0") <= kl("llama.cpp tiny-Q8_0.gguf") * 1.01 + 1e-9);
+    // More bits, less error.
+    assert!(kl("bora --quantize Q8_0") < kl("bora --quantize Q6_K"));
+    assert!(kl("bora --quantize Q6_K") < kl("bora --quantize Q4_K"));
 }

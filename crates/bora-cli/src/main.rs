@@ -6,6 +6,7 @@ mod download;
 mod inspect;
 mod load;
 mod perplexity;
+mod quantize;
 mod run;
 mod serve;
 mod tokenize;
@@ -65,6 +66,11 @@ enum Command {
         after_help = "Example:\n  bora perplexity --model models/fixtures/tiny-mixtral --file README.md --json"
     )]
     Perplexity(perplexity::Args),
+    /// Write a model as a GGUF file of one quantized type (llama.cpp's tools read it).
+    #[command(
+        after_help = "Examples:\n  bora quantize --model ~/models/Mixtral-8x7B-Instruct-v0.1 --out mixtral-q4_k.gguf --type q4_k\n  bora quantize --model mixtral-F16.gguf --out mixtral-Q8_0.gguf --type q8_0"
+    )]
+    Quantize(quantize::Args),
 }
 
 fn main() {
@@ -90,6 +96,7 @@ fn main() {
         Command::Run(a) => run::main(a),
         Command::Perplexity(a) => perplexity::main(a),
         Command::Tokenize(a) => tokenize::main(a),
+        Command::Quantize(a) => quantize::main(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -86,6 +86,18 @@ pub enum PieceKind {
 }
 
 impl PieceKind {
+    /// Sentencepiece's (and GGUF's) number of this type.
+    pub fn code(self) -> i32 {
+        match self {
+            PieceKind::Normal => 1,
+            PieceKind::Unknown => 2,
+            PieceKind::Control => 3,
+            PieceKind::UserDefined => 4,
+            PieceKind::Unused => 5,
+            PieceKind::Byte => 6,
+        }
+    }
+
     /// From sentencepiece's (and GGUF's `tokenizer.ggml.token_type`) numbering.
     pub fn from_code(code: i32) -> Option<Self> {
         Some(match code {
@@ -273,6 +285,67 @@ impl SpmVocab {
             unk_id,
             byte_fallback,
         })
+    }
+
+    /// The `tokenizer.ggml.*` metadata of this vocabulary, as llama.cpp's converter writes it.
+    pub fn gguf_metadata(&self) -> Vec<(String, bora_weights::MetaValue)> {
+        use bora_weights::MetaValue;
+        let id = |text: &str| {
+            self.pieces
+                .iter()
+                .position(|p| p.text == text && p.kind == PieceKind::Control)
+        };
+        let mut meta = vec![
+            (
+                "tokenizer.ggml.model".to_string(),
+                MetaValue::String("llama".into()),
+            ),
+            (
+                "tokenizer.ggml.tokens".into(),
+                MetaValue::Array(
+                    self.pieces
+                        .iter()
+                        .map(|p| MetaValue::String(p.text.clone()))
+                        .collect(),
+                ),
+            ),
+            (
+                "tokenizer.ggml.scores".into(),
+                MetaValue::Array(
+                    self.pieces
+                        .iter()
+                        .map(|p| MetaValue::F32(p.score))
+                        .collect(),
+                ),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                MetaValue::Array(
+                    self.pieces
+                        .iter()
+                        .map(|p| MetaValue::I32(p.kind.code()))
+                        .collect(),
+                ),
+            ),
+            (
+                "tokenizer.ggml.unknown_token_id".into(),
+                MetaValue::U32(self.unk_id),
+            ),
+            ("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(true)),
+            (
+                "tokenizer.ggml.add_eos_token".into(),
+                MetaValue::Bool(false),
+            ),
+        ];
+        for (key, text) in [("bos", "<s>"), ("eos", "</s>")] {
+            if let Some(i) = id(text) {
+                meta.push((
+                    format!("tokenizer.ggml.{key}_token_id"),
+                    MetaValue::U32(i as u32),
+                ));
+            }
+        }
+        meta
     }
 
     /// The equivalent Hugging Face tokenizer.
