@@ -241,3 +241,139 @@ fn quantization_error_per_type() {
     assert!(kl("bora --quantize Q8_0") < kl("bora --quantize Q6_K"));
     assert!(kl("bora --quantize Q6_K") < kl("bora --quantize Q4_K"));
 }
+
+/// The error `bora_weights::gguf::parse` gives for `bytes`.
+fn parse_error(bytes: &[u8]) -> String {
+    match bora_weights::gguf::parse(bytes) {
+        Ok(_) => panic!("a corrupt file parsed"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn corrupt_files_are_clear_errors() {
+    let good = std::fs::read(fixture("gguf/tiny-Q4_K_M.gguf")).unwrap();
+    let header = bora_weights::gguf::parse(&good).unwrap();
+    // Truncated: anywhere in the header, or in the tensor data.
+    for cut in [0, 3, 10, 100, header.data_start - 1, good.len() - 1] {
+        let e = parse_error(&good[..cut]);
+        assert!(
+            e.contains("truncated") || e.contains("magic"),
+            "cut at {cut}: {e}"
+        );
+    }
+    // Wrong magic.
+    let mut bad = good.clone();
+    bad[..4].copy_from_slice(b"GGML");
+    assert!(parse_error(&bad).contains("magic"));
+    // Unsupported version, and a big-endian file.
+    let mut bad = good.clone();
+    bad[4..8].copy_from_slice(&1u32.to_le_bytes());
+    assert!(parse_error(&bad).contains("version 1"));
+    bad[4..8].copy_from_slice(&3u32.to_be_bytes());
+    assert!(parse_error(&bad).contains("big-endian"));
+    // Absurd counts are refused before anything is allocated for them.
+    let mut bad = good.clone();
+    bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(
+        parse_error(&bad).contains("claims"),
+        "{}",
+        parse_error(&bad)
+    );
+    let mut bad = good.clone();
+    bad[16..24].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    assert!(parse_error(&bad).contains("claims"));
+    // A metadata string longer than the file: the first key's length.
+    let mut bad = good.clone();
+    bad[24..32].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    assert!(
+        parse_error(&bad).contains("longer than"),
+        "{}",
+        parse_error(&bad)
+    );
+    // The last tensor info: name, rank, dims, type id, offset. Find it in the bytes.
+    let last = header.tensors.last().unwrap();
+    let name_at = good
+        .windows(last.name.len())
+        .rposition(|w| w == last.name.as_bytes())
+        .unwrap();
+    let rank_at = name_at + last.name.len();
+    let dims_at = rank_at + 4;
+    let type_at = dims_at + 8 * last.dims.len();
+    let offset_at = type_at + 4;
+    let mut bad = good.clone();
+    bad[type_at..type_at + 4].copy_from_slice(&9999u32.to_le_bytes());
+    assert!(parse_error(&bad).contains("out of range"));
+    let mut bad = good.clone();
+    bad[offset_at..offset_at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert!(parse_error(&bad).contains("past the end"));
+    let mut bad = good.clone();
+    bad[dims_at..dims_at + 8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    assert!(
+        parse_error(&bad).contains("absurd"),
+        "{}",
+        parse_error(&bad)
+    );
+    let mut bad = good.clone();
+    bad[rank_at..rank_at + 4].copy_from_slice(&9u32.to_le_bytes());
+    assert!(parse_error(&bad).contains("dimensions"));
+}
+
+/// Every single-byte change and every truncation of a file's header parses or fails with an
+/// error: never a panic (the `gguf` fuzz target goes further).
+#[test]
+fn mutated_headers_never_panic() {
+    let good = std::fs::read(fixture("gguf/vocab-v1.gguf")).unwrap();
+    let tiny = std::fs::read(fixture("gguf/tiny-Q4_0.gguf")).unwrap();
+    let data_start = bora_weights::gguf::parse(&tiny).unwrap().data_start;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..3000 {
+        let mut bad = tiny[..data_start + 64].to_vec();
+        let at = (next() % data_start as u64) as usize;
+        bad[at] = next() as u8;
+        let _ = bora_weights::gguf::parse(&bad);
+    }
+    for cut in (0..good.len()).step_by(997) {
+        let _ = bora_weights::gguf::parse(&good[..cut]);
+    }
+}
+
+/// An unsupported architecture or tensor type is named in the error.
+#[test]
+fn unsupported_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    let meta = vec![(
+        "general.architecture".to_string(),
+        MetaValue::String("qwen2".into()),
+    )];
+    let w = bora_weights::GgufWriter::create(&path, &meta, &[]).unwrap();
+    w.finish().unwrap();
+    let store = GgufStore::open(&path).unwrap();
+    let e = gguf_config(&store).unwrap_err().to_string();
+    assert!(e.contains("qwen2") && e.contains("not supported"), "{e}");
+    // A tensor of a type bora does not compute with (IQ2_XXS, id 16), patched into a copy.
+    let mut bytes = std::fs::read(fixture("gguf/tiny-Q4_0.gguf")).unwrap();
+    let h = bora_weights::gguf::parse(&bytes).unwrap();
+    let t = &h.tensors[0];
+    let name_at = bytes
+        .windows(t.name.len())
+        .position(|w| w == t.name.as_bytes())
+        .unwrap();
+    let type_at = name_at + t.name.len() + 4 + 8 * t.dims.len();
+    bytes[type_at..type_at + 4].copy_from_slice(&16u32.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let store = GgufStore::open(&path).unwrap();
+    let cfg = gguf_config(&store).unwrap();
+    let opts = LoadOptions::new(WeightDType::F32, Device::Cpu);
+    let e = MixtralWeights::load_gguf(&store, cfg, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("IQ2_XXS"), "{e}");
+}
