@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod quant;
+mod quant_k;
 
 pub use cpu::{matmul_many, matmul_xwt, silu_mul, Isa, Product, Twin, WeightRef};
 pub use quant::{QBuf, QType};

@@ -247,9 +247,14 @@ pub fn dequantize(q: QType, data: &[u8], out: &mut [f32]) {
 }
 
 /// `x` (a whole number of blocks of `q`) quantized into `out` (`x.len() / block_elems ·
-/// block_bytes` bytes, aligned for the block), with ggml's reference quantization.
+/// block_bytes` bytes, aligned for the block), with ggml's reference quantization: bora's own
+/// for Q4_K and Q5_K (`quant_k`), candle's port for the others.
 pub fn quantize(q: QType, x: &[f32], out: &mut [u8]) {
-    with_block!(q, T => T::from_float(x, blocks_mut::<T>(out)))
+    match q {
+        QType::Q4K => crate::quant_k::quantize_q4k(x, out),
+        QType::Q5K => crate::quant_k::quantize_q5k(x, out),
+        _ => with_block!(q, T => T::from_float(x, blocks_mut::<T>(out))),
+    }
 }
 
 /// An owned buffer of quantized blocks, aligned for every block type.
@@ -318,6 +323,30 @@ mod tests {
         assert_eq!(QType::from_ggml_id(9), None);
         assert_eq!(QType::Q4K.row_bytes(512), Some(288));
         assert_eq!(QType::Q4K.row_bytes(100), None);
+    }
+
+    /// The weighted search's round trip is closer than candle's older one (ggml's `qkx1`).
+    #[test]
+    fn k_quant_search_beats_the_older_one() {
+        let mut state = 12345u32;
+        let x: Vec<f32> = (0..4096)
+            .map(|_| {
+                state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+                let u = (state >> 8) as f32 / (1u32 << 24) as f32;
+                (u - 0.5) * (1.0 + 3.0 * u * u)
+            })
+            .collect();
+        let mse = |deq: &[f32]| -> f32 { x.iter().zip(deq).map(|(a, b)| (a - b) * (a - b)).sum() };
+        for q in [QType::Q4K, QType::Q5K] {
+            let mut ours = QBuf::zeroed(q.row_bytes(x.len()).unwrap());
+            quantize(q, &x, ours.as_bytes_mut());
+            let mut old = QBuf::zeroed(q.row_bytes(x.len()).unwrap());
+            with_block!(q, T => T::from_float(&x, blocks_mut::<T>(old.as_bytes_mut())));
+            let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            dequantize(q, ours.as_bytes(), &mut a);
+            dequantize(q, old.as_bytes(), &mut b);
+            assert!(mse(&a) < mse(&b), "{q}: {} vs {}", mse(&a), mse(&b));
+        }
     }
 
     #[test]

@@ -436,9 +436,86 @@ fn model_sources_that_cannot_load_say_what_to_do() {
     let gguf = dir.path().join("m.gguf");
     std::fs::write(&gguf, b"GGUF").unwrap();
     let e = err(&["run", "--model", gguf.to_str().unwrap(), "--prompt", "x"]);
-    assert!(e.contains("GGUF") && e.contains("safetensors"), "{e}");
+    assert!(
+        e.contains("not a valid GGUF file") && e.contains("truncated"),
+        "{e}"
+    );
     let txt = dir.path().join("notes.txt");
     std::fs::write(&txt, b"x").unwrap();
     let e = err(&["run", "--model", txt.to_str().unwrap(), "--prompt", "x"]);
     assert!(e.contains("not a .gguf file"), "{e}");
+}
+
+#[test]
+fn gguf_files_run_and_quantize_writes_them() {
+    let q4 = fixture("gguf/tiny-Q4_K_M.gguf");
+    let args = [
+        "run",
+        "--model",
+        q4.to_str().unwrap(),
+        "--prompt",
+        "The quick",
+        "--raw",
+        "--max-tokens",
+        "5",
+    ];
+    let out = bora(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("Q4_K") && log.contains("Q6_K"), "{log}");
+    // Written by bora, read back by bora; and --quantize at load gives the same text.
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("tiny-q8.gguf");
+    let src = fixture("gguf/source");
+    ok(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
+    let gen = |extra: &[&str], model: &str| {
+        let mut a = vec![
+            "run",
+            "--model",
+            model,
+            "--prompt",
+            "The quick",
+            "--raw",
+            "--max-tokens",
+            "8",
+        ];
+        a.extend_from_slice(extra);
+        ok(&a)
+    };
+    assert_eq!(
+        gen(&[], out_file.to_str().unwrap()),
+        gen(&["--quantize", "q8_0"], src.to_str().unwrap())
+    );
+    let e = err(&[
+        "run",
+        "--model",
+        src.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--quantize",
+        "q9",
+    ]);
+    assert!(e.contains("--quantize q9") && e.contains("q4_k"), "{e}");
+    let e = err(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        "/no/such/dir/x.gguf",
+        "--type",
+        "q8_0",
+    ]);
+    assert!(e.contains("/no/such/dir/x.gguf"), "{e}");
 }
