@@ -14,6 +14,7 @@ use crate::quant::{dot_rows, ActQuant, QBuf, QType};
 use super::dot::{
     block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
 };
+use super::qdot::{dot_q8_0, QDOT_ROWS};
 
 /// Up to this many activation rows, the product runs as dot products over each weight row read
 /// once (a few rows at a time stay in registers while the activation rows go past them); above
@@ -390,17 +391,50 @@ fn quant_task(
         for r0 in (0..m).step_by(QUANT_ACT_ROWS) {
             let cnt = QUANT_ACT_ROWS.min(m - r0);
             for (s, &(q, w, out)) in sources.iter().enumerate() {
+                let row_bytes = w.len() / n;
+                let row = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
+                let write = |j: usize, r: usize, d: f32| {
+                    // SAFETY: r < m and j < n, inside the output; column j belongs to this
+                    // task.
+                    unsafe { *out.get().add(r * n + j) = d };
+                };
+                if q == QType::Q8_0 {
+                    // bora's kernel: a few weight rows per pass over each activation row.
+                    let blocks = k / q.block_elems();
+                    let mut ws: [&[u8]; QDOT_ROWS] = [&[]; QDOT_ROWS];
+                    let mut d4 = [0f32; QDOT_ROWS];
+                    let mut done = true;
+                    // With few activation rows the weights stream from memory: one row at a
+                    // time keeps that stream sequential (4 at once measured half the decode
+                    // speed). With many, the block is in cache and 4 rows share each
+                    // activation load (prefill 1.3x faster).
+                    let per_pass = if cnt >= 4 { QDOT_ROWS } else { 1 };
+                    'rows: for c0 in (b0..b1).step_by(per_pass) {
+                        let c1 = (c0 + per_pass).min(b1);
+                        for (slot, j) in ws.iter_mut().zip(c0..c1) {
+                            *slot = row(j);
+                        }
+                        for r in r0..r0 + cnt {
+                            if dot_q8_0(&ws[..c1 - c0], acts[s].row(r), blocks, &mut d4).is_none() {
+                                done = false;
+                                break 'rows;
+                            }
+                            for (j, &d) in (c0..c1).zip(&d4) {
+                                write(j, r, d);
+                            }
+                        }
+                    }
+                    if done {
+                        continue;
+                    }
+                }
                 for (r, x) in xs[..cnt].iter_mut().enumerate() {
                     *x = acts[s].row(r0 + r);
                 }
-                let row_bytes = w.len() / n;
                 for j in b0..b1 {
-                    let row = &w[j * row_bytes..(j + 1) * row_bytes];
-                    dot_rows(q, k, row, &xs[..cnt], &mut dots[..cnt]);
+                    dot_rows(q, k, row(j), &xs[..cnt], &mut dots[..cnt]);
                     for (r, &d) in dots[..cnt].iter().enumerate() {
-                        // SAFETY: r0 + r < m and j < n, inside the output; column j belongs
-                        // to this task.
-                        unsafe { *out.get().add((r0 + r) * n + j) = d };
+                        write(j, r0 + r, d);
                     }
                 }
             }
