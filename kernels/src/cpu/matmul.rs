@@ -14,7 +14,10 @@ use crate::quant::{dot_rows, ActQuant, QBuf, QType};
 use super::dot::{
     block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
 };
-use super::qdot::{dot_q8_0, QDOT_ROWS};
+use super::qdot::{dot_q4k, dot_q8_0, QDOT_ROWS};
+
+/// One of bora's own quantized dot products (`qdot`).
+type OwnDot = fn(&[&[u8]], &[u8], usize, &mut [f32], usize) -> Option<()>;
 
 /// Up to this many activation rows, the product runs as dot products over each weight row read
 /// once (a few rows at a time stay in registers while the activation rows go past them); above
@@ -398,30 +401,32 @@ fn quant_task(
                     // task.
                     unsafe { *out.get().add(r * n + j) = d };
                 };
-                if q == QType::Q8_0 {
-                    // bora's kernel: a few weight rows per pass over each activation row.
+                let own: Option<OwnDot> = match q {
+                    QType::Q8_0 => Some(dot_q8_0),
+                    QType::Q4K => Some(dot_q4k),
+                    _ => None,
+                };
+                if let Some(own_dot) = own {
                     let blocks = k / q.block_elems();
-                    let mut ws: [&[u8]; QDOT_ROWS] = [&[]; QDOT_ROWS];
-                    let mut d4 = [0f32; QDOT_ROWS];
-                    let mut done = true;
+                    let mut ws: [&[u8]; QUANT_BLOCK_ROWS] = [&[]; QUANT_BLOCK_ROWS];
+                    for (slot, j) in ws.iter_mut().zip(b0..b1) {
+                        *slot = row(j);
+                    }
                     // With few activation rows the weights stream from memory: one row at a
                     // time keeps that stream sequential (4 at once measured half the decode
                     // speed). With many, the block is in cache and 4 rows share each
                     // activation load (prefill 1.3x faster).
-                    let per_pass = if cnt >= 4 { QDOT_ROWS } else { 1 };
-                    'rows: for c0 in (b0..b1).step_by(per_pass) {
-                        let c1 = (c0 + per_pass).min(b1);
-                        for (slot, j) in ws.iter_mut().zip(c0..c1) {
-                            *slot = row(j);
+                    let group = if cnt >= 4 { QDOT_ROWS } else { 1 };
+                    let mut d8 = [0f32; QUANT_BLOCK_ROWS];
+                    let mut done = true;
+                    for r in r0..r0 + cnt {
+                        let res = own_dot(&ws[..b1 - b0], acts[s].row(r), blocks, &mut d8, group);
+                        if res.is_none() {
+                            done = false;
+                            break;
                         }
-                        for r in r0..r0 + cnt {
-                            if dot_q8_0(&ws[..c1 - c0], acts[s].row(r), blocks, &mut d4).is_none() {
-                                done = false;
-                                break 'rows;
-                            }
-                            for (j, &d) in (c0..c1).zip(&d4) {
-                                write(j, r, d);
-                            }
+                        for (j, &d) in (b0..b1).zip(&d8) {
+                            write(j, r, d);
                         }
                     }
                     if done {

@@ -10,44 +10,83 @@
 use super::dot::Isa;
 
 const Q8_0_BYTES: usize = 34;
+const Q4K_BYTES: usize = 144;
+const Q8K_BYTES: usize = 292;
 
-/// Weight rows handled per pass over an activation row.
+/// Weight rows that share a pass over an activation row when the weights are in cache.
 pub(crate) const QDOT_ROWS: usize = 4;
 
-/// `out[i] = w_rows[i] · act` for Q8_0 rows of `blocks` blocks; `None` when this CPU has no
-/// AVX2 (the caller then uses the portable dot product).
-pub(crate) fn dot_q8_0(w_rows: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f32]) -> Option<()> {
-    debug_assert!(w_rows.len() <= QDOT_ROWS && out.len() >= w_rows.len());
+/// `out[i] = w_rows[i] · act` for Q8_0 rows of `blocks` blocks, `group` rows (1 or
+/// [`QDOT_ROWS`]) sharing each pass over the activation; `None` when this CPU has no AVX2 (the
+/// caller then uses the portable dot product).
+pub(crate) fn dot_q8_0(
+    w_rows: &[&[u8]],
+    act: &[u8],
+    blocks: usize,
+    out: &mut [f32],
+    group: usize,
+) -> Option<()> {
+    debug_assert!(out.len() >= w_rows.len());
     debug_assert!(act.len() >= blocks * Q8_0_BYTES);
     debug_assert!(w_rows.iter().all(|w| w.len() >= blocks * Q8_0_BYTES));
     #[cfg(target_arch = "x86_64")]
     if Isa::get() >= Isa::Avx2 {
         // SAFETY: AVX2, FMA and F16C are present (Isa::Avx2 and above require all three); every
         // row and the activation hold `blocks` whole blocks (checked by the caller's slicing).
-        unsafe {
-            match w_rows.len() {
-                4 => x86::q8_0::<4>(w_rows, act, blocks, out),
-                3 => x86::q8_0::<3>(w_rows, act, blocks, out),
-                2 => x86::q8_0::<2>(w_rows, act, blocks, out),
-                _ => {
-                    for (w, o) in w_rows.iter().zip(out.iter_mut()) {
-                        let mut one = [0f32; 1];
-                        x86::q8_0::<1>(&[w], act, blocks, &mut one);
-                        *o = one[0];
-                    }
-                }
-            }
-        }
+        unsafe { x86::q8_0_rows(w_rows, act, blocks, out, group) };
         return Some(());
     }
     None
+}
+
+/// `out[i] = w_rows[i] · act` for Q4_K rows against a Q8_K activation row, `blocks` blocks of
+/// 256, `group` rows per pass; `None` without AVX2.
+///
+/// Q4_K: per 256 values an f16 scale `d` and minimum scale `dmin`, eight 6-bit sub-block
+/// scales and minimums packed in 12 bytes, and 4-bit levels `q` (two per byte: a 64-value
+/// chunk's first 32 in the low nibbles, the next 32 in the high ones). A value is
+/// `d·sc_j·q − dmin·m_j`, so the dot with Q8_K (`d8`, bytes `y`, and `bsums`, sums of each 16
+/// of them) is `d·d8·Σ_j sc_j Σ q·y − dmin·d8·Σ_j m_j Σ y`: integer sums, two float products.
+pub(crate) fn dot_q4k(
+    w_rows: &[&[u8]],
+    act: &[u8],
+    blocks: usize,
+    out: &mut [f32],
+    group: usize,
+) -> Option<()> {
+    debug_assert!(out.len() >= w_rows.len());
+    debug_assert!(act.len() >= blocks * Q8K_BYTES);
+    debug_assert!(w_rows.iter().all(|w| w.len() >= blocks * Q4K_BYTES));
+    #[cfg(target_arch = "x86_64")]
+    if Isa::get() >= Isa::Avx2 {
+        // SAFETY: as in `dot_q8_0`.
+        unsafe { x86::q4k_rows(w_rows, act, blocks, out, group) };
+        return Some(());
+    }
+    None
+}
+
+/// The eight 6-bit scales and minimums of a K-quant block's 12 packed bytes, as
+/// `(scales, mins)`, each 8 bytes in a `u64`.
+#[inline(always)]
+fn unpack_scales(s: &[u8]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let (a, b, c) = (word(0), word(4), word(8));
+    let sc_lo = a & 0x3f3f_3f3f;
+    let m_lo = b & 0x3f3f_3f3f;
+    let sc_hi = (c & 0x0f0f_0f0f) | (((a >> 6) & 0x0303_0303) << 4);
+    let m_hi = ((c >> 4) & 0x0f0f_0f0f) | (((b >> 6) & 0x0303_0303) << 4);
+    (
+        sc_lo as u64 | (sc_hi as u64) << 32,
+        m_lo as u64 | (m_hi as u64) << 32,
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::Q8_0_BYTES;
+    use super::{unpack_scales, Q4K_BYTES, Q8K_BYTES, Q8_0_BYTES};
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -65,6 +104,7 @@ mod x86 {
     }
 
     /// `R` Q8_0 weight rows against one Q8_0 activation row.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q8_0<const R: usize>(
         w_rows: &[&[u8]],
@@ -96,6 +136,189 @@ mod x86 {
         }
         for r in 0..R {
             out[r] = hsum(acc[r]);
+        }
+    }
+
+    /// `R` Q4_K weight rows against one Q8_K activation row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4k<const R: usize>(
+        w_rows: &[&[u8]],
+        act: &[u8],
+        blocks: usize,
+        out: &mut [f32],
+    ) {
+        let low = _mm256_set1_epi8(0x0f);
+        // Byte masks that spread i16 lane j of a 128-bit vector over all 16 lanes.
+        let spread: [__m256i; 8] = std::array::from_fn(|j| {
+            _mm256_set1_epi16((((2 * j + 1) as i16) << 8) | (2 * j) as i16)
+        });
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut mins_acc = [_mm_setzero_ps(); R];
+        let mut w = [std::ptr::null::<u8>(); R];
+        for (p, row) in w.iter_mut().zip(w_rows) {
+            *p = row.as_ptr();
+        }
+        let a = act.as_ptr();
+        for b in 0..blocks {
+            let ab = a.add(b * Q8K_BYTES);
+            let d8 = std::ptr::read_unaligned(ab as *const f32);
+            let y = ab.add(4);
+            // The 8 sums of 32 activation bytes, as i16 (at most 32·128).
+            let bs = _mm256_loadu_si256(ab.add(4 + 256) as *const __m256i);
+            let ysum = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            let ys: [__m256i; 8] =
+                std::array::from_fn(|i| _mm256_loadu_si256(y.add(32 * i) as *const __m256i));
+            for r in 0..R {
+                let wb = w[r].add(b * Q4K_BYTES);
+                let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                    wb as *const i32,
+                )));
+                let dd = _mm_mul_ps(dd, _mm_set1_ps(d8));
+                let (scales, mins) = unpack_scales(std::slice::from_raw_parts(wb.add(4), 12));
+                let m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64));
+                let msum = _mm_cvtepi32_ps(_mm_madd_epi16(m16, ysum));
+                // dmin·d8 (lane 1 of dd) times the four partial sums.
+                mins_acc[r] =
+                    _mm_fmadd_ps(_mm_shuffle_ps::<0b01_01_01_01>(dd, dd), msum, mins_acc[r]);
+                let s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(
+                    scales as i64,
+                )));
+                let q = wb.add(16);
+                let mut sum = _mm256_setzero_si256();
+                for c in 0..4 {
+                    let bits = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
+                    let lo = _mm256_and_si256(bits, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low);
+                    let sl = _mm256_shuffle_epi8(s16, spread[2 * c]);
+                    let sh = _mm256_shuffle_epi8(s16, spread[2 * c + 1]);
+                    let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, ys[2 * c]), sl);
+                    let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ys[2 * c + 1]), sh);
+                    sum = _mm256_add_epi32(sum, _mm256_add_epi32(pl, ph));
+                }
+                let d = _mm256_broadcastss_ps(dd);
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum), acc[r]);
+            }
+        }
+        for r in 0..R {
+            let m = mins_acc[r];
+            let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            out[r] = hsum(acc[r]) - _mm_cvtss_f32(m);
+        }
+    }
+
+    /// Every row of `w_rows` against `act`, `group` (1 or 4) at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q8_0_rows(
+        w_rows: &[&[u8]],
+        act: &[u8],
+        blocks: usize,
+        out: &mut [f32],
+        group: usize,
+    ) {
+        let mut i = 0;
+        while i < w_rows.len() {
+            let left = w_rows.len() - i;
+            if group >= 4 && left >= 4 {
+                q8_0::<4>(&w_rows[i..i + 4], act, blocks, &mut out[i..i + 4]);
+                i += 4;
+            } else if group >= 4 && left >= 2 {
+                q8_0::<2>(&w_rows[i..i + 2], act, blocks, &mut out[i..i + 2]);
+                i += 2;
+            } else {
+                q8_0::<1>(&w_rows[i..i + 1], act, blocks, &mut out[i..i + 1]);
+                i += 1;
+            }
+        }
+    }
+
+    /// Every row of `w_rows` against `act`, `group` (1 or 4) at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4k_rows(
+        w_rows: &[&[u8]],
+        act: &[u8],
+        blocks: usize,
+        out: &mut [f32],
+        group: usize,
+    ) {
+        let mut i = 0;
+        while i < w_rows.len() {
+            let left = w_rows.len() - i;
+            if group >= 4 && left >= 4 {
+                q4k::<4>(&w_rows[i..i + 4], act, blocks, &mut out[i..i + 4]);
+                i += 4;
+            } else if group >= 4 && left >= 2 {
+                q4k::<2>(&w_rows[i..i + 2], act, blocks, &mut out[i..i + 2]);
+                i += 2;
+            } else {
+                q4k::<1>(&w_rows[i..i + 1], act, blocks, &mut out[i..i + 1]);
+                i += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{quantize, QBuf, QType};
+
+    /// bora's kernels against candle's dot products on the same blocks: the same integer sums,
+    /// so agreement to float rounding.
+    #[test]
+    fn own_kernels_match_candles() {
+        let k = 1024;
+        let vals = |seed: u32, n: usize| -> Vec<f32> {
+            let mut s = seed;
+            (0..n)
+                .map(|_| {
+                    s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                    ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 3.0
+                })
+                .collect()
+        };
+        for (q, own) in [
+            (
+                QType::Q8_0,
+                dot_q8_0 as fn(&[&[u8]], &[u8], usize, &mut [f32], usize) -> Option<()>,
+            ),
+            (QType::Q4K, dot_q4k),
+        ] {
+            let rows: Vec<QBuf> = (0..4)
+                .map(|r| {
+                    let mut b = QBuf::zeroed(q.row_bytes(k).unwrap());
+                    quantize(q, &vals(r + 1, k), b.as_bytes_mut());
+                    b
+                })
+                .collect();
+            let kind = q.act_quant();
+            let mut act = QBuf::zeroed(k / kind.block_elems() * kind.block_bytes());
+            kind.quantize(&vals(99, k), act.as_bytes_mut());
+            let want: Vec<f32> = rows
+                .iter()
+                .map(|w| {
+                    let mut o = [0f32];
+                    crate::quant::dot_rows(q, k, w.as_bytes(), &[act.as_bytes()], &mut o);
+                    o[0]
+                })
+                .collect();
+            for (n, group) in (1..=4).flat_map(|n| [(n, 1), (n, 4)]) {
+                let ws: Vec<&[u8]> = rows[..n].iter().map(|b| b.as_bytes()).collect();
+                let mut got = [0f32; 4];
+                if own(&ws, act.as_bytes(), k / q.block_elems(), &mut got, group).is_none() {
+                    return; // no AVX2 here
+                }
+                for i in 0..n {
+                    let tol = 1e-4 * want[i].abs().max(1.0);
+                    assert!(
+                        (got[i] - want[i]).abs() <= tol,
+                        "{q} rows {n}: {} vs {}",
+                        got[i],
+                        want[i]
+                    );
+                }
+            }
         }
     }
 }
