@@ -14,7 +14,7 @@ use crate::quant::{dot_rows, ActQuant, QBuf, QType};
 use super::dot::{
     block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
 };
-use super::qdot::{dot_q4k, dot_q8_0, QDOT_ROWS};
+use super::qdot::{dot_q4k, dot_q4k_acts, dot_q8_0, QDOT_ROWS};
 
 /// One of bora's own quantized dot products (`qdot`).
 type OwnDot = fn(&[&[u8]], &[u8], usize, &mut [f32], usize) -> Option<()>;
@@ -417,6 +417,30 @@ fn quant_task(
                     // speed). With many, the block is in cache and 4 rows share each
                     // activation load (prefill 1.3x faster).
                     let group = if cnt >= 4 { QDOT_ROWS } else { 1 };
+                    if q == QType::Q4K && cnt >= 4 {
+                        // Prefill: each weight row unpacked once for 4 activation rows.
+                        let mut xr: [&[u8]; QDOT_ROWS] = [&[]; QDOT_ROWS];
+                        let mut d4 = [0f32; QDOT_ROWS];
+                        let mut ok = true;
+                        for a0 in (r0..r0 + cnt).step_by(QDOT_ROWS) {
+                            let a1 = (a0 + QDOT_ROWS).min(r0 + cnt);
+                            for (slot, r) in xr.iter_mut().zip(a0..a1) {
+                                *slot = acts[s].row(r);
+                            }
+                            for j in b0..b1 {
+                                if dot_q4k_acts(row(j), &xr[..a1 - a0], blocks, &mut d4).is_none() {
+                                    ok = false;
+                                    break;
+                                }
+                                for (r, &d) in (a0..a1).zip(&d4) {
+                                    write(j, r, d);
+                                }
+                            }
+                        }
+                        if ok {
+                            continue;
+                        }
+                    }
                     let mut d8 = [0f32; QUANT_BLOCK_ROWS];
                     let mut done = true;
                     for r in r0..r0 + cnt {

@@ -66,6 +66,33 @@ pub(crate) fn dot_q4k(
     None
 }
 
+/// `out[r] = w_row · acts[r]` for one Q4_K row against up to [`QDOT_ROWS`] Q8_K activation
+/// rows, the weight's blocks unpacked once for all; `None` without AVX2.
+pub(crate) fn dot_q4k_acts(
+    w_row: &[u8],
+    acts: &[&[u8]],
+    blocks: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    debug_assert!(acts.len() <= QDOT_ROWS && out.len() >= acts.len());
+    debug_assert!(w_row.len() >= blocks * Q4K_BYTES);
+    debug_assert!(acts.iter().all(|a| a.len() >= blocks * Q8K_BYTES));
+    #[cfg(target_arch = "x86_64")]
+    if Isa::get() >= Isa::Avx2 {
+        // SAFETY: as in `dot_q8_0`.
+        unsafe {
+            match acts.len() {
+                4 => x86::q4k_acts::<4>(w_row, acts, blocks, out),
+                3 => x86::q4k_acts::<3>(w_row, acts, blocks, out),
+                2 => x86::q4k_acts::<2>(w_row, acts, blocks, out),
+                _ => x86::q4k_acts::<1>(w_row, acts, blocks, out),
+            }
+        }
+        return Some(());
+    }
+    None
+}
+
 /// The eight 6-bit scales and minimums of a K-quant block's 12 packed bytes, as
 /// `(scales, mins)`, each 8 bytes in a `u64`.
 #[inline(always)]
@@ -208,6 +235,75 @@ mod x86 {
         }
     }
 
+    /// One Q4_K weight row against `R` Q8_K activation rows: the weight's blocks are unpacked
+    /// once for all of them (prefill).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4k_acts<const R: usize>(
+        w_row: &[u8],
+        acts: &[&[u8]],
+        blocks: usize,
+        out: &mut [f32],
+    ) {
+        let low = _mm256_set1_epi8(0x0f);
+        let spread: [__m256i; 8] = std::array::from_fn(|j| {
+            _mm256_set1_epi16((((2 * j + 1) as i16) << 8) | (2 * j) as i16)
+        });
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut mins_acc = [_mm_setzero_ps(); R];
+        let mut a = [std::ptr::null::<u8>(); R];
+        for (p, row) in a.iter_mut().zip(acts) {
+            *p = row.as_ptr();
+        }
+        let w = w_row.as_ptr();
+        for b in 0..blocks {
+            let wb = w.add(b * Q4K_BYTES);
+            let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                wb as *const i32,
+            )));
+            let (scales, mins) = unpack_scales(std::slice::from_raw_parts(wb.add(4), 12));
+            let m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64));
+            let s16 =
+                _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
+            let q = wb.add(16);
+            let mut sum = [_mm256_setzero_si256(); R];
+            for c in 0..4 {
+                let bits = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
+                let lo = _mm256_and_si256(bits, low);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low);
+                let sl = _mm256_shuffle_epi8(s16, spread[2 * c]);
+                let sh = _mm256_shuffle_epi8(s16, spread[2 * c + 1]);
+                for r in 0..R {
+                    let y = a[r].add(b * Q8K_BYTES + 4 + 64 * c);
+                    let yl = _mm256_loadu_si256(y as *const __m256i);
+                    let yh = _mm256_loadu_si256(y.add(32) as *const __m256i);
+                    let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, yl), sl);
+                    let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, yh), sh);
+                    sum[r] = _mm256_add_epi32(sum[r], _mm256_add_epi32(pl, ph));
+                }
+            }
+            for r in 0..R {
+                let ab = a[r].add(b * Q8K_BYTES);
+                let d8 = _mm_set1_ps(std::ptr::read_unaligned(ab as *const f32));
+                let ddr = _mm_mul_ps(dd, d8);
+                let bs = _mm256_loadu_si256(ab.add(4 + 256) as *const __m256i);
+                let ysum =
+                    _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+                let msum = _mm_cvtepi32_ps(_mm_madd_epi16(m16, ysum));
+                mins_acc[r] =
+                    _mm_fmadd_ps(_mm_shuffle_ps::<0b01_01_01_01>(ddr, ddr), msum, mins_acc[r]);
+                let d = _mm256_broadcastss_ps(ddr);
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum[r]), acc[r]);
+            }
+        }
+        for r in 0..R {
+            let m = mins_acc[r];
+            let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            out[r] = hsum(acc[r]) - _mm_cvtss_f32(m);
+        }
+    }
+
     /// Every row of `w_rows` against `act`, `group` (1 or 4) at a time.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q8_0_rows(
@@ -308,6 +404,15 @@ mod tests {
                 let mut got = [0f32; 4];
                 if own(&ws, act.as_bytes(), k / q.block_elems(), &mut got, group).is_none() {
                     return; // no AVX2 here
+                }
+                if q == QType::Q4K {
+                    // One weight row against n activation rows: the same products.
+                    let acts: Vec<&[u8]> = vec![act.as_bytes(); n];
+                    let mut by_act = [0f32; 4];
+                    dot_q4k_acts(rows[0].as_bytes(), &acts, k / 256, &mut by_act).unwrap();
+                    for v in &by_act[..n] {
+                        assert!((v - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0));
+                    }
                 }
                 for i in 0..n {
                     let tol = 1e-4 * want[i].abs().max(1.0);
