@@ -32,7 +32,7 @@ for _ in $(seq "${REPEAT:-3}"); do
   for q in $types; do
     f="$dir/mixtral-$q.gguf"
     target/release/bora -q bench --model "$f" --prompt-len 128 --gen-len 128 --batch 1 --threads 2 --json \
-      | python3 -c "import json,sys; r=json.load(sys.stdin); x=r['runs'][0]; print(json.dumps({'engine':'bora','type':'$q','pp':x['prefill_tokens_per_s'],'tg':x['decode_tokens_per_s']}))" >> "$out"
+      | python3 -c "import json,os,sys; r=json.load(sys.stdin); x=r['runs'][0]; print(json.dumps({'engine':'bora','type':'$q','pp':x['prefill_tokens_per_s'],'tg':x['decode_tokens_per_s'],'peak':r['peak_memory_bytes'],'file':os.path.getsize('$f')}))" >> "$out"
     "$lbin/llama-bench" -m "$f" -p 128 -n 128 -t 2 -r 1 -o jsonl 2>/dev/null \
       | python3 -c "
 import json,sys
@@ -46,12 +46,18 @@ python3 - "$out" <<'PY'
 import json, sys
 best = {}
 for r in map(json.loads, open(sys.argv[1])):
-    b = best.setdefault((r["engine"], r["type"]), {"pp": 0, "tg": 0, "n": 0})
+    b = best.setdefault((r["engine"], r["type"]), {"pp": 0, "tg": 0, "n": 0, "peak": 0})
     b["pp"], b["tg"], b["n"] = max(b["pp"], r["pp"]), max(b["tg"], r["tg"]), b["n"] + 1
+    if "peak" in r:
+        b["peak"], b["file"] = max(b["peak"], r["peak"]), r["file"]
 types = sorted({t for _, t in best})
 print(f"best of {best[('bora', types[0])]['n']} interleaved runs each; prompt 128, decode 128, 2 threads")
 print(f"{'file':8} {'bora pp':>9} {'llama pp':>9} {'ratio':>6} {'bora tg':>9} {'llama tg':>9} {'ratio':>6}")
 for t in types:
     b, l = best[("bora", t)], best[("llama.cpp", t)]
     print(f"{t:8} {b['pp']:9.1f} {l['pp']:9.1f} {b['pp']/l['pp']:6.2f} {b['tg']:9.1f} {l['tg']:9.1f} {b['tg']/l['tg']:6.2f}")
+for t in types:
+    b = best[("bora", t)]
+    print(f"bora {t}: peak RSS {b['peak']/2**20:.0f} MiB for a {b['file']/2**20:.0f} MiB file"
+          f" ({b['peak']/b['file']:.2f}x; KV cache, activations and the binary included)")
 PY

@@ -28,8 +28,8 @@ pub struct ModelArgs {
     /// HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub allow_download: bool,
-    /// Tokenizer to use instead of the model directory's: tokenizer.json or a sentencepiece
-    /// model (tokenizer.model, tokenizer.model.v1, tokenizer.model.v3).
+    /// Tokenizer to use instead of the model's: tokenizer.json, a sentencepiece model
+    /// (tokenizer.model, tokenizer.model.v1, tokenizer.model.v3) or a GGUF file's vocabulary.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// cpu, cuda, cuda:N or metal.
@@ -87,10 +87,13 @@ impl ModelArgs {
         let device = self.device.parse::<DeviceSpec>()?.open()?;
         let config = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
         let store = SafetensorsStore::open_dir(dir, MapMode::Lazy)?;
-        let size = store.size_on_disk();
-        let phase = Phase::new("reading", size);
-        store.prefault(|done| phase.at(done));
-        phase.done();
+        if quantize.is_none() {
+            let phase = Phase::new("reading", store.size_on_disk());
+            store.prefault(|done| phase.at(done));
+            phase.done();
+        }
+        // Quantizing reads each tensor as it goes and lets its pages go (peak memory near the
+        // quantized size).
         let dtype = match &self.dtype {
             Some(s) => match s.parse::<DTypeSpec>()? {
                 DTypeSpec::F32 => WeightDType::F32,

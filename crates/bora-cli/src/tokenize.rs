@@ -11,8 +11,8 @@ use crate::load::shown;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A model (directory or Hugging Face repo id in the local cache), or a tokenizer file
-    /// (tokenizer.json, tokenizer.model[.v1|.v3]). Default: the demo model's tokenizer.
+    /// A model (directory, GGUF file or Hugging Face repo id in the local cache), or a tokenizer
+    /// file (tokenizer.json, tokenizer.model[.v1|.v3]). Default: the demo model's tokenizer.
     #[arg(long)]
     model: Option<String>,
     /// Plain text to encode (no BOS; control-token spellings stay text).
@@ -35,7 +35,7 @@ pub struct Args {
 
 pub fn main(a: Args) -> Result<()> {
     let path = match &a.model {
-        // A tokenizer file is taken as it is.
+        // A tokenizer file (or a GGUF file, whose vocabulary is read) is taken as it is.
         Some(m) if PathBuf::from(m).is_file() => PathBuf::from(m),
         _ => {
             let source = crate::load::ModelArgs::source_only(a.model.clone());

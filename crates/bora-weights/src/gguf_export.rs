@@ -224,7 +224,6 @@ pub fn write_gguf(
     let specs: Vec<TensorSpec> = tensors.iter().map(|(s, _)| s.clone()).collect();
     let mut w = GgufWriter::create(path, &meta, &specs)?;
     let total = tensors.len();
-    let mut row = Vec::new();
     for (done, (spec, src)) in tensors.into_iter().enumerate() {
         match src {
             Source::F32(values) => {
@@ -235,15 +234,15 @@ pub fn write_gguf(
                 let row_bytes = q.row_bytes(spec.dims[0]).unwrap_or(0);
                 let rows: usize = ms.iter().map(|m| m.rows()).sum();
                 let mut out = QBuf::zeroed(rows * row_bytes);
-                let mut chunks = out.as_bytes_mut().chunks_exact_mut(row_bytes.max(1));
+                let mut at = 0;
                 for m in ms {
-                    row.resize(m.cols(), 0f32);
-                    for r in 0..m.rows() {
-                        let src_row = order.as_ref().map_or(r, |o| o[r]);
-                        m.row_f32(src_row, &mut row);
-                        let dst = chunks.next().expect("rows counted above");
-                        bora_kernels::quant::quantize(q, &row, dst);
-                    }
+                    let len = m.rows() * row_bytes;
+                    m.quantize_rows_into(
+                        q,
+                        order.as_deref(),
+                        &mut out.as_bytes_mut()[at..at + len],
+                    );
+                    at += len;
                 }
                 w.tensor(&spec.name, out.as_bytes())?;
             }

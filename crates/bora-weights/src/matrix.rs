@@ -224,12 +224,29 @@ impl HostMatrix {
             .row_bytes(self.cols)
             .expect("HostMatrix::quantize: rows are not whole blocks");
         let mut buf = QBuf::zeroed(self.rows * row_bytes);
-        let mut row = vec![0f32; self.cols];
-        for (r, out) in buf.as_bytes_mut().chunks_exact_mut(row_bytes).enumerate() {
-            self.row_f32(r, &mut row);
-            bora_kernels::quant::quantize(q, &row, out);
-        }
+        self.quantize_rows_into(q, None, buf.as_bytes_mut());
         Self::from_quant(buf, q, self.rows, self.cols)
+    }
+
+    /// Every row quantized to `q` into `out` (`rows · row_bytes`), in parallel; row `i` of the
+    /// output is row `order[i]` of this matrix when an order is given.
+    pub fn quantize_rows_into(&self, q: QType, order: Option<&[usize]>, out: &mut [u8]) {
+        use rayon::prelude::*;
+        let row_bytes = q
+            .row_bytes(self.cols)
+            .expect("HostMatrix::quantize_rows_into: rows are not whole blocks");
+        // Chunks of rows big enough that the per-chunk row buffer is amortized.
+        let per_task = (1 << 20) / (self.cols * 4).max(1) + 1;
+        out.par_chunks_mut(row_bytes * per_task)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut row = vec![0f32; self.cols];
+                for (i, dst) in chunk.chunks_exact_mut(row_bytes).enumerate() {
+                    let r = c * per_task + i;
+                    self.row_f32(order.map_or(r, |o| o[r]), &mut row);
+                    bora_kernels::quant::quantize(q, &row, dst);
+                }
+            });
     }
 
     /// Rows with their order changed: row `i` of the result is row `order[i]` of this one

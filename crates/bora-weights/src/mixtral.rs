@@ -179,7 +179,9 @@ impl Loader<'_> {
                 ),
             });
         }
-        Ok(h.quantize(q))
+        let quantized = h.quantize(q);
+        self.store.release(self.store.get(name)?);
+        Ok(quantized)
     }
 
     fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {

@@ -133,6 +133,27 @@ impl SafetensorsStore {
         &self.files[t.file].1[t.start..t.end]
     }
 
+    /// Drops the resident pages of `t`'s bytes (those wholly inside it): after a tensor was
+    /// quantized into memory of its own, its file pages need not stay, and quantizing a model
+    /// tensor by tensor then peaks near the quantized size, not the file's. A page read again
+    /// later is read from the file again.
+    pub fn release(&self, t: &StoredTensor) {
+        const PAGE: usize = 4096;
+        let map = &self.files[t.file].1;
+        let base = map.as_ptr() as usize;
+        let first = (base + t.start).next_multiple_of(PAGE) - base;
+        let last = (base + t.end) / PAGE * PAGE - base;
+        if last > first {
+            // SAFETY: the map is a read-only mapping of a file; MADV_DONTNEED on it discards
+            // the cached pages of this process's view only, and any later access reads the
+            // file's unchanged contents back. No reference into these pages is used after
+            // this call without being re-faulted (the quantized copy is what is kept).
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+            };
+        }
+    }
+
     /// Bytes of all files.
     pub fn size_on_disk(&self) -> u64 {
         self.files.iter().map(|(_, m)| m.len() as u64).sum()

@@ -42,13 +42,22 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Loads `tokenizer.json`, or a sentencepiece model (`tokenizer.model`,
-    /// `tokenizer.model.v1`, `tokenizer.model.v3`, ...), told apart by their contents.
+    /// Loads `tokenizer.json`, a sentencepiece model (`tokenizer.model`, `tokenizer.model.v1`,
+    /// `tokenizer.model.v3`, ...) or a GGUF file's vocabulary, told apart by their contents.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bad = |reason: String| EngineError::TokenizerLoad {
             path: path.to_path_buf(),
             reason,
         };
+        // A GGUF file is mapped, not read whole: it may hold the model's weights too.
+        let mut magic = [0u8; 4];
+        let is_gguf = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && &magic == b"GGUF";
+        if is_gguf {
+            return Self::from_gguf_file(path);
+        }
         let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
             let inner =
