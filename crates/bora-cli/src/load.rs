@@ -57,6 +57,18 @@ impl ModelArgs {
         self.load_from(&self.dir()?)
     }
 
+    /// The `--dtype` asked for.
+    fn dtype_arg(&self) -> Result<Option<WeightDType>> {
+        Ok(match &self.dtype {
+            None => None,
+            Some(s) => Some(match s.parse::<DTypeSpec>()? {
+                DTypeSpec::F32 => WeightDType::F32,
+                DTypeSpec::BF16 => WeightDType::BF16,
+                DTypeSpec::F16 => WeightDType::F16,
+            }),
+        })
+    }
+
     /// The `--quantize` type, checked against the device.
     fn quantize_type(&self) -> Result<Option<QType>> {
         let Some(s) = &self.quantize else {
@@ -94,12 +106,8 @@ impl ModelArgs {
         }
         // Quantizing reads each tensor as it goes and lets its pages go (peak memory near the
         // quantized size).
-        let dtype = match &self.dtype {
-            Some(s) => match s.parse::<DTypeSpec>()? {
-                DTypeSpec::F32 => WeightDType::F32,
-                DTypeSpec::BF16 => WeightDType::BF16,
-                DTypeSpec::F16 => WeightDType::F16,
-            },
+        let dtype = match self.dtype_arg()? {
+            Some(d) => d,
             None => store.weight_dtype(&TensorName::Embed.hf(ExpertLayout::PerExpert))?,
         };
         let kept = store.weight_dtype(&TensorName::Embed.hf(ExpertLayout::PerExpert))?;
@@ -149,15 +157,8 @@ impl ModelArgs {
         let phase = Phase::new("reading", store.data_bytes());
         store.prefault(|done, _| phase.at(done));
         phase.done();
-        let dtype = match &self.dtype {
-            Some(s) => match s.parse::<DTypeSpec>()? {
-                DTypeSpec::F32 => WeightDType::F32,
-                DTypeSpec::BF16 => WeightDType::BF16,
-                DTypeSpec::F16 => WeightDType::F16,
-            },
-            // Float tensors of a GGUF file stay as stored on the CPU; candle computes in f16.
-            None => WeightDType::F16,
-        };
+        // Float tensors of a GGUF file stay as stored on the CPU; candle computes in f16.
+        let dtype = self.dtype_arg()?.unwrap_or(WeightDType::F16);
         let phase = Phase::new(
             if quantize.is_some() {
                 "quantizing"

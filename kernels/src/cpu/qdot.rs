@@ -16,9 +16,36 @@ const Q8K_BYTES: usize = 292;
 /// Weight rows that share a pass over an activation row when the weights are in cache.
 pub(crate) const QDOT_ROWS: usize = 4;
 
+/// The row kernels' signature: weight rows, one activation row, blocks, outputs, group.
+type RowsKernel = unsafe fn(&[&[u8]], &[u8], usize, &mut [f32], usize);
+
+/// Runs an AVX2 row kernel after checking the slices hold `blocks` blocks of `w_bytes`
+/// (weights) and `a_bytes` (activation); `None` when this CPU has no AVX2 (the caller then
+/// uses the portable dot product).
+#[allow(unused_variables)]
+fn run_rows(
+    kernel: RowsKernel,
+    (w_bytes, a_bytes): (usize, usize),
+    w_rows: &[&[u8]],
+    act: &[u8],
+    blocks: usize,
+    out: &mut [f32],
+    group: usize,
+) -> Option<()> {
+    assert!(out.len() >= w_rows.len() && act.len() >= blocks * a_bytes);
+    assert!(w_rows.iter().all(|w| w.len() >= blocks * w_bytes));
+    #[cfg(target_arch = "x86_64")]
+    if Isa::get() >= Isa::Avx2 {
+        // SAFETY: AVX2, FMA and F16C are present (Isa::Avx2 and above require all three); every
+        // row and the activation hold `blocks` whole blocks (asserted above).
+        unsafe { kernel(w_rows, act, blocks, out, group) };
+        return Some(());
+    }
+    None
+}
+
 /// `out[i] = w_rows[i] · act` for Q8_0 rows of `blocks` blocks, `group` rows (1 or
-/// [`QDOT_ROWS`]) sharing each pass over the activation; `None` when this CPU has no AVX2 (the
-/// caller then uses the portable dot product).
+/// [`QDOT_ROWS`]) sharing each pass over the activation.
 pub(crate) fn dot_q8_0(
     w_rows: &[&[u8]],
     act: &[u8],
@@ -26,21 +53,23 @@ pub(crate) fn dot_q8_0(
     out: &mut [f32],
     group: usize,
 ) -> Option<()> {
-    debug_assert!(out.len() >= w_rows.len());
-    debug_assert!(act.len() >= blocks * Q8_0_BYTES);
-    debug_assert!(w_rows.iter().all(|w| w.len() >= blocks * Q8_0_BYTES));
     #[cfg(target_arch = "x86_64")]
-    if Isa::get() >= Isa::Avx2 {
-        // SAFETY: AVX2, FMA and F16C are present (Isa::Avx2 and above require all three); every
-        // row and the activation hold `blocks` whole blocks (checked by the caller's slicing).
-        unsafe { x86::q8_0_rows(w_rows, act, blocks, out, group) };
-        return Some(());
-    }
-    None
+    let kernel: RowsKernel = x86::q8_0_rows;
+    #[cfg(not(target_arch = "x86_64"))]
+    let kernel: RowsKernel = |_, _, _, _, _| {};
+    run_rows(
+        kernel,
+        (Q8_0_BYTES, Q8_0_BYTES),
+        w_rows,
+        act,
+        blocks,
+        out,
+        group,
+    )
 }
 
 /// `out[i] = w_rows[i] · act` for Q4_K rows against a Q8_K activation row, `blocks` blocks of
-/// 256, `group` rows per pass; `None` without AVX2.
+/// 256, `group` rows per pass.
 ///
 /// Q4_K: per 256 values an f16 scale `d` and minimum scale `dmin`, eight 6-bit sub-block
 /// scales and minimums packed in 12 bytes, and 4-bit levels `q` (two per byte: a 64-value
@@ -54,16 +83,19 @@ pub(crate) fn dot_q4k(
     out: &mut [f32],
     group: usize,
 ) -> Option<()> {
-    debug_assert!(out.len() >= w_rows.len());
-    debug_assert!(act.len() >= blocks * Q8K_BYTES);
-    debug_assert!(w_rows.iter().all(|w| w.len() >= blocks * Q4K_BYTES));
     #[cfg(target_arch = "x86_64")]
-    if Isa::get() >= Isa::Avx2 {
-        // SAFETY: as in `dot_q8_0`.
-        unsafe { x86::q4k_rows(w_rows, act, blocks, out, group) };
-        return Some(());
-    }
-    None
+    let kernel: RowsKernel = x86::q4k_rows;
+    #[cfg(not(target_arch = "x86_64"))]
+    let kernel: RowsKernel = |_, _, _, _, _| {};
+    run_rows(
+        kernel,
+        (Q4K_BYTES, Q8K_BYTES),
+        w_rows,
+        act,
+        blocks,
+        out,
+        group,
+    )
 }
 
 /// `out[r] = w_row · acts[r]` for one Q4_K row against up to [`QDOT_ROWS`] Q8_K activation
