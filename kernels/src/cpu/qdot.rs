@@ -336,55 +336,40 @@ mod x86 {
         }
     }
 
-    /// Every row of `w_rows` against `act`, `group` (1 or 4) at a time.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q8_0_rows(
-        w_rows: &[&[u8]],
-        act: &[u8],
-        blocks: usize,
-        out: &mut [f32],
-        group: usize,
-    ) {
-        let mut i = 0;
-        while i < w_rows.len() {
-            let left = w_rows.len() - i;
-            if group >= 4 && left >= 4 {
-                q8_0::<4>(&w_rows[i..i + 4], act, blocks, &mut out[i..i + 4]);
-                i += 4;
-            } else if group >= 4 && left >= 2 {
-                q8_0::<2>(&w_rows[i..i + 2], act, blocks, &mut out[i..i + 2]);
-                i += 2;
-            } else {
-                q8_0::<1>(&w_rows[i..i + 1], act, blocks, &mut out[i..i + 1]);
-                i += 1;
+    /// A function running kernel `$k::<R>` over every row of `w_rows`, `group` (1 or 4) rows
+    /// per pass over the activation.
+    macro_rules! rows_of {
+        ($name:ident, $k:ident) => {
+            /// Every row of `w_rows` against `act`, `group` (1 or 4) at a time.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub(super) unsafe fn $name(
+                w_rows: &[&[u8]],
+                act: &[u8],
+                blocks: usize,
+                out: &mut [f32],
+                group: usize,
+            ) {
+                let mut i = 0;
+                while i < w_rows.len() {
+                    let left = w_rows.len() - i;
+                    let n = match (group >= 4, left) {
+                        (true, 4..) => 4,
+                        (true, 2..) => 2,
+                        _ => 1,
+                    };
+                    let (w, o) = (&w_rows[i..i + n], &mut out[i..i + n]);
+                    match n {
+                        4 => $k::<4>(w, act, blocks, o),
+                        2 => $k::<2>(w, act, blocks, o),
+                        _ => $k::<1>(w, act, blocks, o),
+                    }
+                    i += n;
+                }
             }
-        }
+        };
     }
-
-    /// Every row of `w_rows` against `act`, `group` (1 or 4) at a time.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q4k_rows(
-        w_rows: &[&[u8]],
-        act: &[u8],
-        blocks: usize,
-        out: &mut [f32],
-        group: usize,
-    ) {
-        let mut i = 0;
-        while i < w_rows.len() {
-            let left = w_rows.len() - i;
-            if group >= 4 && left >= 4 {
-                q4k::<4>(&w_rows[i..i + 4], act, blocks, &mut out[i..i + 4]);
-                i += 4;
-            } else if group >= 4 && left >= 2 {
-                q4k::<2>(&w_rows[i..i + 2], act, blocks, &mut out[i..i + 2]);
-                i += 2;
-            } else {
-                q4k::<1>(&w_rows[i..i + 1], act, blocks, &mut out[i..i + 1]);
-                i += 1;
-            }
-        }
-    }
+    rows_of!(q8_0_rows, q8_0);
+    rows_of!(q4k_rows, q4k);
 }
 
 #[cfg(test)]
