@@ -14,7 +14,7 @@ use crate::quant::{dot_rows, ActQuant, QBuf, QType};
 use super::dot::{
     block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
 };
-use super::qdot::{dot_q4k, dot_q4k_acts, dot_q8_0, QDOT_ROWS};
+use super::qdot::{dot_q4k, dot_q4k_acts, dot_q6k, dot_q8_0, QDOT_ROWS};
 
 /// One of bora's own quantized dot products (`qdot`).
 type OwnDot = fn(&[&[u8]], &[u8], usize, &mut [f32], usize) -> Option<()>;
@@ -404,6 +404,7 @@ fn quant_task(
                 let own: Option<OwnDot> = match q {
                     QType::Q8_0 => Some(dot_q8_0),
                     QType::Q4K => Some(dot_q4k),
+                    QType::Q6K => Some(dot_q6k),
                     _ => None,
                 };
                 if let Some(own_dot) = own {

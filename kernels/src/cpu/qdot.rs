@@ -12,6 +12,7 @@ use super::dot::Isa;
 const Q8_0_BYTES: usize = 34;
 const Q4K_BYTES: usize = 144;
 const Q8K_BYTES: usize = 292;
+const Q6K_BYTES: usize = 210;
 
 /// Weight rows that share a pass over an activation row when the weights are in cache.
 pub(crate) const QDOT_ROWS: usize = 4;
@@ -98,6 +99,34 @@ pub(crate) fn dot_q4k(
     )
 }
 
+/// `out[i] = w_rows[i] · act` for Q6_K rows against a Q8_K activation row.
+///
+/// Q6_K: per 256 values an f16 scale `d`, sixteen i8 scales (one per 16 values) and 6-bit
+/// levels `u` (low 4 bits in `ql`, high 2 in `qh`) standing for `u − 32`. With Q8_K, whose
+/// `bsums` are exactly the sums of each 16 activation bytes, the dot is
+/// `d·d8·(Σ_j sc_j Σ u·y − 32 Σ_j sc_j·bsum_j)`.
+pub(crate) fn dot_q6k(
+    w_rows: &[&[u8]],
+    act: &[u8],
+    blocks: usize,
+    out: &mut [f32],
+    group: usize,
+) -> Option<()> {
+    #[cfg(target_arch = "x86_64")]
+    let kernel: RowsKernel = x86::q6k_rows;
+    #[cfg(not(target_arch = "x86_64"))]
+    let kernel: RowsKernel = |_, _, _, _, _| {};
+    run_rows(
+        kernel,
+        (Q6K_BYTES, Q8K_BYTES),
+        w_rows,
+        act,
+        blocks,
+        out,
+        group,
+    )
+}
+
 /// `out[r] = w_row · acts[r]` for one Q4_K row against up to [`QDOT_ROWS`] Q8_K activation
 /// rows, the weight's blocks unpacked once for all; `None` without AVX2.
 pub(crate) fn dot_q4k_acts(
@@ -145,7 +174,7 @@ fn unpack_scales(s: &[u8]) -> (u64, u64) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{unpack_scales, Q4K_BYTES, Q8K_BYTES, Q8_0_BYTES};
+    use super::{unpack_scales, Q4K_BYTES, Q6K_BYTES, Q8K_BYTES, Q8_0_BYTES};
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -368,7 +397,119 @@ mod x86 {
             }
         };
     }
+    /// `R` Q6_K weight rows against one Q8_K activation row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q6k<const R: usize>(
+        w_rows: &[&[u8]],
+        act: &[u8],
+        blocks: usize,
+        out: &mut [f32],
+    ) {
+        let low4 = _mm256_set1_epi8(0x0f);
+        let low2 = _mm256_set1_epi8(0x03);
+        // Spread i16 lanes (2p, 2p + 1) of a half's eight scales over the low and high 128-bit
+        // lanes: the scales of the two 16-value sub-blocks one 32-byte vector covers.
+        let pair: [__m256i; 4] = std::array::from_fn(|p| {
+            let (a, b) = ((4 * p) as i8, (4 * p + 2) as i8);
+            _mm256_setr_epi8(
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                a,
+                a + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+                b,
+                b + 1,
+            )
+        });
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut w = [std::ptr::null::<u8>(); R];
+        for (p, row) in w.iter_mut().zip(w_rows) {
+            *p = row.as_ptr();
+        }
+        let a = act.as_ptr();
+        for b in 0..blocks {
+            let ab = a.add(b * Q8K_BYTES);
+            let d8 = std::ptr::read_unaligned(ab as *const f32);
+            let y = ab.add(4);
+            let bsums = _mm256_loadu_si256(ab.add(4 + 256) as *const __m256i);
+            for r in 0..R {
+                let wb = w[r].add(b * Q6K_BYTES);
+                let (ql, qh, sc) = (wb, wb.add(128), wb.add(192));
+                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                    wb.add(208) as *const u16,
+                ) as i32)));
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+                // −32 Σ_j sc_j·bsum_j.
+                let offset = _mm256_madd_epi16(sc16, bsums);
+                let mut sum =
+                    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));
+                for half in 0..2 {
+                    let l0 = _mm256_loadu_si256(ql.add(64 * half) as *const __m256i);
+                    let l1 = _mm256_loadu_si256(ql.add(64 * half + 32) as *const __m256i);
+                    let h = _mm256_loadu_si256(qh.add(32 * half) as *const __m256i);
+                    let hbits = |shift: i32| -> __m256i {
+                        let x = match shift {
+                            0 => h,
+                            2 => _mm256_srli_epi16(h, 2),
+                            4 => _mm256_srli_epi16(h, 4),
+                            _ => _mm256_srli_epi16(h, 6),
+                        };
+                        _mm256_slli_epi16(_mm256_and_si256(x, low2), 4)
+                    };
+                    let u = [
+                        _mm256_or_si256(_mm256_and_si256(l0, low4), hbits(0)),
+                        _mm256_or_si256(_mm256_and_si256(l1, low4), hbits(2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), hbits(4)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), hbits(6)),
+                    ];
+                    let s8 = _mm256_permute4x64_epi64::<0b01_00_01_00>(if half == 0 {
+                        sc16
+                    } else {
+                        _mm256_permute4x64_epi64::<0b11_10_11_10>(sc16)
+                    });
+                    for (k, uk) in u.iter().enumerate() {
+                        let yk = _mm256_loadu_si256(y.add(128 * half + 32 * k) as *const __m256i);
+                        let scale = _mm256_shuffle_epi8(s8, pair[k]);
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(*uk, yk), scale);
+                        sum = _mm256_add_epi32(sum, p);
+                    }
+                }
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * d8), _mm256_cvtepi32_ps(sum), acc[r]);
+            }
+        }
+        for r in 0..R {
+            out[r] = hsum(acc[r]);
+        }
+    }
+
     rows_of!(q8_0_rows, q8_0);
+    rows_of!(q6k_rows, q6k);
     rows_of!(q4k_rows, q4k);
 }
 
@@ -387,7 +528,13 @@ mod tests {
             (0..n)
                 .map(|_| {
                     s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                    ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 3.0
+                    let u = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                    // Heavy tails: a few values far out, as real weights and activations have.
+                    if s % 97 == 0 {
+                        u * 40.0
+                    } else {
+                        u * 3.0
+                    }
                 })
                 .collect()
         };
@@ -397,6 +544,7 @@ mod tests {
                 dot_q8_0 as fn(&[&[u8]], &[u8], usize, &mut [f32], usize) -> Option<()>,
             ),
             (QType::Q4K, dot_q4k),
+            (QType::Q6K, dot_q6k),
         ] {
             let rows: Vec<QBuf> = (0..4)
                 .map(|r| {
