@@ -530,7 +530,7 @@ mod tests {
                     s = s.wrapping_mul(1664525).wrapping_add(1013904223);
                     let u = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
                     // Heavy tails: a few values far out, as real weights and activations have.
-                    if s % 97 == 0 {
+                    if s.is_multiple_of(97) {
                         u * 40.0
                     } else {
                         u * 3.0
