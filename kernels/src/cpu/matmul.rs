@@ -413,10 +413,10 @@ fn quant_task(
                     for (slot, j) in ws.iter_mut().zip(b0..b1) {
                         *slot = row(j);
                     }
-                    // With few activation rows the weights stream from memory: one row at a
-                    // time keeps that stream sequential (4 at once measured half the decode
-                    // speed). With many, the block is in cache and 4 rows share each
-                    // activation load (prefill 1.3x faster).
+                    // With few activation rows, one weight row at a time (4 at once measured
+                    // half the decode speed: the 4-row kernels keep more vectors live than
+                    // AVX2 has registers). With many, 4 rows share each activation load
+                    // (prefill 1.3x faster).
                     let group = if cnt >= 4 { QDOT_ROWS } else { 1 };
                     if q == QType::Q4K && cnt >= 4 {
                         // Prefill: each weight row unpacked once for 4 activation rows.
