@@ -398,3 +398,62 @@ fn unsupported_files_are_named() {
         .to_string();
     assert!(e.contains("IQ2_XXS"), "{e}");
 }
+
+/// A model split in parts (`-0000K-of-0000N.gguf`, llama.cpp's `gguf-split` layout: the first
+/// part holds the metadata, each part `split.*` keys and some tensors) loads as one model.
+#[test]
+fn split_files_load_as_one_model() {
+    let src = GgufStore::open(&fixture("gguf/tiny-Q4_K_M.gguf")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let all: Vec<_> = src.tensors().collect();
+    let parts = [&all[..all.len() / 2], &all[all.len() / 2..]];
+    for (k, part) in parts.iter().enumerate() {
+        let mut meta: Vec<(String, MetaValue)> = if k == 0 {
+            src.main()
+                .header
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        } else {
+            vec![]
+        };
+        meta.push(("split.no".into(), MetaValue::U16(k as u16)));
+        meta.push(("split.count".into(), MetaValue::U16(2)));
+        meta.push((
+            "split.tensors.count".into(),
+            MetaValue::I32(all.len() as i32),
+        ));
+        let specs: Vec<bora_weights::TensorSpec> = part
+            .iter()
+            .map(|(_, t)| bora_weights::TensorSpec {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                dtype: t.dtype,
+            })
+            .collect();
+        let path = dir.path().join(format!("tiny-{:05}-of-00002.gguf", k + 1));
+        let mut w = bora_weights::GgufWriter::create(&path, &meta, &specs).unwrap();
+        for (f, t) in part.iter() {
+            w.tensor(&t.name, &f.map[t.start..t.end]).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let first = dir.path().join("tiny-00001-of-00002.gguf");
+    let store = GgufStore::open(&first).unwrap();
+    assert_eq!(store.files().len(), 2);
+    let cfg = gguf_config(&store).unwrap();
+    let opts = LoadOptions::new(WeightDType::F32, Device::Cpu);
+    let split = model(MixtralWeights::load_gguf(&store, cfg, &opts).unwrap());
+    assert_eq!(
+        all_logits(&split),
+        all_logits(&load_gguf("tiny-Q4_K_M.gguf"))
+    );
+    // A missing part is named.
+    std::fs::remove_file(dir.path().join("tiny-00002-of-00002.gguf")).unwrap();
+    let e = GgufStore::open(&first).err().unwrap().to_string();
+    assert!(
+        e.contains("tiny-00002-of-00002.gguf") && e.contains("missing"),
+        "{e}"
+    );
+}
