@@ -6,6 +6,8 @@
 # the converter needs a Python with torch (PYTHON, default python3; models/requirements-fixtures.txt).
 # The machines are shared and noisy: both run REPEAT times (default 3), interleaved, and the
 # best run of each counts. Prints tokens/s and bora's ratio to llama.cpp per file.
+# LLAMA_BENCH=PATH runs another llama-bench build (e.g. one configured with -DGGML_NATIVE=OFF
+# -DGGML_AVX2=ON -DGGML_AVX512=OFF, to compare on the instruction set bora's kernels use).
 # Usage: benches/gguf.sh [DIR]   (DIR keeps the checkpoints and GGUF files; default .cache/bench-model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +35,7 @@ for _ in $(seq "${REPEAT:-3}"); do
     f="$dir/mixtral-$q.gguf"
     target/release/bora -q bench --model "$f" --prompt-len 128 --gen-len 128 --batch 1 --threads 2 --json \
       | python3 -c "import json,os,sys; r=json.load(sys.stdin); x=r['runs'][0]; print(json.dumps({'engine':'bora','type':'$q','pp':x['prefill_tokens_per_s'],'tg':x['decode_tokens_per_s'],'peak':r['peak_memory_bytes'],'file':os.path.getsize('$f')}))" >> "$out"
-    "$lbin/llama-bench" -m "$f" -p 128 -n 128 -t 2 -r 1 -o jsonl 2>/dev/null \
+    "${LLAMA_BENCH:-$lbin/llama-bench}" -m "$f" -p 128 -n 128 -t 2 -r 1 -o jsonl 2>/dev/null \
       | python3 -c "
 import json,sys
 r={}
