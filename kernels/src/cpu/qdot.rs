@@ -17,6 +17,18 @@ const Q6K_BYTES: usize = 210;
 /// Weight rows that share a pass over an activation row when the weights are in cache.
 pub(crate) const QDOT_ROWS: usize = 4;
 
+/// Whether the AVX-512 VNNI kernels run: the CPU has AVX-512F, BW and VNNI, and
+/// `BORA_CPU_ISA` does not cap the kernels below AVX-512.
+#[cfg(target_arch = "x86_64")]
+fn has_vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        Isa::get() == Isa::Avx512
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    })
+}
+
 /// The row kernels' signature: weight rows, one activation row, blocks, outputs, group.
 type RowsKernel = unsafe fn(&[&[u8]], &[u8], usize, &mut [f32], usize);
 
@@ -55,7 +67,11 @@ pub(crate) fn dot_q8_0(
     group: usize,
 ) -> Option<()> {
     #[cfg(target_arch = "x86_64")]
-    let kernel: RowsKernel = x86::q8_0_rows;
+    let kernel: RowsKernel = if has_vnni() {
+        x86::q8_0_rows_vnni
+    } else {
+        x86::q8_0_rows
+    };
     #[cfg(not(target_arch = "x86_64"))]
     let kernel: RowsKernel = |_, _, _, _, _| {};
     run_rows(
@@ -369,8 +385,11 @@ mod x86 {
     /// per pass over the activation.
     macro_rules! rows_of {
         ($name:ident, $k:ident) => {
+            rows_of!($name, $k, "avx2,fma,f16c");
+        };
+        ($name:ident, $k:ident, $features:literal) => {
             /// Every row of `w_rows` against `act`, `group` (1 or 4) at a time.
-            #[target_feature(enable = "avx2,fma,f16c")]
+            #[target_feature(enable = $features)]
             pub(super) unsafe fn $name(
                 w_rows: &[&[u8]],
                 act: &[u8],
@@ -508,7 +527,75 @@ mod x86 {
         }
     }
 
+    /// Two blocks' 32 bytes (at a 34-byte stride, after each 2-byte scale) in one vector.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn two_blocks(p: *const u8) -> __m512i {
+        let lo = _mm256_loadu_si256(p.add(2) as *const __m256i);
+        let hi = _mm256_loadu_si256(p.add(2 + Q8_0_BYTES) as *const __m256i);
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+
+    /// Two blocks' f16 scales, each over 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn two_scales(p: *const u8) -> __m512 {
+        let lo = _mm512_castps_pd(_mm512_castps256_ps512(scale(p)));
+        let hi = _mm256_castps_pd(scale(p.add(Q8_0_BYTES)));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, hi))
+    }
+
+    /// `R` Q8_0 weight rows against one Q8_0 activation row, two blocks per step with
+    /// AVX-512 VNNI (`vpdpbusd`: unsigned·signed bytes summed in fours, in one instruction); an
+    /// odd last block through the AVX2 kernel.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn q8_0_vnni<const R: usize>(
+        w_rows: &[&[u8]],
+        act: &[u8],
+        blocks: usize,
+        out: &mut [f32],
+    ) {
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut w = [std::ptr::null::<u8>(); R];
+        for (p, row) in w.iter_mut().zip(w_rows) {
+            *p = row.as_ptr();
+        }
+        let a = act.as_ptr();
+        for pi in 0..blocks / 2 {
+            let off = 2 * pi * Q8_0_BYTES;
+            let ay = two_blocks(a.add(off));
+            let ad = two_scales(a.add(off));
+            for r in 0..R {
+                let wx = two_blocks(w[r].add(off));
+                let negative = _mm512_movepi8_mask(wx);
+                let magnitude = _mm512_abs_epi8(wx);
+                // The activation with the weight's sign (|y| ≤ 127: Q8_0 never holds −128).
+                let signed = _mm512_mask_sub_epi8(ay, negative, zero, ay);
+                let sums = _mm512_dpbusd_epi32(zero, magnitude, signed);
+                let d = _mm512_mul_ps(two_scales(w[r].add(off)), ad);
+                acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sums), acc[r]);
+            }
+        }
+        let mut tail = [0f32; R];
+        if blocks % 2 == 1 {
+            let off = (blocks - 1) * Q8_0_BYTES;
+            let rows: [&[u8]; R] = std::array::from_fn(|r| &w_rows[r][off..]);
+            q8_0::<R>(&rows, &act[off..], 1, &mut tail);
+        }
+        for r in 0..R {
+            out[r] = _mm512_reduce_add_ps(acc[r]) + tail[r];
+        }
+    }
+
     rows_of!(q8_0_rows, q8_0);
+    rows_of!(
+        q8_0_rows_vnni,
+        q8_0_vnni,
+        "avx512f,avx512bw,avx512vnni,avx2,fma,f16c"
+    );
+
     rows_of!(q6k_rows, q6k);
     rows_of!(q4k_rows, q4k);
 }
@@ -518,11 +605,20 @@ mod tests {
     use super::*;
     use crate::quant::{quantize, QBuf, QType};
 
+    /// The AVX2 Q8_0 kernel, whichever kernel `dot_q8_0` picks on this CPU.
+    fn avx2_q8_0(w: &[&[u8]], a: &[u8], b: usize, o: &mut [f32], g: usize) -> Option<()> {
+        #[cfg(target_arch = "x86_64")]
+        return run_rows(x86::q8_0_rows, (Q8_0_BYTES, Q8_0_BYTES), w, a, b, o, g);
+        #[cfg(not(target_arch = "x86_64"))]
+        return dot_q8_0(w, a, b, o, g);
+    }
+
     /// bora's kernels against candle's dot products on the same blocks: the same integer sums,
     /// so agreement to float rounding.
     #[test]
     fn own_kernels_match_candles() {
-        let k = 1024;
+        // Q8_0 at an odd block count (the VNNI kernel's two-block steps plus a last one).
+        let k_of = |q: QType| if q == QType::Q8_0 { 1056 } else { 1024 };
         let vals = |seed: u32, n: usize| -> Vec<f32> {
             let mut s = seed;
             (0..n)
@@ -543,9 +639,12 @@ mod tests {
                 QType::Q8_0,
                 dot_q8_0 as fn(&[&[u8]], &[u8], usize, &mut [f32], usize) -> Option<()>,
             ),
+            // The AVX2 Q8_0 kernel itself, which a CPU with VNNI runs only for odd blocks.
+            (QType::Q8_0, avx2_q8_0),
             (QType::Q4K, dot_q4k),
             (QType::Q6K, dot_q6k),
         ] {
+            let k = k_of(q);
             let rows: Vec<QBuf> = (0..4)
                 .map(|r| {
                     let mut b = QBuf::zeroed(q.row_bytes(k).unwrap());
