@@ -14,10 +14,12 @@ use crate::quant::{dot_rows, ActQuant, QBuf, QType};
 use super::dot::{
     block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
 };
-use super::qdot::{dot_q4k, dot_q4k_acts, dot_q6k, dot_q8_0, QDOT_ROWS};
+use super::qdot::{
+    available as qdot_available, dot_q4k, dot_q4k_acts, dot_q6k, dot_q8_0, QDOT_ROWS,
+};
 
 /// One of bora's own quantized dot products (`qdot`).
-type OwnDot = fn(&[&[u8]], &[u8], usize, &mut [f32], usize) -> Option<()>;
+type OwnDot = fn(&[&[u8]], &[u8], usize, &mut [f32], usize);
 
 /// Up to this many activation rows, the product runs as dot products over each weight row read
 /// once (a few rows at a time stay in registers while the activation rows go past them); above
@@ -402,6 +404,7 @@ fn quant_task(
                     unsafe { *out.get().add(r * n + j) = d };
                 };
                 let own: Option<OwnDot> = match q {
+                    _ if !qdot_available() => None,
                     QType::Q8_0 => Some(dot_q8_0),
                     QType::Q4K => Some(dot_q4k),
                     QType::Q6K => Some(dot_q6k),
@@ -409,6 +412,24 @@ fn quant_task(
                 };
                 if let Some(own_dot) = own {
                     let blocks = k / q.block_elems();
+                    if q == QType::Q4K && cnt >= 4 {
+                        // Prefill: each weight row unpacked once for 4 activation rows.
+                        let mut xr: [&[u8]; QDOT_ROWS] = [&[]; QDOT_ROWS];
+                        let mut d4 = [0f32; QDOT_ROWS];
+                        for a0 in (r0..r0 + cnt).step_by(QDOT_ROWS) {
+                            let a1 = (a0 + QDOT_ROWS).min(r0 + cnt);
+                            for (slot, r) in xr.iter_mut().zip(a0..a1) {
+                                *slot = acts[s].row(r);
+                            }
+                            for j in b0..b1 {
+                                dot_q4k_acts(row(j), &xr[..a1 - a0], blocks, &mut d4);
+                                for (r, &d) in (a0..a1).zip(&d4) {
+                                    write(j, r, d);
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     let mut ws: [&[u8]; QUANT_BLOCK_ROWS] = [&[]; QUANT_BLOCK_ROWS];
                     for (slot, j) in ws.iter_mut().zip(b0..b1) {
                         *slot = row(j);
@@ -418,45 +439,14 @@ fn quant_task(
                     // AVX2 has registers). With many, 4 rows share each activation load
                     // (prefill 1.3x faster).
                     let group = if cnt >= 4 { QDOT_ROWS } else { 1 };
-                    if q == QType::Q4K && cnt >= 4 {
-                        // Prefill: each weight row unpacked once for 4 activation rows.
-                        let mut xr: [&[u8]; QDOT_ROWS] = [&[]; QDOT_ROWS];
-                        let mut d4 = [0f32; QDOT_ROWS];
-                        let mut ok = true;
-                        for a0 in (r0..r0 + cnt).step_by(QDOT_ROWS) {
-                            let a1 = (a0 + QDOT_ROWS).min(r0 + cnt);
-                            for (slot, r) in xr.iter_mut().zip(a0..a1) {
-                                *slot = acts[s].row(r);
-                            }
-                            for j in b0..b1 {
-                                if dot_q4k_acts(row(j), &xr[..a1 - a0], blocks, &mut d4).is_none() {
-                                    ok = false;
-                                    break;
-                                }
-                                for (r, &d) in (a0..a1).zip(&d4) {
-                                    write(j, r, d);
-                                }
-                            }
-                        }
-                        if ok {
-                            continue;
-                        }
-                    }
                     let mut d8 = [0f32; QUANT_BLOCK_ROWS];
-                    let mut done = true;
                     for r in r0..r0 + cnt {
-                        let res = own_dot(&ws[..b1 - b0], acts[s].row(r), blocks, &mut d8, group);
-                        if res.is_none() {
-                            done = false;
-                            break;
-                        }
+                        own_dot(&ws[..b1 - b0], acts[s].row(r), blocks, &mut d8, group);
                         for (j, &d) in (b0..b1).zip(&d8) {
                             write(j, r, d);
                         }
                     }
-                    if done {
-                        continue;
-                    }
+                    continue;
                 }
                 for (r, x) in xs[..cnt].iter_mut().enumerate() {
                     *x = acts[s].row(r0 + r);

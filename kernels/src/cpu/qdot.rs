@@ -32,10 +32,17 @@ fn has_vnni() -> bool {
 /// The row kernels' signature: weight rows, one activation row, blocks, outputs, group.
 type RowsKernel = unsafe fn(&[&[u8]], &[u8], usize, &mut [f32], usize);
 
-/// Runs an AVX2 row kernel after checking the slices hold `blocks` blocks of `w_bytes`
-/// (weights) and `a_bytes` (activation); `None` when this CPU has no AVX2 (the caller then
-/// uses the portable dot product).
-#[allow(unused_variables)]
+/// Whether this CPU runs bora's own quantized kernels (AVX2, FMA and F16C); where it does
+/// not, the portable dot products (candle's) run instead.
+pub(crate) fn available() -> bool {
+    cfg!(target_arch = "x86_64") && Isa::get() >= Isa::Avx2
+}
+
+/// Runs a row kernel after checking the slices hold `blocks` blocks of `w_bytes` (weights)
+/// and `a_bytes` (activation).
+///
+/// # Panics
+/// If the slices are short, or this CPU cannot run the kernels ([`available`]).
 fn run_rows(
     kernel: RowsKernel,
     (w_bytes, a_bytes): (usize, usize),
@@ -44,28 +51,21 @@ fn run_rows(
     blocks: usize,
     out: &mut [f32],
     group: usize,
-) -> Option<()> {
+) {
+    assert!(
+        available(),
+        "bora's quantized kernels need AVX2, FMA and F16C"
+    );
     assert!(out.len() >= w_rows.len() && act.len() >= blocks * a_bytes);
     assert!(w_rows.iter().all(|w| w.len() >= blocks * w_bytes));
-    #[cfg(target_arch = "x86_64")]
-    if Isa::get() >= Isa::Avx2 {
-        // SAFETY: AVX2, FMA and F16C are present (Isa::Avx2 and above require all three); every
-        // row and the activation hold `blocks` whole blocks (asserted above).
-        unsafe { kernel(w_rows, act, blocks, out, group) };
-        return Some(());
-    }
-    None
+    // SAFETY: AVX2, FMA and F16C are present (Isa::Avx2 and above require all three); every
+    // row and the activation hold `blocks` whole blocks (asserted above).
+    unsafe { kernel(w_rows, act, blocks, out, group) };
 }
 
 /// `out[i] = w_rows[i] · act` for Q8_0 rows of `blocks` blocks, `group` rows (1 or
 /// [`QDOT_ROWS`]) sharing each pass over the activation.
-pub(crate) fn dot_q8_0(
-    w_rows: &[&[u8]],
-    act: &[u8],
-    blocks: usize,
-    out: &mut [f32],
-    group: usize,
-) -> Option<()> {
+pub(crate) fn dot_q8_0(w_rows: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f32], group: usize) {
     #[cfg(target_arch = "x86_64")]
     let kernel: RowsKernel = if has_vnni() {
         x86::q8_0_rows_vnni
@@ -93,13 +93,7 @@ pub(crate) fn dot_q8_0(
 /// chunk's first 32 in the low nibbles, the next 32 in the high ones). A value is
 /// `d·sc_j·q − dmin·m_j`, so the dot with Q8_K (`d8`, bytes `y`, and `bsums`, sums of each 16
 /// of them) is `d·d8·Σ_j sc_j Σ q·y − dmin·d8·Σ_j m_j Σ y`: integer sums, two float products.
-pub(crate) fn dot_q4k(
-    w_rows: &[&[u8]],
-    act: &[u8],
-    blocks: usize,
-    out: &mut [f32],
-    group: usize,
-) -> Option<()> {
+pub(crate) fn dot_q4k(w_rows: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f32], group: usize) {
     #[cfg(target_arch = "x86_64")]
     let kernel: RowsKernel = x86::q4k_rows;
     #[cfg(not(target_arch = "x86_64"))]
@@ -121,13 +115,7 @@ pub(crate) fn dot_q4k(
 /// levels `u` (low 4 bits in `ql`, high 2 in `qh`) standing for `u − 32`. With Q8_K, whose
 /// `bsums` are exactly the sums of each 16 activation bytes, the dot is
 /// `d·d8·(Σ_j sc_j Σ u·y − 32 Σ_j sc_j·bsum_j)`.
-pub(crate) fn dot_q6k(
-    w_rows: &[&[u8]],
-    act: &[u8],
-    blocks: usize,
-    out: &mut [f32],
-    group: usize,
-) -> Option<()> {
+pub(crate) fn dot_q6k(w_rows: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f32], group: usize) {
     #[cfg(target_arch = "x86_64")]
     let kernel: RowsKernel = x86::q6k_rows;
     #[cfg(not(target_arch = "x86_64"))]
@@ -144,30 +132,28 @@ pub(crate) fn dot_q6k(
 }
 
 /// `out[r] = w_row · acts[r]` for one Q4_K row against up to [`QDOT_ROWS`] Q8_K activation
-/// rows, the weight's blocks unpacked once for all; `None` without AVX2.
-pub(crate) fn dot_q4k_acts(
-    w_row: &[u8],
-    acts: &[&[u8]],
-    blocks: usize,
-    out: &mut [f32],
-) -> Option<()> {
-    debug_assert!(acts.len() <= QDOT_ROWS && out.len() >= acts.len());
-    debug_assert!(w_row.len() >= blocks * Q4K_BYTES);
-    debug_assert!(acts.iter().all(|a| a.len() >= blocks * Q8K_BYTES));
+/// rows, the weight's blocks unpacked once for all.
+///
+/// # Panics
+/// As [`run_rows`].
+pub(crate) fn dot_q4k_acts(w_row: &[u8], acts: &[&[u8]], blocks: usize, out: &mut [f32]) {
+    assert!(
+        available(),
+        "bora's quantized kernels need AVX2, FMA and F16C"
+    );
+    assert!(acts.len() <= QDOT_ROWS && out.len() >= acts.len());
+    assert!(w_row.len() >= blocks * Q4K_BYTES);
+    assert!(acts.iter().all(|a| a.len() >= blocks * Q8K_BYTES));
+    // SAFETY: as in `run_rows`: the CPU has the features and the slices are long enough.
     #[cfg(target_arch = "x86_64")]
-    if Isa::get() >= Isa::Avx2 {
-        // SAFETY: as in `dot_q8_0`.
-        unsafe {
-            match acts.len() {
-                4 => x86::q4k_acts::<4>(w_row, acts, blocks, out),
-                3 => x86::q4k_acts::<3>(w_row, acts, blocks, out),
-                2 => x86::q4k_acts::<2>(w_row, acts, blocks, out),
-                _ => x86::q4k_acts::<1>(w_row, acts, blocks, out),
-            }
+    unsafe {
+        match acts.len() {
+            4 => x86::q4k_acts::<4>(w_row, acts, blocks, out),
+            3 => x86::q4k_acts::<3>(w_row, acts, blocks, out),
+            2 => x86::q4k_acts::<2>(w_row, acts, blocks, out),
+            _ => x86::q4k_acts::<1>(w_row, acts, blocks, out),
         }
-        return Some(());
     }
-    None
 }
 
 /// The eight 6-bit scales and minimums of a K-quant block's 12 packed bytes, as
@@ -606,7 +592,7 @@ mod tests {
     use crate::quant::{quantize, QBuf, QType};
 
     /// The AVX2 Q8_0 kernel, whichever kernel `dot_q8_0` picks on this CPU.
-    fn avx2_q8_0(w: &[&[u8]], a: &[u8], b: usize, o: &mut [f32], g: usize) -> Option<()> {
+    fn avx2_q8_0(w: &[&[u8]], a: &[u8], b: usize, o: &mut [f32], g: usize) {
         #[cfg(target_arch = "x86_64")]
         return run_rows(x86::q8_0_rows, (Q8_0_BYTES, Q8_0_BYTES), w, a, b, o, g);
         #[cfg(not(target_arch = "x86_64"))]
@@ -617,6 +603,9 @@ mod tests {
     /// so agreement to float rounding.
     #[test]
     fn own_kernels_match_candles() {
+        if !available() {
+            return; // no AVX2 here: the portable dot products run instead
+        }
         // Q8_0 at an odd block count (the VNNI kernel's two-block steps plus a last one).
         let k_of = |q: QType| if q == QType::Q8_0 { 1056 } else { 1024 };
         let vals = |seed: u32, n: usize| -> Vec<f32> {
@@ -637,7 +626,7 @@ mod tests {
         for (q, own) in [
             (
                 QType::Q8_0,
-                dot_q8_0 as fn(&[&[u8]], &[u8], usize, &mut [f32], usize) -> Option<()>,
+                dot_q8_0 as fn(&[&[u8]], &[u8], usize, &mut [f32], usize),
             ),
             // The AVX2 Q8_0 kernel itself, which a CPU with VNNI runs only for odd blocks.
             (QType::Q8_0, avx2_q8_0),
@@ -666,14 +655,12 @@ mod tests {
             for (n, group) in (1..=4).flat_map(|n| [(n, 1), (n, 4)]) {
                 let ws: Vec<&[u8]> = rows[..n].iter().map(|b| b.as_bytes()).collect();
                 let mut got = [0f32; 4];
-                if own(&ws, act.as_bytes(), k / q.block_elems(), &mut got, group).is_none() {
-                    return; // no AVX2 here
-                }
+                own(&ws, act.as_bytes(), k / q.block_elems(), &mut got, group);
                 if q == QType::Q4K {
                     // One weight row against n activation rows: the same products.
                     let acts: Vec<&[u8]> = vec![act.as_bytes(); n];
                     let mut by_act = [0f32; 4];
-                    dot_q4k_acts(rows[0].as_bytes(), &acts, k / 256, &mut by_act).unwrap();
+                    dot_q4k_acts(rows[0].as_bytes(), &acts, k / 256, &mut by_act);
                     for v in &by_act[..n] {
                         assert!((v - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0));
                     }
