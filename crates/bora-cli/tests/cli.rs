@@ -508,6 +508,22 @@ fn gguf_files_run_and_quantize_writes_them() {
         "q9",
     ]);
     assert!(e.contains("--quantize q9") && e.contains("q4_k"), "{e}");
+    // Rows that are not whole blocks of the type are named (tiny-mixtral's hidden size is 16).
+    let tiny = fixture("tiny-mixtral");
+    let e = err(&[
+        "run",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--raw",
+        "--quantize",
+        "q4_k",
+    ]);
+    assert!(
+        e.contains("cannot quantize `model.embed_tokens.weight` to Q4_K"),
+        "{e}"
+    );
     let e = err(&[
         "quantize",
         "--model",

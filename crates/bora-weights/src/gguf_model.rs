@@ -259,17 +259,7 @@ impl GgufLoader<'_> {
     fn quantized(&self, h: HostMatrix, name: &str) -> Result<HostMatrix> {
         match (self.opts.quantize, h.format()) {
             (Some(q), WeightFormat::Float(_)) => {
-                if q.row_bytes(h.cols()).is_none() {
-                    return Err(WeightsError::Unsupported {
-                        path: self.store.main().path.clone(),
-                        reason: format!(
-                            "cannot quantize `{name}` to {q}: its rows of {} values are not a multiple of {q}'s block of {}",
-                            h.cols(),
-                            q.block_elems()
-                        ),
-                    });
-                }
-                Ok(h.quantize(q))
+                h.quantize_checked(q, name, &self.store.get(name)?.0.path)
             }
             _ => Ok(h),
         }

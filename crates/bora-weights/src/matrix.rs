@@ -1,5 +1,6 @@
 //! [`Matrix`]: the weight of a linear layer, `[rows = out, cols = in]` as in `nn.Linear`.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use bora_kernels::{QBuf, QType, WeightRef};
@@ -226,6 +227,22 @@ impl HostMatrix {
         let mut buf = QBuf::zeroed(self.rows * row_bytes);
         self.quantize_rows_into(q, None, buf.as_bytes_mut());
         Self::from_quant(buf, q, self.rows, self.cols)
+    }
+
+    /// This matrix quantized to `q` at load, or an error naming tensor `name` of `file` when
+    /// its rows are not a whole number of `q`'s blocks.
+    pub(crate) fn quantize_checked(&self, q: QType, name: &str, file: &Path) -> Result<Self> {
+        if q.row_bytes(self.cols).is_none() {
+            return Err(WeightsError::Unsupported {
+                path: file.to_path_buf(),
+                reason: format!(
+                    "cannot quantize `{name}` to {q}: its rows of {} values are not a multiple of {q}'s block of {}",
+                    self.cols,
+                    q.block_elems()
+                ),
+            });
+        }
+        Ok(self.quantize(q))
     }
 
     /// Every row quantized to `q` into `out` (`rows · row_bytes`), in parallel; row `i` of the

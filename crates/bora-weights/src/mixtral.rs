@@ -169,18 +169,9 @@ impl Loader<'_> {
         let Some(q) = self.opts.quantize else {
             return Ok(h);
         };
-        if q.row_bytes(h.cols()).is_none() {
-            return Err(WeightsError::Unsupported {
-                path: self.store.path(self.store.get(name)?).to_path_buf(),
-                reason: format!(
-                    "cannot quantize `{name}` to {q}: its rows of {} values are not a multiple of {q}'s block of {}",
-                    h.cols(),
-                    q.block_elems()
-                ),
-            });
-        }
-        let quantized = h.quantize(q);
-        self.store.release(self.store.get(name)?);
+        let t = self.store.get(name)?;
+        let quantized = h.quantize_checked(q, name, self.store.path(t))?;
+        self.store.release(t);
         Ok(quantized)
     }
 
