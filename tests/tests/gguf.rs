@@ -345,6 +345,30 @@ fn corrupt_files_are_clear_errors() {
     assert!(parse_error(&bad).contains("dimensions"));
 }
 
+/// A metadata array longer than the reader's limit is an error, even when the file really
+/// holds that many bytes (each element would take 32 bytes in memory).
+#[test]
+fn huge_metadata_arrays_are_refused() {
+    let len: u64 = (1 << 24) + 1;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&1u64.to_le_bytes()); // metadata entries
+    let key = b"big";
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(&9u32.to_le_bytes()); // array
+    b.extend_from_slice(&0u32.to_le_bytes()); // of u8
+    b.extend_from_slice(&len.to_le_bytes());
+    b.resize(b.len() + len as usize, 0);
+    let e = parse_error(&b);
+    assert!(
+        e.contains("`big`") && e.contains("16777217 elements"),
+        "{e}"
+    );
+}
+
 /// Every single-byte change and every truncation of a file's header parses or fails with an
 /// error: never a panic (the `gguf` fuzz target goes further).
 #[test]

@@ -19,6 +19,8 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// At most this many dimensions per tensor (ggml's `GGML_MAX_DIMS`).
 const MAX_DIMS: usize = 4;
+/// At most this many elements in a metadata array (vocabularies hold a few hundred thousand).
+const MAX_ARRAY_LEN: u64 = 1 << 24;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -464,7 +466,15 @@ impl<'a> Reader<'a> {
                     }
                 };
                 self.check_count(len, min, &format!("elements in `{key}`"))?;
-                let mut items = Vec::with_capacity(len as usize);
+                // An element is held in 32 bytes however few it takes in the file: a limit,
+                // and capacity that grows with what is actually read, keep a corrupt length
+                // from asking for many times the file's size.
+                if len > MAX_ARRAY_LEN {
+                    return Err(format!(
+                        "{what} is an array of {len} elements, more than the {MAX_ARRAY_LEN} a GGUF reader takes"
+                    ));
+                }
+                let mut items = Vec::with_capacity((len as usize).min(1 << 16));
                 for _ in 0..len {
                     items.push(self.value(ety, key, depth + 1)?);
                 }
