@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use bora_benches::random_bf16;
-use bora_kernels::{matmul_xwt, WeightRef};
+use bora_kernels::quant::quantize;
+use bora_kernels::{matmul_xwt, QBuf, QType, WeightRef};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::{bf16, f16};
 
@@ -89,6 +90,49 @@ fn bench(c: &mut Criterion) {
                 matmul_xwt(&x, m, k, WeightRef::BF16(&experts[next]), n, &mut out)
             })
         });
+    }
+    group.finish();
+
+    // Quantized experts of the bench model's shape: decode (1 row) streams 48 distinct
+    // matrices from DRAM, as a decode step does; prefill (32 rows, an expert's share of a
+    // 128-token prompt) reuses one. BORA_CPU_ISA=avx2 runs the AVX2 kernels instead of the
+    // AVX-512 ones.
+    let mut group = c.benchmark_group("matmul_expert_quant");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for q in [QType::Q4K, QType::Q6K, QType::Q8_0] {
+        let row_bytes = q.row_bytes(k).expect("whole blocks");
+        let experts: Vec<QBuf> = (0..count)
+            .map(|e| {
+                let w: Vec<f32> = random_bf16(n * k, 0.02, 200 + e as u64)
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect();
+                let mut b = QBuf::zeroed(n * row_bytes);
+                quantize(q, &w, b.as_bytes_mut());
+                b
+            })
+            .collect();
+        for m in [1usize, 32] {
+            let x: Vec<f32> = random_bf16(m * k, 1.0, m as u64)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect();
+            let mut out = vec![0f32; m * n];
+            let mut next = 0;
+            group.throughput(Throughput::Bytes((n * row_bytes) as u64));
+            group.bench_function(BenchmarkId::new(q.to_string(), m), |b| {
+                b.iter(|| {
+                    if m == 1 {
+                        next = (next + 1) % count;
+                    }
+                    let w = WeightRef::Quant(q, experts[next].as_bytes());
+                    matmul_xwt(&x, m, k, w, n, &mut out)
+                })
+            });
+        }
     }
     group.finish();
 }

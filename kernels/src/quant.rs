@@ -202,7 +202,36 @@ impl ActQuant {
         match self {
             ActQuant::Q8_0 => BlockQ8_0::from_float(x, blocks_mut(out)),
             ActQuant::Q8_1 => BlockQ8_1::from_float(x, blocks_mut(out)),
-            ActQuant::Q8K => BlockQ8K::from_float(x, blocks_mut(out)),
+            ActQuant::Q8K => crate::cpu::qdot::quantize_q8k(x, out),
+        }
+    }
+
+    /// Bytes of one activation row of `k` values as the matrix products keep it: its blocks,
+    /// and for Q8_K a tail of `k / 32` f32 (each 32 values' byte sum times their block's
+    /// scale) with which the Q4_K kernels apply the minimums.
+    pub(crate) fn row_bytes(self, k: usize) -> usize {
+        let blocks = k / self.block_elems() * self.block_bytes();
+        match self {
+            ActQuant::Q8K => blocks + k / 32 * 4,
+            _ => blocks,
+        }
+    }
+
+    /// Quantizes one row `x` into `out` ([`ActQuant::row_bytes`] long): its blocks, then the
+    /// tail.
+    pub(crate) fn quantize_row(self, x: &[f32], out: &mut [u8]) {
+        let (blocks, tail) = out.split_at_mut(x.len() / self.block_elems() * self.block_bytes());
+        self.quantize(x, blocks);
+        if self == ActQuant::Q8K {
+            let size = std::mem::size_of::<BlockQ8K>();
+            for (block, sums) in blocks.chunks_exact(size).zip(tail.chunks_exact_mut(32)) {
+                let d = f32::from_le_bytes([block[0], block[1], block[2], block[3]]);
+                let bsum = |i: usize| i16::from_le_bytes([block[260 + 2 * i], block[261 + 2 * i]]);
+                for (j, s) in sums.chunks_exact_mut(4).enumerate() {
+                    let sum = bsum(2 * j) as f32 + bsum(2 * j + 1) as f32;
+                    s.copy_from_slice(&(d * sum).to_le_bytes());
+                }
+            }
         }
     }
 }

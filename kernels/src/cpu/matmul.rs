@@ -15,7 +15,7 @@ use super::dot::{
     block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
 };
 use super::qdot::{
-    available as qdot_available, dot_q4k, dot_q4k_acts, dot_q6k, dot_q8_0, QDOT_ROWS,
+    acts_rows, available as qdot_available, dot_acts, dot_q4k, dot_q6k, dot_q8_0, QDOT_ROWS,
 };
 
 /// One of bora's own quantized dot products (`qdot`).
@@ -122,29 +122,38 @@ struct QActs {
     kind: ActQuant,
     buf: QBuf,
     row_bytes: usize,
+    /// The bytes of a row's blocks (the rest is the tail of [`ActQuant::row_bytes`]).
+    block_bytes: usize,
 }
 
 impl QActs {
     fn new(kind: ActQuant, x: &[f32], m: usize, k: usize) -> Self {
-        let row_bytes = k / kind.block_elems() * kind.block_bytes();
+        let row_bytes = kind.row_bytes(k);
         let mut buf = QBuf::zeroed(m * row_bytes);
         if row_bytes > 0 {
             for (row, q) in x
                 .chunks_exact(k)
                 .zip(buf.as_bytes_mut().chunks_exact_mut(row_bytes))
             {
-                kind.quantize(row, q);
+                kind.quantize_row(row, q);
             }
         }
         Self {
             kind,
             buf,
             row_bytes,
+            block_bytes: k / kind.block_elems() * kind.block_bytes(),
         }
     }
 
+    /// Row `r` with its tail, for bora's kernels.
     fn row(&self, r: usize) -> &[u8] {
         &self.buf.as_bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Row `r`'s blocks alone, for candle's dot products.
+    fn blocks(&self, r: usize) -> &[u8] {
+        &self.row(r)[..self.block_bytes]
     }
 }
 
@@ -412,18 +421,19 @@ fn quant_task(
                 };
                 if let Some(own_dot) = own {
                     let blocks = k / q.block_elems();
-                    if q == QType::Q4K && cnt >= 4 {
-                        // Prefill: each weight row unpacked once for 4 activation rows.
-                        let mut xr: [&[u8]; QDOT_ROWS] = [&[]; QDOT_ROWS];
-                        let mut d4 = [0f32; QDOT_ROWS];
-                        for a0 in (r0..r0 + cnt).step_by(QDOT_ROWS) {
-                            let a1 = (a0 + QDOT_ROWS).min(r0 + cnt);
+                    let per_call = acts_rows(q);
+                    if per_call > 0 && cnt >= 4 {
+                        // Prefill: each weight row unpacked once for several activation rows.
+                        let mut xr: [&[u8]; QUANT_ACT_ROWS] = [&[]; QUANT_ACT_ROWS];
+                        let mut d = [0f32; QUANT_ACT_ROWS];
+                        for a0 in (r0..r0 + cnt).step_by(per_call) {
+                            let a1 = (a0 + per_call).min(r0 + cnt);
                             for (slot, r) in xr.iter_mut().zip(a0..a1) {
                                 *slot = acts[s].row(r);
                             }
                             for j in b0..b1 {
-                                dot_q4k_acts(row(j), &xr[..a1 - a0], blocks, &mut d4);
-                                for (r, &d) in (a0..a1).zip(&d4) {
+                                dot_acts(q, row(j), &xr[..a1 - a0], blocks, &mut d);
+                                for (r, &d) in (a0..a1).zip(&d) {
                                     write(j, r, d);
                                 }
                             }
@@ -449,7 +459,7 @@ fn quant_task(
                     continue;
                 }
                 for (r, x) in xs[..cnt].iter_mut().enumerate() {
-                    *x = acts[s].row(r0 + r);
+                    *x = acts[s].blocks(r0 + r);
                 }
                 for j in b0..b1 {
                     dot_rows(q, k, row(j), &xs[..cnt], &mut dots[..cnt]);

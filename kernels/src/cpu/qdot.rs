@@ -8,10 +8,16 @@
 //! are converted with F16C in registers, not through a call per block.
 
 use super::dot::Isa;
+use crate::quant::QType;
+
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 const Q8_0_BYTES: usize = 34;
 const Q4K_BYTES: usize = 144;
 const Q8K_BYTES: usize = 292;
+/// A Q8_K block and its share of the row's tail (eight f32: `ActQuant::row_bytes`).
+const Q8K_ROW_BYTES: usize = Q8K_BYTES + 32;
 const Q6K_BYTES: usize = 210;
 
 /// Weight rows that share a pass over an activation row when the weights are in cache.
@@ -100,7 +106,7 @@ pub(crate) fn dot_q4k(w_rows: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f3
     let kernel: RowsKernel = |_, _, _, _, _| {};
     run_rows(
         kernel,
-        (Q4K_BYTES, Q8K_BYTES),
+        (Q4K_BYTES, Q8K_ROW_BYTES),
         w_rows,
         act,
         blocks,
@@ -122,7 +128,7 @@ pub(crate) fn dot_q6k(w_rows: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f3
     let kernel: RowsKernel = |_, _, _, _, _| {};
     run_rows(
         kernel,
-        (Q6K_BYTES, Q8K_BYTES),
+        (Q6K_BYTES, Q8K_ROW_BYTES),
         w_rows,
         act,
         blocks,
@@ -131,22 +137,61 @@ pub(crate) fn dot_q6k(w_rows: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f3
     )
 }
 
-/// `out[r] = w_row · acts[r]` for one Q4_K row against up to [`QDOT_ROWS`] Q8_K activation
-/// rows, the weight's blocks unpacked once for all.
+/// How many activation rows one [`dot_acts`] call takes best for weights of type `q`: 0 where
+/// there is no such kernel (then several weight rows share each activation row instead).
+pub(crate) fn acts_rows(q: QType) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    match q {
+        _ if !available() => 0,
+        QType::Q4K | QType::Q6K if has_vnni() => 8,
+        QType::Q4K => QDOT_ROWS,
+        _ => 0,
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    0
+}
+
+/// `out[r] = w_row · acts[r]` for one weight row of type `q` against up to [`acts_rows`]`(q)`
+/// Q8_K activation rows (with their tails), the weight's blocks unpacked once for all.
 ///
 /// # Panics
-/// As [`run_rows`].
-pub(crate) fn dot_q4k_acts(w_row: &[u8], acts: &[&[u8]], blocks: usize, out: &mut [f32]) {
-    assert!(
-        available(),
-        "bora's quantized kernels need AVX2, FMA and F16C"
-    );
-    assert!(acts.len() <= QDOT_ROWS && out.len() >= acts.len());
-    assert!(w_row.len() >= blocks * Q4K_BYTES);
-    assert!(acts.iter().all(|a| a.len() >= blocks * Q8K_BYTES));
-    // SAFETY: as in `run_rows`: the CPU has the features and the slices are long enough.
+/// As [`run_rows`], and if `q` has no such kernel here or `acts` holds too many rows.
+pub(crate) fn dot_acts(q: QType, w_row: &[u8], acts: &[&[u8]], blocks: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    return dot_acts_isa(has_vnni(), q, w_row, acts, blocks, out);
+    #[cfg(not(target_arch = "x86_64"))]
+    panic!("no {q} activation-row kernel on this CPU");
+}
+
+/// [`dot_acts`] with the AVX-512 kernels or the AVX2 ones.
+#[cfg(target_arch = "x86_64")]
+fn dot_acts_isa(
+    vnni: bool,
+    q: QType,
+    w_row: &[u8],
+    acts: &[&[u8]],
+    blocks: usize,
+    out: &mut [f32],
+) {
+    let max = match q {
+        _ if !available() || (vnni && !has_vnni()) => 0,
+        QType::Q4K | QType::Q6K if vnni => usize::MAX,
+        QType::Q4K => QDOT_ROWS,
+        _ => 0,
+    };
+    assert!(max > 0, "no {q} activation-row kernel on this CPU");
+    assert!(acts.len() <= max && out.len() >= acts.len());
+    assert!(w_row.len() >= blocks * q.block_bytes());
+    assert!(acts.iter().all(|a| a.len() >= blocks * Q8K_ROW_BYTES));
+    // SAFETY: the CPU has the features (checked above) and the slices are long enough.
     unsafe {
+        if vnni {
+            let kind = match q {
+                QType::Q4K => vnni::Kind::Q4K,
+                _ => vnni::Kind::Q6K,
+            };
+            return vnni::acts_of(kind, w_row, acts, blocks, out);
+        }
         match acts.len() {
             4 => x86::q4k_acts::<4>(w_row, acts, blocks, out),
             3 => x86::q4k_acts::<3>(w_row, acts, blocks, out),
@@ -154,6 +199,21 @@ pub(crate) fn dot_q4k_acts(w_row: &[u8], acts: &[&[u8]], blocks: usize, out: &mu
             _ => x86::q4k_acts::<1>(w_row, acts, blocks, out),
         }
     }
+}
+
+/// Quantizes `x` (whole blocks of 256) to Q8_K blocks in `out`, exactly as ggml's
+/// `quantize_row_q8_K_ref` does (scale `−127/max` from the value of largest magnitude, levels
+/// rounded half to even, sums of each 16): with AVX2 where the CPU has it, else with candle's
+/// port (which rounds half away from zero).
+pub(crate) fn quantize_q8k(x: &[f32], out: &mut [u8]) {
+    assert!(x.len().is_multiple_of(256) && out.len() == x.len() / 256 * Q8K_BYTES);
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX2 is present; the lengths are checked above.
+        return unsafe { x86::quantize_q8k(x, out) };
+    }
+    use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
+    BlockQ8K::from_float(x, crate::quant::blocks_mut(out))
 }
 
 /// The eight 6-bit scales and minimums of a K-quant block's 12 packed bytes, as
@@ -191,6 +251,55 @@ mod x86 {
     unsafe fn scale(p: *const u8) -> __m256 {
         let bits = std::ptr::read_unaligned(p as *const u16);
         _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
+    }
+
+    /// See `super::quantize_q8k`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn quantize_q8k(x: &[f32], out: &mut [u8]) {
+        let sign = _mm256_set1_ps(-0.0);
+        let top = _mm256_set1_epi32(127);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8K_BYTES)) {
+            let p = xb.as_ptr();
+            let mut amax = _mm256_setzero_ps();
+            for i in 0..32 {
+                amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * i))));
+            }
+            let m = _mm_max_ps(
+                _mm256_castps256_ps128(amax),
+                _mm256_extractf128_ps::<1>(amax),
+            );
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            // The first value of the largest magnitude (a NaN block has none: zeros).
+            let Some(&max) = xb.iter().find(|v| v.abs() == m).filter(|_| m > 0.0) else {
+                ob.fill(0);
+                continue;
+            };
+            let iscale = -127.0 / max;
+            let is = _mm256_set1_ps(iscale);
+            let q = ob.as_mut_ptr().add(4);
+            for i in 0..8 {
+                // Rounded half to even (the default rounding mode), as ggml's nearest_int.
+                let v: [__m256i; 4] = std::array::from_fn(|k| {
+                    let x = _mm256_loadu_ps(p.add(32 * i + 8 * k));
+                    _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, is)), top)
+                });
+                let lo = _mm256_packs_epi32(v[0], v[1]);
+                let hi = _mm256_packs_epi32(v[2], v[3]);
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
+                _mm256_storeu_si256(q.add(32 * i) as *mut __m256i, bytes);
+            }
+            let (head, bsums) = ob.split_at_mut(4 + 256);
+            for (j, b) in bsums.chunks_exact_mut(2).enumerate() {
+                let sum: i16 = head[4 + 16 * j..4 + 16 * j + 16]
+                    .iter()
+                    .map(|&v| v as i8 as i16)
+                    .sum();
+                b.copy_from_slice(&sum.to_le_bytes());
+            }
+            head[..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        }
     }
 
     /// `R` Q8_0 weight rows against one Q8_0 activation row.
@@ -591,6 +700,8 @@ mod tests {
     use super::*;
     use crate::quant::{quantize, QBuf, QType};
 
+    type Rows = fn(&[&[u8]], &[u8], usize, &mut [f32], usize);
+
     /// The AVX2 Q8_0 kernel, whichever kernel `dot_q8_0` picks on this CPU.
     fn avx2_q8_0(w: &[&[u8]], a: &[u8], b: usize, o: &mut [f32], g: usize) {
         #[cfg(target_arch = "x86_64")]
@@ -599,8 +710,26 @@ mod tests {
         return dot_q8_0(w, a, b, o, g);
     }
 
+    /// Pseudo-random values with heavy tails: a few far out, as real weights and activations
+    /// have.
+    fn vals(seed: u32, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                let u = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                if s.is_multiple_of(97) {
+                    u * 40.0
+                } else {
+                    u * 3.0
+                }
+            })
+            .collect()
+    }
+
     /// bora's kernels against candle's dot products on the same blocks: the same integer sums,
-    /// so agreement to float rounding.
+    /// so agreement to float rounding. Every kernel this CPU can run is checked: the AVX-512
+    /// ones where it has them, and the AVX2 ones in any case.
     #[test]
     fn own_kernels_match_candles() {
         if !available() {
@@ -608,31 +737,13 @@ mod tests {
         }
         // Q8_0 at an odd block count (the VNNI kernel's two-block steps plus a last one).
         let k_of = |q: QType| if q == QType::Q8_0 { 1056 } else { 1024 };
-        let vals = |seed: u32, n: usize| -> Vec<f32> {
-            let mut s = seed;
-            (0..n)
-                .map(|_| {
-                    s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                    let u = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-                    // Heavy tails: a few values far out, as real weights and activations have.
-                    if s.is_multiple_of(97) {
-                        u * 40.0
-                    } else {
-                        u * 3.0
-                    }
-                })
-                .collect()
-        };
-        for (q, own) in [
-            (
-                QType::Q8_0,
-                dot_q8_0 as fn(&[&[u8]], &[u8], usize, &mut [f32], usize),
-            ),
-            // The AVX2 Q8_0 kernel itself, which a CPU with VNNI runs only for odd blocks.
+        let kernels: [(QType, Rows); 4] = [
+            (QType::Q8_0, dot_q8_0),
             (QType::Q8_0, avx2_q8_0),
             (QType::Q4K, dot_q4k),
             (QType::Q6K, dot_q6k),
-        ] {
+        ];
+        for (q, own) in kernels {
             let k = k_of(q);
             let rows: Vec<QBuf> = (0..4)
                 .map(|r| {
@@ -642,39 +753,92 @@ mod tests {
                 })
                 .collect();
             let kind = q.act_quant();
-            let mut act = QBuf::zeroed(k / kind.block_elems() * kind.block_bytes());
-            kind.quantize(&vals(99, k), act.as_bytes_mut());
-            let want: Vec<f32> = rows
-                .iter()
-                .map(|w| {
-                    let mut o = [0f32];
-                    crate::quant::dot_rows(q, k, w.as_bytes(), &[act.as_bytes()], &mut o);
-                    o[0]
+            let acts: Vec<QBuf> = (0..9)
+                .map(|a| {
+                    let mut b = QBuf::zeroed(kind.row_bytes(k));
+                    kind.quantize_row(&vals(99 + a, k), b.as_bytes_mut());
+                    b
                 })
                 .collect();
-            for (n, group) in (1..=4).flat_map(|n| [(n, 1), (n, 4)]) {
+            let want = |w: &QBuf, a: &QBuf| {
+                let mut o = [0f32];
+                let blocks = &a.as_bytes()[..k / kind.block_elems() * kind.block_bytes()];
+                crate::quant::dot_rows(q, k, w.as_bytes(), &[blocks], &mut o);
+                o[0]
+            };
+            let close = |got: f32, want: f32| (got - want).abs() <= 1e-4 * want.abs().max(1.0);
+            for (n, group) in (1..=4).flat_map(|n| [(n, 1), (n, 2), (n, 4)]) {
                 let ws: Vec<&[u8]> = rows[..n].iter().map(|b| b.as_bytes()).collect();
                 let mut got = [0f32; 4];
-                own(&ws, act.as_bytes(), k / q.block_elems(), &mut got, group);
-                if q == QType::Q4K {
-                    // One weight row against n activation rows: the same products.
-                    let acts: Vec<&[u8]> = vec![act.as_bytes(); n];
-                    let mut by_act = [0f32; 4];
-                    dot_q4k_acts(rows[0].as_bytes(), &acts, k / 256, &mut by_act);
-                    for v in &by_act[..n] {
-                        assert!((v - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0));
-                    }
-                }
+                own(
+                    &ws,
+                    acts[0].as_bytes(),
+                    k / q.block_elems(),
+                    &mut got,
+                    group,
+                );
                 for i in 0..n {
-                    let tol = 1e-4 * want[i].abs().max(1.0);
-                    assert!(
-                        (got[i] - want[i]).abs() <= tol,
-                        "{q} rows {n}: {} vs {}",
-                        got[i],
-                        want[i]
-                    );
+                    let w = want(&rows[i], &acts[0]);
+                    assert!(close(got[i], w), "{q} rows {n}/{group}: {} vs {w}", got[i]);
                 }
             }
+            // One weight row against 1 to 9 activation rows: the same products, with the
+            // AVX-512 kernels where this CPU has them and the AVX2 ones.
+            #[cfg(target_arch = "x86_64")]
+            for (vnni, max) in [(true, 9), (false, QDOT_ROWS)] {
+                let has = if vnni { has_vnni() } else { q == QType::Q4K };
+                if !has || q == QType::Q8_0 {
+                    continue;
+                }
+                for n in 1..=max {
+                    let xs: Vec<&[u8]> = acts[..n].iter().map(|b| b.as_bytes()).collect();
+                    let mut got = [0f32; 9];
+                    dot_acts_isa(vnni, q, rows[1].as_bytes(), &xs, k / 256, &mut got);
+                    for a in 0..n {
+                        let w = want(&rows[1], &acts[a]);
+                        assert!(close(got[a], w), "{q} acts {n} ({vnni}): {} vs {w}", got[a]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// bora's Q8_K quantizer gives candle's blocks (both are ggml's reference; ggml and bora
+    /// round half to even where candle rounds half away from zero, and no value here falls
+    /// on a half), zeros for a zero block, and the tail's scaled sums.
+    #[test]
+    fn q8k_quantizer_matches_candles() {
+        use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
+        let mut x = vals(5, 256 * 6);
+        x[256..512].fill(0.0);
+        x[600] = -50.0; // the largest magnitude negative: the scale's sign flips
+        let kind = QType::Q4K.act_quant();
+        let mut ours = QBuf::zeroed(kind.row_bytes(x.len()));
+        kind.quantize_row(&x, ours.as_bytes_mut());
+        let mut theirs = vec![BlockQ8K::zeros(); 6];
+        BlockQ8K::from_float(&x, &mut theirs);
+        // SAFETY: candle's blocks are repr(C) plain data, 292 bytes each.
+        let theirs =
+            unsafe { std::slice::from_raw_parts(theirs.as_ptr() as *const u8, 6 * Q8K_BYTES) };
+        assert_eq!(&ours.as_bytes()[..6 * Q8K_BYTES], theirs);
+        for (b, t) in theirs.chunks_exact(Q8K_BYTES).enumerate() {
+            let d = f32::from_le_bytes(t[..4].try_into().unwrap());
+            let bsum = |i: usize| i16::from_le_bytes([t[260 + 2 * i], t[261 + 2 * i]]) as f32;
+            let tail = &ours.as_bytes()[6 * Q8K_BYTES + 32 * b..];
+            for j in 0..8 {
+                let s = f32::from_le_bytes(tail[4 * j..4 * j + 4].try_into().unwrap());
+                assert_eq!(s, d * (bsum(2 * j) + bsum(2 * j + 1)), "block {b} sum {j}");
+            }
+        }
+        assert!(theirs[Q8K_BYTES..2 * Q8K_BYTES].iter().all(|&v| v == 0));
+        // A value on a half rounds to even, as ggml's nearest_int does: with max 127, the
+        // scale is −1, so 2.5 and −3.5 are −2.5 and 3.5: −2 and 4.
+        let mut x = vec![0f32; 256];
+        (x[0], x[1], x[2]) = (127.0, 2.5, -3.5);
+        let mut q = vec![0u8; Q8K_BYTES];
+        quantize_q8k(&x, &mut q);
+        if available() {
+            assert_eq!((q[4] as i8, q[5] as i8, q[6] as i8), (-127, -2, 4));
         }
     }
 }
