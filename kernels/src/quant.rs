@@ -200,7 +200,7 @@ impl ActQuant {
     /// Quantizes `x` (a whole number of blocks) into `out`, `x.len() / block_elems` blocks.
     pub(crate) fn quantize(self, x: &[f32], out: &mut [u8]) {
         match self {
-            ActQuant::Q8_0 => BlockQ8_0::from_float(x, blocks_mut(out)),
+            ActQuant::Q8_0 => crate::cpu::qdot::quantize_q8_0(x, out),
             ActQuant::Q8_1 => BlockQ8_1::from_float(x, blocks_mut(out)),
             ActQuant::Q8K => crate::cpu::qdot::quantize_q8k(x, out),
         }

@@ -201,6 +201,20 @@ fn dot_acts_isa(
     }
 }
 
+/// Quantizes `x` (whole blocks of 32) to Q8_0 blocks in `out` as llama.cpp does on x86
+/// (scale `max|x|/127` stored in f16, levels `x·127/max|x|` rounded half to even): with AVX2
+/// where the CPU has it, else with candle's port (which rounds half away from zero).
+pub(crate) fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
+    assert!(x.len().is_multiple_of(32) && out.len() == x.len() / 32 * Q8_0_BYTES);
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX2 and F16C are present; the lengths are checked above.
+        return unsafe { x86::quantize_q8_0(x, out) };
+    }
+    use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+    BlockQ8_0::from_float(x, crate::quant::blocks_mut(out))
+}
+
 /// Quantizes `x` (whole blocks of 256) to Q8_K blocks in `out`, exactly as ggml's
 /// `quantize_row_q8_K_ref` does (scale `−127/max` from the value of largest magnitude, levels
 /// rounded half to even, sums of each 16): with AVX2 where the CPU has it, else with candle's
@@ -253,24 +267,59 @@ mod x86 {
         _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
     }
 
+    /// 32 values at `p` times `scale`, rounded half to even (the default rounding mode) and
+    /// capped at 127, as 32 bytes in order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn levels32(p: *const f32, scale: __m256) -> __m256i {
+        let top = _mm256_set1_epi32(127);
+        let v: [__m256i; 4] = std::array::from_fn(|k| {
+            let x = _mm256_loadu_ps(p.add(8 * k));
+            _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, scale)), top)
+        });
+        let lo = _mm256_packs_epi32(v[0], v[1]);
+        let hi = _mm256_packs_epi32(v[2], v[3]);
+        // The packs work within 128-bit lanes: put the 4-byte groups back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order)
+    }
+
+    /// The largest magnitude among `n` (a multiple of 8) values at `p`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn max_abs(p: *const f32, n: usize) -> f32 {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut amax = _mm256_setzero_ps();
+        for i in 0..n / 8 {
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * i))));
+        }
+        let m = _mm_max_ps(
+            _mm256_castps256_ps128(amax),
+            _mm256_extractf128_ps::<1>(amax),
+        );
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+    }
+
+    /// See `super::quantize_q8_0`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
+        for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
+            let m = max_abs(xb.as_ptr(), 32);
+            let d = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(m / 127.0));
+            let id = if m != 0.0 { 127.0 / m } else { 0.0 };
+            ob[..2].copy_from_slice(&(_mm_extract_epi16::<0>(d) as u16).to_le_bytes());
+            let q = levels32(xb.as_ptr(), _mm256_set1_ps(id));
+            _mm256_storeu_si256(ob.as_mut_ptr().add(2) as *mut __m256i, q);
+        }
+    }
+
     /// See `super::quantize_q8k`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn quantize_q8k(x: &[f32], out: &mut [u8]) {
-        let sign = _mm256_set1_ps(-0.0);
-        let top = _mm256_set1_epi32(127);
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8K_BYTES)) {
             let p = xb.as_ptr();
-            let mut amax = _mm256_setzero_ps();
-            for i in 0..32 {
-                amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * i))));
-            }
-            let m = _mm_max_ps(
-                _mm256_castps256_ps128(amax),
-                _mm256_extractf128_ps::<1>(amax),
-            );
-            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-            let m = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let m = max_abs(p, 256);
             // The first value of the largest magnitude (a NaN block has none: zeros).
             let Some(&max) = xb.iter().find(|v| v.abs() == m).filter(|_| m > 0.0) else {
                 ob.fill(0);
@@ -280,14 +329,8 @@ mod x86 {
             let is = _mm256_set1_ps(iscale);
             let q = ob.as_mut_ptr().add(4);
             for i in 0..8 {
-                // Rounded half to even (the default rounding mode), as ggml's nearest_int.
-                let v: [__m256i; 4] = std::array::from_fn(|k| {
-                    let x = _mm256_loadu_ps(p.add(32 * i + 8 * k));
-                    _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, is)), top)
-                });
-                let lo = _mm256_packs_epi32(v[0], v[1]);
-                let hi = _mm256_packs_epi32(v[2], v[3]);
-                let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
+                // Half to even, as ggml's nearest_int.
+                let bytes = levels32(p.add(32 * i), is);
                 _mm256_storeu_si256(q.add(32 * i) as *mut __m256i, bytes);
             }
             let (head, bsums) = ob.split_at_mut(4 + 256);
@@ -839,6 +882,29 @@ mod tests {
         quantize_q8k(&x, &mut q);
         if available() {
             assert_eq!((q[4] as i8, q[5] as i8, q[6] as i8), (-127, -2, 4));
+        }
+    }
+
+    /// bora's Q8_0 activation quantizer against the arithmetic it stands for (llama.cpp's on
+    /// x86): scale `max/127` in f16, levels `x·(127/max)` rounded half to even.
+    #[test]
+    fn q8_0_quantizer_is_llama_cpps() {
+        let mut x = vals(7, 32 * 40);
+        x[32..64].fill(0.0);
+        (x[64], x[65], x[66]) = (127.0, 2.5, -3.5); // halves: 2 and -4
+        let mut q = vec![0u8; 40 * Q8_0_BYTES];
+        quantize_q8_0(&x, &mut q);
+        for (b, (xb, qb)) in x.chunks(32).zip(q.chunks(Q8_0_BYTES)).enumerate() {
+            let m = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = half::f16::from_f32(m / 127.0).to_bits().to_le_bytes();
+            assert_eq!(qb[..2], d, "block {b} scale");
+            let id = if m != 0.0 { 127.0 / m } else { 0.0 };
+            for (i, &v) in xb.iter().enumerate() {
+                let want = (v * id).round_ties_even().min(127.0) as i8;
+                if available() || (v * id).fract().abs() != 0.5 {
+                    assert_eq!(qb[2 + i] as i8, want, "block {b} value {i}");
+                }
+            }
         }
     }
 }
