@@ -217,9 +217,18 @@ impl Engine {
             queued.clone(),
             stats.clone(),
         );
+        // The engine loop runs on a worker of its own rayon pool, so that the kernels' parallel
+        // regions fork and join on that thread: called from outside a pool, each region would
+        // also put the caller to sleep and wake it again (some 40 regions per decode step).
+        // The pool has rayon's default size (RAYON_NUM_THREADS, or one thread per core), the
+        // engine's worker included.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("bora-engine-{i}"))
+            .build()
+            .map_err(|e| EngineError::Config(format!("cannot start the engine threads: {e}")))?;
         std::thread::Builder::new()
             .name("bora-engine".into())
-            .spawn(move || core.run(rx))
+            .spawn(move || pool.install(move || core.run(rx)))
             .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
         Ok(Self {
             tx,
