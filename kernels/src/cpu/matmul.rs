@@ -15,7 +15,8 @@ use super::dot::{
     block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
 };
 use super::qdot::{
-    acts_rows, available as qdot_available, dot_acts, dot_q4k, dot_q6k, dot_q8_0, QDOT_ROWS,
+    acts_rows, available as qdot_available, dot_acts, dot_q4k, dot_q5k, dot_q6k, dot_q8_0,
+    QDOT_ROWS,
 };
 
 /// One of bora's own quantized dot products (`qdot`).
@@ -416,6 +417,7 @@ fn quant_task(
                     _ if !qdot_available() => None,
                     QType::Q8_0 => Some(dot_q8_0),
                     QType::Q4K => Some(dot_q4k),
+                    QType::Q5K => Some(dot_q5k),
                     QType::Q6K => Some(dot_q6k),
                     _ => None,
                 };

@@ -15,6 +15,7 @@ mod vnni;
 
 const Q8_0_BYTES: usize = 34;
 const Q4K_BYTES: usize = 144;
+const Q5K_BYTES: usize = 176;
 const Q8K_BYTES: usize = 292;
 /// A Q8_K block and its share of the row's tail (eight f32: `ActQuant::row_bytes`).
 const Q8K_ROW_BYTES: usize = Q8K_BYTES + 32;
@@ -137,13 +138,33 @@ pub(crate) fn dot_q6k(w_rows: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f3
     )
 }
 
+/// `out[i] = w_rows[i] · act` for Q5_K rows against a Q8_K activation row.
+///
+/// Q5_K is Q4_K with a fifth bit per value: 32 bytes `qh` after the scales, bit `j` of byte
+/// `l` belonging to value `l` of sub-block `j` (worth 16).
+pub(crate) fn dot_q5k(w_rows: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f32], group: usize) {
+    #[cfg(target_arch = "x86_64")]
+    let kernel: RowsKernel = x86::q5k_rows;
+    #[cfg(not(target_arch = "x86_64"))]
+    let kernel: RowsKernel = |_, _, _, _, _| {};
+    run_rows(
+        kernel,
+        (Q5K_BYTES, Q8K_ROW_BYTES),
+        w_rows,
+        act,
+        blocks,
+        out,
+        group,
+    )
+}
+
 /// How many activation rows one [`dot_acts`] call takes best for weights of type `q`: 0 where
 /// there is no such kernel (then several weight rows share each activation row instead).
 pub(crate) fn acts_rows(q: QType) -> usize {
     #[cfg(target_arch = "x86_64")]
     match q {
         _ if !available() => 0,
-        QType::Q4K | QType::Q6K if has_vnni() => 8,
+        QType::Q4K | QType::Q5K | QType::Q6K if has_vnni() => 8,
         QType::Q4K => QDOT_ROWS,
         _ => 0,
     }
@@ -175,7 +196,7 @@ fn dot_acts_isa(
 ) {
     let max = match q {
         _ if !available() || (vnni && !has_vnni()) => 0,
-        QType::Q4K | QType::Q6K if vnni => usize::MAX,
+        QType::Q4K | QType::Q5K | QType::Q6K if vnni => usize::MAX,
         QType::Q4K => QDOT_ROWS,
         _ => 0,
     };
@@ -188,6 +209,7 @@ fn dot_acts_isa(
         if vnni {
             let kind = match q {
                 QType::Q4K => vnni::Kind::Q4K,
+                QType::Q5K => vnni::Kind::Q5K,
                 _ => vnni::Kind::Q6K,
             };
             return vnni::acts_of(kind, w_row, acts, blocks, out);
@@ -250,7 +272,7 @@ fn unpack_scales(s: &[u8]) -> (u64, u64) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{unpack_scales, Q4K_BYTES, Q6K_BYTES, Q8K_BYTES, Q8_0_BYTES};
+    use super::{unpack_scales, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES, Q8K_BYTES, Q8_0_BYTES};
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -381,10 +403,10 @@ mod x86 {
         }
     }
 
-    /// `R` Q4_K weight rows against one Q8_K activation row.
+    /// `R` Q4_K weight rows (Q5_K with `FIVE`) against one Q8_K activation row.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q4k<const R: usize>(
+    pub(super) unsafe fn q4k5<const R: usize, const FIVE: bool>(
         w_rows: &[&[u8]],
         act: &[u8],
         blocks: usize,
@@ -412,7 +434,7 @@ mod x86 {
             let ys: [__m256i; 8] =
                 std::array::from_fn(|i| _mm256_loadu_si256(y.add(32 * i) as *const __m256i));
             for r in 0..R {
-                let wb = w[r].add(b * Q4K_BYTES);
+                let wb = w[r].add(b * if FIVE { Q5K_BYTES } else { Q4K_BYTES });
                 let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
                     wb as *const i32,
                 )));
@@ -426,12 +448,24 @@ mod x86 {
                 let s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(
                     scales as i64,
                 )));
-                let q = wb.add(16);
+                let q = wb.add(if FIVE { 48 } else { 16 });
+                // Q5_K's fifth bits, bit pair c of each byte for chunk c shifted to bits 0-1.
+                let mut qh = if FIVE {
+                    _mm256_loadu_si256(wb.add(16) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
                 let mut sum = _mm256_setzero_si256();
                 for c in 0..4 {
                     let bits = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
-                    let lo = _mm256_and_si256(bits, low);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low);
+                    let mut lo = _mm256_and_si256(bits, low);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low);
+                    if FIVE {
+                        let b4 = _mm256_set1_epi8(0x10);
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(qh, 4), b4));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(qh, 3), b4));
+                        qh = _mm256_srli_epi16(qh, 2);
+                    }
                     let sl = _mm256_shuffle_epi8(s16, spread[2 * c]);
                     let sh = _mm256_shuffle_epi8(s16, spread[2 * c + 1]);
                     let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, ys[2 * c]), sl);
@@ -735,7 +769,22 @@ mod x86 {
     );
 
     rows_of!(q6k_rows, q6k);
+    /// `R` Q4_K weight rows against one Q8_K activation row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4k<const R: usize>(w: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f32]) {
+        q4k5::<R, false>(w, act, blocks, out)
+    }
+
+    /// `R` Q5_K weight rows against one Q8_K activation row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5k<const R: usize>(w: &[&[u8]], act: &[u8], blocks: usize, out: &mut [f32]) {
+        q4k5::<R, true>(w, act, blocks, out)
+    }
+
     rows_of!(q4k_rows, q4k);
+    rows_of!(q5k_rows, q5k);
 }
 
 #[cfg(test)]
@@ -780,10 +829,11 @@ mod tests {
         }
         // Q8_0 at an odd block count (the VNNI kernel's two-block steps plus a last one).
         let k_of = |q: QType| if q == QType::Q8_0 { 1056 } else { 1024 };
-        let kernels: [(QType, Rows); 4] = [
+        let kernels: [(QType, Rows); 5] = [
             (QType::Q8_0, dot_q8_0),
             (QType::Q8_0, avx2_q8_0),
             (QType::Q4K, dot_q4k),
+            (QType::Q5K, dot_q5k),
             (QType::Q6K, dot_q6k),
         ];
         for (q, own) in kernels {

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{unpack_scales, Q4K_BYTES, Q6K_BYTES, Q8K_BYTES};
+use super::{unpack_scales, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES, Q8K_BYTES};
 
 /// A weight block ready for [`Kind::dot`]: four vectors of 64 unsigned levels matching
 /// activation bytes `64i..64i + 64`, the i16 scales of their 32 i16 pair sums, and per-type
@@ -66,6 +66,7 @@ const Q6K_SPREAD: [[i16; 32]; 4] = [
 #[derive(Clone, Copy)]
 pub(super) enum Kind {
     Q4K,
+    Q5K,
     Q6K,
 }
 
@@ -73,6 +74,7 @@ impl Kind {
     pub(super) const fn bytes(self) -> usize {
         match self {
             Kind::Q4K => Q4K_BYTES,
+            Kind::Q5K => Q5K_BYTES,
             Kind::Q6K => Q6K_BYTES,
         }
     }
@@ -81,7 +83,8 @@ impl Kind {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     unsafe fn unpack(self, wb: *const u8) -> Unpacked {
         match self {
-            Kind::Q4K => unpack_q4k(wb),
+            Kind::Q4K => unpack_q4k5::<false>(wb),
+            Kind::Q5K => unpack_q4k5::<true>(wb),
             Kind::Q6K => unpack_q6k(wb),
         }
     }
@@ -101,7 +104,7 @@ impl Kind {
     ) {
         let y = ab.add(4);
         let mut sum = match self {
-            Kind::Q4K => _mm512_setzero_si512(),
+            Kind::Q4K | Kind::Q5K => _mm512_setzero_si512(),
             Kind::Q6K => {
                 // The levels stand for u − 32: −32 Σ_j sc_j·bsum_j.
                 let bsums = _mm256_loadu_si256(ab.add(4 + 256) as *const __m256i);
@@ -118,7 +121,7 @@ impl Kind {
             _mm512_set1_ps(std::ptr::read_unaligned(ab as *const f32)),
         );
         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, *acc);
-        if let Kind::Q4K = self {
+        if let Kind::Q4K | Kind::Q5K = self {
             *mins = _mm256_fmadd_ps(u.mins, _mm256_loadu_ps(sums), *mins);
         }
     }
@@ -126,12 +129,13 @@ impl Kind {
 
 /// Q4_K (see `dot_q4k` in the parent): the 128 bytes of nibbles, low nibbles of 32 bytes for
 /// one sub-block and high nibbles for the next, rearranged so that each vector holds two
-/// consecutive sub-blocks.
+/// consecutive sub-blocks. With `FIVE`, Q5_K: the same, after 32 bytes of fifth bits (bit `j`
+/// of byte `l` for value `l` of sub-block `j`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn unpack_q4k(wb: *const u8) -> Unpacked {
+unsafe fn unpack_q4k5<const FIVE: bool>(wb: *const u8) -> Unpacked {
     let low = _mm512_set1_epi8(0x0f);
-    let q = wb.add(16);
+    let q = wb.add(if FIVE { 48 } else { 16 });
     let mut levels = [_mm512_setzero_si512(); 4];
     for h in 0..2 {
         let bits = _mm512_loadu_si512(q.add(64 * h) as *const _);
@@ -140,6 +144,20 @@ unsafe fn unpack_q4k(wb: *const u8) -> Unpacked {
         let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(bits), low);
         levels[2 * h] = _mm512_shuffle_i64x2::<0b01_00_01_00>(lo, hi);
         levels[2 * h + 1] = _mm512_shuffle_i64x2::<0b11_10_11_10>(lo, hi);
+    }
+    if FIVE {
+        // Vector i holds sub-blocks 2i and 2i + 1: bits 2i and 2i + 1 of the 32 bytes, one
+        // per 256-bit half, add 16 where set.
+        let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(wb.add(16) as *const __m256i));
+        let sixteen = _mm512_set1_epi8(16);
+        for (i, l) in levels.iter_mut().enumerate() {
+            let bits = _mm512_inserti64x4::<1>(
+                _mm512_set1_epi8(1 << (2 * i)),
+                _mm256_set1_epi8((2u8 << (2 * i)) as i8),
+            );
+            let set = _mm512_test_epi8_mask(qh, bits);
+            *l = _mm512_mask_add_epi8(*l, set, *l, sixteen);
+        }
     }
     let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
         wb as *const i32,
