@@ -134,6 +134,24 @@ def test_models(server):
     assert card.max_context_length == 128
 
 
+def test_gguf_file_serves_the_same_api():
+    """A GGUF file made by llama.cpp's tools is served like a directory, named by its file."""
+    from conftest import ROOT, Server
+
+    s = Server(model=str(ROOT / "models" / "fixtures" / "gguf" / "tiny-Q4_K_M.gguf"))
+    try:
+        client = mistral(s)
+        [card] = client.models.list().data
+        assert card.id == "tiny-Q4_K_M.gguf"
+        res = client.chat.complete(
+            model=card.id, messages=HELLO, max_tokens=6, temperature=0, random_seed=1
+        )
+        assert res.choices[0].finish_reason == "length"
+        assert res.usage.completion_tokens == 6
+    finally:
+        assert s.stop() == 0, "".join(s.lines)
+
+
 def test_mistral_errors(server, auth_server, full_server):
     client = mistral(server)
     with pytest.raises(SDKError) as e:

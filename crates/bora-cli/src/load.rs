@@ -261,6 +261,18 @@ impl ModelArgs {
     }
 }
 
+/// The configuration of a resolved model source: a directory's `config.json`, or a GGUF file's
+/// metadata.
+pub fn source_config(path: &Path) -> Result<bora_core::ModelConfig> {
+    if path.is_file() {
+        let store = GgufStore::open(path)?;
+        return Ok(gguf_config(&store)?);
+    }
+    Ok(bora_core::ModelConfig::from_file(
+        &path.join("config.json"),
+    )?)
+}
+
 fn rayon_threads(n: usize) -> Result<()> {
     if n == 0 {
         bail!("--threads must be at least 1");

@@ -49,8 +49,8 @@ pub struct Args {
 
 pub fn main(a: Args) -> Result<()> {
     let dir = a.model.dir()?;
-    let cfg = bora_core::ModelConfig::from_file(&dir.join("config.json"))
-        .with_context(|| format!("--model {}", dir.display()))?;
+    let cfg =
+        crate::load::source_config(&dir).with_context(|| format!("--model {}", dir.display()))?;
     let name = match (&a.served_model_name, &a.model.model) {
         (Some(n), _) => n.clone(),
         (None, None) => bora_engine::DEMO_MODEL_NAME.to_string(),
