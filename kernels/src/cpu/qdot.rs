@@ -11,7 +11,27 @@ use super::dot::Isa;
 use crate::quant::QType;
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod vnni;
+
+/// The K-quant types of the activation-row kernels (`avx2`, `vnni`).
+#[derive(Clone, Copy)]
+enum Kind {
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl Kind {
+    const fn bytes(self) -> usize {
+        match self {
+            Kind::Q4K => Q4K_BYTES,
+            Kind::Q5K => Q5K_BYTES,
+            Kind::Q6K => Q6K_BYTES,
+        }
+    }
+}
 
 const Q8_0_BYTES: usize = 34;
 const Q4K_BYTES: usize = 144;
@@ -165,7 +185,7 @@ pub(crate) fn acts_rows(q: QType) -> usize {
     match q {
         _ if !available() => 0,
         QType::Q4K | QType::Q5K | QType::Q6K if has_vnni() => 8,
-        QType::Q4K => QDOT_ROWS,
+        QType::Q4K | QType::Q5K | QType::Q6K => QDOT_ROWS,
         _ => 0,
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -196,8 +216,7 @@ fn dot_acts_isa(
 ) {
     let max = match q {
         _ if !available() || (vnni && !has_vnni()) => 0,
-        QType::Q4K | QType::Q5K | QType::Q6K if vnni => usize::MAX,
-        QType::Q4K => QDOT_ROWS,
+        QType::Q4K | QType::Q5K | QType::Q6K => usize::MAX,
         _ => 0,
     };
     assert!(max > 0, "no {q} activation-row kernel on this CPU");
@@ -205,20 +224,16 @@ fn dot_acts_isa(
     assert!(w_row.len() >= blocks * q.block_bytes());
     assert!(acts.iter().all(|a| a.len() >= blocks * Q8K_ROW_BYTES));
     // SAFETY: the CPU has the features (checked above) and the slices are long enough.
+    let kind = match q {
+        QType::Q4K => Kind::Q4K,
+        QType::Q5K => Kind::Q5K,
+        _ => Kind::Q6K,
+    };
     unsafe {
         if vnni {
-            let kind = match q {
-                QType::Q4K => vnni::Kind::Q4K,
-                QType::Q5K => vnni::Kind::Q5K,
-                _ => vnni::Kind::Q6K,
-            };
-            return vnni::acts_of(kind, w_row, acts, blocks, out);
-        }
-        match acts.len() {
-            4 => x86::q4k_acts::<4>(w_row, acts, blocks, out),
-            3 => x86::q4k_acts::<3>(w_row, acts, blocks, out),
-            2 => x86::q4k_acts::<2>(w_row, acts, blocks, out),
-            _ => x86::q4k_acts::<1>(w_row, acts, blocks, out),
+            vnni::acts_of(kind, w_row, acts, blocks, out)
+        } else {
+            avx2::acts_of(kind, w_row, acts, blocks, out)
         }
     }
 }
@@ -474,75 +489,6 @@ mod x86 {
                 }
                 let d = _mm256_broadcastss_ps(dd);
                 acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum), acc[r]);
-            }
-        }
-        for r in 0..R {
-            let m = mins_acc[r];
-            let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-            out[r] = hsum(acc[r]) - _mm_cvtss_f32(m);
-        }
-    }
-
-    /// One Q4_K weight row against `R` Q8_K activation rows: the weight's blocks are unpacked
-    /// once for all of them (prefill).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q4k_acts<const R: usize>(
-        w_row: &[u8],
-        acts: &[&[u8]],
-        blocks: usize,
-        out: &mut [f32],
-    ) {
-        let low = _mm256_set1_epi8(0x0f);
-        let spread: [__m256i; 8] = std::array::from_fn(|j| {
-            _mm256_set1_epi16((((2 * j + 1) as i16) << 8) | (2 * j) as i16)
-        });
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut mins_acc = [_mm_setzero_ps(); R];
-        let mut a = [std::ptr::null::<u8>(); R];
-        for (p, row) in a.iter_mut().zip(acts) {
-            *p = row.as_ptr();
-        }
-        let w = w_row.as_ptr();
-        for b in 0..blocks {
-            let wb = w.add(b * Q4K_BYTES);
-            let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
-                wb as *const i32,
-            )));
-            let (scales, mins) = unpack_scales(std::slice::from_raw_parts(wb.add(4), 12));
-            let m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64));
-            let s16 =
-                _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
-            let q = wb.add(16);
-            let mut sum = [_mm256_setzero_si256(); R];
-            for c in 0..4 {
-                let bits = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
-                let lo = _mm256_and_si256(bits, low);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low);
-                let sl = _mm256_shuffle_epi8(s16, spread[2 * c]);
-                let sh = _mm256_shuffle_epi8(s16, spread[2 * c + 1]);
-                for r in 0..R {
-                    let y = a[r].add(b * Q8K_BYTES + 4 + 64 * c);
-                    let yl = _mm256_loadu_si256(y as *const __m256i);
-                    let yh = _mm256_loadu_si256(y.add(32) as *const __m256i);
-                    let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, yl), sl);
-                    let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, yh), sh);
-                    sum[r] = _mm256_add_epi32(sum[r], _mm256_add_epi32(pl, ph));
-                }
-            }
-            for r in 0..R {
-                let ab = a[r].add(b * Q8K_BYTES);
-                let d8 = _mm_set1_ps(std::ptr::read_unaligned(ab as *const f32));
-                let ddr = _mm_mul_ps(dd, d8);
-                let bs = _mm256_loadu_si256(ab.add(4 + 256) as *const __m256i);
-                let ysum =
-                    _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-                let msum = _mm_cvtepi32_ps(_mm_madd_epi16(m16, ysum));
-                mins_acc[r] =
-                    _mm_fmadd_ps(_mm_shuffle_ps::<0b01_01_01_01>(ddr, ddr), msum, mins_acc[r]);
-                let d = _mm256_broadcastss_ps(ddr);
-                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum[r]), acc[r]);
             }
         }
         for r in 0..R {
@@ -879,7 +825,7 @@ mod tests {
             // AVX-512 kernels where this CPU has them and the AVX2 ones.
             #[cfg(target_arch = "x86_64")]
             for (vnni, max) in [(true, 9), (false, QDOT_ROWS)] {
-                let has = if vnni { has_vnni() } else { q == QType::Q4K };
+                let has = !vnni || has_vnni();
                 if !has || q == QType::Q8_0 {
                     continue;
                 }

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{unpack_scales, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES, Q8K_BYTES};
+use super::{unpack_scales, Kind, Q8K_BYTES};
 
 /// A weight block ready for [`Kind::dot`]: four vectors of 64 unsigned levels matching
 /// activation bytes `64i..64i + 64`, the i16 scales of their 32 i16 pair sums, and per-type
@@ -62,23 +62,7 @@ const Q6K_SPREAD: [[i16; 32]; 4] = [
     spread_idx(3, 4, 8),
 ];
 
-/// A block type's unpacking and dot product.
-#[derive(Clone, Copy)]
-pub(super) enum Kind {
-    Q4K,
-    Q5K,
-    Q6K,
-}
-
 impl Kind {
-    pub(super) const fn bytes(self) -> usize {
-        match self {
-            Kind::Q4K => Q4K_BYTES,
-            Kind::Q5K => Q5K_BYTES,
-            Kind::Q6K => Q6K_BYTES,
-        }
-    }
-
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     unsafe fn unpack(self, wb: *const u8) -> Unpacked {
