@@ -184,8 +184,8 @@ pub(crate) fn acts_rows(q: QType) -> usize {
     #[cfg(target_arch = "x86_64")]
     match q {
         _ if !available() => 0,
-        QType::Q4K | QType::Q5K | QType::Q6K if has_vnni() => 8,
-        QType::Q4K | QType::Q5K | QType::Q6K => QDOT_ROWS,
+        // Measured on a Q4_K expert at 32 rows: 8 beat 4 by 20% with AVX2 (16 was slower).
+        QType::Q4K | QType::Q5K | QType::Q6K => 8,
         _ => 0,
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -824,12 +824,12 @@ mod tests {
             // One weight row against 1 to 9 activation rows: the same products, with the
             // AVX-512 kernels where this CPU has them and the AVX2 ones.
             #[cfg(target_arch = "x86_64")]
-            for (vnni, max) in [(true, 9), (false, QDOT_ROWS)] {
+            for vnni in [true, false] {
                 let has = !vnni || has_vnni();
                 if !has || q == QType::Q8_0 {
                     continue;
                 }
-                for n in 1..=max {
+                for n in 1..=9 {
                     let xs: Vec<&[u8]> = acts[..n].iter().map(|b| b.as_bytes()).collect();
                     let mut got = [0f32; 9];
                     dot_acts_isa(vnni, q, rows[1].as_bytes(), &xs, k / 256, &mut got);

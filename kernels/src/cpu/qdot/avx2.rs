@@ -1,7 +1,7 @@
 //! The K-quant activation-row kernels with AVX2 (prefill on CPUs without AVX-512 VNNI): each
 //! weight block is made into eight vectors of 32 unsigned levels laid out like the Q8_K
 //! activation bytes, with the i16 scales of their pair sums, one vector at a time, and each
-//! vector is multiplied with several activation rows before the next is made (AVX2 has 16
+//! vector is multiplied with up to 8 activation rows before the next is made (AVX2 has 16
 //! vector registers: a whole unpacked block, as `vnni` keeps, would spill).
 
 use std::arch::x86_64::*;
@@ -211,7 +211,7 @@ unsafe fn acts<const A: usize, const K: u8>(
     }
 }
 
-/// One weight row against any number of activation rows, up to 4 per pass over its blocks.
+/// One weight row against any number of activation rows, up to 8 per pass over its blocks.
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; `w_row` holds `blocks` blocks, and every row of
@@ -228,11 +228,15 @@ pub(super) unsafe fn acts_of(
     while r < act_rows.len() {
         let (a, o) = (&act_rows[r..], &mut out[r..]);
         let n = match act_rows.len() - r {
-            4.. => 4,
+            8.. => 8,
+            4..=7 => 4,
             2 | 3 => 2,
             _ => 1,
         };
         match (kind, n) {
+            (Kind::Q4K, 8) => acts::<8, 0>(w_row, a, blocks, o),
+            (Kind::Q5K, 8) => acts::<8, 1>(w_row, a, blocks, o),
+            (Kind::Q6K, 8) => acts::<8, 2>(w_row, a, blocks, o),
             (Kind::Q4K, 4) => acts::<4, 0>(w_row, a, blocks, o),
             (Kind::Q4K, 2) => acts::<2, 0>(w_row, a, blocks, o),
             (Kind::Q4K, _) => acts::<1, 0>(w_row, a, blocks, o),
