@@ -193,11 +193,11 @@ pub(crate) fn acts_rows(q: QType) -> usize {
     0
 }
 
-/// `out[r] = w_row · acts[r]` for one weight row of type `q` against up to [`acts_rows`]`(q)`
-/// Q8_K activation rows (with their tails), the weight's blocks unpacked once for all.
+/// `out[r] = w_row · acts[r]` for one weight row of type `q` against Q8_K activation rows
+/// (with their tails), the weight's blocks unpacked once for up to [`acts_rows`]`(q)` of them.
 ///
 /// # Panics
-/// As [`run_rows`], and if `q` has no such kernel here or `acts` holds too many rows.
+/// As [`run_rows`], and if `q` has no such kernel here.
 pub(crate) fn dot_acts(q: QType, w_row: &[u8], acts: &[&[u8]], blocks: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     return dot_acts_isa(has_vnni(), q, w_row, acts, blocks, out);
@@ -215,21 +215,20 @@ fn dot_acts_isa(
     blocks: usize,
     out: &mut [f32],
 ) {
-    let max = match q {
-        _ if !available() || (vnni && !has_vnni()) => 0,
-        QType::Q4K | QType::Q5K | QType::Q6K => usize::MAX,
-        _ => 0,
-    };
-    assert!(max > 0, "no {q} activation-row kernel on this CPU");
-    assert!(acts.len() <= max && out.len() >= acts.len());
-    assert!(w_row.len() >= blocks * q.block_bytes());
-    assert!(acts.iter().all(|a| a.len() >= blocks * Q8K_ROW_BYTES));
-    // SAFETY: the CPU has the features (checked above) and the slices are long enough.
     let kind = match q {
         QType::Q4K => Kind::Q4K,
         QType::Q5K => Kind::Q5K,
-        _ => Kind::Q6K,
+        QType::Q6K => Kind::Q6K,
+        _ => panic!("no {q} activation-row kernel"),
     };
+    assert!(
+        available() && (!vnni || has_vnni()),
+        "this CPU cannot run the {q} activation-row kernels"
+    );
+    assert!(out.len() >= acts.len());
+    assert!(w_row.len() >= blocks * q.block_bytes());
+    assert!(acts.iter().all(|a| a.len() >= blocks * Q8K_ROW_BYTES));
+    // SAFETY: the CPU has the features and the slices are long enough (asserted above).
     unsafe {
         if vnni {
             vnni::acts_of(kind, w_row, acts, blocks, out)
