@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bora_benches::random_bf16;
+use bora_benches::{random_bf16, random_f32};
 use bora_kernels::quant::quantize;
 use bora_kernels::{matmul_xwt, QBuf, QType, WeightRef};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -23,10 +23,7 @@ fn bench(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(3));
     for m in [1usize, 2, 3, 4, 8, 16, 32, 128] {
-        let x: Vec<f32> = random_bf16(m * K, 1.0, m as u64)
-            .iter()
-            .map(|v| v.to_f32())
-            .collect();
+        let x: Vec<f32> = random_f32(m * K, 1.0, m as u64);
         let mut out = vec![0f32; m * N];
         for (name, w, size) in [
             ("bf16", WeightRef::BF16(&wb), 2),
@@ -52,10 +49,7 @@ fn bench(c: &mut Criterion) {
         let k = 1024;
         let w: Vec<bf16> = random_bf16(n * k, 0.02, 9);
         for m in [1usize, 2, 4, 8, 16] {
-            let x: Vec<f32> = random_bf16(m * k, 1.0, m as u64)
-                .iter()
-                .map(|v| v.to_f32())
-                .collect();
+            let x: Vec<f32> = random_f32(m * k, 1.0, m as u64);
             let mut out = vec![0f32; m * n];
             group.throughput(Throughput::Bytes((n * k * 2) as u64));
             group.bench_function(BenchmarkId::new(name, m), |b| {
@@ -77,10 +71,7 @@ fn bench(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
     for m in [1usize, 2, 4, 8, 16] {
-        let x: Vec<f32> = random_bf16(m * k, 1.0, m as u64)
-            .iter()
-            .map(|v| v.to_f32())
-            .collect();
+        let x: Vec<f32> = random_f32(m * k, 1.0, m as u64);
         let mut out = vec![0f32; m * n];
         let mut next = 0;
         group.throughput(Throughput::Bytes((n * k * 2) as u64));
@@ -106,20 +97,14 @@ fn bench(c: &mut Criterion) {
         let row_bytes = q.row_bytes(k).expect("whole blocks");
         let experts: Vec<QBuf> = (0..count)
             .map(|e| {
-                let w: Vec<f32> = random_bf16(n * k, 0.02, 200 + e as u64)
-                    .iter()
-                    .map(|v| v.to_f32())
-                    .collect();
+                let w: Vec<f32> = random_f32(n * k, 0.02, 200 + e as u64);
                 let mut b = QBuf::zeroed(n * row_bytes);
                 quantize(q, &w, b.as_bytes_mut());
                 b
             })
             .collect();
         for m in [1usize, 32] {
-            let x: Vec<f32> = random_bf16(m * k, 1.0, m as u64)
-                .iter()
-                .map(|v| v.to_f32())
-                .collect();
+            let x: Vec<f32> = random_f32(m * k, 1.0, m as u64);
             let mut out = vec![0f32; m * n];
             let mut next = 0;
             group.throughput(Throughput::Bytes((n * row_bytes) as u64));

@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use bora_benches::random_bf16;
+use bora_benches::{random_bf16, random_f32};
 use bora_model::{moe_block, RoutingStats};
 use bora_weights::{Experts, HostMatrix, Matrix};
 use candle_core::{Device, Tensor};
@@ -37,10 +37,7 @@ fn bench(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(5));
     for t in [1usize, 8, 64, 512] {
-        let x: Vec<f32> = random_bf16(t * H, 1.0, 99 + t as u64)
-            .iter()
-            .map(|v| v.to_f32())
-            .collect();
+        let x: Vec<f32> = random_f32(t * H, 1.0, 99 + t as u64);
         let x = Tensor::from_vec(x, (t, H), &Device::Cpu).unwrap();
         let mut stats = RoutingStats::new(1, E);
         moe_block(&router, &experts, A, &x, 0, Some(&mut stats)).unwrap();

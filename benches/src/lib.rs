@@ -39,6 +39,14 @@ pub fn random_bf16(n: usize, std: f32, seed: u64) -> Vec<bf16> {
     (0..n).map(|_| bf16::from_f32(rng.uniform(a))).collect()
 }
 
+/// [`random_bf16`]'s values widened to f32 (activations, or weights to quantize).
+pub fn random_f32(n: usize, std: f32, seed: u64) -> Vec<f32> {
+    random_bf16(n, std, seed)
+        .iter()
+        .map(|v| v.to_f32())
+        .collect()
+}
+
 /// The shape of a benchmark model.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
