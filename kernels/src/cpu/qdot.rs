@@ -10,6 +10,41 @@
 use super::dot::Isa;
 use crate::quant::QType;
 
+/// The body of an `acts_of` (`avx2`, `vnni`): runs `$acts::<A, K>(w_row, rows, blocks, out)`
+/// over every activation row, 8, 4, 2 or 1 at a time, `K` the number of `$kind`
+/// ([`Kind::of`]).
+#[cfg(target_arch = "x86_64")]
+macro_rules! acts_of_body {
+    ($acts:ident, $kind:expr, $w_row:expr, $act_rows:expr, $blocks:expr, $out:expr) => {{
+        let (kind, w_row, act_rows, blocks, out) = ($kind, $w_row, $act_rows, $blocks, $out);
+        let mut r = 0;
+        while r < act_rows.len() {
+            let (a, o) = (&act_rows[r..], &mut out[r..]);
+            let n = match act_rows.len() - r {
+                8.. => 8,
+                4..=7 => 4,
+                2 | 3 => 2,
+                _ => 1,
+            };
+            match (kind, n) {
+                (Kind::Q4K, 8) => $acts::<8, 0>(w_row, a, blocks, o),
+                (Kind::Q4K, 4) => $acts::<4, 0>(w_row, a, blocks, o),
+                (Kind::Q4K, 2) => $acts::<2, 0>(w_row, a, blocks, o),
+                (Kind::Q4K, _) => $acts::<1, 0>(w_row, a, blocks, o),
+                (Kind::Q5K, 8) => $acts::<8, 1>(w_row, a, blocks, o),
+                (Kind::Q5K, 4) => $acts::<4, 1>(w_row, a, blocks, o),
+                (Kind::Q5K, 2) => $acts::<2, 1>(w_row, a, blocks, o),
+                (Kind::Q5K, _) => $acts::<1, 1>(w_row, a, blocks, o),
+                (Kind::Q6K, 8) => $acts::<8, 2>(w_row, a, blocks, o),
+                (Kind::Q6K, 4) => $acts::<4, 2>(w_row, a, blocks, o),
+                (Kind::Q6K, 2) => $acts::<2, 2>(w_row, a, blocks, o),
+                (Kind::Q6K, _) => $acts::<1, 2>(w_row, a, blocks, o),
+            }
+            r += n;
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -29,6 +64,17 @@ impl Kind {
             Kind::Q4K => Q4K_BYTES,
             Kind::Q5K => Q5K_BYTES,
             Kind::Q6K => Q6K_BYTES,
+        }
+    }
+
+    /// The type numbered `k` (0 Q4_K, 1 Q5_K, 2 Q6_K): the kernels take it as a const
+    /// parameter, so that each instance's branches on the type fold away.
+    #[cfg(target_arch = "x86_64")]
+    const fn of(k: u8) -> Kind {
+        match k {
+            0 => Kind::Q4K,
+            1 => Kind::Q5K,
+            _ => Kind::Q6K,
         }
     }
 }

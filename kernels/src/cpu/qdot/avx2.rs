@@ -163,12 +163,7 @@ unsafe fn acts<const A: usize, const K: u8>(
     blocks: usize,
     out: &mut [f32],
 ) {
-    // A constant in each instance, so that the type's branches fold away.
-    let kind = match K {
-        0 => Kind::Q4K,
-        1 => Kind::Q5K,
-        _ => Kind::Q6K,
-    };
+    let kind = Kind::of(K);
     let mut acc = [_mm256_setzero_ps(); A];
     let mut mins = [_mm256_setzero_ps(); A];
     let w = w_row.as_ptr();
@@ -224,29 +219,5 @@ pub(super) unsafe fn acts_of(
     blocks: usize,
     out: &mut [f32],
 ) {
-    let mut r = 0;
-    while r < act_rows.len() {
-        let (a, o) = (&act_rows[r..], &mut out[r..]);
-        let n = match act_rows.len() - r {
-            8.. => 8,
-            4..=7 => 4,
-            2 | 3 => 2,
-            _ => 1,
-        };
-        match (kind, n) {
-            (Kind::Q4K, 8) => acts::<8, 0>(w_row, a, blocks, o),
-            (Kind::Q5K, 8) => acts::<8, 1>(w_row, a, blocks, o),
-            (Kind::Q6K, 8) => acts::<8, 2>(w_row, a, blocks, o),
-            (Kind::Q4K, 4) => acts::<4, 0>(w_row, a, blocks, o),
-            (Kind::Q4K, 2) => acts::<2, 0>(w_row, a, blocks, o),
-            (Kind::Q4K, _) => acts::<1, 0>(w_row, a, blocks, o),
-            (Kind::Q5K, 4) => acts::<4, 1>(w_row, a, blocks, o),
-            (Kind::Q5K, 2) => acts::<2, 1>(w_row, a, blocks, o),
-            (Kind::Q5K, _) => acts::<1, 1>(w_row, a, blocks, o),
-            (Kind::Q6K, 4) => acts::<4, 2>(w_row, a, blocks, o),
-            (Kind::Q6K, 2) => acts::<2, 2>(w_row, a, blocks, o),
-            (Kind::Q6K, _) => acts::<1, 2>(w_row, a, blocks, o),
-        }
-        r += n;
-    }
+    acts_of_body!(acts, kind, w_row, act_rows, blocks, out)
 }
