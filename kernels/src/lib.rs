@@ -6,6 +6,8 @@
 //! rows (outputs). Weights are row-major `[N, K]`, the layout of a PyTorch `nn.Linear`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod quant;
 mod quant_k;
 

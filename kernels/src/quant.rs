@@ -9,6 +9,7 @@ use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
     BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
 };
+use candle_core::quantized::GgmlDType;
 
 /// A quantized weight format (ggml's type, with its GGUF type id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,6 +135,38 @@ impl QType {
 
     pub fn from_ggml_id(id: u32) -> Option<Self> {
         QType::ALL.into_iter().find(|q| q.ggml_id() == id)
+    }
+
+    /// candle's name for this type (candle's quantized tensors, on any device).
+    pub fn candle(self) -> GgmlDType {
+        match self {
+            QType::Q4_0 => GgmlDType::Q4_0,
+            QType::Q4_1 => GgmlDType::Q4_1,
+            QType::Q5_0 => GgmlDType::Q5_0,
+            QType::Q5_1 => GgmlDType::Q5_1,
+            QType::Q8_0 => GgmlDType::Q8_0,
+            QType::Q2K => GgmlDType::Q2K,
+            QType::Q3K => GgmlDType::Q3K,
+            QType::Q4K => GgmlDType::Q4K,
+            QType::Q5K => GgmlDType::Q5K,
+            QType::Q6K => GgmlDType::Q6K,
+        }
+    }
+
+    pub fn from_candle(t: GgmlDType) -> Option<Self> {
+        QType::ALL.into_iter().find(|q| q.candle() == t)
+    }
+
+    /// Byte offsets in a block of its f16 scale and, for the types with one, of the f16
+    /// scale of its minimums: what a random block must set to finite values.
+    pub fn scale_offsets(self) -> (usize, Option<usize>) {
+        match self {
+            QType::Q8_0 | QType::Q4_0 | QType::Q5_0 => (0, None),
+            QType::Q4_1 | QType::Q5_1 | QType::Q4K | QType::Q5K => (0, Some(2)),
+            QType::Q2K => (80, Some(82)),
+            QType::Q3K => (108, None),
+            QType::Q6K => (208, None),
+        }
     }
 
     /// ggml's name: `Q4_0`, `Q4_K`, ...
@@ -352,6 +385,34 @@ mod tests {
         assert_eq!(QType::from_ggml_id(9), None);
         assert_eq!(QType::Q4K.row_bytes(512), Some(288));
         assert_eq!(QType::Q4K.row_bytes(100), None);
+    }
+
+    /// With the scales at `scale_offsets` zeroed, a random block dequantizes to zeros: they
+    /// are the scales (what `cuda::fill_random_blocks` sets).
+    #[test]
+    fn scale_offsets_are_the_scales() {
+        let mut state = 99u32;
+        for q in QType::ALL {
+            assert_eq!(QType::from_candle(q.candle()), Some(q));
+            let x: Vec<f32> = (0..q.block_elems())
+                .map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (state >> 8) as f32 / (1u32 << 24) as f32 - 0.3
+                })
+                .collect();
+            let mut block = vec![0u8; q.block_bytes()];
+            quantize(q, &x, &mut block);
+            let mut y = vec![0f32; q.block_elems()];
+            dequantize(q, &block, &mut y);
+            assert!(y.iter().any(|&v| v != 0.0), "{q:?}");
+            let (d, dmin) = q.scale_offsets();
+            for o in std::iter::once(d).chain(dmin) {
+                block[o] = 0;
+                block[o + 1] = 0;
+            }
+            dequantize(q, &block, &mut y);
+            assert!(y.iter().all(|&v| v == 0.0), "{q:?}: {y:?}");
+        }
     }
 
     /// The weighted search's round trip is closer than candle's older one (ggml's `qkx1`).

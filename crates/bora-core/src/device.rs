@@ -58,12 +58,27 @@ impl DeviceSpec {
                         feature: "cuda",
                     });
                 }
-                std::panic::catch_unwind(|| Device::new_cuda(n))
-                    .map_err(|_| CoreError::DeviceUnavailable {
+                // A CUDA build loads the driver, cuBLAS and cuRAND when the device is opened and
+                // first used (and panics when one is missing): both happen here, quietly, so
+                // that a machine without them gets this error, not a panic later.
+                let opened = quietly(|| {
+                    let d = Device::new_cuda(n)?;
+                    let a = candle_core::Tensor::ones((2, 2), DType::F32, &d)?;
+                    a.matmul(&a)?.to_vec2::<f32>()?;
+                    Ok::<_, candle_core::Error>(d)
+                });
+                match opened {
+                    Ok(d) => d.map_err(unavailable),
+                    Err(why) => Err(CoreError::DeviceUnavailable {
                         device: self.to_string(),
-                        reason: "the CUDA driver libraries could not be loaded".into(),
-                    })?
-                    .map_err(unavailable)
+                        reason: format!(
+                            "the CUDA libraries could not be loaded ({why}); the NVIDIA driver \
+                             provides libcuda, and cuBLAS and cuRAND must be on the loader's path \
+                             (LD_LIBRARY_PATH), e.g. from the nvidia-cublas and nvidia-curand \
+                             Python wheels"
+                        ),
+                    }),
+                }
             }
             DeviceSpec::Metal => {
                 if !candle_core::utils::metal_is_available() {
@@ -75,6 +90,29 @@ impl DeviceSpec {
                 Device::new_metal(0).map_err(unavailable)
             }
         }
+    }
+}
+
+/// Runs `f`, turning a panic into `Err` with its message, without the panic hook's report.
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::result::Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
+}
+
+/// `(free, total)` bytes of the device's memory, for a CUDA device; `None` elsewhere.
+pub fn device_memory(device: &Device) -> Option<(usize, usize)> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => d.cuda_stream().context().mem_get_info().ok(),
+        _ => None,
     }
 }
 
@@ -119,6 +157,16 @@ mod tests {
         assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn quietly_turns_a_panic_into_its_message() {
+        assert_eq!(quietly(|| 3), Ok(3));
+        assert_eq!(
+            quietly(|| -> u8 { panic!("no {}", "lib") }),
+            Err("no lib".into())
+        );
+        assert_eq!(device_memory(&Device::Cpu), None);
     }
 
     #[cfg(not(feature = "cuda"))]

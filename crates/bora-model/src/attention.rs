@@ -13,6 +13,9 @@ pub(crate) struct AttentionCtx<'a> {
     pub cfg: &'a ModelConfig,
     pub rope: &'a Rope,
     pub layer: usize,
+    /// The step's decode sequences on a CUDA device, attended to all at once.
+    #[cfg(feature = "cuda")]
+    pub device_decode: Option<&'a crate::decode_cuda::DeviceDecode>,
 }
 
 /// `x` `[T, H]` (normed) → attention output `[T, H]`; writes the step's K/V into the cache.
@@ -51,6 +54,14 @@ pub(crate) fn attention(
         Some(crate::decode::decode_attention(
             ctx, q, k, v, &rows, &seqs, cache,
         )?)
+    };
+    #[cfg(feature = "cuda")]
+    let (fast, fast_out) = match ctx.device_decode {
+        Some(dd) => (
+            dd.seqs.clone(),
+            Some(dd.run(cfg, ctx.layer, q, k, v, cache)?),
+        ),
+        None => (fast, fast_out),
     };
     let mut outs = Vec::with_capacity(batch.seqs.len());
     let mut row = 0;

@@ -15,6 +15,8 @@
 mod attention;
 mod batch;
 mod decode;
+#[cfg(feature = "cuda")]
+mod decode_cuda;
 mod error;
 mod kv_cache;
 mod model;

@@ -107,11 +107,22 @@ impl Model {
         let cfg = self.config();
         let eps = cfg.rms_norm_eps as f32;
         let mut x = self.embed(batch)?; // [T, H]
+        #[cfg(feature = "cuda")]
+        let device_decode = crate::decode_cuda::DeviceDecode::new(
+            batch,
+            cache,
+            &self.rope,
+            cfg,
+            &self.device,
+            self.dtype,
+        )?;
         for (i, lw) in self.weights.layers.iter().enumerate() {
             let ctx = AttentionCtx {
                 cfg,
                 rope: &self.rope,
                 layer: i,
+                #[cfg(feature = "cuda")]
+                device_decode: device_decode.as_ref(),
             };
             let h = candle_nn::ops::rms_norm(&x, &lw.attn_norm, eps)?;
             x = (x + attention(&ctx, lw, &h, batch, cache)?)?;
@@ -176,6 +187,10 @@ impl Model {
             Matrix::Tensor(t) => {
                 let ids = Tensor::new(ids.as_slice(), &self.device)?;
                 Ok(t.index_select(&ids, 0)?.to_dtype(self.dtype)?)
+            }
+            Matrix::Quant(q) => {
+                let ids = Tensor::new(ids.as_slice(), &self.device)?;
+                Ok(q.embedding(&ids)?.to_dtype(self.dtype)?)
             }
         }
     }

@@ -48,12 +48,107 @@ pub fn moe_block(
         (Matrix::Host(r), Experts::Host { gate, up, down }) => {
             moe_host(r, gate, up, down, a, x, layer, stats)
         }
+        #[cfg(feature = "cuda")]
+        (_, Experts::Quant { .. } | Experts::Tensor { .. }) if cuda::takes(experts, x) => {
+            cuda::moe(router, experts, a, x, layer, stats)
+        }
         (_, Experts::Tensor { gate, up, down }) => {
             moe_tensor(router, gate, up, down, a, x, layer, stats)
         }
+        (_, Experts::Quant { .. }) => Err(ModelError::Batch(
+            "experts kept as ggml blocks need a CUDA device and activations on it".into(),
+        )),
         _ => Err(ModelError::Batch(
             "router and experts are on different backends".into(),
         )),
+    }
+}
+
+/// The MoE block on a CUDA device: routing and the grouping of the step's (token, choice)
+/// assignments by expert are bora's kernels (`bora_kernels::cuda`), nothing is read back to the
+/// host, and each expert's weights are read once per step by candle's MoE kernels: a grouped
+/// GEMM for prefill-sized steps, a GEMV fused over the assignments for decode-sized ones.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use bora_kernels::cuda::{route_topk, sort_by_expert};
+    use bora_weights::{Experts, Matrix};
+    use candle_core::{DType, Tensor};
+    use candle_nn::moe::{moe_gemm, moe_gemm_gguf};
+
+    use super::RoutingStats;
+    use crate::Result;
+
+    /// Steps of at most this many tokens take the GEMV kernels (llama.cpp's cut for its
+    /// quantized GEMV is 8 rows too); larger ones the grouped GEMM.
+    pub const GEMV_MAX_TOKENS: usize = 8;
+
+    /// Whether these experts and activations take this path: on a CUDA device, and dense
+    /// experts in bf16 or f16 (candle's grouped GEMM takes no f32).
+    pub fn takes(experts: &Experts, x: &Tensor) -> bool {
+        x.device().is_cuda()
+            && match experts {
+                Experts::Quant { .. } => true,
+                Experts::Tensor { gate, .. } => {
+                    matches!(gate.dtype(), DType::BF16 | DType::F16) && gate.dtype() == x.dtype()
+                }
+                Experts::Host { .. } => false,
+            }
+    }
+
+    /// candle's MoE kernels read a tensor's storage from its start: a tensor that is a view
+    /// into a larger one is copied first.
+    fn own(t: &Tensor) -> candle_core::Result<Tensor> {
+        if t.is_contiguous() && t.layout().start_offset() == 0 {
+            Ok(t.clone())
+        } else {
+            t.force_contiguous()
+        }
+    }
+
+    pub fn moe(
+        router: &Matrix,
+        experts: &Experts,
+        a: usize,
+        x: &Tensor,
+        layer: usize,
+        stats: Option<&mut RoutingStats>,
+    ) -> Result<Tensor> {
+        let (t, h) = x.dims2()?;
+        let logits = router.forward(x)?; // [T, E]
+        let (ids, w) = route_topk(&logits, a)?; // [T, A] each
+        if let Some(s) = stats {
+            s.add(layer, &ids.flatten_all()?.to_vec1::<u32>()?);
+        }
+        let (expert_ids, slots) = sort_by_expert(&ids, experts.count())?; // [T·A] each
+        let w = Some(own(&w.flatten_all()?)?);
+        let prefill = t > GEMV_MAX_TOKENS;
+        let y = match experts {
+            Experts::Tensor { gate, up, down } => {
+                let xs = own(x)?;
+                let g = moe_gemm(&xs, gate, &None, &slots, &expert_ids, a, prefill)?; // [T·A, I]
+                let u = moe_gemm(&xs, up, &None, &slots, &expert_ids, a, prefill)?;
+                let act = own(&(candle_nn::ops::silu(&g)? * u)?)?;
+                moe_gemm(&act, down, &w, &slots, &expert_ids, a, prefill)? // [T·A, H]
+            }
+            Experts::Quant { gate, up, down } => {
+                // f32 activations in and out; the GEMM tiles take them in 16 bits
+                let half = if x.dtype() == DType::F16 {
+                    DType::F16
+                } else {
+                    DType::BF16
+                };
+                let xs = own(&x.to_dtype(DType::F32)?)?;
+                let gemm = |x: &Tensor, q, w: &Option<Tensor>| {
+                    moe_gemm_gguf(x, q, w, &slots, &expert_ids, a, prefill, half)
+                };
+                let g = gemm(&xs, gate, &None)?;
+                let u = gemm(&xs, up, &None)?;
+                let act = own(&(candle_nn::ops::silu(&g)? * u)?)?;
+                gemm(&act, down, &w)?
+            }
+            Experts::Host { .. } => unreachable!("checked by `takes`"),
+        };
+        Ok(y.reshape((t, a, h))?.sum(1)?.to_dtype(x.dtype())?)
     }
 }
 

@@ -59,6 +59,15 @@ impl Rope {
         }
     }
 
+    /// The tables at `positions` (`[N]` u32 on the device): `([N, D/2], [N, D/2])`.
+    #[cfg(feature = "cuda")]
+    pub fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.cos.index_select(positions, 0)?,
+            self.sin.index_select(positions, 0)?,
+        ))
+    }
+
     /// Rotates `x` `[1, heads, L, D]` (contiguous) for positions `start..start + L`.
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let l = x.dim(2)?;

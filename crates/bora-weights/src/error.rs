@@ -36,8 +36,24 @@ pub enum WeightsError {
     },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error(
+        "the model does not fit on {device}: its weights need {:.2} GiB, and {:.2} GiB of the \
+         device's {:.2} GiB are free (a smaller quantization, e.g. --quantize q4_k, or a \
+         device with more memory)",
+        gib(*need), gib(*free), gib(*total)
+    )]
+    DoesNotFit {
+        device: String,
+        need: u64,
+        free: u64,
+        total: u64,
+    },
     #[error("{0}")]
     Core(#[from] bora_core::CoreError),
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
 }

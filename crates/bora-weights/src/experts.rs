@@ -1,5 +1,8 @@
 //! A layer's experts. Legend: E experts, I intermediate size, H hidden size.
 
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
 use candle_core::Tensor;
 
 use crate::HostMatrix;
@@ -20,6 +23,13 @@ pub enum Experts {
         up: Tensor,
         down: Tensor,
     },
+    /// Stacked ggml blocks in candle quantized tensors on a CUDA device: gate and up
+    /// `[E, I, H]`, down `[E, H, I]` (candle's MoE GEMM and GEMV take them whole).
+    Quant {
+        gate: Arc<QTensor>,
+        up: Arc<QTensor>,
+        down: Arc<QTensor>,
+    },
 }
 
 impl Experts {
@@ -27,6 +37,7 @@ impl Experts {
         match self {
             Experts::Host { gate, .. } => gate.len(),
             Experts::Tensor { gate, .. } => gate.dims().first().copied().unwrap_or(0),
+            Experts::Quant { gate, .. } => gate.shape().dims().first().copied().unwrap_or(0),
         }
     }
 
@@ -40,6 +51,13 @@ impl Experts {
             Experts::Tensor { gate, .. } => {
                 let e = self.count().max(1);
                 3 * gate.elem_count() / e * gate.dtype().size_in_bytes()
+            }
+            Experts::Quant { gate, up, down } => {
+                let e = self.count().max(1);
+                (gate.storage_size_in_bytes()
+                    + up.storage_size_in_bytes()
+                    + down.storage_size_in_bytes())
+                    / e
             }
         }
     }

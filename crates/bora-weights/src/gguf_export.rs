@@ -39,7 +39,7 @@ enum Source<'a> {
 fn host_of<'a>(m: &'a Matrix, path: &Path) -> Result<&'a HostMatrix> {
     match m {
         Matrix::Host(h) => Ok(h),
-        Matrix::Tensor(_) => Err(WeightsError::Write {
+        Matrix::Tensor(_) | Matrix::Quant(_) => Err(WeightsError::Write {
             path: path.to_path_buf(),
             reason: "the model must be loaded on the CPU to be written".into(),
         }),

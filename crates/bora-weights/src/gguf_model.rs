@@ -7,7 +7,9 @@ use candle_core::{Device, Tensor};
 
 use crate::gguf::{GgmlType, GgufStore, GgufTensorInfo, MetaValue};
 use crate::matrix::WeightFormat;
-use crate::mixtral::{Backend, LayerWeights, LoadOptions, MixtralWeights};
+use crate::mixtral::{
+    device_experts, device_matrix, Backend, LayerWeights, LoadOptions, MixtralWeights,
+};
 use crate::names::ExpertLayout;
 use crate::{Experts, HostMatrix, Matrix, Result, WeightDType, WeightsError};
 
@@ -133,6 +135,7 @@ pub fn gguf_type_counts(store: &GgufStore) -> Vec<(GgmlType, usize)> {
 impl MixtralWeights {
     /// Builds the weights of a GGUF model (`gguf_config` gives its configuration).
     pub fn load_gguf(store: &GgufStore, config: ModelConfig, opts: &LoadOptions) -> Result<Self> {
+        crate::mixtral::check_fits(store.data_bytes(), opts)?;
         let unsupported: Vec<String> = store
             .tensors()
             .filter(|(_, t)| matches!(t.dtype, GgmlType::Unsupported(..)))
@@ -266,18 +269,10 @@ impl GgufLoader<'_> {
     }
 
     fn finish(&self, h: HostMatrix) -> Result<Matrix> {
-        Ok(match self.opts.backend {
-            Backend::Host => Matrix::Host(h),
-            Backend::Candle => Matrix::Tensor(self.dense(&h)?),
-        })
-    }
-
-    /// The values of `h` as a dense candle tensor on the device (the candle path has no
-    /// quantized products yet).
-    fn dense(&self, h: &HostMatrix) -> Result<Tensor> {
-        let t = Tensor::from_vec(h.to_f32(), (h.rows(), h.cols()), &Device::Cpu)?;
-        Ok(t.to_dtype(self.opts.dtype.candle())?
-            .to_device(&self.opts.device)?)
+        match self.opts.backend {
+            Backend::Host => Ok(Matrix::Host(h)),
+            Backend::Candle => device_matrix(&h, self.opts),
+        }
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Tensor> {
@@ -346,23 +341,10 @@ impl GgufLoader<'_> {
                 )
             }
         };
-        Ok(match self.opts.backend {
-            Backend::Host => Experts::Host { gate, up, down },
-            Backend::Candle => {
-                let stack = |ms: &[HostMatrix]| -> Result<Tensor> {
-                    let parts = ms
-                        .iter()
-                        .map(|m| self.dense(m))
-                        .collect::<Result<Vec<_>>>()?;
-                    Ok(Tensor::stack(&parts, 0)?)
-                };
-                Experts::Tensor {
-                    gate: stack(&gate)?,
-                    up: stack(&up)?,
-                    down: stack(&down)?,
-                }
-            }
-        })
+        match self.opts.backend {
+            Backend::Host => Ok(Experts::Host { gate, up, down }),
+            Backend::Candle => device_experts(&gate, &up, &down, self.opts),
+        }
     }
 }
 

@@ -30,8 +30,8 @@ pub use gguf::{GgmlType, GgufStore, MetaValue};
 pub use gguf_export::write_gguf;
 pub use gguf_model::{gguf_config, gguf_type_counts, unpermute_order};
 pub use gguf_write::{GgufWriter, TensorSpec};
-pub use matrix::{with_cpu_f32, HostMatrix, Matrix, WeightDType, WeightFormat};
-pub use mixtral::{Backend, LayerWeights, LoadOptions, MixtralWeights};
+pub use matrix::{upload_quant, with_cpu_f32, HostMatrix, Matrix, WeightDType, WeightFormat};
+pub use mixtral::{check_fits, weight_bytes, Backend, LayerWeights, LoadOptions, MixtralWeights};
 pub use names::{ExpertLayout, TensorName};
 pub use store::{MapMode, SafetensorsStore, StoredTensor};
 

@@ -1,10 +1,12 @@
 //! [`Matrix`]: the weight of a linear layer, `[rows = out, cols = in]` as in `nn.Linear`.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
 use bora_kernels::{QBuf, QType, WeightRef};
-use candle_core::{Device, Storage, Tensor};
+use candle_core::quantized::{QStorage, QTensor};
+use candle_core::{DType, Device, Storage, Tensor};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::Dtype;
@@ -513,6 +515,9 @@ pub enum Matrix {
     Host(HostMatrix),
     /// A candle tensor `[rows, cols]` on any device, computed on by candle.
     Tensor(Tensor),
+    /// ggml blocks `[rows, cols]` in a candle quantized tensor on any device (candle's
+    /// quantized products: on CUDA, a GEMV over the blocks for a few rows, a GEMM otherwise).
+    Quant(Arc<QTensor>),
 }
 
 impl Matrix {
@@ -521,6 +526,7 @@ impl Matrix {
         match self {
             Matrix::Host(h) => (h.rows, h.cols),
             Matrix::Tensor(t) => t.dims2().unwrap_or((0, 0)),
+            Matrix::Quant(q) => q.shape().dims2().unwrap_or((0, 0)),
         }
     }
 
@@ -529,6 +535,11 @@ impl Matrix {
         match self {
             Matrix::Host(h) => h.matmul_t(&x.contiguous()?),
             Matrix::Tensor(w) => x.matmul(&w.t()?),
+            Matrix::Quant(q) => x
+                .to_dtype(DType::F32)?
+                .contiguous()?
+                .apply_op1_no_bwd(q.as_ref())?
+                .to_dtype(x.dtype()),
         }
     }
 
@@ -539,7 +550,7 @@ impl Matrix {
             .iter()
             .map(|w| match w {
                 Matrix::Host(h) => Some(h),
-                Matrix::Tensor(_) => None,
+                Matrix::Tensor(_) | Matrix::Quant(_) => None,
             })
             .collect();
         let Some(hosts) = hosts else {
@@ -582,6 +593,42 @@ impl Matrix {
         match self {
             Matrix::Host(h) => h.size_bytes(),
             Matrix::Tensor(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Matrix::Quant(q) => q.storage_size_in_bytes(),
         }
     }
+}
+
+/// Quantized host matrices of one type (a layer's experts, or one matrix) as one candle
+/// quantized tensor of `shape` on `device`, their blocks one after another; `None` when they
+/// are not quantized or not of one type.
+pub fn upload_quant(
+    ms: &[&HostMatrix],
+    shape: &[usize],
+    device: &Device,
+) -> candle_core::Result<Option<QTensor>> {
+    let mut blocks: Vec<&[u8]> = Vec::with_capacity(ms.len());
+    let mut qtype = None;
+    for m in ms {
+        match m.weights() {
+            WeightRef::Quant(q, b) if qtype.is_none_or(|t| t == q) => {
+                qtype = Some(q);
+                blocks.push(b);
+            }
+            _ => return Ok(None),
+        }
+    }
+    let Some(q) = qtype else { return Ok(None) };
+    let bytes: Vec<u8> = blocks.concat();
+    let want = q
+        .row_bytes(*shape.last().unwrap_or(&0))
+        .map(|r| r * shape.iter().rev().skip(1).product::<usize>());
+    if want != Some(bytes.len()) {
+        candle_core::bail!(
+            "{} bytes of {} blocks do not make a tensor of shape {shape:?}",
+            bytes.len(),
+            q.name()
+        )
+    }
+    let storage = QStorage::from_data(Cow::Owned(bytes), device, q.candle())?;
+    Ok(Some(QTensor::new(storage, shape)?))
 }

@@ -1,9 +1,11 @@
 //! Loading a Mixtral checkpoint into [`MixtralWeights`], checking every tensor's shape.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bora_core::ModelConfig;
 use bora_kernels::QType;
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 use crate::names::{ExpertLayout, TensorName};
@@ -102,6 +104,7 @@ impl MixtralWeights {
 
     /// Builds the weights from an opened store.
     pub fn load(store: &SafetensorsStore, config: ModelConfig, opts: &LoadOptions) -> Result<Self> {
+        check_fits(weight_bytes(&config, opts), opts)?;
         let layout = if store.contains(&TensorName::FusedGateUp(0).hf(ExpertLayout::Fused)) {
             ExpertLayout::Fused
         } else {
@@ -189,6 +192,14 @@ impl Loader<'_> {
                 Matrix::Host(self.host(&n, &[rows, cols])?)
             }
             Backend::Host => Matrix::Host(self.quantized(self.host(&n, &[rows, cols])?, &n)?),
+            Backend::Candle
+                if self.opts.quantize.is_some() && !matches!(name, TensorName::Router(_)) =>
+            {
+                device_matrix(
+                    &self.quantized(self.host(&n, &[rows, cols])?, &n)?,
+                    self.opts,
+                )?
+            }
             Backend::Candle => {
                 Matrix::Tensor(self.tensor(&n, &[rows, cols], self.opts.dtype.candle())?)
             }
@@ -226,7 +237,12 @@ impl Loader<'_> {
             self.cfg.intermediate_size,
             self.cfg.hidden_size,
         );
-        match (self.layout, self.opts.backend) {
+        let backend = match self.opts.backend {
+            // quantized at load: made on the host, then put on the device
+            Backend::Candle if self.opts.quantize.is_some() => Backend::Host,
+            b => b,
+        };
+        let host = match (self.layout, backend) {
             (ExpertLayout::PerExpert, Backend::Host) => {
                 let mut gate = Vec::with_capacity(e);
                 let mut up = Vec::with_capacity(e);
@@ -241,7 +257,7 @@ impl Loader<'_> {
                         list.push(self.quantized(self.host(&n, &shape)?, &n)?);
                     }
                 }
-                Ok(Experts::Host { gate, up, down })
+                Experts::Host { gate, up, down }
             }
             (ExpertLayout::Fused, Backend::Host) => {
                 let (gu_name, dn_name) = (
@@ -250,11 +266,11 @@ impl Loader<'_> {
                 );
                 let gu = self.quantized(self.host(&gu_name, &[e, 2 * im, h])?, &gu_name)?;
                 let dn = self.quantized(self.host(&dn_name, &[e, h, im])?, &dn_name)?;
-                Ok(Experts::Host {
+                Experts::Host {
                     gate: (0..e).map(|x| gu.slice_rows(x * 2 * im, im)).collect(),
                     up: (0..e).map(|x| gu.slice_rows(x * 2 * im + im, im)).collect(),
                     down: (0..e).map(|x| dn.slice_rows(x * h, h)).collect(),
-                })
+                }
             }
             (ExpertLayout::PerExpert, Backend::Candle) => {
                 let dt = self.opts.dtype.candle();
@@ -265,11 +281,11 @@ impl Loader<'_> {
                             .collect::<Result<Vec<_>>>()?;
                         Ok(Tensor::stack(&parts, 0)?)
                     };
-                Ok(Experts::Tensor {
+                return Ok(Experts::Tensor {
                     gate: stack(TensorName::ExpertGate, [im, h])?,
                     up: stack(TensorName::ExpertUp, [im, h])?,
                     down: stack(TensorName::ExpertDown, [h, im])?,
-                })
+                });
             }
             (ExpertLayout::Fused, Backend::Candle) => {
                 let dt = self.opts.dtype.candle();
@@ -278,7 +294,7 @@ impl Loader<'_> {
                     &[e, 2 * im, h],
                     dt,
                 )?;
-                Ok(Experts::Tensor {
+                return Ok(Experts::Tensor {
                     gate: gu.narrow(1, 0, im)?.contiguous()?,
                     up: gu.narrow(1, im, im)?.contiguous()?,
                     down: self.tensor(
@@ -286,8 +302,123 @@ impl Loader<'_> {
                         &[e, h, im],
                         dt,
                     )?,
-                })
+                });
             }
+        };
+        match (self.opts.backend, host) {
+            (Backend::Candle, Experts::Host { gate, up, down }) => {
+                device_experts(&gate, &up, &down, self.opts)
+            }
+            (_, host) => Ok(host),
         }
+    }
+}
+
+/// A host matrix on the candle path: its blocks as a quantized tensor on the device when it is
+/// quantized, otherwise its values in the load dtype.
+pub(crate) fn device_matrix(h: &HostMatrix, opts: &LoadOptions) -> Result<Matrix> {
+    if let Some(q) = crate::upload_quant(&[h], &[h.rows(), h.cols()], &opts.device)? {
+        return Ok(Matrix::Quant(Arc::new(q)));
+    }
+    Ok(Matrix::Tensor(dense(h, opts)?))
+}
+
+fn dense(h: &HostMatrix, opts: &LoadOptions) -> Result<Tensor> {
+    let t = Tensor::from_vec(h.to_f32(), (h.rows(), h.cols()), &Device::Cpu)?;
+    Ok(t.to_dtype(opts.dtype.candle())?.to_device(&opts.device)?)
+}
+
+/// Whether candle's MoE GEMM and GEMV over ggml blocks (CUDA only) take this type.
+fn moe_gguf_type(q: QType) -> bool {
+    matches!(
+        q,
+        QType::Q8_0 | QType::Q2K | QType::Q3K | QType::Q4K | QType::Q5K | QType::Q6K
+    )
+}
+
+/// A layer's experts on the candle path: stacked blocks on a CUDA device when they are of one
+/// type that candle's MoE kernels take, otherwise stacked values in the load dtype.
+pub(crate) fn device_experts(
+    gate: &[HostMatrix],
+    up: &[HostMatrix],
+    down: &[HostMatrix],
+    opts: &LoadOptions,
+) -> Result<Experts> {
+    let quant = |ms: &[HostMatrix]| -> Result<Option<Arc<QTensor>>> {
+        let Some(first) = ms.first() else {
+            return Ok(None);
+        };
+        let refs: Vec<&HostMatrix> = ms.iter().collect();
+        let shape = [ms.len(), first.rows(), first.cols()];
+        Ok(crate::upload_quant(&refs, &shape, &opts.device)?.map(Arc::new))
+    };
+    let all_moe_types = [gate, up, down].iter().all(|ms| {
+        ms.iter()
+            .all(|m| matches!(m.format(), crate::WeightFormat::Quant(q) if moe_gguf_type(q)))
+    });
+    if opts.device.is_cuda() && all_moe_types {
+        if let (Some(gate), Some(up), Some(down)) = (quant(gate)?, quant(up)?, quant(down)?) {
+            return Ok(Experts::Quant { gate, up, down });
+        }
+    }
+    let stack = |ms: &[HostMatrix]| -> Result<Tensor> {
+        let parts = ms
+            .iter()
+            .map(|m| dense(m, opts))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&parts, 0)?)
+    };
+    Ok(Experts::Tensor {
+        gate: stack(gate)?,
+        up: stack(up)?,
+        down: stack(down)?,
+    })
+}
+
+/// Bytes the weights of a model of `config` take when loaded with `opts` (linear layers in
+/// `opts.quantize`'s type when given, the rest in the load dtype).
+pub fn weight_bytes(config: &ModelConfig, opts: &LoadOptions) -> u64 {
+    let c = config;
+    let (h, v, e, im) = (
+        c.hidden_size as u64,
+        c.vocab_size as u64,
+        c.num_local_experts as u64,
+        c.intermediate_size as u64,
+    );
+    let (q, kv) = (
+        (c.num_attention_heads * c.head_dim) as u64,
+        (c.num_key_value_heads * c.head_dim) as u64,
+    );
+    let dense = opts.dtype.size() as u64;
+    let linear = |rows: u64, cols: u64| match opts.quantize {
+        Some(t) => t
+            .row_bytes(cols as usize)
+            .map_or(rows * cols * dense, |r| rows * r as u64),
+        None => rows * cols * dense,
+    };
+    let heads = if c.tie_word_embeddings { 1 } else { 2 };
+    let layer = linear(q, h)
+        + 2 * linear(kv, h)
+        + linear(h, q)
+        + e * h * dense
+        + e * (2 * linear(im, h) + linear(h, im))
+        + 2 * h * dense;
+    heads * linear(v, h) + c.num_hidden_layers as u64 * layer + h * dense
+}
+
+/// On a device that reports its free memory (CUDA), an error saying how much is needed and
+/// free when `need` bytes of weights do not fit.
+pub fn check_fits(need: u64, opts: &LoadOptions) -> Result<()> {
+    match bora_core::device_memory(&opts.device) {
+        Some((free, total)) if need > free as u64 => Err(WeightsError::DoesNotFit {
+            device: match opts.device.location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                other => format!("{other:?}"),
+            },
+            need,
+            free: free as u64,
+            total: total as u64,
+        }),
+        _ => Ok(()),
     }
 }

@@ -38,7 +38,8 @@ pub enum KvBudget {
     Blocks(usize),
     /// This many MiB.
     Mib(usize),
-    /// This share (0 to 1) of the memory available when the engine starts.
+    /// This share (0 to 1) of the memory available on the model's device when the engine
+    /// starts: the GPU's free memory, or the host's.
     ShareOfFree(f64),
 }
 
@@ -173,7 +174,7 @@ impl Engine {
             KvBudget::Blocks(n) => n,
             KvBudget::Mib(m) => m * (1 << 20) / block_bytes,
             KvBudget::ShareOfFree(f) => {
-                (available_memory() as f64 * f.clamp(0.0, 1.0)) as usize / block_bytes
+                (available_memory(model.device()) as f64 * f.clamp(0.0, 1.0)) as usize / block_bytes
             }
         };
         // Enough for one full-context sequence needs no more than the model's context.
@@ -400,7 +401,12 @@ fn choice_seed(seed: u64, choice: usize) -> u64 {
     seed ^ (choice as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-fn available_memory() -> usize {
+/// Free memory of the model's device: the GPU's when it reports it, otherwise the host's
+/// `MemAvailable` (4 GiB when unknown).
+fn available_memory(device: &candle_core::Device) -> usize {
+    if let Some((free, _)) = bora_core::device_memory(device) {
+        return free;
+    }
     let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     info.lines()
         .find(|l| l.starts_with("MemAvailable:"))
