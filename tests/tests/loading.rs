@@ -176,3 +176,38 @@ fn config_that_disagrees_with_the_weights_is_named() {
         "{e}"
     );
 }
+
+/// The bytes `weight_bytes` predicts (what the "does not fit" check uses) are the bytes the
+/// loaded weights take, dense and quantized at load.
+#[test]
+fn weight_bytes_predicts_the_loaded_size() {
+    let dir = tempfile::tempdir().unwrap();
+    bora_weights::write_demo_checkpoint(dir.path(), 7, 32000).unwrap();
+    for (dtype, quantize) in [
+        (WeightDType::BF16, None),
+        (WeightDType::F32, Some(bora_weights::QType::Q8_0)),
+    ] {
+        let opts = LoadOptions {
+            quantize,
+            ..LoadOptions::new(dtype, Device::Cpu)
+        };
+        let w = MixtralWeights::load_dir(dir.path(), &opts).unwrap();
+        let c = &w.config;
+        let layers: usize = w
+            .layers
+            .iter()
+            .map(|l| {
+                l.attention_and_router_bytes()
+                    + l.experts.count() * l.experts.expert_bytes()
+                    + 2 * c.hidden_size * dtype.size()
+            })
+            .sum();
+        let heads = if c.tie_word_embeddings { 1 } else { 2 };
+        let loaded = layers + heads * w.embed.size_bytes() + c.hidden_size * dtype.size();
+        assert_eq!(
+            bora_weights::weight_bytes(c, &opts),
+            loaded as u64,
+            "{dtype:?} {quantize:?}"
+        );
+    }
+}

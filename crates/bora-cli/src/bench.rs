@@ -56,6 +56,7 @@ pub fn main(a: Args) -> Result<()> {
     }
     let eos = cfg.eos_token_ids.clone();
     let max_batch = a.batch.iter().copied().max().unwrap_or(1);
+    let bound = MemoryBound::measure(&loaded.model)?;
     let engine = Engine::new(
         loaded.model,
         loaded.tokenizer,
@@ -144,6 +145,12 @@ pub fn main(a: Args) -> Result<()> {
                 "ttft_ms": {"median": ms(median(&r.ttft)), "max": ms(r.ttft.iter().max().copied().unwrap_or_default())},
             })).collect::<Vec<Value>>(),
             "peak_memory_bytes": peak,
+            "device": bound.device,
+            "active_weight_bytes_per_token": bound.active_bytes,
+            "copy_bandwidth_bytes_per_s": bound.bandwidth,
+            "decode_bound_tokens_per_s": bound.tokens_per_s(),
+            "batch1_decode_fraction_of_bound": runs.iter().find(|r| r.batch == 1)
+                .map(|r| r.decode_tps / bound.tokens_per_s()),
             "experts": experts.iter().enumerate().map(|(l, (share, imb))| json!({
                 "layer": l, "share": share, "imbalance": imb,
             })).collect::<Vec<Value>>(),
@@ -170,6 +177,18 @@ pub fn main(a: Args) -> Result<()> {
         );
     }
     println!("peak memory: {:.1} MB", peak as f64 / (1u64 << 20) as f64);
+    println!(
+        "memory bound on {}: {:.1} MB of weights read per decoded token (attention, router, {} experts per layer, LM head), {:.1} GB/s measured copy bandwidth (bytes read + written): {:.1} tokens/s at batch 1{}",
+        bound.device,
+        bound.active_bytes as f64 / 1e6,
+        cfg.num_experts_per_tok,
+        bound.bandwidth / 1e9,
+        bound.tokens_per_s(),
+        match runs.iter().find(|r| r.batch == 1) {
+            Some(r) => format!(", reached {:.0}%", 100.0 * r.decode_tps / bound.tokens_per_s()),
+            None => String::new(),
+        }
+    );
     println!("expert routing: share of each layer's tokens per expert; imbalance = max / mean");
     for (l, (share, imb)) in experts.iter().enumerate() {
         let cells: Vec<String> = share
@@ -206,4 +225,60 @@ fn median(d: &[Duration]) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// The decode speed the memory allows at batch 1: each token reads every active weight once.
+struct MemoryBound {
+    device: String,
+    /// Bytes of weights one token reads: per layer the attention projections, the router and
+    /// `A` experts; the LM head.
+    active_bytes: u64,
+    /// Bytes per second of a large copy on the model's device, read and written counted.
+    bandwidth: f64,
+}
+
+impl MemoryBound {
+    fn measure(model: &bora_model::Model) -> Result<Self> {
+        let w = model.weights();
+        let a = model.config().num_experts_per_tok;
+        let layers: usize = w
+            .layers
+            .iter()
+            .map(|l| l.attention_and_router_bytes() + a * l.experts.expert_bytes())
+            .sum();
+        let device = model.device();
+        Ok(Self {
+            device: match device.location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                candle_core::DeviceLocation::Cpu => "cpu".into(),
+                other => format!("{other:?}"),
+            },
+            active_bytes: (layers + w.lm_head.size_bytes()) as u64,
+            bandwidth: copy_bandwidth(device)?,
+        })
+    }
+
+    fn tokens_per_s(&self) -> f64 {
+        self.bandwidth / self.active_bytes.max(1) as f64
+    }
+}
+
+/// A large buffer copied on `device` several times: (bytes read + bytes written) per second,
+/// the best of the runs.
+pub fn copy_bandwidth(device: &candle_core::Device) -> Result<f64> {
+    let n = if device.is_cpu() { 64 << 20 } else { 512 << 20 }; // f32 values: 256 MiB, 2 GiB
+    let x = candle_core::Tensor::zeros(n, candle_core::DType::F32, device)?;
+    let mut best = 0f64;
+    for i in 0..6 {
+        device.synchronize()?;
+        let start = Instant::now();
+        let y = x.copy()?;
+        device.synchronize()?;
+        let secs = start.elapsed().as_secs_f64();
+        drop(y);
+        if i > 0 {
+            best = best.max(2.0 * 4.0 * n as f64 / secs);
+        }
+    }
+    Ok(best)
 }

@@ -21,7 +21,9 @@ pub struct ModelArgs {
     /// and its shards, a tokenizer), a GGUF file (the first part of a split one), or a Hugging
     /// Face repo id (owner/name[@revision]) found
     /// in the local Hugging Face cache, or a built-in demo: `bora-demo` (the default; Mixtral
-    /// 8x7B's tokenizer) or `bora-demo-v3` (8x22B's, with tool tokens); random weights.
+    /// 8x7B's tokenizer) or `bora-demo-v3` (8x22B's, with tool tokens); random weights. For
+    /// benchmarks, `random:mixtral-8x7b`, `random:mixtral-8x22b` or `random:demo`: that shape
+    /// with random weights made on the device (no file).
     #[arg(long)]
     pub model: Option<String>,
     /// Download a repo id that is not in the local cache (through hf-hub; refused when
@@ -42,7 +44,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Quantize the linear layers while loading: q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k,
-    /// q4_k, q5_k or q6_k (CPU only; a GGUF file's quantized tensors stay as they are).
+    /// q4_k, q5_k or q6_k (on the CPU, then moved to the device; a GGUF file's quantized
+    /// tensors stay as they are). With `--model random:NAME`, the type of the random weights.
     #[arg(long, value_name = "TYPE")]
     pub quantize: Option<String>,
 }
@@ -54,7 +57,70 @@ pub struct Loaded {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<Loaded> {
+        if let Some(name) = self
+            .model
+            .as_deref()
+            .and_then(|m| m.strip_prefix("random:"))
+        {
+            return self.load_random(name);
+        }
         self.load_from(&self.dir()?)
+    }
+
+    /// `--model random:NAME`: a model of a known shape with random weights, made on the device
+    /// (for benchmarks; no file), with the demo models' tokenizer of its vocabulary.
+    fn load_random(&self, name: &str) -> Result<Loaded> {
+        if let Some(n) = self.threads {
+            rayon_threads(n)?;
+        }
+        let started = Instant::now();
+        let config = bora_weights::preset_config(name).with_context(|| {
+            format!("--model random:{name}: unknown shape; use random:mixtral-8x7b, random:mixtral-8x22b or random:demo")
+        })?;
+        let quantize = self.quantize_type()?;
+        let device = self.device.parse::<DeviceSpec>()?.open()?;
+        let dtype = self.dtype_arg()?.unwrap_or(if device.is_cpu() {
+            WeightDType::F32
+        } else {
+            WeightDType::BF16
+        });
+        let opts = LoadOptions {
+            quantize,
+            ..LoadOptions::new(dtype, device)
+        };
+        let (total, active) = (config.param_count(), config.active_param_count());
+        let tok_dir = if config.vocab_size == 32768 {
+            bora_engine::demo_v3_model_dir()?
+        } else {
+            bora_engine::demo_model_dir()?
+        };
+        let phase = Phase::new("making random weights", 0);
+        let weights = bora_weights::random_weights(config, &opts, 0x5eed)?;
+        let model = Model::new(weights)?;
+        phase.done();
+        let tokenizer = match &self.tokenizer {
+            Some(p) => Tokenizer::from_file(p)?,
+            None => Tokenizer::from_file(&Tokenizer::find_in_dir(&tok_dir)?)?,
+        };
+        if tokenizer.vocab_size() > model.config().vocab_size {
+            bail!(
+                "the tokenizer has {} tokens, more than random:{name}'s {}",
+                tokenizer.vocab_size(),
+                model.config().vocab_size
+            );
+        }
+        eprintln!(
+            "bora: made random:{name}: {} parameters ({} active per token), {}, on {}, in {:.1} s",
+            count(total),
+            count(active),
+            match quantize {
+                Some(q) => q.to_string(),
+                None => dtype_name(dtype).to_string(),
+            },
+            self.device,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Loaded { model, tokenizer })
     }
 
     /// The `--dtype` asked for.
@@ -80,9 +146,6 @@ impl ModelArgs {
                 QType::ALL.map(|q| q.name().to_lowercase()).join(", ")
             )
         })?;
-        if self.device != "cpu" {
-            bail!("--quantize runs on bora's CPU kernels: use it with --device cpu");
-        }
         Ok(Some(q))
     }
 
@@ -212,6 +275,9 @@ impl ModelArgs {
             );
             return Ok(bora_engine::demo_model_dir()?);
         };
+        if arg.starts_with("random:") {
+            bail!("--model {arg}: random weights are made by `bora bench`, `bora bench-moe` and `bora run`; this command needs a model directory, GGUF file or repo id");
+        }
         // The built-in demos, by name.
         if arg == bora_engine::DEMO_MODEL_NAME {
             return Ok(bora_engine::demo_model_dir()?);

@@ -1,7 +1,9 @@
 //! `bora`: run Mixtral offline. One binary; each command is a module.
 
 mod bench;
+mod bench_moe;
 mod chat;
+mod check;
 mod download;
 mod inspect;
 mod load;
@@ -48,6 +50,20 @@ enum Command {
         after_help = "Examples:\n  bora bench --prompt-len 128 --gen-len 32 --batch 1,4\n  bora bench --model ~/models/Mixtral-8x7B-v0.1 --batch 1,4,16 --json"
     )]
     Bench(bench::Args),
+    /// Time the MoE block alone on one layer of a Mixtral shape with random weights, by tokens
+    /// per step (the criterion bench `moe`'s measurement, on any device).
+    #[command(
+        name = "bench-moe",
+        after_help = "Examples:\n  bora bench-moe\n  bora bench-moe --device cuda --quantize q4_k --tokens 1,8,32,512"
+    )]
+    BenchMoe(bench_moe::Args),
+    /// Check a device (CUDA) against bora's CPU path on the same weights: logits of prefill and
+    /// batched decode steps, greedy tokens; the committed fixtures by default.
+    #[command(
+        name = "check-device",
+        after_help = "Examples:\n  bora check-device --device cuda\n  bora check-device --device cuda --dtype bf16 --models models/fixtures/gguf/tiny-Q4_K_M.gguf"
+    )]
+    CheckDevice(check::Args),
     /// Show a checkpoint's architecture, tensors, parameter counts and size, without loading it.
     #[command(after_help = "Example:\n  bora inspect models/fixtures/tiny-mixtral")]
     Inspect(inspect::Args),
@@ -92,6 +108,8 @@ fn main() {
         Command::Serve(a) => serve::main(a),
         Command::Chat(a) => chat::main(a),
         Command::Bench(a) => bench::main(a),
+        Command::BenchMoe(a) => bench_moe::main(a),
+        Command::CheckDevice(a) => check::main(a),
         Command::Inspect(a) => inspect::main(a),
         Command::Run(a) => run::main(a),
         Command::Perplexity(a) => perplexity::main(a),

@@ -535,3 +535,99 @@ fn gguf_files_run_and_quantize_writes_them() {
     ]);
     assert!(e.contains("/no/such/dir/x.gguf"), "{e}");
 }
+
+/// On the CPU, `check-device` checks candle's path (what CUDA runs, on candle's CPU kernels)
+/// against bora's kernels: dense weights to float rounding, quantized ones within the stated
+/// tolerance.
+#[test]
+fn check_device_on_the_cpu_compares_candles_path_with_bora_kernels() {
+    let models = [
+        fixture("tiny-mixtral"),
+        fixture("gguf/tiny-Q8_0.gguf"),
+        fixture("gguf/tiny-Q4_K_M.gguf"),
+    ];
+    let models: Vec<&str> = models.iter().map(|p| p.to_str().unwrap()).collect();
+    let list = models.join(",");
+    let out = ok(&[
+        "check-device",
+        "--device",
+        "cpu",
+        "--models",
+        &list,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["passed"], true, "{v}");
+    let ms = v["models"].as_array().unwrap();
+    assert_eq!(ms.len(), 3);
+    assert_eq!(ms[0]["kind"], "dense f32");
+    assert!(ms[0]["abs_diff"]["max"].as_f64().unwrap() < 1e-4, "{v}");
+    assert_eq!(ms[0]["greedy_agree"], ms[0]["greedy_compared"]);
+    assert_eq!(ms[1]["kind"], "quantized f32");
+    assert!(ms[2]["greedy_compared"].as_u64().unwrap() > 30);
+    // A tolerance nothing meets fails, with the reason.
+    let e = err(&[
+        "check-device",
+        "--device",
+        "cpu",
+        "--models",
+        models[1],
+        "--tolerance",
+        "0,0,0",
+    ]);
+    assert!(e.contains("beyond the tolerance"), "{e}");
+}
+
+/// `random:NAME` models: the benchmarks' shapes with random weights and no file.
+#[test]
+fn random_models_bench_and_report_the_memory_bound() {
+    let out = ok(&[
+        "bench",
+        "--model",
+        "random:demo",
+        "--quantize",
+        "q8_0",
+        "--prompt-len",
+        "16",
+        "--gen-len",
+        "4",
+        "--batch",
+        "1,2",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(v["device"], "cpu");
+    assert!(
+        v["active_weight_bytes_per_token"].as_u64().unwrap() > 100_000,
+        "{v}"
+    );
+    assert!(
+        v["copy_bandwidth_bytes_per_s"].as_f64().unwrap() > 1e8,
+        "{v}"
+    );
+    assert!(v["batch1_decode_fraction_of_bound"].as_f64().unwrap() > 0.0);
+    let out = ok(&[
+        "bench-moe",
+        "--shape",
+        "demo",
+        "--quantize",
+        "q8_0",
+        "--tokens",
+        "1,16",
+        "--iters",
+        "2",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["weights"], "Q8_0");
+    assert_eq!(v["runs"][1]["tokens"], 16);
+    assert!(v["runs"][1]["experts_hit"].as_u64().unwrap() >= 2);
+    // Q4_K rows are 256 values: the demo's 128 are not, and the error says so.
+    let e = err(&["bench-moe", "--shape", "demo", "--quantize", "q4_k"]);
+    assert!(e.contains("not a multiple"), "{e}");
+    let e = err(&["serve", "--model", "random:demo"]);
+    assert!(e.contains("random weights are made by"), "{e}");
+    let e = err(&["bench", "--model", "random:nope"]);
+    assert!(e.contains("unknown shape"), "{e}");
+}

@@ -71,12 +71,7 @@ impl DeviceSpec {
                     Ok(d) => d.map_err(unavailable),
                     Err(why) => Err(CoreError::DeviceUnavailable {
                         device: self.to_string(),
-                        reason: format!(
-                            "the CUDA libraries could not be loaded ({why}); the NVIDIA driver \
-                             provides libcuda, and cuBLAS and cuRAND must be on the loader's path \
-                             (LD_LIBRARY_PATH), e.g. from the nvidia-cublas and nvidia-curand \
-                             Python wheels"
-                        ),
+                        reason: cuda_load_failure(&why),
                     }),
                 }
             }
@@ -91,6 +86,24 @@ impl DeviceSpec {
             }
         }
     }
+}
+
+/// What to tell a user whose CUDA libraries did not load, from cudarc's panic message
+/// (`Unable to dynamically load the "cublas" shared library - searched for ...`).
+fn cuda_load_failure(why: &str) -> String {
+    let what = match why
+        .strip_prefix("Unable to dynamically load the \"")
+        .and_then(|r| r.split('"').next())
+    {
+        Some("cuda") => "no NVIDIA driver was found (libcuda)".to_string(),
+        Some(lib) => format!("the CUDA library lib{lib} was not found"),
+        None => format!("CUDA did not start: {why}"),
+    };
+    format!(
+        "{what}; this build needs the NVIDIA driver and CUDA 13's cuBLAS and cuRAND on the \
+         loader's path (LD_LIBRARY_PATH; the nvidia-cublas and nvidia-curand Python wheels \
+         have them)"
+    )
 }
 
 /// Runs `f`, turning a panic into `Err` with its message, without the panic hook's report.
@@ -167,6 +180,20 @@ mod tests {
             Err("no lib".into())
         );
         assert_eq!(device_memory(&Device::Cpu), None);
+    }
+
+    #[test]
+    fn cuda_load_failures_name_the_library() {
+        let m = cuda_load_failure(
+            "Unable to dynamically load the \"cublas\" shared library - searched for [..]",
+        );
+        assert!(
+            m.starts_with("the CUDA library libcublas was not found;"),
+            "{m}"
+        );
+        let m = cuda_load_failure("Unable to dynamically load the \"cuda\" shared library");
+        assert!(m.starts_with("no NVIDIA driver was found"), "{m}");
+        assert!(cuda_load_failure("boom").starts_with("CUDA did not start: boom;"));
     }
 
     #[cfg(not(feature = "cuda"))]

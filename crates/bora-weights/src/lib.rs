@@ -20,6 +20,7 @@ mod gguf_write;
 mod matrix;
 mod mixtral;
 mod names;
+mod random;
 mod store;
 
 pub use bora_kernels::QType;
@@ -33,6 +34,7 @@ pub use gguf_write::{GgufWriter, TensorSpec};
 pub use matrix::{upload_quant, with_cpu_f32, HostMatrix, Matrix, WeightDType, WeightFormat};
 pub use mixtral::{check_fits, weight_bytes, Backend, LayerWeights, LoadOptions, MixtralWeights};
 pub use names::{ExpertLayout, TensorName};
+pub use random::{preset_config, random_weights};
 pub use store::{MapMode, SafetensorsStore, StoredTensor};
 
 /// Result with [`WeightsError`].

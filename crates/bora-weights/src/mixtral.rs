@@ -79,6 +79,17 @@ pub struct LayerWeights {
     pub experts: Experts,
 }
 
+impl LayerWeights {
+    /// Bytes of the attention projections and the router: what every token of the layer
+    /// reads besides its experts.
+    pub fn attention_and_router_bytes(&self) -> usize {
+        [&self.q, &self.k, &self.v, &self.o, &self.router]
+            .iter()
+            .map(|m| m.size_bytes())
+            .sum()
+    }
+}
+
 /// Every weight of a Mixtral model.
 #[derive(Debug, Clone)]
 pub struct MixtralWeights {

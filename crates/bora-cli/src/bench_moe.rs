@@ -1,0 +1,128 @@
+//! `bora bench-moe`: the MoE block alone on one layer of a Mixtral shape with random weights,
+//! at several tokens per step, on any device: the same measurement as the criterion bench
+//! `moe` (benches/benches/moe.rs: 8x7B's layer, 1 to 512 tokens, the expert weights read per
+//! step), so that CPU and GPU figures compare.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bora_core::{DTypeSpec, DeviceSpec};
+use bora_model::{moe_block, RoutingStats};
+use bora_weights::{preset_config, random_weights, LoadOptions, QType, WeightDType};
+use candle_core::{DType, Tensor};
+use serde_json::json;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The layer's shape: mixtral-8x7b, mixtral-8x22b or demo.
+    #[arg(long, default_value = "mixtral-8x7b")]
+    shape: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Dtype of dense weights and activations (default: bf16; f32 on the CPU with --quantize).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Weights in this ggml type instead (q8_0, q4_k, q6_k, ...), made on the device.
+    #[arg(long, value_name = "TYPE")]
+    quantize: Option<String>,
+    /// Tokens per step, one measurement each.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64,512")]
+    tokens: Vec<usize>,
+    /// Timed steps per size (after two untimed ones).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let mut config = preset_config(&a.shape).with_context(|| {
+        format!(
+            "--shape {}: use mixtral-8x7b, mixtral-8x22b or demo",
+            a.shape
+        )
+    })?;
+    config.num_hidden_layers = 1;
+    config.vocab_size = 256; // the embedding and LM head are not measured
+    let device = a.device.parse::<DeviceSpec>()?.open()?;
+    let quantize = match &a.quantize {
+        Some(s) => Some(QType::parse(s).with_context(|| format!("--quantize {s}: unknown type"))?),
+        None => None,
+    };
+    let dtype = match a.dtype.as_deref() {
+        Some(d) => match d.parse::<DTypeSpec>()? {
+            DTypeSpec::F32 => WeightDType::F32,
+            DTypeSpec::BF16 => WeightDType::BF16,
+            DTypeSpec::F16 => WeightDType::F16,
+        },
+        None if device.is_cpu() && quantize.is_some() => WeightDType::F32,
+        None => WeightDType::BF16,
+    };
+    let opts = LoadOptions {
+        quantize,
+        ..LoadOptions::new(dtype, device.clone())
+    };
+    let (h, e, k) = (
+        config.hidden_size,
+        config.num_local_experts,
+        config.num_experts_per_tok,
+    );
+    let w = random_weights(config, &opts, 0x0e)?;
+    let layer = &w.layers[0];
+    let act = opts.activation_dtype();
+    let weights = match quantize {
+        Some(q) => q.name().to_string(),
+        None => format!("{dtype:?}").to_lowercase(),
+    };
+    let mut rows = Vec::new();
+    for &t in &a.tokens {
+        let x = Tensor::randn(0f32, 1.0, (t, h), &candle_core::Device::Cpu)?
+            .to_dtype(act)?
+            .to_device(&device)?;
+        let mut stats = RoutingStats::new(1, e);
+        moe_block(&layer.router, &layer.experts, k, &x, 0, Some(&mut stats))?;
+        moe_block(&layer.router, &layer.experts, k, &x, 0, None)?;
+        let hit = stats.counts[0].iter().filter(|&&n| n > 0).count();
+        let bytes = (hit * layer.experts.expert_bytes() + layer.router.size_bytes()) as f64;
+        device.synchronize()?;
+        let start = Instant::now();
+        for _ in 0..a.iters.max(1) {
+            let y = moe_block(&layer.router, &layer.experts, k, &x, 0, None)?;
+            std::hint::black_box(y.to_dtype(DType::F32)?);
+        }
+        device.synchronize()?;
+        let step = start.elapsed().as_secs_f64() / a.iters.max(1) as f64;
+        rows.push((t, step, hit, bytes / step));
+    }
+    if a.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|&(t, step, hit, bw)| {
+                json!({"tokens": t, "step_us": step * 1e6, "tokens_per_s": t as f64 / step,
+                       "experts_hit": hit, "expert_bytes_per_s": bw})
+            })
+            .collect();
+        let report = json!({"shape": a.shape, "device": a.device, "weights": weights, "runs": v});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "MoE block of {} ({} experts, top {k}), {weights} weights, on {}",
+        a.shape, e, a.device
+    );
+    println!(
+        "{:>6}  {:>10}  {:>12}  {:>6}  {:>16}",
+        "tokens", "step µs", "tokens/s", "hit", "expert GB/s read"
+    );
+    for (t, step, hit, bw) in rows {
+        println!(
+            "{t:>6}  {:>10.1}  {:>12.1}  {hit:>6}  {:>16.1}",
+            step * 1e6,
+            t as f64 / step,
+            bw / 1e9
+        );
+    }
+    Ok(())
+}
