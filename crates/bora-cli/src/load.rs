@@ -276,7 +276,7 @@ impl ModelArgs {
             return Ok(bora_engine::demo_model_dir()?);
         };
         if arg.starts_with("random:") {
-            bail!("--model {arg}: random weights are made by `bora bench`, `bora bench-moe` and `bora run`; this command needs a model directory, GGUF file or repo id");
+            bail!("--model {arg}: random weights are made by `bora bench`, `bench-moe`, `run`, `chat` and `perplexity`; this command needs a model directory, GGUF file or repo id");
         }
         // The built-in demos, by name.
         if arg == bora_engine::DEMO_MODEL_NAME {
