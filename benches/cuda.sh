@@ -16,7 +16,9 @@
 #   It prints one table at the end and writes $OUT (or .cache/cuda-out)/summary.json, every
 #   step's JSON in one file, and log.txt, everything it printed.
 # The CUDA libraries (cuBLAS, cuRAND, CUDA 13) come from the machine's Python wheels (torch's
-# nvidia-* packages); the driver from the machine.
+# nvidia-* packages); the driver from the machine. Each step has a time limit (2 × 60 s of
+# checks, 3 × (110 + 40) s of benchmarks: 570 s at most), so that one 600-second device call
+# holds the whole run; TYPES="q4_k" (or any subset) runs fewer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-run}
@@ -72,16 +74,16 @@ step() { # step NAME TIMEOUT_S CMD...: runs CMD, its stdout to $out/NAME.json
   fi
 }
 
-step check-f32 120 "$bora" check-device --device "$device" --dtype f32 --json
-step check-bf16 120 "$bora" check-device --device "$device" --dtype bf16 --json
+step check-f32 60 "$bora" check-device --device "$device" --dtype f32 --json
+step check-bf16 60 "$bora" check-device --device "$device" --dtype bf16 --json
 for q in $types; do
   case $q in
     bf16 | f16 | f32) args=(--dtype "$q") ;;
     *) args=(--quantize "$q") ;;
   esac
-  step "bench-$q" 240 "$bora" bench --model "random:$shape" --device "$device" "${args[@]}" \
+  step "bench-$q" 110 "$bora" bench --model "random:$shape" --device "$device" "${args[@]}" \
     --prompt-len "$prompt_len" --gen-len 64 --batch 1,8,32 --json
-  step "moe-$q" 120 "$bora" bench-moe --shape "$shape" --device "$device" "${args[@]}" \
+  step "moe-$q" 40 "$bora" bench-moe --shape "$shape" --device "$device" "${args[@]}" \
     --tokens 1,8,32,64,512 --json
 done
 

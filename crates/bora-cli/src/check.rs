@@ -112,7 +112,7 @@ pub fn main(a: Args) -> Result<()> {
         let quantized = checked.weights().layers.iter().any(|l| {
             matches!(&l.q, bora_weights::Matrix::Quant(_))
                 || matches!(&l.q, bora_weights::Matrix::Host(h) if matches!(h.format(), WeightFormat::Quant(_)))
-        }) || m.extension().is_some_and(|e| e == "gguf") && !m.to_string_lossy().contains("F16");
+        });
         let kind = format!(
             "{} {}",
             if quantized { "quantized" } else { "dense" },

@@ -57,3 +57,23 @@ pub enum WeightsError {
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn does_not_fit_says_what_is_needed_and_free() {
+        let e = WeightsError::DoesNotFit {
+            device: "cuda:0".into(),
+            need: 93 << 30,
+            free: 79 << 30,
+            total: 80 << 30,
+        }
+        .to_string();
+        assert!(
+            e.starts_with("the model does not fit on cuda:0: its weights need 93.00 GiB, and 79.00 GiB of the device's 80.00 GiB are free"),
+            "{e}"
+        );
+    }
+}
