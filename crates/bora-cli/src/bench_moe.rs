@@ -20,7 +20,7 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Dtype of dense weights and activations (default: bf16; f32 on the CPU with --quantize).
+    /// Dtype of dense weights and activations (default: bf16; f32 with --quantize).
     #[arg(long)]
     dtype: Option<String>,
     /// Weights in this ggml type instead (q8_0, q4_k, q6_k, ...), made on the device.
@@ -57,7 +57,7 @@ pub fn main(a: Args) -> Result<()> {
             DTypeSpec::BF16 => WeightDType::BF16,
             DTypeSpec::F16 => WeightDType::F16,
         },
-        None if device.is_cpu() && quantize.is_some() => WeightDType::F32,
+        None if quantize.is_some() => WeightDType::F32,
         None => WeightDType::BF16,
     };
     let opts = LoadOptions {

@@ -79,11 +79,15 @@ impl ModelArgs {
         })?;
         let quantize = self.quantize_type()?;
         let device = self.device.parse::<DeviceSpec>()?.open()?;
-        let dtype = self.dtype_arg()?.unwrap_or(if device.is_cpu() {
-            WeightDType::F32
-        } else {
-            WeightDType::BF16
-        });
+        // Activations in f32 next to quantized weights, as llama.cpp keeps them (no conversion
+        // around each quantized product); bf16 for a dense model on a GPU.
+        let dtype = self
+            .dtype_arg()?
+            .unwrap_or(if device.is_cpu() || quantize.is_some() {
+                WeightDType::F32
+            } else {
+                WeightDType::BF16
+            });
         let opts = LoadOptions {
             quantize,
             ..LoadOptions::new(dtype, device)
@@ -220,8 +224,19 @@ impl ModelArgs {
         let phase = Phase::new("reading", store.data_bytes());
         store.prefault(|done, _| phase.at(done));
         phase.done();
-        // Float tensors of a GGUF file stay as stored on the CPU; candle computes in f16.
-        let dtype = self.dtype_arg()?.unwrap_or(WeightDType::F16);
+        // Float tensors of a GGUF file stay as stored on the CPU. On a GPU, activations are f32
+        // next to quantized weights (as llama.cpp keeps them: no conversion around each
+        // quantized product), f16 in a float file.
+        let quantized_file = gguf_type_counts(&store)
+            .iter()
+            .any(|(t, _)| matches!(t, bora_weights::GgmlType::Quant(_)));
+        let dtype = self.dtype_arg()?.unwrap_or(
+            if device.is_cuda() && (quantized_file || quantize.is_some()) {
+                WeightDType::F32
+            } else {
+                WeightDType::F16
+            },
+        );
         let phase = Phase::new(
             if quantize.is_some() {
                 "quantizing"
