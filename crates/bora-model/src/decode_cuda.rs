@@ -15,8 +15,9 @@ use crate::{Batch, Result};
 pub(crate) struct DeviceDecode {
     /// Indices in `batch.seqs` of the one-token sequences, in order.
     pub seqs: Vec<usize>,
-    /// `[N]` u32: each one's row in the step's activations.
-    rows: Tensor,
+    /// `[N]` u32: each one's row in the step's activations; `None` when they are all of them
+    /// in order (a step of decode sequences only).
+    rows: Option<Tensor>,
     /// `[N, D/2]`: the rotary tables at each one's position.
     cos: Tensor,
     sin: Tensor,
@@ -83,9 +84,10 @@ impl DeviceDecode {
         let n = seqs.len();
         let u32s = |v: &[u32]| Tensor::from_slice(v, v.len(), device);
         let (cos, sin) = rope.at(&u32s(&pos)?)?;
+        let all = seqs.len() == batch.seqs.len();
         Ok(Some(Self {
             seqs,
-            rows: u32s(&rows)?,
+            rows: if all { None } else { Some(u32s(&rows)?) },
             cos,
             sin,
             kv_rows: u32s(&kv_rows)?,
@@ -114,16 +116,14 @@ impl DeviceDecode {
         );
         let n = self.seqs.len();
         let pick = |x: &Tensor, h: usize| -> Result<Tensor> {
-            Ok(x.index_select(&self.rows, 0)?.reshape((n, h, d))?)
+            let x = match &self.rows {
+                Some(rows) => x.index_select(rows, 0)?,
+                None => x.contiguous()?,
+            };
+            Ok(x.reshape((n, h, d))?)
         };
-        // [N, h, D] → [1, h, N, D] (candle's rope: N positions, one per token) → [N, h, D]
-        let rotate = |x: Tensor| -> Result<Tensor> {
-            let x = x.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
-            let x = candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?;
-            Ok(x.squeeze(0)?.transpose(0, 1)?.contiguous()?)
-        };
-        let q = rotate(pick(q, hq)?)?;
-        let k = rotate(pick(k, hkv)?)?;
+        let q = Rope::apply_at(&pick(q, hq)?, &self.cos, &self.sin)?;
+        let k = Rope::apply_at(&pick(k, hkv)?, &self.cos, &self.sin)?;
         let v = pick(v, hkv)?;
         let kv = cache.layer(layer);
         kv_write(&kv.k, &k, &self.kv_rows)?;

@@ -60,12 +60,21 @@ impl Rope {
     }
 
     /// The tables at `positions` (`[N]` u32 on the device): `([N, D/2], [N, D/2])`.
-    #[cfg(feature = "cuda")]
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the CUDA decode path's
     pub fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((
             self.cos.index_select(positions, 0)?,
             self.sin.index_select(positions, 0)?,
         ))
+    }
+
+    /// Rotates `x` `[N, heads, D]` (contiguous), token `i` at position `positions[i]`, with
+    /// the tables [`Rope::at`] gave for them: decode steps of several sequences at once.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub fn apply_at(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        // [1, N, heads, D]: candle's rope over (batch, time, head, dim), one row of the tables
+        // per token.
+        Ok(candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?, cos, sin)?.squeeze(0)?)
     }
 
     /// Rotates `x` `[1, heads, L, D]` (contiguous) for positions `start..start + L`.
@@ -74,5 +83,44 @@ impl Rope {
         let cos = self.cos.narrow(0, start, l)?;
         let sin = self.sin.narrow(0, start, l)?;
         Ok(candle_nn::rotary_emb::rope(x, &cos, &sin)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens at their own positions, all at once, equal each rotated alone.
+    #[test]
+    fn apply_at_rotates_each_token_at_its_position() {
+        let cfg = bora_weights::preset_config("demo").unwrap();
+        let rope = Rope::new(&cfg, 64, DType::F32, &Device::Cpu).unwrap();
+        let (h, d) = (3, cfg.head_dim);
+        let pos = [5u32, 0, 63, 17];
+        let x = Tensor::randn(0f32, 1.0, (pos.len(), h, d), &Device::Cpu).unwrap();
+        let (cos, sin) = rope
+            .at(&Tensor::new(&pos[..], &Device::Cpu).unwrap())
+            .unwrap();
+        let all = Rope::apply_at(&x, &cos, &sin).unwrap();
+        for (i, &p) in pos.iter().enumerate() {
+            let one = x
+                .narrow(0, i, 1)
+                .unwrap()
+                .transpose(0, 1)
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let one = rope.apply(&one.unsqueeze(0).unwrap(), p as usize).unwrap(); // [1, h, 1, D]
+            let one = one.squeeze(0).unwrap().transpose(0, 1).unwrap(); // [1, h, D]
+            let diff = (all.narrow(0, i, 1).unwrap() - one)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-6, "token {i} at {p}: {diff}");
+        }
     }
 }
