@@ -1,25 +1,23 @@
 //! bora's CUDA kernels (`src/cuda/*.cu`, compiled to PTX by `build.rs`), launched on candle's
 //! CUDA device and stream: top-k routing and the grouping of a step's tokens by expert for the
 //! MoE block (candle's grouped GEMM and fused quantized GEMV then run each expert's weights once
-//! per step), and random ggml blocks written in place for benchmarks of models with no file.
+//! per step), decode attention over the paged KV cache and the cache writes before it, and
+//! random ggml blocks written in place for benchmarks of models with no file.
 
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::quantized::QTensor;
-use candle_core::{bail, CudaDevice, CudaStorage, DType, Result, Storage, Tensor};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Result, Shape, Storage, Tensor};
 
 const MOE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/moe.ptx"));
 const MOE_MODULE: &str = "bora_moe";
 
-fn wrap(
-    slice: candle_core::cuda_backend::cudarc::driver::CudaSlice<u32>,
-    dev: &CudaDevice,
-    n: usize,
-) -> Tensor {
+/// A kernel's output buffer as a tensor of `shape`.
+fn wrap<T: CudaDType>(slice: CudaSlice<T>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
     Tensor::from_storage(
         Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone())),
-        n,
+        shape,
         BackpropOp::none(),
         false,
     )
@@ -43,36 +41,23 @@ pub fn route_topk(logits: &Tensor, a: usize) -> Result<(Tensor, Tensor)> {
     }
     let ids = unsafe { dev.alloc::<u32>(t * a) }?;
     let weights = unsafe { dev.alloc::<f32>(t * a) }?;
-    {
-        let (s, l) = logits.storage_and_layout();
-        let Storage::Cuda(c) = &*s else {
-            bail!("route_topk: the logits are not on a CUDA device")
-        };
-        let src = c.as_cuda_slice::<f32>()?.slice(l.start_offset()..);
-        let func = dev.get_or_load_custom_func("bora_route_topk", MOE_MODULE, MOE_PTX)?;
-        let (ti, ei, ai) = (t as i32, e as i32, a as i32);
-        let mut b = func.builder();
-        b.arg(&src)
-            .arg(&ids)
-            .arg(&weights)
-            .arg(&ti)
-            .arg(&ei)
-            .arg(&ai);
-        let cfg = LaunchConfig {
-            grid_dim: (t.div_ceil(128) as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        unsafe { b.launch(cfg) }.w()?;
-    }
-    let ids = wrap(ids, &dev, t * a).reshape((t, a))?;
-    let weights = Tensor::from_storage(
-        Storage::Cuda(CudaStorage::wrap_cuda_slice(weights, dev.clone())),
-        (t, a),
-        BackpropOp::none(),
-        false,
-    );
-    Ok((ids, weights))
+    let src = addr(&logits, "route_topk logits")?;
+    let func = dev.get_or_load_custom_func("bora_route_topk", MOE_MODULE, MOE_PTX)?;
+    let (ti, ei, ai) = (t as i32, e as i32, a as i32);
+    let mut b = func.builder();
+    b.arg(&src)
+        .arg(&ids)
+        .arg(&weights)
+        .arg(&ti)
+        .arg(&ei)
+        .arg(&ai);
+    let cfg = LaunchConfig {
+        grid_dim: (t.div_ceil(128) as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    unsafe { b.launch(cfg) }.w()?;
+    Ok((wrap(ids, &dev, (t, a)), wrap(weights, &dev, (t, a))))
 }
 
 /// Groups a step's expert assignments by expert: `ids` `[T, A]` u32 (< `e`, e ≤ 1024) →
@@ -95,24 +80,18 @@ pub fn sort_by_expert(ids: &Tensor, e: usize) -> Result<(Tensor, Tensor)> {
     }
     let experts = unsafe { dev.alloc::<u32>(n) }?;
     let slots = unsafe { dev.alloc::<u32>(n) }?;
-    {
-        let (s, l) = ids.storage_and_layout();
-        let Storage::Cuda(c) = &*s else {
-            bail!("sort_by_expert: the ids are not on a CUDA device")
-        };
-        let src = c.as_cuda_slice::<u32>()?.slice(l.start_offset()..);
-        let func = dev.get_or_load_custom_func("bora_sort_by_expert", MOE_MODULE, MOE_PTX)?;
-        let (ni, ei) = (n as i32, e as i32);
-        let mut b = func.builder();
-        b.arg(&src).arg(&ni).arg(&ei).arg(&experts).arg(&slots);
-        let warps = e.min(32) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (32 * warps, 1, 1),
-            shared_mem_bytes: 4 * (e as u32 + 1),
-        };
-        unsafe { b.launch(cfg) }.w()?;
-    }
+    let src = addr(&ids, "sort_by_expert ids")?;
+    let func = dev.get_or_load_custom_func("bora_sort_by_expert", MOE_MODULE, MOE_PTX)?;
+    let (ni, ei) = (n as i32, e as i32);
+    let mut b = func.builder();
+    b.arg(&src).arg(&ni).arg(&ei).arg(&experts).arg(&slots);
+    let warps = e.min(32) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (32 * warps, 1, 1),
+        shared_mem_bytes: 4 * (e as u32 + 1),
+    };
+    unsafe { b.launch(cfg) }.w()?;
     Ok((wrap(experts, &dev, n), wrap(slots, &dev, n)))
 }
 

@@ -248,11 +248,7 @@ impl MemoryBound {
             .sum();
         let device = model.device();
         Ok(Self {
-            device: match device.location() {
-                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-                candle_core::DeviceLocation::Cpu => "cpu".into(),
-                other => format!("{other:?}"),
-            },
+            device: bora_core::device_name(device),
             active_bytes: (layers + w.lm_head.size_bytes()) as u64,
             bandwidth: copy_bandwidth(device)?,
         })

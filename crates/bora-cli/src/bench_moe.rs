@@ -6,9 +6,11 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use bora_core::{DTypeSpec, DeviceSpec};
+use bora_core::DeviceSpec;
 use bora_model::{moe_block, RoutingStats};
-use bora_weights::{preset_config, random_weights, LoadOptions, QType, WeightDType};
+use bora_weights::{preset_config, random_weights, LoadOptions, WeightDType};
+
+use crate::load::{parse_dtype, parse_qtype};
 use candle_core::{DType, Tensor};
 use serde_json::json;
 
@@ -47,16 +49,13 @@ pub fn main(a: Args) -> Result<()> {
     config.num_hidden_layers = 1;
     config.vocab_size = 256; // the embedding and LM head are not measured
     let device = a.device.parse::<DeviceSpec>()?.open()?;
-    let quantize = match &a.quantize {
-        Some(s) => Some(QType::parse(s).with_context(|| format!("--quantize {s}: unknown type"))?),
-        None => None,
-    };
+    let quantize = a
+        .quantize
+        .as_deref()
+        .map(|s| parse_qtype("--quantize", s))
+        .transpose()?;
     let dtype = match a.dtype.as_deref() {
-        Some(d) => match d.parse::<DTypeSpec>()? {
-            DTypeSpec::F32 => WeightDType::F32,
-            DTypeSpec::BF16 => WeightDType::BF16,
-            DTypeSpec::F16 => WeightDType::F16,
-        },
+        Some(d) => parse_dtype(d)?,
         None if quantize.is_some() => WeightDType::F32,
         None => WeightDType::BF16,
     };

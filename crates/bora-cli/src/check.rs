@@ -88,11 +88,7 @@ impl Outcome {
 pub fn main(a: Args) -> Result<()> {
     let spec: DeviceSpec = a.device.parse()?;
     let device = spec.open()?;
-    let dtype = match a.dtype.parse::<bora_core::DTypeSpec>()? {
-        bora_core::DTypeSpec::F32 => WeightDType::F32,
-        bora_core::DTypeSpec::BF16 => WeightDType::BF16,
-        bora_core::DTypeSpec::F16 => WeightDType::F16,
-    };
+    let dtype = crate::load::parse_dtype(&a.dtype)?;
     if a.tolerance.as_ref().is_some_and(|t| t.len() != 3) {
         bail!("--tolerance takes three numbers: MEDIAN,P99,MAX");
     }

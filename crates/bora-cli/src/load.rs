@@ -129,28 +129,15 @@ impl ModelArgs {
 
     /// The `--dtype` asked for.
     fn dtype_arg(&self) -> Result<Option<WeightDType>> {
-        Ok(match &self.dtype {
-            None => None,
-            Some(s) => Some(match s.parse::<DTypeSpec>()? {
-                DTypeSpec::F32 => WeightDType::F32,
-                DTypeSpec::BF16 => WeightDType::BF16,
-                DTypeSpec::F16 => WeightDType::F16,
-            }),
-        })
+        self.dtype.as_deref().map(parse_dtype).transpose()
     }
 
-    /// The `--quantize` type, checked against the device.
+    /// The `--quantize` type asked for.
     fn quantize_type(&self) -> Result<Option<QType>> {
-        let Some(s) = &self.quantize else {
-            return Ok(None);
-        };
-        let q = QType::parse(s).with_context(|| {
-            format!(
-                "--quantize {s}: unknown type; use one of {}",
-                QType::ALL.map(|q| q.name().to_lowercase()).join(", ")
-            )
-        })?;
-        Ok(Some(q))
+        self.quantize
+            .as_deref()
+            .map(|s| parse_qtype("--quantize", s))
+            .transpose()
     }
 
     /// [`ModelArgs::load`] from an already resolved source (a directory or a `.gguf` file).
@@ -227,7 +214,8 @@ impl ModelArgs {
         // Float tensors of a GGUF file stay as stored on the CPU. On a GPU, activations are f32
         // next to quantized weights (as llama.cpp keeps them: no conversion around each
         // quantized product), f16 in a float file.
-        let quantized_file = gguf_type_counts(&store)
+        let type_counts = gguf_type_counts(&store);
+        let quantized_file = type_counts
             .iter()
             .any(|(t, _)| matches!(t, bora_weights::GgmlType::Quant(_)));
         let dtype = self.dtype_arg()?.unwrap_or(
@@ -258,7 +246,7 @@ impl ModelArgs {
             None => Tokenizer::from_gguf(&store)
                 .context("the GGUF file's tokenizer cannot be read: pass --tokenizer FILE")?,
         };
-        let types: Vec<String> = gguf_type_counts(&store)
+        let types: Vec<String> = type_counts
             .into_iter()
             .map(|(t, n)| format!("{t}×{n}"))
             .collect();
@@ -340,6 +328,25 @@ impl ModelArgs {
             Some(m) => m == bora_engine::DEMO_MODEL_NAME || m == bora_engine::DEMO_V3_MODEL_NAME,
         }
     }
+}
+
+/// A `--dtype` value: f32, bf16 or f16.
+pub fn parse_dtype(s: &str) -> Result<WeightDType> {
+    Ok(match s.parse::<DTypeSpec>()? {
+        DTypeSpec::F32 => WeightDType::F32,
+        DTypeSpec::BF16 => WeightDType::BF16,
+        DTypeSpec::F16 => WeightDType::F16,
+    })
+}
+
+/// A ggml type given to `flag` (`--quantize`, `--type`): q8_0, q4_k, ...
+pub fn parse_qtype(flag: &str, s: &str) -> Result<QType> {
+    QType::parse(s).with_context(|| {
+        format!(
+            "{flag} {s}: unknown type; use one of {}",
+            QType::ALL.map(|q| q.name().to_lowercase()).join(", ")
+        )
+    })
 }
 
 /// The configuration of a resolved model source: a directory's `config.json`, or a GGUF file's

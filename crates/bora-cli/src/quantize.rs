@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bora_engine::SpmVocab;
 use bora_weights::{
     gguf_config, write_gguf, ExpertLayout, GgufStore, LoadOptions, MapMode, MetaValue,
-    MixtralWeights, QType, SafetensorsStore, TensorName,
+    MixtralWeights, SafetensorsStore, TensorName,
 };
 
 use crate::load::ModelArgs;
@@ -29,13 +29,7 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let q = QType::parse(&a.qtype).with_context(|| {
-        format!(
-            "--type {}: unknown type; use one of {}",
-            a.qtype,
-            QType::ALL.map(|q| q.name().to_lowercase()).join(", ")
-        )
-    })?;
+    let q = crate::load::parse_qtype("--type", &a.qtype)?;
     let started = Instant::now();
     let src = ModelArgs::source_only(a.model.clone()).dir()?;
     let cpu = || "cpu".parse::<bora_core::DeviceSpec>()?.open();

@@ -120,6 +120,15 @@ fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::result::Re
     })
 }
 
+/// How `--device` names an opened device: `cpu`, `cuda:N`, `metal`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => DeviceSpec::Cuda(gpu_id).to_string(),
+        candle_core::DeviceLocation::Metal { .. } => DeviceSpec::Metal.to_string(),
+    }
+}
+
 /// `(free, total)` bytes of the device's memory, for a CUDA device; `None` elsewhere.
 pub fn device_memory(device: &Device) -> Option<(usize, usize)> {
     match device {
@@ -180,6 +189,7 @@ mod tests {
             Err("no lib".into())
         );
         assert_eq!(device_memory(&Device::Cpu), None);
+        assert_eq!(device_name(&Device::Cpu), "cpu");
     }
 
     #[test]

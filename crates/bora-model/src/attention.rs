@@ -55,12 +55,10 @@ pub(crate) fn attention(
             ctx, q, k, v, &rows, &seqs, cache,
         )?)
     };
+    let fast: &[usize] = &fast;
     #[cfg(feature = "cuda")]
     let (fast, fast_out) = match ctx.device_decode {
-        Some(dd) => (
-            dd.seqs.clone(),
-            Some(dd.run(cfg, ctx.layer, q, k, v, cache)?),
-        ),
+        Some(dd) => (&dd.seqs[..], Some(dd.run(cfg, ctx.layer, q, k, v, cache)?)),
         None => (fast, fast_out),
     };
     let mut outs = Vec::with_capacity(batch.seqs.len());
@@ -95,10 +93,7 @@ pub(crate) fn attention(
         write_rows(cache, &s.blocks, s.start_pos, &vs, &kv.v)?;
         let end = s.start_pos + l;
         // The earliest key any of these queries may see.
-        let lo = match cfg.sliding_window {
-            Some(wnd) => (s.start_pos + 1).saturating_sub(wnd),
-            None => 0,
-        };
+        let lo = first_key(cfg.sliding_window, s.start_pos);
         let keys = read_rows(cache, &s.blocks, lo, end, &kv.k)?; // [Hkv, S, D]
         let vals = read_rows(cache, &s.blocks, lo, end, &kv.v)?; // [Hkv, S, D]
         let g = hq / hkv;
@@ -123,6 +118,11 @@ pub(crate) fn attention(
     }
     let o = Tensor::cat(&outs, 0)?; // [T, Hq·D]
     Ok(w.o.forward(&o)?)
+}
+
+/// The first key position a query at `pos` sees: 0, or the start of its sliding window.
+pub(crate) fn first_key(window: Option<usize>, pos: usize) -> usize {
+    window.map_or(0, |w| (pos + 1).saturating_sub(w))
 }
 
 /// Writes `x` `[Hkv, L, D]` at positions `start..start + L` of the sequence's blocks into the

@@ -63,7 +63,7 @@ pub(crate) fn decode_attention(
             let (i, h) = (idx / hq, idx % hq);
             let s = seqs[i];
             let p = s.start_pos;
-            let lo = cfg.sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
+            let lo = crate::attention::first_key(cfg.sliding_window, p);
             let qh = &qr[(i * hq + h) * d..(i * hq + h + 1) * d];
             let kvh = h / g;
             // Where position j's key or value of this kv head sits in a pool.

@@ -59,10 +59,7 @@ impl DeviceDecode {
                 rows.push(at);
                 pos.push(s.start_pos as u32);
                 kv_rows.push(cache.row(&s.blocks, s.start_pos) as u32);
-                lo.push(match cfg.sliding_window {
-                    Some(w) => (s.start_pos + 1).saturating_sub(w) as u32,
-                    None => 0,
-                });
+                lo.push(crate::attention::first_key(cfg.sliding_window, s.start_pos) as u32);
                 end.push(s.start_pos as u32 + 1);
             }
             at += s.tokens.len() as u32;

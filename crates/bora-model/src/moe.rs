@@ -146,7 +146,11 @@ mod cuda {
                 let act = own(&(candle_nn::ops::silu(&g)? * u)?)?;
                 gemm(&act, down, &w)?
             }
-            Experts::Host { .. } => unreachable!("checked by `takes`"),
+            Experts::Host { .. } => {
+                return Err(crate::ModelError::Batch(
+                    "host experts on the CUDA path".into(),
+                ))
+            }
         };
         Ok(y.reshape((t, a, h))?.sum(1)?.to_dtype(x.dtype())?)
     }

@@ -248,13 +248,65 @@ impl Loader<'_> {
             self.cfg.intermediate_size,
             self.cfg.hidden_size,
         );
-        let backend = match self.opts.backend {
-            // quantized at load: made on the host, then put on the device
-            Backend::Candle if self.opts.quantize.is_some() => Backend::Host,
-            b => b,
-        };
-        let host = match (self.layout, backend) {
-            (ExpertLayout::PerExpert, Backend::Host) => {
+        match (self.layout, self.opts.backend) {
+            (_, Backend::Host) => {
+                let (gate, up, down) = self.host_experts(l)?;
+                Ok(Experts::Host { gate, up, down })
+            }
+            // Quantized at load: made on the host, then put on the device.
+            (_, Backend::Candle) if self.opts.quantize.is_some() => {
+                let (gate, up, down) = self.host_experts(l)?;
+                device_experts(&gate, &up, &down, self.opts)
+            }
+            (ExpertLayout::PerExpert, Backend::Candle) => {
+                let dt = self.opts.dtype.candle();
+                let stack =
+                    |f: fn(usize, usize) -> TensorName, shape: [usize; 2]| -> Result<Tensor> {
+                        let parts = (0..e)
+                            .map(|x| self.tensor(&f(l, x).hf(self.layout), &shape, dt))
+                            .collect::<Result<Vec<_>>>()?;
+                        Ok(Tensor::stack(&parts, 0)?)
+                    };
+                Ok(Experts::Tensor {
+                    gate: stack(TensorName::ExpertGate, [im, h])?,
+                    up: stack(TensorName::ExpertUp, [im, h])?,
+                    down: stack(TensorName::ExpertDown, [h, im])?,
+                })
+            }
+            (ExpertLayout::Fused, Backend::Candle) => {
+                let dt = self.opts.dtype.candle();
+                let gu = self.tensor(
+                    &TensorName::FusedGateUp(l).hf(self.layout),
+                    &[e, 2 * im, h],
+                    dt,
+                )?;
+                Ok(Experts::Tensor {
+                    gate: gu.narrow(1, 0, im)?.contiguous()?,
+                    up: gu.narrow(1, im, im)?.contiguous()?,
+                    down: self.tensor(
+                        &TensorName::FusedDown(l).hf(self.layout),
+                        &[e, h, im],
+                        dt,
+                    )?,
+                })
+            }
+        }
+    }
+
+    /// Layer `l`'s experts as host matrices (gate, up, down per expert), quantized to
+    /// `--quantize`'s type when one is asked for.
+    #[allow(clippy::type_complexity)]
+    fn host_experts(
+        &self,
+        l: usize,
+    ) -> Result<(Vec<HostMatrix>, Vec<HostMatrix>, Vec<HostMatrix>)> {
+        let (e, im, h) = (
+            self.cfg.num_local_experts,
+            self.cfg.intermediate_size,
+            self.cfg.hidden_size,
+        );
+        match self.layout {
+            ExpertLayout::PerExpert => {
                 let mut gate = Vec::with_capacity(e);
                 let mut up = Vec::with_capacity(e);
                 let mut down = Vec::with_capacity(e);
@@ -268,59 +320,21 @@ impl Loader<'_> {
                         list.push(self.quantized(self.host(&n, &shape)?, &n)?);
                     }
                 }
-                Experts::Host { gate, up, down }
+                Ok((gate, up, down))
             }
-            (ExpertLayout::Fused, Backend::Host) => {
+            ExpertLayout::Fused => {
                 let (gu_name, dn_name) = (
                     TensorName::FusedGateUp(l).hf(self.layout),
                     TensorName::FusedDown(l).hf(self.layout),
                 );
                 let gu = self.quantized(self.host(&gu_name, &[e, 2 * im, h])?, &gu_name)?;
                 let dn = self.quantized(self.host(&dn_name, &[e, h, im])?, &dn_name)?;
-                Experts::Host {
-                    gate: (0..e).map(|x| gu.slice_rows(x * 2 * im, im)).collect(),
-                    up: (0..e).map(|x| gu.slice_rows(x * 2 * im + im, im)).collect(),
-                    down: (0..e).map(|x| dn.slice_rows(x * h, h)).collect(),
-                }
+                Ok((
+                    (0..e).map(|x| gu.slice_rows(x * 2 * im, im)).collect(),
+                    (0..e).map(|x| gu.slice_rows(x * 2 * im + im, im)).collect(),
+                    (0..e).map(|x| dn.slice_rows(x * h, h)).collect(),
+                ))
             }
-            (ExpertLayout::PerExpert, Backend::Candle) => {
-                let dt = self.opts.dtype.candle();
-                let stack =
-                    |f: fn(usize, usize) -> TensorName, shape: [usize; 2]| -> Result<Tensor> {
-                        let parts = (0..e)
-                            .map(|x| self.tensor(&f(l, x).hf(self.layout), &shape, dt))
-                            .collect::<Result<Vec<_>>>()?;
-                        Ok(Tensor::stack(&parts, 0)?)
-                    };
-                return Ok(Experts::Tensor {
-                    gate: stack(TensorName::ExpertGate, [im, h])?,
-                    up: stack(TensorName::ExpertUp, [im, h])?,
-                    down: stack(TensorName::ExpertDown, [h, im])?,
-                });
-            }
-            (ExpertLayout::Fused, Backend::Candle) => {
-                let dt = self.opts.dtype.candle();
-                let gu = self.tensor(
-                    &TensorName::FusedGateUp(l).hf(self.layout),
-                    &[e, 2 * im, h],
-                    dt,
-                )?;
-                return Ok(Experts::Tensor {
-                    gate: gu.narrow(1, 0, im)?.contiguous()?,
-                    up: gu.narrow(1, im, im)?.contiguous()?,
-                    down: self.tensor(
-                        &TensorName::FusedDown(l).hf(self.layout),
-                        &[e, h, im],
-                        dt,
-                    )?,
-                });
-            }
-        };
-        match (self.opts.backend, host) {
-            (Backend::Candle, Experts::Host { gate, up, down }) => {
-                device_experts(&gate, &up, &down, self.opts)
-            }
-            (_, host) => Ok(host),
         }
     }
 }
@@ -422,10 +436,7 @@ pub fn weight_bytes(config: &ModelConfig, opts: &LoadOptions) -> u64 {
 pub fn check_fits(need: u64, opts: &LoadOptions) -> Result<()> {
     match bora_core::device_memory(&opts.device) {
         Some((free, total)) if need > free as u64 => Err(WeightsError::DoesNotFit {
-            device: match opts.device.location() {
-                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-                other => format!("{other:?}"),
-            },
+            device: bora_core::device_name(&opts.device),
             need,
             free: free as u64,
             total: total as u64,
