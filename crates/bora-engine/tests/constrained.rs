@@ -176,3 +176,47 @@ fn unsupported_schemas_and_unknown_tools_are_refused() {
         .to_string();
     assert!(e.contains("nope"), "{e}");
 }
+
+/// Issue 16, item 5: tools whose arguments are open (any object) or unbounded numbers. The
+/// grammar admits numbers beyond a double's range (`18e387223339`); each answer is still a
+/// tool call whose arguments are one JSON object, never text.
+#[test]
+fn tool_calls_with_open_arguments_stay_tool_calls() {
+    let tools = vec![
+        Tool {
+            name: "anything".into(),
+            description: String::new(),
+            parameters: json!({"type": "object"}),
+        },
+        Tool {
+            name: "scale".into(),
+            description: String::new(),
+            parameters: json!({"type": "object", "properties": {"factor": {"type": "number"}, "offset": {"type": "integer"}}, "required": ["factor", "offset"], "additionalProperties": false}),
+        },
+    ];
+    for engine in engines() {
+        for choice in [ToolChoice::Required, ToolChoice::Named("scale".into())] {
+            let c = Constraint::Tools {
+                tools: tools.clone(),
+                choice,
+                parallel: false,
+                text_json: None,
+            };
+            for r in run(&engine, &c, 64) {
+                let ch = &r.choices[0];
+                assert_eq!(
+                    ch.finish_reason,
+                    Some(FinishReason::ToolCalls),
+                    "{:?}",
+                    ch.text
+                );
+                assert_eq!(ch.tool_calls.len(), 1, "{:?}", ch.text);
+                let args = &ch.tool_calls[0].arguments;
+                // One JSON object (read without converting its numbers).
+                let raw: Box<serde_json::value::RawValue> = serde_json::from_str(args)
+                    .unwrap_or_else(|e| panic!("arguments not JSON ({e}): {args}"));
+                assert!(raw.get().starts_with('{'), "{args}");
+            }
+        }
+    }
+}

@@ -355,3 +355,54 @@ fn logits_processors_shape_the_answer() {
         "a huge frequency penalty never repeats a token: {ids:?}"
     );
 }
+
+/// Issue 16, item 2: streams dropped right after they start (from several threads, with
+/// `n` 1 and 4) leave the queue count where it was: it returns to 0 and never wraps, so an
+/// unrelated request is admitted. Before the fix the count was recomputed from the waiting
+/// list while other submissions were still in the channel, and it wrapped below zero.
+#[test]
+fn requests_dropped_at_once_leave_the_queue_count_as_it_was() {
+    // A queue larger than all the requests sent: any refusal is a miscount.
+    let e = engine(EngineConfig {
+        max_queue: 1000,
+        ..config()
+    });
+    let ps = prompts(&e);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (e, ps) = (&e, &ps);
+            s.spawn(move || {
+                for i in 0..200 {
+                    // A constrained request compiles its grammar between being counted
+                    // and being sent: the window in which the engine thread used to lose it.
+                    let req = Completion {
+                        n: if (i + t) % 2 == 0 { 1 } else { 4 },
+                        constraint: (i % 3 == 0).then(|| {
+                            bora_engine::constrain::Constraint::Json(
+                                serde_json::json!({"type": "object"}),
+                            )
+                        }),
+                        ..greedy(8)
+                    };
+                    match e.submit(ps[(i + t) % ps.len()].clone(), &req) {
+                        Ok(stream) => drop(stream),
+                        Err(other) => panic!("request {i} of thread {t}: {other}"),
+                    }
+                    assert!(e.queued() <= 800, "queue count {}", e.queued());
+                }
+            });
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while e.queued() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "queue count stuck at {}",
+            e.queued()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = wait_for(&e, |s| s.running == 0 && s.waiting == 0);
+    assert_eq!(s.blocks_used, 0);
+    run(&e, &ps[0], &greedy(3));
+}

@@ -365,8 +365,22 @@ impl Core {
             keep
         });
         let before = self.waiting.len();
-        self.waiting.retain(|s| !gone(s));
+        let mut dropped_queued = 0;
+        self.waiting.retain(|s| {
+            let keep = !gone(s);
+            if !keep && s.queued {
+                dropped_queued += 1;
+            }
+            keep
+        });
         let dropped_waiting = before - self.waiting.len();
+        // Only what left is taken off the count: requests already counted by `submit` may
+        // still be in the channel, so the count is never recomputed from `waiting` (that
+        // undercounted them, and their later admission took the counter below zero: it
+        // wrapped, and every request was refused as if the queue were full).
+        if dropped_queued > 0 {
+            self.queued.fetch_sub(dropped_queued, Ordering::Relaxed);
+        }
         if !freed.is_empty() {
             self.alloc.release(&freed);
         }
@@ -386,8 +400,6 @@ impl Core {
             for r in dead {
                 self.requests.remove(&r);
             }
-            let q = self.waiting.iter().filter(|s| s.queued).count();
-            self.queued.store(q, Ordering::Relaxed);
             self.publish_stats();
         }
     }

@@ -274,6 +274,11 @@ impl Engine {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Requests counted against `max_queue` now: submitted and not yet admitted.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// Renders and submits a chat request; its events arrive on the returned stream.
     pub fn chat(&self, req: &Completion) -> Result<CompletionStream> {
         let prompt = render(self.format, &self.tok, &req.chat)?;
@@ -362,13 +367,18 @@ impl Engine {
             }));
         }
         let prompt_tokens = prompt.len();
-        self.tx
+        if self
+            .tx
             .send(Command::Add(Submitted {
                 id,
                 seqs,
                 prompt_tokens,
             }))
-            .map_err(|_| EngineError::Config("the engine thread has stopped".into()))?;
+            .is_err()
+        {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::Config("the engine thread has stopped".into()));
+        }
         Ok(CompletionStream { rx: erx })
     }
 
