@@ -82,19 +82,17 @@ fn raw_calls(s: &str) -> Option<Vec<(String, String)>> {
         arguments: Option<&'a serde_json::value::RawValue>,
     }
     let items: Vec<RawCall> = serde_json::from_str(s).ok()?;
-    Some(
-        items
-            .into_iter()
-            .map(|c| {
-                let arguments = match c.arguments.map(|a| a.get()) {
-                    None | Some("null") => "{}".to_string(),
-                    Some(a) if a.starts_with('"') => serde_json::from_str(a).ok()?,
-                    Some(a) => a.to_string(),
-                };
-                Some((c.name, arguments))
-            })
-            .collect::<Option<Vec<_>>>()?,
-    )
+    items
+        .into_iter()
+        .map(|c| {
+            let arguments = match c.arguments.map(|a| a.get()) {
+                None | Some("null") => "{}".to_string(),
+                Some(a) if a.starts_with('"') => serde_json::from_str(a).ok()?,
+                Some(a) => a.to_string(),
+            };
+            Some((c.name, arguments))
+        })
+        .collect()
 }
 
 /// A fresh tool-call id: 9 characters of `[a-zA-Z0-9]`, as Mistral's API makes them.
