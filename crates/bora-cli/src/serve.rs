@@ -36,6 +36,16 @@ pub struct Args {
     /// Request bodies over this many MiB get 413.
     #[arg(long, default_value_t = 16)]
     max_body_mib: usize,
+    /// Connections served at once at most; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's line and headers.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds requests in flight get to finish after SIGTERM or Ctrl-C (a second signal stops
+    /// them at once).
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
     /// Memory for the KV cache in MiB (default: a quarter of the free memory).
     #[arg(long)]
     kv_cache_mib: Option<usize>,
@@ -109,6 +119,9 @@ pub fn main(a: Args) -> Result<()> {
     server.api_key = api_key;
     server.strict_api = a.strict_api;
     server.body_limit = a.max_body_mib << 20;
+    server.max_connections = a.max_connections;
+    server.header_timeout = std::time::Duration::from_secs(a.header_timeout.max(1));
+    server.drain_timeout = std::time::Duration::from_secs(a.drain_timeout);
     let engine_config = EngineConfig {
         kv_budget: a
             .kv_cache_mib

@@ -220,3 +220,50 @@ fn tool_calls_with_open_arguments_stay_tool_calls() {
         }
     }
 }
+
+/// Issue 16, items 1 and 6: schemas that crashed the process (an integer near -2^63 in an
+/// `enum` or `const` overflowed the compiler's stack in an optimized build: tests/run runs
+/// this file so) or that no finite value satisfies (answered with `{"` or nothing) are
+/// refused with the reason, in `response_format` and in a tool's parameters alike.
+#[test]
+fn hostile_and_unsatisfiable_schemas_are_refused_with_the_reason() {
+    let engine = engine();
+    let cases = [
+        (json!({"enum": [-9223372036854775808i64]}), "2^53"),
+        (
+            json!({"type": "object", "properties": {"n": {"const": -9223372036854775807i64}}}),
+            "2^53",
+        ),
+        (
+            json!({"$defs": {"n": {"type": "object", "properties": {"c": {"$ref": "#/$defs/n"}}, "required": ["c"]}}, "$ref": "#/$defs/n"}),
+            "no finite JSON value",
+        ),
+        (json!({"$ref": "#"}), "no finite JSON value"),
+    ];
+    for (schema, why) in cases {
+        let json = Constraint::Json(schema.clone());
+        let tool = Constraint::Tools {
+            tools: vec![Tool {
+                name: "f".into(),
+                description: String::new(),
+                parameters: schema.clone(),
+            }],
+            choice: ToolChoice::Required,
+            parallel: false,
+            text_json: None,
+        };
+        for (c, names) in [(json, "response_format"), (tool, "tool `f`")] {
+            let e = engine
+                .chat(&request(c, 0, 16))
+                .err()
+                .unwrap_or_else(|| panic!("{schema} was accepted"))
+                .to_string();
+            assert!(e.contains(why) && e.contains(names), "{schema}: {e}");
+        }
+    }
+    // The engine still answers.
+    let ok = run(&engine, &Constraint::Json(json!({"enum": [1, 2]})), 8);
+    assert!(ok
+        .iter()
+        .all(|r| ["1", "2"].contains(&r.choices[0].text.as_str())));
+}

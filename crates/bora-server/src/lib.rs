@@ -6,33 +6,21 @@
 //! * [`api`]: response bodies, stream chunks and model cards; [`error`]: the error shape;
 //! * [`routes`]: the axum router (`/v1/chat/completions`, `/v1/models`, `/health`,
 //!   `/metrics`); [`metrics`]: Prometheus text;
-//! * [`serve`]: runs the router on a listener until a shutdown signal.
+//! * [`listen`]: the accept loop ([`serve`]): hyper with header timeouts, a connection cap and a
+//!   bounded drain at shutdown.
 
 pub mod api;
 pub mod convert;
 pub mod error;
+pub mod listen;
 pub mod metrics;
 pub mod routes;
 pub mod wire;
 
-use std::future::Future;
-use std::sync::Arc;
-
 pub use convert::{parse_chat_request, parse_request, ParsedRequest, WireError};
 pub use error::ApiError;
+pub use listen::serve;
 pub use routes::{router, AppState, ServerConfig};
-
-/// Serves the API on `listener` until `shutdown` resolves; then stops accepting connections
-/// and waits for the open ones (running generations included) to finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
 
 /// The name a model is served under by default: the cloud's name for the two Mixtral shapes
 /// (so that scripts written for the cloud run as they are), else `fallback` (the directory's

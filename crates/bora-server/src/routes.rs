@@ -44,6 +44,15 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// An SSE comment goes out after this long without an event (a long prompt being read).
     pub keep_alive: Duration,
+    /// A request head (line and headers) must arrive within this time; the connection is
+    /// closed otherwise.
+    pub header_timeout: Duration,
+    /// Request heads over this many bytes get 431.
+    pub max_header_bytes: usize,
+    /// Connections served at once at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// At shutdown, requests in flight get this long to finish.
+    pub drain_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -57,6 +66,10 @@ impl ServerConfig {
             body_limit: 16 << 20,
             body_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
+            max_connections: 256,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -141,8 +154,29 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), head_limit))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+/// 431 for a request head over the limit: the request line and every header counted.
+async fn head_limit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let limit = st.config.max_header_bytes;
+    let size = req.uri().to_string().len()
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if size > limit {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request's headers take {size} bytes, over the limit of {limit}"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Counts every answer by status.
@@ -163,8 +197,7 @@ async fn auth(
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         match given {
             None => return ApiError::unauthorized("missing bearer token").into_response(),
             Some(g) if !bool::from(g.as_bytes().ct_eq(key.as_bytes())) => {
@@ -174,6 +207,15 @@ async fn auth(
         }
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme is case-insensitive
+/// (RFC 9110, 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
@@ -225,6 +267,15 @@ async fn model(
     Ok(Json(st.card(engine).to_json()).into_response())
 }
 
+/// 413 for a body declared `n` bytes long.
+fn too_large(n: u128, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        format!("the request body is {n} bytes, over the limit of {limit} bytes"),
+    )
+}
+
 /// Reads a body of at most `limit` bytes within `timeout`.
 async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
@@ -256,8 +307,20 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8
     }
 }
 
-async fn chat(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+async fn chat(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let arrived = Instant::now();
+    // A declared length over the limit is refused before any of the body is awaited.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u128>().ok());
+    if let Some(n) = declared.filter(|&n| n > st.config.body_limit as u128) {
+        return Err(too_large(n, st.config.body_limit));
+    }
     let bytes = read_body(body, st.config.body_limit, st.config.body_timeout).await?;
     let ParsedRequest {
         model,

@@ -1,6 +1,10 @@
 //! Constrained decoding with `llguidance`: JSON mode, JSON schemas and tool calls that are valid
 //! by construction. A [`Constraint`] becomes a grammar; each choice gets its own matcher, run
-//! as a [`LogitsProcessor`] that masks every token the grammar does not allow.
+//! as a [`LogitsProcessor`] that masks every token the grammar does not allow. Every schema is
+//! checked first ([`schema::check`]): the compiler sees only schemas it can compile safely and
+//! that some finite value satisfies.
+
+pub mod schema;
 
 use std::sync::{Arc, Mutex};
 
@@ -56,6 +60,29 @@ fn with_options(schema: &Value) -> Value {
     s
 }
 
+/// The stack of the thread that compiles a grammar.
+const COMPILE_STACK: usize = 64 << 20;
+
+/// Every schema of `c` against [`schema::check`]; the error names the schema.
+fn check_schemas(c: &Constraint) -> Result<()> {
+    let bad = |what: String| move |e: String| EngineError::Constraint(format!("{what}: {e}"));
+    match c {
+        Constraint::Json(s) => schema::check(s).map_err(bad("response_format schema".into())),
+        Constraint::Tools {
+            tools, text_json, ..
+        } => {
+            for t in tools {
+                schema::check(&t.parameters)
+                    .map_err(bad(format!("the parameters of tool `{}`", t.name)))?;
+            }
+            match text_json {
+                Some(s) => schema::check(s).map_err(bad("response_format schema".into())),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
 /// The grammars of one tokenizer: built once per engine.
 pub struct Grammars {
     factory: Arc<ParserFactory>,
@@ -109,6 +136,27 @@ impl Grammars {
     /// A processor factory enforcing `c` on answers of at most `budget` tokens. Errors (an
     /// unsupported schema keyword, say) come now, before the request is accepted.
     pub fn processor(&self, c: &Constraint, budget: usize) -> Result<ProcessorFactory> {
+        check_schemas(c)?;
+        // The compiler recurses over the grammar: on a thread of its own with a stack far
+        // above what the checked limits need, whatever thread the request came from.
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("bora-grammar".into())
+                .stack_size(COMPILE_STACK)
+                .spawn_scoped(s, || self.compile(c, budget))
+                .map_err(|e| {
+                    EngineError::Constraint(format!("cannot start the grammar compiler: {e}"))
+                })?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(EngineError::Constraint(
+                        "the grammar compiler failed on this schema".into(),
+                    ))
+                })
+        })
+    }
+
+    fn compile(&self, c: &Constraint, budget: usize) -> Result<ProcessorFactory> {
         let grammar = match c {
             Constraint::Json(schema) => TopLevelGrammar::from_json_schema(with_options(schema)),
             Constraint::Tools {

@@ -1,0 +1,251 @@
+//! Clients that do not play by the rules, against a real server on 127.0.0.1 (issue 16, items
+//! 1, 3, 6 and 8): heads sent slowly or never finished, too many connections, oversized heads
+//! and declared bodies, hostile schemas; shutdown with such clients connected.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bora_engine::{Engine, EngineConfig, ModelSource};
+use bora_server::{AppState, ServerConfig};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+const MODEL: &str = "tiny-mixtral";
+
+fn engine(source: ModelSource) -> Engine {
+    Engine::load(source, EngineConfig::default()).expect("the model loads")
+}
+
+fn tiny() -> ModelSource {
+    ModelSource::Dir(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures/tiny-mixtral"),
+    )
+}
+
+/// A running server: its address, the way to stop it, and its task.
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(config: ServerConfig) -> Server {
+    start_on(config, tiny()).await
+}
+
+async fn start_on(config: ServerConfig, source: ModelSource) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let state = AppState::with_engine(config, engine(source));
+    let task = tokio::spawn(bora_server::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn config() -> ServerConfig {
+    ServerConfig::new(MODEL)
+}
+
+/// Sends `bytes` on a fresh connection and reads the answer until the server closes it (or 10 s
+/// pass): the status and the body.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn error_json(body: &str) -> Value {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(v["object"], "error", "{v}");
+    v
+}
+
+/// Item 3: a head that is never finished is dropped after the header timeout, and does not
+/// hold shutdown; nor does a client trickling a byte at a time.
+#[tokio::test]
+async fn unfinished_heads_are_dropped_and_do_not_block_shutdown() {
+    let mut c = config();
+    c.header_timeout = Duration::from_secs(1);
+    let mut server = start(c).await;
+    let mut half = TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHo").await.unwrap();
+    // A trickle: one byte every 300 ms never completes a head within the timeout.
+    let addr = server.addr;
+    let trickle = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        for b in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+            if s.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        (started.elapsed(), out)
+    });
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), half.read_to_end(&mut out))
+        .await
+        .expect("the half-sent head is dropped within the header timeout");
+    assert!(n.is_err() || out.is_empty() || String::from_utf8_lossy(&out).contains("408"));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let (took, answered) = trickle.await.unwrap();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(!String::from_utf8_lossy(&answered).contains("200 OK"));
+
+    // Shutdown with a half-sent head open: the server stops within the header timeout.
+    let mut again = TcpStream::connect(server.addr).await.unwrap();
+    again
+        .write_all(b"GET /health HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    server.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), &mut server.task)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(4));
+    drop(again);
+}
+
+/// Item 3: at the connection cap, one more connection gets a JSON 503 and the server goes on.
+#[tokio::test]
+async fn connections_over_the_cap_get_503_and_the_server_recovers() {
+    let mut c = config();
+    c.max_connections = 2;
+    let server = start(c).await;
+    let a = TcpStream::connect(server.addr).await.unwrap();
+    let b = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = raw(server.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 503, "{body}");
+    let e = error_json(&body);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum of 2 connections"),
+        "{e}"
+    );
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = raw(
+        server.addr,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Item 8: a declared body over the limit is refused at once (not after the body timeout); a
+/// head over the limit gets a JSON 431; the bearer scheme is case-insensitive.
+#[tokio::test]
+async fn oversized_heads_and_bodies_and_the_bearer_scheme() {
+    let mut c = config();
+    c.api_key = Some("k3y".into());
+    let server = start(c).await;
+    let started = Instant::now();
+    let (status, body) = raw(
+        server.addr,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k3y\r\n\
+          Content-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{",
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(error_json(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("99999999999"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let big = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let (status, body) = raw(server.addr, big.as_bytes()).await;
+    assert_eq!(status, 431, "{body}");
+    assert!(error_json(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("over the limit"));
+
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let r = format!(
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {scheme} k3y\r\nConnection: close\r\n\r\n"
+        );
+        let (status, body) = raw(server.addr, r.as_bytes()).await;
+        assert_eq!(status, 200, "{scheme}: {body}");
+    }
+    let (status, _) = raw(
+        server.addr,
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Basic k3y\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 401);
+}
+
+/// Items 1 and 6 over HTTP: hostile and unsatisfiable schemas, in `response_format` and in a
+/// tool's parameters, are 400s that say why, and the server goes on answering.
+#[tokio::test]
+async fn hostile_schemas_are_400s() {
+    // The demo's context holds a tool's schema in the prompt (the fixture's 128 tokens do not).
+    let server = start_on(config(), ModelSource::Demo).await;
+    let url = format!("http://{}/v1/chat/completions", server.addr);
+    let c = reqwest::Client::new();
+    let schemas = [
+        (json!({"enum": [-9223372036854775808i64]}), "2^53"),
+        (json!({"$ref": "#"}), "no finite JSON value"),
+        (
+            json!({"$defs": {"n": {"type": "object", "properties": {"c": {"$ref": "#/$defs/n"}}, "required": ["c"]}}, "$ref": "#/$defs/n"}),
+            "no finite JSON value",
+        ),
+    ];
+    for (schema, why) in schemas {
+        let bodies = [
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}),
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}], "tool_choice": "any"}),
+        ];
+        for extra in bodies {
+            let mut body = json!({
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 8,
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let r = c.post(&url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 400, "{body}");
+            let e: Value = r.json().await.unwrap();
+            assert!(e["message"].as_str().unwrap().contains(why), "{e}");
+        }
+    }
+    let ok = c
+        .post(&url)
+        .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
