@@ -211,3 +211,41 @@ fn weight_bytes_predicts_the_loaded_size() {
         );
     }
 }
+
+/// Issue 16, item 4: a context length of 2^32-1 in a GGUF file, or 10^9 in config.json, is a
+/// clear error before anything is sized from it (the rotary table took 16 to 550 GB).
+#[test]
+fn absurd_context_lengths_are_refused_before_any_allocation() {
+    let good = std::fs::read(fixture("gguf/tiny-Q8_0.gguf")).unwrap();
+    let key = b"llama.context_length";
+    let at = good
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the fixture names its context length");
+    // The key, then the value's type (u32 = 4), then the value.
+    let value_at = at + key.len() + 4;
+    assert_eq!(&good[at + key.len()..value_at], &4u32.to_le_bytes());
+    let mut bad = good.clone();
+    bad[value_at..value_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge-context.gguf");
+    std::fs::write(&path, &bad).unwrap();
+    let store = bora_weights::GgufStore::open(&path).unwrap();
+    let e = bora_weights::gguf_config(&store).unwrap_err().to_string();
+    assert!(
+        e.contains("max_position_embeddings") && e.contains("4294967295"),
+        "{e}"
+    );
+
+    let dir = edited(|_| {});
+    let cfg = dir.path().join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["max_position_embeddings"] = serde_json::json!(1_000_000_000u64);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("max_position_embeddings") && e.contains("over bora's limit"),
+        "{e}"
+    );
+}

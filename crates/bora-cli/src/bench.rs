@@ -46,12 +46,12 @@ pub fn main(a: Args) -> Result<()> {
     }
     let loaded = a.model.load()?;
     let cfg = loaded.model.config().clone();
-    if a.prompt_len + a.gen_len > cfg.max_position_embeddings {
+    if a.prompt_len + a.gen_len > cfg.context() {
         bail!(
             "--prompt-len {} + --gen-len {} exceed the model's context of {} tokens",
             a.prompt_len,
             a.gen_len,
-            cfg.max_position_embeddings
+            cfg.context()
         );
     }
     let eos = cfg.eos_token_ids.clone();

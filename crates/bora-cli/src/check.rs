@@ -201,7 +201,7 @@ fn compare(reference: &Model, checked: &Model, steps: usize, tol: Tolerance) -> 
     let v = cfg.vocab_size;
     let lens = [5usize, 11, 17];
     let max_len = lens.iter().max().copied().unwrap_or(0) + steps + 1;
-    if max_len > cfg.max_position_embeddings {
+    if max_len > cfg.context() {
         bail!("the model's context is shorter than the check's {max_len} positions");
     }
     let prompts: Vec<Vec<u32>> = lens

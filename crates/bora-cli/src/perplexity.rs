@@ -36,7 +36,7 @@ pub fn main(a: Args) -> Result<()> {
     if ids.len() < 2 {
         anyhow::bail!("{} has no tokens to score", shown(&a.file));
     }
-    let p = perplexity(model, &ids, a.ctx.unwrap_or(cfg.max_position_embeddings))?;
+    let p = perplexity(model, &ids, a.ctx.unwrap_or(cfg.context()))?;
     if a.json {
         println!(
             "{}",

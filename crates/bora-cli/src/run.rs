@@ -76,7 +76,7 @@ pub fn main(a: Args) -> Result<()> {
             seed: a.seed,
         },
         stop_tokens: cfg.eos_token_ids.clone(),
-        context: cfg.max_position_embeddings,
+        context: cfg.context(),
     };
     let mut out = std::io::stdout().lock();
     // A raw completion continues the prompt's text; a chat answer is text of its own, whose

@@ -631,3 +631,107 @@ fn random_models_bench_and_report_the_memory_bound() {
     let e = err(&["bench", "--model", "random:nope"]);
     assert!(e.contains("unknown shape"), "{e}");
 }
+
+/// Issue 16, item 8: each cause of a loading error is said once, and a garbage tokenizer.json
+/// is called what it is.
+#[test]
+fn loading_errors_say_each_cause_once_and_name_the_tokenizer_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(fixture("tiny-mixtral")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let m = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), "garbage{").unwrap();
+    let e = err(&[
+        "run",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--raw",
+        "--max-tokens",
+        "1",
+    ]);
+    assert!(e.contains("not a valid tokenizer.json"), "{e}");
+    assert!(!e.contains("sentencepiece"), "{e}");
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let e = err(&[
+        "run",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--raw",
+        "--max-tokens",
+        "1",
+    ]);
+    assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
+    assert_eq!(e.matches("(os error 2)").count(), 1, "{e}");
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    let e = err(&[
+        "run",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--raw",
+        "--max-tokens",
+        "1",
+    ]);
+    assert_eq!(e.matches("(os error 2)").count(), 1, "{e}");
+}
+
+/// Issue 16, item 3: `bora serve` with a client that sent half a request head stops on SIGTERM
+/// (within the header timeout), exit status 0.
+#[cfg(unix)]
+#[test]
+fn serve_stops_on_sigterm_with_a_half_sent_head_open() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args([
+            "serve",
+            "--model",
+            fixture("tiny-mixtral").to_str().unwrap(),
+            "--port",
+            "0",
+            "--header-timeout",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    let ready = lines.next().unwrap().unwrap();
+    assert!(ready.contains("ready"), "{ready}");
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("bora serve did not stop within 15 s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    drop(half);
+}

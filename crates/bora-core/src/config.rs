@@ -27,6 +27,11 @@ impl Architecture {
     }
 }
 
+/// The most positions bora runs any model at (a rotary table of 128 dimensions takes 64 MiB
+/// at this length). A config may claim more (`max_position_embeddings` up to 2^24); it is
+/// served at this.
+pub const MAX_POSITIONS: usize = 1 << 17;
+
 /// The shape and hyper-parameters of a Mixtral model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -149,6 +154,28 @@ impl ModelConfig {
                 return Err(invalid(key, "must be positive"));
             }
         }
+        // A config or GGUF header is read before any weight: nothing it claims may make bora
+        // allocate without bound. These are far above any Mixtral (or any published model).
+        for (key, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 21),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", self.num_attention_heads, 1 << 10),
+            ("num_key_value_heads", self.num_key_value_heads, 1 << 10),
+            ("head_dim", self.head_dim, 1 << 10),
+            ("num_local_experts", self.num_local_experts, 1 << 10),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
+            ("sliding_window", self.sliding_window.unwrap_or(0), 1 << 24),
+        ] {
+            if v > max {
+                return Err(invalid(key, format!("{v} is over bora's limit of {max}")));
+            }
+        }
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads)
@@ -183,6 +210,12 @@ impl ModelConfig {
             return Err(invalid("rms_norm_eps", "must not be negative"));
         }
         Ok(())
+    }
+
+    /// The positions bora runs this model at: `max_position_embeddings`, at most
+    /// [`MAX_POSITIONS`] (the rotary tables and every context are sized from it).
+    pub fn context(&self) -> usize {
+        self.max_position_embeddings.min(MAX_POSITIONS)
     }
 
     /// Parameters in the whole model.
@@ -350,6 +383,25 @@ mod tests {
         v["hidden_size"] = json!("big");
         let e = ModelConfig::from_json(&v).unwrap_err().to_string();
         assert!(e.contains("hidden_size"), "{e}");
+
+        // Issue 16, item 4: a dimension that would make bora allocate without bound.
+        for (key, value) in [
+            ("max_position_embeddings", json!(1_000_000_000u64)),
+            ("vocab_size", json!(1u64 << 40)),
+            ("num_hidden_layers", json!(100_000)),
+            ("sliding_window", json!(1u64 << 30)),
+        ] {
+            let mut v = base();
+            v[key] = value;
+            let e = ModelConfig::from_json(&v).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("over bora's limit"), "{e}");
+        }
+        // A long context within the limit is served at MAX_POSITIONS.
+        let mut v = base();
+        v["max_position_embeddings"] = json!(1 << 20);
+        let cfg = ModelConfig::from_json(&v).unwrap();
+        assert_eq!(cfg.context(), MAX_POSITIONS);
+        assert_eq!(ModelConfig::from_json(&base()).unwrap().context(), 32768);
 
         let mut v = base();
         v["architectures"] = json!(["LlamaForCausalLM"]);

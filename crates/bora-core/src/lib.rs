@@ -8,7 +8,7 @@ mod config;
 mod device;
 mod error;
 
-pub use config::{Architecture, ModelConfig};
+pub use config::{Architecture, ModelConfig, MAX_POSITIONS};
 pub use device::{device_memory, device_name, DTypeSpec, DeviceSpec};
 pub use error::CoreError;
 

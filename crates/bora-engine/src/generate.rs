@@ -51,7 +51,7 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(EngineError::EmptyPrompt);
     }
-    let context = opts.context.min(model.config().max_position_embeddings);
+    let context = opts.context.min(model.config().context());
     if prompt.len() >= context {
         return Err(EngineError::PromptTooLong {
             prompt: prompt.len(),

@@ -27,7 +27,7 @@ impl Perplexity {
 
 /// Scores `ids` (BOS first) with windows of at most `context` tokens.
 pub fn perplexity(model: &Model, ids: &[u32], context: usize) -> Result<Perplexity> {
-    let context = context.min(model.config().max_position_embeddings);
+    let context = context.min(model.config().context());
     if ids.len() < 2 {
         return Err(EngineError::EmptyPrompt);
     }

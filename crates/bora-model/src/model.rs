@@ -26,12 +26,7 @@ impl Model {
     pub fn new(weights: MixtralWeights) -> Result<Self> {
         let device = weights.options.device.clone();
         let dtype = weights.options.activation_dtype();
-        let rope = Rope::new(
-            &weights.config,
-            weights.config.max_position_embeddings,
-            dtype,
-            &device,
-        )?;
+        let rope = Rope::new(&weights.config, weights.config.context(), dtype, &device)?;
         Ok(Self {
             weights,
             rope,
@@ -71,7 +66,7 @@ impl Model {
     /// A KV cache for `slots` sequences of up to `max_len` positions (at most the model's
     /// context); [`KvCache::slot`] gives each one's block table.
     pub fn new_cache(&self, slots: usize, max_len: usize) -> Result<KvCache> {
-        let max_len = max_len.min(self.config().max_position_embeddings);
+        let max_len = max_len.min(self.config().context());
         KvCache::with_slots(
             self.config(),
             slots,

@@ -178,11 +178,8 @@ impl Engine {
             }
         };
         // Enough for one full-context sequence needs no more than the model's context.
-        let blocks = blocks.min(
-            cfg.max_position_embeddings
-                .div_ceil(config.block_size.max(1))
-                * config.max_running.max(1),
-        );
+        let blocks = blocks
+            .min(cfg.context().div_ceil(config.block_size.max(1)) * config.max_running.max(1));
         if blocks < 2 {
             return Err(EngineError::Config(format!(
                 "the KV cache budget {:?} holds {blocks} blocks of {block_bytes} bytes; at least 2 are needed",
@@ -237,9 +234,7 @@ impl Engine {
             grammars,
             model_config: Arc::new(cfg.clone()),
             format,
-            context: cfg
-                .max_position_embeddings
-                .min(blocks * config.block_size.max(1)),
+            context: cfg.context().min(blocks * config.block_size.max(1)),
             block_size: config.block_size.max(1),
             blocks,
             max_queue: config.max_queue,

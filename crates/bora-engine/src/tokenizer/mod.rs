@@ -59,9 +59,15 @@ impl Tokenizer {
             return Self::from_gguf_file(path);
         }
         let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-            let inner =
-                tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
+        // A `.json` file, or one that starts like JSON, is read as a tokenizer.json, and its
+        // errors say so; anything else is a sentencepiece model.
+        let json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+            || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if json {
+            let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+                .map_err(|e| bad(format!("not a valid tokenizer.json: {e}")))?;
             Ok(Self::new(inner))
         } else {
             Self::from_spm(&SpmVocab::from_model_file(path)?)
