@@ -11,5 +11,8 @@ pub mod cuda;
 pub mod quant;
 mod quant_k;
 
-pub use cpu::{matmul_many, matmul_xwt, silu_mul, Isa, Product, Twin, WeightRef};
+pub use cpu::{
+    batch_invariant, batch_invariant_scope, matmul_many, matmul_xwt, silu_mul, BatchInvariantGuard,
+    Isa, Product, Twin, WeightRef,
+};
 pub use quant::{QBuf, QType};

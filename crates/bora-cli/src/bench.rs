@@ -29,6 +29,9 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Batch-invariant numerics, as `serve --deterministic` runs them (to measure their cost).
+    #[arg(long)]
+    deterministic: bool,
 }
 
 struct Run {
@@ -62,6 +65,7 @@ pub fn main(a: Args) -> Result<()> {
         loaded.tokenizer,
         EngineConfig {
             max_running: max_batch.max(EngineConfig::default().max_running),
+            deterministic: a.deterministic,
             ..EngineConfig::default()
         },
     )?;

@@ -55,6 +55,10 @@ pub struct Args {
     /// v1 or v3 (default: from the tokenizer).
     #[arg(long)]
     chat_format: Option<String>,
+    /// Batch-invariant numerics (CPU): a request with `random_seed` gets the same answer alone
+    /// and under load, bit for bit; prefill is slower.
+    #[arg(long)]
+    deterministic: bool,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -128,6 +132,7 @@ pub fn main(a: Args) -> Result<()> {
             .map_or(EngineConfig::default().kv_budget, KvBudget::Mib),
         max_queue: a.max_queue,
         chat_format,
+        deterministic: a.deterministic,
         ..EngineConfig::default()
     };
 

@@ -135,23 +135,54 @@ mod tests {
         );
     }
 
+    /// Logits under which an uncut sampler often draws the tail (tokens 2 and 3 take about
+    /// 16% of draws at temperature 1), so that a cut that does nothing fails here.
     #[test]
     fn top_k_and_top_p_cut() {
-        let logits = [5.0, 4.9, -10.0, -10.0];
+        let logits = [2.0, 1.0, 0.0, 0.0];
+        let draws = |params: SamplingParams| -> Vec<u32> {
+            let mut s = Sampler::new(params).unwrap();
+            (0..400).map(|_| s.sample(&logits)).collect()
+        };
+        let uncut = draws(SamplingParams {
+            temperature: 1.0,
+            seed: 5,
+            ..Default::default()
+        });
+        assert!(uncut.iter().filter(|&&t| t >= 2).count() > 20, "{uncut:?}");
         for params in [
             SamplingParams {
                 temperature: 1.0,
                 top_k: 2,
+                seed: 5,
+                ..Default::default()
+            },
+            // Probabilities 0.61, 0.22, 0.08, 0.08: 0.8 keeps the first two.
+            SamplingParams {
+                temperature: 1.0,
+                top_p: 0.8,
+                seed: 5,
+                ..Default::default()
+            },
+        ] {
+            let got = draws(params.clone());
+            assert!(got.iter().all(|&t| t < 2), "{params:?}: {got:?}");
+            assert!(got.contains(&0) && got.contains(&1), "{params:?}: {got:?}");
+        }
+        // The tightest cuts keep the most probable token only.
+        for params in [
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 1,
                 ..Default::default()
             },
             SamplingParams {
                 temperature: 1.0,
-                top_p: 0.99,
+                top_p: 0.5,
                 ..Default::default()
             },
         ] {
-            let mut s = Sampler::new(params).unwrap();
-            assert!((0..200).all(|_| s.sample(&logits) < 2));
+            assert!(draws(params).iter().all(|&t| t == 0));
         }
     }
 

@@ -13,6 +13,9 @@ pub(crate) struct AttentionCtx<'a> {
     pub cfg: &'a ModelConfig,
     pub rope: &'a Rope,
     pub layer: usize,
+    /// Batch-invariant: on the CPU in f32, every sequence's tokens (prefill chunks too) take the
+    /// in-place kernel, one query at a time.
+    pub invariant: bool,
     /// The step's decode sequences on a CUDA device, attended to all at once.
     #[cfg(feature = "cuda")]
     pub device_decode: Option<&'a crate::decode_cuda::DeviceDecode>,
@@ -44,7 +47,10 @@ pub(crate) fn attention(
         at += s.tokens.len();
     }
     let fast: Vec<usize> = (0..batch.seqs.len())
-        .filter(|&i| host && batch.seqs[i].tokens.len() == 1)
+        .filter(|&i| {
+            let l = batch.seqs[i].tokens.len();
+            host && (l == 1 || (ctx.invariant && l > 0))
+        })
         .collect();
     let fast_out = if fast.is_empty() {
         None
@@ -64,6 +70,8 @@ pub(crate) fn attention(
     let mut outs = Vec::with_capacity(batch.seqs.len());
     let mut row = 0;
     let mut next_fast = 0;
+    // Where the next fast sequence's rows start in `fast_out`.
+    let mut fast_row = 0;
     for (si, s) in batch.seqs.iter().enumerate() {
         let l = s.tokens.len();
         if l == 0 {
@@ -71,8 +79,9 @@ pub(crate) fn attention(
         }
         if let (Some(f), Some(&fi)) = (&fast_out, fast.get(next_fast)) {
             if fi == si {
-                outs.push(f.narrow(0, next_fast, 1)?);
+                outs.push(f.narrow(0, fast_row, l)?);
                 next_fast += 1;
+                fast_row += l;
                 row += l;
                 continue;
             }

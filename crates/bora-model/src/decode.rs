@@ -1,6 +1,7 @@
 //! Attention for decode steps (one new token per sequence) on the CPU in f32, computed in place
 //! over the KV pool: no gather of a sequence's keys and values, and a handful of operations per
-//! step instead of some thirty candle operations per sequence and layer.
+//! step instead of some thirty candle operations per sequence and layer. In batch-invariant
+//! mode prefill chunks take it too, one query at a time.
 
 use bora_weights::with_cpu_f32;
 use candle_core::Tensor;
@@ -11,9 +12,12 @@ use crate::kv_cache::KvCache;
 use crate::rope::Rope;
 use crate::{ModelError, Result, SeqInput};
 
-/// `q` `[T, Hq·D]`, `k` and `v` `[T, Hkv·D]` (f32, CPU, contiguous) of a step; `rows[i]` is the
-/// row of decode sequence `seqs[i]`. Writes their keys and values into the cache and returns
-/// their attention outputs `[n, Hq·D]`.
+/// `q` `[T, Hq·D]`, `k` and `v` `[T, Hkv·D]` (f32, CPU, contiguous) of a step; sequence
+/// `seqs[i]`'s tokens are rows `rows[i]..rows[i] + seqs[i].tokens.len()` (one for a decode
+/// step; a whole chunk in batch-invariant mode, where prefill takes this path too, so that a
+/// position's attention is computed the same way whether it is decoded or prefilled, and
+/// whatever the chunking). Writes their keys and values into the cache and returns their
+/// attention outputs `[n, Hq·D]`, `n` the tokens of all of them, in order.
 pub(crate) fn decode_attention(
     ctx: &AttentionCtx<'_>,
     q: &Tensor,
@@ -33,25 +37,39 @@ pub(crate) fn decode_attention(
         .rope
         .host()
         .ok_or_else(|| ModelError::Batch("no host rotary tables".into()))?;
-    let (qa, ka, va) = (rows_of(q, rows)?, rows_of(k, rows)?, rows_of(v, rows)?);
-    let n = rows.len();
+    // (sequence, position) of each token, and its row in the step.
+    let toks: Vec<(usize, usize)> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| (0..s.tokens.len()).map(move |t| (i, s.start_pos + t)))
+        .collect();
+    let step_rows: Vec<usize> = seqs
+        .iter()
+        .zip(rows)
+        .flat_map(|(s, &r)| r..r + s.tokens.len())
+        .collect();
+    let (qa, ka, va) = (
+        rows_of(q, &step_rows)?,
+        rows_of(k, &step_rows)?,
+        rows_of(v, &step_rows)?,
+    );
+    let n = toks.len();
     let mut qr = qa;
     let mut kr = ka;
-    for (i, s) in seqs.iter().enumerate() {
-        let pos = s.start_pos;
-        for h in qr[i * hq * d..(i + 1) * hq * d].chunks_exact_mut(d) {
+    for (t, &(_, pos)) in toks.iter().enumerate() {
+        for h in qr[t * hq * d..(t + 1) * hq * d].chunks_exact_mut(d) {
             Rope::rotate(cos, sin, pos, h);
         }
-        for h in kr[i * hkv * d..(i + 1) * hkv * d].chunks_exact_mut(d) {
+        for h in kr[t * hkv * d..(t + 1) * hkv * d].chunks_exact_mut(d) {
             Rope::rotate(cos, sin, pos, h);
         }
     }
     let kv = cache.layer(ctx.layer);
     let dev = q.device();
-    for (i, s) in seqs.iter().enumerate() {
-        let row = cache.row(&s.blocks, s.start_pos);
-        let kt = Tensor::from_slice(&kr[i * hkv * d..(i + 1) * hkv * d], (1, hkv, d), dev)?;
-        let vt = Tensor::from_slice(&va[i * hkv * d..(i + 1) * hkv * d], (1, hkv, d), dev)?;
+    for (t, &(i, pos)) in toks.iter().enumerate() {
+        let row = cache.row(&seqs[i].blocks, pos);
+        let kt = Tensor::from_slice(&kr[t * hkv * d..(t + 1) * hkv * d], (1, hkv, d), dev)?;
+        let vt = Tensor::from_slice(&va[t * hkv * d..(t + 1) * hkv * d], (1, hkv, d), dev)?;
         kv.k.slice_set(&kt, 0, row)?;
         kv.v.slice_set(&vt, 0, row)?;
     }
@@ -60,11 +78,11 @@ pub(crate) fn decode_attention(
     let mut out = vec![0f32; n * hq * d];
     let mut attend = |kpool: &[f32], vpool: &[f32]| {
         out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
-            let (i, h) = (idx / hq, idx % hq);
+            let (t, h) = (idx / hq, idx % hq);
+            let (i, p) = toks[t];
             let s = seqs[i];
-            let p = s.start_pos;
             let lo = crate::attention::first_key(cfg.sliding_window, p);
-            let qh = &qr[(i * hq + h) * d..(i * hq + h + 1) * d];
+            let qh = &qr[(t * hq + h) * d..(t * hq + h + 1) * d];
             let kvh = h / g;
             // Where position j's key or value of this kv head sits in a pool.
             let at = |j: usize| {

@@ -20,6 +20,7 @@ pub struct Model {
     rope: Rope,
     device: Device,
     dtype: DType,
+    batch_invariant: bool,
 }
 
 impl Model {
@@ -32,7 +33,23 @@ impl Model {
             rope,
             device,
             dtype,
+            batch_invariant: false,
         })
+    }
+
+    /// Batch-invariant numerics: a sequence's logits are the same bits whatever else is in the
+    /// step (how many sequences, its place among them, how other prompts are chunked, whether
+    /// its own prompt is chunked), so that seeded sampling reproduces under load. On the CPU
+    /// only: every product takes the dot-product kernels with a fixed summation order, and
+    /// attention runs one query at a time over the pool (prefill as decode). Costs prefill
+    /// speed; `bora bench --deterministic` measures it.
+    pub fn set_batch_invariant(&mut self, on: bool) {
+        self.batch_invariant = on;
+    }
+
+    /// Whether [`Model::set_batch_invariant`] is on.
+    pub fn batch_invariant(&self) -> bool {
+        self.batch_invariant
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -99,6 +116,8 @@ impl Model {
         mut stats: Option<&mut RoutingStats>,
     ) -> Result<Tensor> {
         self.check(batch, cache)?;
+        // The kernels read the mode from the thread that starts each product: this one.
+        let _numerics = bora_kernels::batch_invariant_scope(self.batch_invariant);
         let cfg = self.config();
         let eps = cfg.rms_norm_eps as f32;
         let mut x = self.embed(batch)?; // [T, H]
@@ -116,6 +135,7 @@ impl Model {
                 cfg,
                 rope: &self.rope,
                 layer: i,
+                invariant: self.batch_invariant,
                 #[cfg(feature = "cuda")]
                 device_decode: device_decode.as_ref(),
             };

@@ -263,6 +263,10 @@ const fn accumulators(isa: Isa) -> usize {
 /// `accs[i][r] = Σ_k ws[i][k]·xs[r][k]`: `ws.len()` ≤ [`block_rows`]`(isa, xs.len())` weight
 /// rows against `xs.len()` ≤ 8 activation rows, each at least as long as the weight rows.
 ///
+/// With `invariant`, each accumulator sums its products in one fixed order whatever the number
+/// of weight and activation rows (one vector of partial sums, no unrolling), so that a row's
+/// result does not depend on the rows beside it.
+///
 /// # Panics
 /// If the counts or lengths are off.
 #[inline]
@@ -271,6 +275,7 @@ pub fn dot_block<W: Element>(
     ws: &[&[W]],
     xs: &[&[f32]],
     accs: &mut [[f32; DOT_MAX_ROWS]],
+    invariant: bool,
 ) {
     let (nw, m) = (ws.len(), xs.len());
     assert!((1..=DOT_MAX_ROWS).contains(&m) && accs.len() >= nw);
@@ -282,6 +287,8 @@ pub fn dot_block<W: Element>(
     macro_rules! rows {
         ($kernel:ident, $nw:literal) => {
             match m {
+                1 if invariant => $kernel::<W, $nw, 1, 1>(ws, xs, accs),
+                2 if invariant => $kernel::<W, $nw, 2, 1>(ws, xs, accs),
                 1 => $kernel::<W, $nw, 1, { unroll($nw * 1) }>(ws, xs, accs),
                 2 => $kernel::<W, $nw, 2, { unroll($nw * 2) }>(ws, xs, accs),
                 3 => $kernel::<W, $nw, 3, 1>(ws, xs, accs),
@@ -504,10 +511,12 @@ mod tests {
             for m in 1..=DOT_MAX_ROWS {
                 let x: Vec<&[f32]> = xs[..m].iter().map(|v| v.as_slice()).collect();
                 for isa in Isa::supported() {
-                    for nw in 1..=block_rows(isa, m) {
+                    for (nw, invariant) in
+                        (1..=block_rows(isa, m)).flat_map(|nw| [(nw, false), (nw, true)])
+                    {
                         let w: Vec<&[W]> = ws[..nw].iter().map(|v| v.as_slice()).collect();
                         let mut got = [[0f32; DOT_MAX_ROWS]; DOT_MAX_BLOCK];
-                        dot_block(isa, &w, &x, &mut got);
+                        dot_block(isa, &w, &x, &mut got, invariant);
                         for (j, row) in w.iter().enumerate() {
                             let mut want = [0f32; DOT_MAX_ROWS];
                             dot_rows_scalar(row, &x, &mut want);
@@ -518,6 +527,16 @@ mod tests {
                                     want[r],
                                     got[j][r]
                                 );
+                                if invariant {
+                                    // The same bits as the row alone.
+                                    let mut alone = [[0f32; DOT_MAX_ROWS]; DOT_MAX_BLOCK];
+                                    dot_block(isa, &[*row], &[x[r]], &mut alone, true);
+                                    assert_eq!(
+                                        alone[0][0].to_bits(),
+                                        got[j][r].to_bits(),
+                                        "{isa:?} k={k} m={m} nw={nw} ({j}, {r})"
+                                    );
+                                }
                             }
                         }
                     }

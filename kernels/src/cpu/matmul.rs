@@ -108,6 +108,8 @@ struct Job<'a> {
     twin: Option<(WeightRef<'a>, OutPtr)>,
     /// The activation rows quantized for a quantized `w` and twin.
     qx: [Option<&'a QActs>; 2],
+    /// Batch-invariant: the dot-product path for any `m`, fixed summation order.
+    invariant: bool,
 }
 
 /// The activation rows in `acts` quantized for `w`, when `w` is quantized.
@@ -180,6 +182,9 @@ pub fn matmul_xwt(x: &[f32], m: usize, k: usize, w: WeightRef<'_>, n: usize, out
 /// If a product's slice lengths do not match its `m`, `k` and `n`.
 pub fn matmul_many(products: &mut [Product<'_>]) {
     let threads = rayon::current_num_threads().max(1);
+    let invariant = super::batch_invariant();
+    // The dot-product path, where it is taken for this many rows.
+    let gemv = |m: usize| m <= GEMV_MAX_ROWS || invariant;
     // The dot-product path reads its activation rows at a stride that is not a multiple of
     // 4 KB: at K 1024 (4 KB rows) every row fell in the same L1 set, and beyond 4 rows (plus
     // the weight rows) they evicted each other on every load (m 8 ran at a quarter of m 4).
@@ -187,7 +192,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
         .iter()
         .map(|p| {
             let float = !matches!(p.w, WeightRef::Quant(..));
-            let dot = float && p.m >= 2 && p.m <= GEMV_MAX_ROWS && p.k > 0;
+            let dot = float && p.m >= 2 && gemv(p.m) && p.k > 0;
             (dot && p.x.len() == p.m * p.k).then(|| pad_rows(p.x, p.m, p.k))
         })
         .collect();
@@ -233,7 +238,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             }
             continue;
         }
-        let block = if p.m <= GEMV_MAX_ROWS || quant {
+        let block = if gemv(p.m) || quant {
             p.n.div_ceil(threads * 4).max(GEMV_MIN_ROWS_PER_TASK)
         } else {
             let cache_rows = (GEMM_BLOCK_BYTES / (4 * p.k)).max(8) / 8 * 8;
@@ -246,7 +251,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
         let mut halves = vec![(p.w, OutPtr(p.out.as_mut_ptr()), None)];
         if let Some(t) = p.twin.as_mut() {
             let twin = (t.w, OutPtr(t.out.as_mut_ptr()));
-            if (p.m <= GEMV_MAX_ROWS || quant) && same_dtype(p.w, t.w) {
+            if (gemv(p.m) || quant) && same_dtype(p.w, t.w) {
                 halves[0].2 = Some(twin);
             } else {
                 halves.push((twin.0, twin.1, None));
@@ -268,6 +273,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
                 out,
                 twin,
                 qx: [acts_for(acts, w), twin.and_then(|t| acts_for(acts, t.0))],
+                invariant,
             });
             tasks.extend(
                 (0..p.n)
@@ -330,7 +336,7 @@ fn pad_rows(x: &[f32], m: usize, k: usize) -> (Vec<f32>, usize, usize) {
 /// Rows `j0..j0 + rows` of one product.
 fn task<W: Element>(job: &Job<'_>, w: &[W], j0: usize, rows: usize) {
     let (m, k, n) = (job.m, job.k, job.n);
-    if m <= GEMV_MAX_ROWS {
+    if m <= GEMV_MAX_ROWS || job.invariant {
         gemv_task(job, &[(w, job.out)], j0, rows)
     } else {
         gemm_rows(job, &w[j0 * k..(j0 + rows) * k], j0, rows, m, k, n)
@@ -371,7 +377,7 @@ fn gemv_task<W: Element>(job: &Job<'_>, sources: &[(&[W], OutPtr)], j0: usize, r
             *w = line.0;
         }
         for &(r0, xs) in &groups {
-            dot_block(isa, &ws[..block.len()], xs, &mut accs);
+            dot_block(isa, &ws[..block.len()], xs, &mut accs, job.invariant);
             for (acc, &(_, out, j)) in accs.iter().zip(block) {
                 for (r, &a) in acc[..xs.len()].iter().enumerate() {
                     // SAFETY: r0 + r < m and j < n, inside the output; column j belongs to
@@ -424,7 +430,9 @@ fn quant_task(
                 if let Some(own_dot) = own {
                     let blocks = k / q.block_elems();
                     let per_call = acts_rows(q);
-                    if per_call > 0 && cnt >= 4 {
+                    // Batch-invariant: every row by the one-row kernel, as decode runs it.
+                    let many = cnt >= 4 && !job.invariant;
+                    if per_call > 0 && many {
                         // Prefill: each weight row unpacked once for several activation rows.
                         let mut xr: [&[u8]; QUANT_ACT_ROWS] = [&[]; QUANT_ACT_ROWS];
                         let mut d = [0f32; QUANT_ACT_ROWS];
@@ -450,7 +458,7 @@ fn quant_task(
                     // half the decode speed: the 4-row kernels keep more vectors live than
                     // AVX2 has registers). With many, 4 rows share each activation load
                     // (prefill 1.3x faster).
-                    let group = if cnt >= 4 { QDOT_ROWS } else { 1 };
+                    let group = if many { QDOT_ROWS } else { 1 };
                     let mut d8 = [0f32; QUANT_BLOCK_ROWS];
                     for r in r0..r0 + cnt {
                         own_dot(&ws[..b1 - b0], acts[s].row(r), blocks, &mut d8, group);
@@ -690,6 +698,60 @@ mod tests {
                         "{m}x{k}x{n}: {g} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Batch-invariant mode: a row's result is the same bits alone and among others, at any
+    /// position, for every weight type (issue 16: seeded sampling under load).
+    #[test]
+    fn batch_invariant_rows_do_not_depend_on_the_batch() {
+        let _on = crate::cpu::batch_invariant_scope(true);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let (k, n) = (512usize, 24usize);
+        let wf: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+        let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+        let quants: Vec<(QType, QBuf)> = QType::ALL
+            .iter()
+            .map(|&q| {
+                let mut b = QBuf::zeroed(n * q.row_bytes(k).unwrap());
+                crate::quant::quantize(q, &wf, b.as_bytes_mut());
+                (q, b)
+            })
+            .collect();
+        let mut ws = vec![
+            WeightRef::F32(&wf),
+            WeightRef::BF16(&wb),
+            WeightRef::F16(&wh),
+        ];
+        ws.extend(
+            quants
+                .iter()
+                .map(|(q, b)| WeightRef::Quant(*q, b.as_bytes())),
+        );
+        let probe: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for w in ws {
+            let name = match w {
+                WeightRef::F32(_) => "f32".to_string(),
+                WeightRef::BF16(_) => "bf16".to_string(),
+                WeightRef::F16(_) => "f16".to_string(),
+                WeightRef::Quant(q, _) => q.to_string(),
+            };
+            let mut alone = vec![0f32; n];
+            matmul_xwt(&probe, 1, k, w, n, &mut alone);
+            for m in [2usize, 3, 5, 8, 9, 16, 17, 40, 64] {
+                let at = m / 2;
+                let mut x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                x[at * k..(at + 1) * k].copy_from_slice(&probe);
+                let mut out = vec![0f32; m * n];
+                matmul_xwt(&x, m, k, w, n, &mut out);
+                let row: Vec<u32> = out[at * n..(at + 1) * n]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                let want: Vec<u32> = alone.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(row, want, "{name} m={m}");
             }
         }
     }

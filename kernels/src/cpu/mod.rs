@@ -10,6 +10,12 @@
 //!   the product reuses it `M` times.
 //!
 //! Both split the weight rows across rayon's threads.
+//!
+//! **Batch-invariant mode** ([`batch_invariant_scope`]): every activation row's result is the
+//! same bits whatever else is in the product (how many rows, which position): every `M` takes
+//! the dot-product path with one accumulator per (weight row, activation row) (no unrolled
+//! partial sums, whose count depends on the block shape), and quantized weights take the
+//! one-row decode kernels. Prefill is slower in it; decode mostly is not.
 
 mod dot;
 pub use dot::Isa;
@@ -17,6 +23,37 @@ mod matmul;
 pub(crate) mod qdot;
 
 pub use matmul::{matmul_many, matmul_xwt, Product, Twin, WeightRef, GEMV_MAX_ROWS};
+
+use std::cell::Cell;
+
+thread_local! {
+    static BATCH_INVARIANT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether products started on this thread run batch-invariant (see the module docs).
+pub fn batch_invariant() -> bool {
+    BATCH_INVARIANT.with(Cell::get)
+}
+
+/// Products started on this thread run batch-invariant (or not) until the guard drops; the
+/// setting before it comes back then.
+#[must_use = "the setting lasts while the guard lives"]
+pub fn batch_invariant_scope(on: bool) -> BatchInvariantGuard {
+    BatchInvariantGuard {
+        before: BATCH_INVARIANT.with(|c| c.replace(on)),
+    }
+}
+
+/// Restores the thread's batch-invariant setting when dropped.
+pub struct BatchInvariantGuard {
+    before: bool,
+}
+
+impl Drop for BatchInvariantGuard {
+    fn drop(&mut self) {
+        BATCH_INVARIANT.with(|c| c.set(self.before));
+    }
+}
 
 /// `gate[i] = silu(gate[i]) * up[i]`, SwiGLU's gating, in place.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {

@@ -63,6 +63,9 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// The chat format (default: the tokenizer's).
     pub chat_format: Option<ChatFormat>,
+    /// Batch-invariant numerics ([`Model::set_batch_invariant`]): a seeded request gives the
+    /// same answer alone and under load. Slower prefill.
+    pub deterministic: bool,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +79,7 @@ impl Default for EngineConfig {
             max_running: 64,
             max_queue: 256,
             chat_format: None,
+            deterministic: false,
         }
     }
 }
@@ -166,7 +170,10 @@ impl Engine {
     }
 
     /// Starts an engine on a loaded model and tokenizer.
-    pub fn new(model: Model, tok: Tokenizer, config: EngineConfig) -> Result<Self> {
+    pub fn new(mut model: Model, tok: Tokenizer, config: EngineConfig) -> Result<Self> {
+        if config.deterministic {
+            model.set_batch_invariant(true);
+        }
         let cfg = model.config().clone();
         let block_bytes =
             bora_model::KvCache::block_bytes(&cfg, config.block_size.max(1), model.dtype());
