@@ -104,17 +104,37 @@ fn seqs(others: usize, vocab: u32) -> Vec<Seq> {
         .collect()
 }
 
-fn check(name: &str, mut model: Model) {
-    model.set_batch_invariant(true);
+/// Alone, the prompt in one piece.
+fn alone(model: &Model) -> Vec<Vec<u32>> {
     let vocab = model.config().vocab_size as u32;
-    // Alone, the prompt in one piece.
-    let alone = run(
-        &model,
+    run(
+        model,
         seqs(0, vocab),
         |_, _| usize::MAX,
         |_, n| (0..n).collect(),
-    );
-    assert_eq!(alone.len(), 29);
+    )
+}
+
+/// Among 16: chunks of 7 then 2, others' chunks of every size, sequence 0 last.
+fn sixteen(model: &Model) -> Vec<Vec<u32>> {
+    let vocab = model.config().vocab_size as u32;
+    let chunk = |i: usize, step: usize| {
+        if i == 0 {
+            [7, 2][step % 2]
+        } else {
+            1 + (i + step) % 9
+        }
+    };
+    run(model, seqs(15, vocab), chunk, |_, n| {
+        (1..n).chain([0]).collect()
+    })
+}
+
+fn check(name: &str, mut model: Model) {
+    model.set_batch_invariant(true);
+    let vocab = model.config().vocab_size as u32;
+    let one = alone(&model);
+    assert_eq!(one.len(), 29);
     // Among 3: its prompt in chunks of 5, the batch in rotating order.
     let three = run(
         &model,
@@ -122,22 +142,9 @@ fn check(name: &str, mut model: Model) {
         |i, _| if i == 0 { 5 } else { 4 + i },
         |step, n| (0..n).map(|j| (j + step) % n).collect(),
     );
-    // Among 16: chunks of 7 then 2, others' chunks of every size, sequence 0 last.
-    let sixteen = run(
-        &model,
-        seqs(15, vocab),
-        |i, step| {
-            if i == 0 {
-                [7, 2][step % 2]
-            } else {
-                1 + (i + step) % 9
-            }
-        },
-        |_, n| (1..n).chain([0]).collect(),
-    );
-    for (what, other) in [("3 sequences", &three), ("16 sequences", &sixteen)] {
-        assert_eq!(other.len(), alone.len(), "{name}: {what}");
-        for (p, (a, b)) in alone.iter().zip(other).enumerate() {
+    for (what, other) in [("3 sequences", three), ("16 sequences", sixteen(&model))] {
+        assert_eq!(other.len(), one.len(), "{name}: {what}");
+        for (p, (a, b)) in one.iter().zip(&other).enumerate() {
             assert!(
                 a == b,
                 "{name}: position {p}'s logits differ between alone and {what}"
@@ -146,26 +153,9 @@ fn check(name: &str, mut model: Model) {
     }
     // Without the mode, the same runs do differ (the test can fail).
     model.set_batch_invariant(false);
-    let alone = run(
-        &model,
-        seqs(0, vocab),
-        |_, _| usize::MAX,
-        |_, n| (0..n).collect(),
-    );
-    let sixteen = run(
-        &model,
-        seqs(15, vocab),
-        |i, step| {
-            if i == 0 {
-                [7, 2][step % 2]
-            } else {
-                1 + (i + step) % 9
-            }
-        },
-        |_, n| (1..n).chain([0]).collect(),
-    );
     assert_ne!(
-        alone, sixteen,
+        alone(&model),
+        sixteen(&model),
         "{name}: the default path was already invariant"
     );
 }
