@@ -182,11 +182,17 @@ fn cancelling_frees_blocks() {
     let p = &prompts(&e)[2];
     let mut s = e.submit(p.clone(), &greedy(100)).unwrap();
     assert!(matches!(s.next_blocking(), Some(Event::Delta { .. })));
-    wait_for(&e, |s| s.blocks_used > 0);
+    let before = wait_for(&e, |s| s.blocks_used > 0);
     drop(s);
     // Kept blocks are the prefix cache's, free for reuse: none is in use.
     let st = wait_for(&e, |s| s.running == 0);
     assert_eq!(st.blocks_used, 0, "{st:?}");
+    // Cancelled, not finished: the 100-token answer had some 98 decode steps left.
+    assert!(
+        st.steps - before.steps < 20,
+        "{} steps ran after the drop",
+        st.steps - before.steps
+    );
 }
 
 #[test]

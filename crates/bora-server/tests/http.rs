@@ -486,14 +486,30 @@ async fn a_client_that_leaves_cancels_its_generation() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    let first = r.chunk().await.unwrap();
-    assert!(first.is_some());
-    drop(r);
+    assert!(r.chunk().await.unwrap().is_some());
+    // The role chunks go out before the engine has the request: wait until it runs both.
     let engine = state.engine().unwrap().clone();
+    let started = Instant::now();
+    let before = loop {
+        let st = engine.stats();
+        if st.running == 2 && st.blocks_used > 0 {
+            break st;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{st:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let before = before.steps;
+    drop(r);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let st = engine.stats();
         if st.running == 0 && st.waiting == 0 && st.blocks_used == 0 {
+            // Cancelled, not finished: the 100-token answers had some 98 steps left.
+            assert!(
+                st.steps - before < 20,
+                "{} steps after the drop",
+                st.steps - before
+            );
             break;
         }
         assert!(Instant::now() < deadline, "still running: {st:?}");
@@ -527,7 +543,11 @@ async fn keep_alive_comments_while_waiting() {
 #[tokio::test]
 async fn metrics_count_requests_tokens_and_experts() {
     let (url, _) = server().await;
-    assert_eq!(post(&url, &chat_body(json!({}))).await.status(), 200);
+    let r = post(&url, &chat_body(json!({}))).await;
+    assert_eq!(r.status(), 200);
+    let usage = r.json::<Value>().await.unwrap()["usage"].clone();
+    let prompt = usage["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(usage["completion_tokens"], 12);
     assert_eq!(
         post(&url, &chat_body(json!({"model": "nope"})))
             .await
@@ -555,13 +575,16 @@ async fn metrics_count_requests_tokens_and_experts() {
     ] {
         assert!(text.contains(needle), "{needle} not in:\n{text}");
     }
-    // Every token of the request went through 2 experts in each of the 2 layers.
-    let routed: u64 = text
-        .lines()
-        .filter(|l| l.starts_with("bora_expert_tokens_total{layer=\"0\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert!(routed >= 2 * 12, "{routed}");
+    // Every token the model computed went through 2 experts in each of the 2 layers: the
+    // prompt's, and the 11 generated tokens fed back (the 12th is not).
+    for layer in 0..2 {
+        let routed: u64 = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("bora_expert_tokens_total{{layer=\"{layer}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(routed, 2 * (prompt + 11), "layer {layer}");
+    }
 }
 
 #[tokio::test]
