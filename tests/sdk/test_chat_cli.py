@@ -3,10 +3,12 @@
 import json
 import os
 import signal
+import urllib.request
 
 import pexpect
+import pytest
 
-from conftest import ROOT
+from conftest import ROOT, Server
 
 
 def spawn(*args):
@@ -29,7 +31,26 @@ def ask(child, line):
     return child.before.strip()
 
 
-def test_chat_streams_keeps_history_resets_and_saves(tmp_path):
+@pytest.fixture(scope="module")
+def demo_server():
+    """The chat command's default model, served: the reference for what it should answer."""
+    s = Server(model="bora-demo")
+    yield s
+    assert s.stop() == 0
+
+
+def answer(server, messages):
+    body = {"model": "bora-demo", "messages": messages, "temperature": 0, "max_tokens": 6}
+    req = urllib.request.Request(
+        server.url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.load(r)["choices"][0]["message"]["content"].strip()
+
+
+def test_chat_streams_keeps_history_resets_and_saves(tmp_path, demo_server):
     child = spawn("--temperature", "0", "--max-tokens", "6", "--system", "Be brief.")
     first = ask(child, "Hello there")
     assert first, "no answer was written"
@@ -43,7 +64,16 @@ def test_chat_streams_keeps_history_resets_and_saves(tmp_path):
     body = json.loads(saved.read_text())
     assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant"]
     assert body["messages"][2]["content"] == first
-    assert again is not None
+    # The second answer is the model's answer to the whole conversation, history included (the
+    # API's greedy answer to it), and not its answer to the question alone.
+    system = {"role": "system", "content": "Be brief."}
+    user = {"role": "user", "content": "Hello there"}
+    assert answer(demo_server, [system, user]) == first
+    with_history = answer(
+        demo_server, [system, user, {"role": "assistant", "content": first}, user]
+    )
+    assert again == with_history
+    assert again != first, "the demo answers the same with and without history: no check"
     child.expect_exact("> ")
     child.sendline("/exit")
     child.expect(pexpect.EOF)

@@ -17,8 +17,8 @@ REQUESTS = int(os.environ.get("BORA_STRUCTURED_REQUESTS", "200"))
 
 def release_server(model):
     binary = os.environ.get("BORA_RELEASE_BIN", str(ROOT / "target" / "release" / "bora"))
-    if not os.path.exists(binary):
-        pytest.skip(f"{binary} is not built (tests/run builds it)")
+    # Never skipped: a missing binary is a failure (tests/run builds it).
+    assert os.path.exists(binary), f"{binary} is not built (tests/run builds it)"
     return Server(model=model, binary=binary)
 
 
@@ -173,7 +173,21 @@ def test_auto_tool_calls_are_valid_when_made(demo):
     model, server = demo
     tools = TOOLS + MORE_TOOLS
     by_name = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    calls = texts = 0
     for res in many(Mistral(api_key="x", server_url=server.url), model, tools=tools,
                     tool_choice="auto"):
-        for call in res.choices[0].message.tool_calls or []:
-            jsonschema.validate(json.loads(call.function.arguments), by_name[call.function.name])
+        choice = res.choices[0]
+        if choice.message.tool_calls:
+            # A call: finished as one, its arguments valid for its tool.
+            assert choice.finish_reason == "tool_calls"
+            for call in choice.message.tool_calls:
+                jsonschema.validate(json.loads(call.function.arguments),
+                                    by_name[call.function.name])
+            calls += 1
+        else:
+            # Text: never a call that failed to parse.
+            text = choice.message.content or ""
+            assert choice.finish_reason in ("stop", "length"), choice
+            assert not text.lstrip().startswith("[TOOL_CALLS]"), text
+            texts += 1
+    assert calls + texts == REQUESTS

@@ -811,6 +811,28 @@ mod tests {
             .collect()
     }
 
+    /// The CPU paths `BORA_EXPECT_CPU` names (tests/run sets it from /proc/cpuinfo: `avx2`,
+    /// `avx512`, `vnni`) are detected, so that the kernel tests below run them rather than
+    /// skip: a detection that fails on a CPU that has the feature fails here.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn expected_cpu_paths_are_detected() {
+        let expect = std::env::var("BORA_EXPECT_CPU").unwrap_or_default();
+        for feature in expect.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            let detected = match feature {
+                "avx2" => available(),
+                "avx512" => Isa::supported().contains(&Isa::Avx512),
+                "vnni" => {
+                    Isa::supported().contains(&Isa::Avx512)
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vnni")
+                }
+                other => panic!("BORA_EXPECT_CPU names an unknown feature `{other}`"),
+            };
+            assert!(detected, "this CPU has {feature}, but bora does not detect it");
+        }
+    }
+
     /// bora's kernels against candle's dot products on the same blocks: the same integer sums,
     /// so agreement to float rounding. Every kernel this CPU can run is checked: the AVX-512
     /// ones where it has them, and the AVX2 ones in any case.
