@@ -9,8 +9,6 @@ use bora_weights::{Backend, WeightDType};
 const F32_TOL: f32 = 1e-4;
 
 /// bf16 bounds, measured (see `bf16_within_measured_tolerance`).
-const BF16_MEDIAN_TOL: f32 = 0.1;
-const BF16_MAX_TOL: f32 = 1.5;
 
 const FIXTURES: [&str; 2] = ["tiny-mixtral", "tiny-mixtral-fused"];
 
@@ -75,8 +73,9 @@ fn bf16_checkpoint_kept_in_bf16_matches_transformers() {
 
 /// Per-position worst |Δlogit|, over every prompt position and the decode steps, decoding
 /// transformers' greedy tokens (teacher forcing: a token that rounding made differ would
-/// otherwise compare logits of two different sequences). Returns (median, max).
-fn measure(name: &str, dtype: WeightDType, backend: Backend) -> (f32, f32) {
+/// otherwise compare logits of two different sequences). Returns (median, 90th percentile,
+/// max).
+fn measure(name: &str, dtype: WeightDType, backend: Backend) -> (f32, f32, f32) {
     let model = load(name, dtype, backend);
     let r = Reference::load(name);
     let mut rows: Vec<f32> = Vec::new();
@@ -96,27 +95,40 @@ fn measure(name: &str, dtype: WeightDType, backend: Backend) -> (f32, f32) {
     let all = prefill_all(&model, &forced);
     per_row(&all[r.ids(0).len()..], &r.decode_logits(0));
     rows.sort_by(f32::total_cmp);
-    (rows[rows.len() / 2], rows[rows.len() - 1])
+    (
+        rows[rows.len() / 2],
+        rows[rows.len() * 9 / 10],
+        rows[rows.len() - 1],
+    )
 }
 
 /// bf16 tolerances, measured on tiny-mixtral-fused: it is stored in f32, so keeping its
-/// weights in bf16 rounds them (relative error up to 2^-9). Its logits span about ±15, and its
+/// weights in bf16 rounds them (relative error up to 2^-9). Its logits span about ±5.9, and its
 /// routing margins are thin enough that rounding moves one position's token to another expert
 /// (top-3 of 6), which is where the maximum comes from. Measured here, as (median over
-/// positions, max): bf16 weights with f32 activations (bora's CPU path) (0.034, 0.97); bf16
-/// weights and activations (candle's path) (0.075, 0.97). The bounds leave about 1.3-1.5x.
+/// positions, 90th percentile, max): bf16 weights with f32 activations (bora's CPU path)
+/// (0.034, 0.083, 0.974); bf16 weights and activations (candle's path) (0.075, 0.153,
+/// 0.974). The bounds are these and about 1.3x.
 #[test]
 fn bf16_within_measured_tolerance() {
-    for backend in [Backend::Host, Backend::Candle] {
-        let (median, max) = measure("tiny-mixtral-fused", WeightDType::BF16, backend);
+    // (backend, median, 90th percentile, max) bounds.
+    for (backend, median_tol, p90_tol, max_tol) in [
+        (Backend::Host, 0.045, 0.11, 1.25),
+        (Backend::Candle, 0.1, 0.2, 1.25),
+    ] {
+        let (median, p90, max) = measure("tiny-mixtral-fused", WeightDType::BF16, backend);
         eprintln!(
-            "tiny-mixtral-fused bf16 {backend:?}: |Δlogit| median {median:.2e}, max {max:.2e}"
+            "tiny-mixtral-fused bf16 {backend:?}: |Δlogit| median {median:.3e}, 90th percentile {p90:.3e}, max {max:.3e}"
         );
         assert!(
-            median <= BF16_MEDIAN_TOL,
+            median <= median_tol,
             "bf16 {backend:?}: median |Δlogit| {median}"
         );
-        assert!(max <= BF16_MAX_TOL, "bf16 {backend:?}: max |Δlogit| {max}");
+        assert!(
+            p90 <= p90_tol,
+            "bf16 {backend:?}: 90th percentile |Δlogit| {p90}"
+        );
+        assert!(max <= max_tol, "bf16 {backend:?}: max |Δlogit| {max}");
     }
 }
 

@@ -829,7 +829,10 @@ mod tests {
                 }
                 other => panic!("BORA_EXPECT_CPU names an unknown feature `{other}`"),
             };
-            assert!(detected, "this CPU has {feature}, but bora does not detect it");
+            assert!(
+                detected,
+                "this CPU has {feature}, but bora does not detect it"
+            );
         }
     }
 
