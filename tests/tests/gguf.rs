@@ -260,9 +260,15 @@ fn quantization_error_per_type() {
     let kl = |name: &str| table.iter().find(|(w, _)| w == name).unwrap().1;
     assert!(kl("bora --quantize Q8_0") <= kl("llama.cpp tiny-Q8_0.gguf") * 1.01 + 1e-9);
     assert!(kl("bora --quantize Q4_K") <= kl("llama.cpp tiny-Q4_K-pure.gguf") * 1.01 + 1e-9);
-    // More bits, less error.
+    // llama-quantize keeps the LM head at Q6_K in a Q4_0 file, bora --quantize at Q4_0: bora's
+    // is within 5% of it (measured: 0.292 against 0.286).
+    assert!(kl("bora --quantize Q4_0") <= kl("llama.cpp tiny-Q4_0.gguf") * 1.05);
+    // More bits, less error: every type bora quantizes to, Q5_K between Q6_K and Q4_K, and
+    // Q4_K (with its per-block minimums) better than Q4_0.
     assert!(kl("bora --quantize Q8_0") < kl("bora --quantize Q6_K"));
-    assert!(kl("bora --quantize Q6_K") < kl("bora --quantize Q4_K"));
+    assert!(kl("bora --quantize Q6_K") < kl("bora --quantize Q5_K"));
+    assert!(kl("bora --quantize Q5_K") < kl("bora --quantize Q4_K"));
+    assert!(kl("bora --quantize Q4_K") < kl("bora --quantize Q4_0"));
 }
 
 /// The error `bora_weights::gguf::parse` gives for `bytes`.
