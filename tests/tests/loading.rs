@@ -177,14 +177,39 @@ fn config_that_disagrees_with_the_weights_is_named() {
     );
 }
 
-/// The bytes `weight_bytes` predicts (what the "does not fit" check uses) are the bytes the
-/// loaded weights take, dense and quantized at load.
+/// Bytes of the buffers behind a host matrix, as they are held.
+fn host_bytes(m: &bora_weights::HostMatrix) -> usize {
+    use bora_kernels::WeightRef;
+    match m.weights() {
+        WeightRef::F32(w) => std::mem::size_of_val(w),
+        WeightRef::BF16(w) => std::mem::size_of_val(w),
+        WeightRef::F16(w) => std::mem::size_of_val(w),
+        WeightRef::Quant(_, b) => b.len(),
+    }
+}
+
+fn matrix_bytes(m: &bora_weights::Matrix) -> usize {
+    match m {
+        bora_weights::Matrix::Host(h) => host_bytes(h),
+        bora_weights::Matrix::Tensor(t) => tensor_bytes(t),
+        bora_weights::Matrix::Quant(q) => q.storage_size_in_bytes(),
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+/// The bytes `weight_bytes` predicts (what the "does not fit" check uses) are the bytes of the
+/// loaded weights' buffers, dense and quantized at load: every matrix, expert and norm counted
+/// from the slice or tensor that holds it.
 #[test]
 fn weight_bytes_predicts_the_loaded_size() {
     let dir = tempfile::tempdir().unwrap();
     bora_weights::write_demo_checkpoint(dir.path(), 7, 32000).unwrap();
     for (dtype, quantize) in [
         (WeightDType::BF16, None),
+        (WeightDType::F32, None),
         (WeightDType::F32, Some(bora_weights::QType::Q8_0)),
     ] {
         let opts = LoadOptions {
@@ -192,21 +217,31 @@ fn weight_bytes_predicts_the_loaded_size() {
             ..LoadOptions::new(dtype, Device::Cpu)
         };
         let w = MixtralWeights::load_dir(dir.path(), &opts).unwrap();
-        let c = &w.config;
-        let layers: usize = w
-            .layers
-            .iter()
-            .map(|l| {
-                l.attention_and_router_bytes()
-                    + l.experts.count() * l.experts.expert_bytes()
-                    + 2 * c.hidden_size * dtype.size()
-            })
-            .sum();
-        let heads = if c.tie_word_embeddings { 1 } else { 2 };
-        let loaded = layers + heads * w.embed.size_bytes() + c.hidden_size * dtype.size();
+        let mut held = matrix_bytes(&w.embed) + tensor_bytes(&w.final_norm);
+        if !w.config.tie_word_embeddings {
+            held += matrix_bytes(&w.lm_head);
+        }
+        for l in &w.layers {
+            held += [&l.q, &l.k, &l.v, &l.o, &l.router]
+                .into_iter()
+                .map(matrix_bytes)
+                .sum::<usize>();
+            held += tensor_bytes(&l.attn_norm) + tensor_bytes(&l.moe_norm);
+            match &l.experts {
+                bora_weights::Experts::Host { gate, up, down } => {
+                    held += gate
+                        .iter()
+                        .chain(up)
+                        .chain(down)
+                        .map(host_bytes)
+                        .sum::<usize>();
+                }
+                other => panic!("host experts expected, got {other:?}"),
+            }
+        }
         assert_eq!(
-            bora_weights::weight_bytes(c, &opts),
-            loaded as u64,
+            bora_weights::weight_bytes(&w.config, &opts),
+            held as u64,
             "{dtype:?} {quantize:?}"
         );
     }

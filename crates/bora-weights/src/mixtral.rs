@@ -415,6 +415,8 @@ pub fn weight_bytes(config: &ModelConfig, opts: &LoadOptions) -> u64 {
         (c.num_key_value_heads * c.head_dim) as u64,
     );
     let dense = opts.dtype.size() as u64;
+    // Norms are kept in the activations' dtype (f32 on bora's CPU path).
+    let norm = opts.activation_dtype().size_in_bytes() as u64;
     let linear = |rows: u64, cols: u64| match opts.quantize {
         Some(t) => t
             .row_bytes(cols as usize)
@@ -427,8 +429,8 @@ pub fn weight_bytes(config: &ModelConfig, opts: &LoadOptions) -> u64 {
         + linear(h, q)
         + e * h * dense
         + e * (2 * linear(im, h) + linear(h, im))
-        + 2 * h * dense;
-    heads * linear(v, h) + c.num_hidden_layers as u64 * layer + h * dense
+        + 2 * h * norm;
+    heads * linear(v, h) + c.num_hidden_layers as u64 * layer + h * norm
 }
 
 /// On a device that reports its free memory (CUDA), an error saying how much is needed and
