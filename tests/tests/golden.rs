@@ -8,8 +8,6 @@ use bora_weights::{Backend, WeightDType};
 /// f32 logits within this of transformers' (the bound).
 const F32_TOL: f32 = 1e-4;
 
-/// bf16 bounds, measured (see `bf16_within_measured_tolerance`).
-
 const FIXTURES: [&str; 2] = ["tiny-mixtral", "tiny-mixtral-fused"];
 
 fn check_against_reference(name: &str, dtype: WeightDType, backend: Backend, tol: f32) -> f32 {
