@@ -11,7 +11,7 @@ Fails (exit 1) on any 5xx, any malformed answer, a refused connection, a leaked 
 resident memory after warm-up (the first fifth of the run) growing more than 10%.
 
 Usage: tests/soak.py [--seconds 120] [--clients 16] [--binary target/release/bora]
-                     [--model bora-demo-v3] [--json]
+                     [--model bora-demo-v3] [--kv-cache-mib 64] [--json]
 """
 
 import argparse
@@ -54,9 +54,9 @@ WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly j
 
 
 class Server:
-    def __init__(self, binary, model):
+    def __init__(self, binary, model, kv_mib):
         self.proc = subprocess.Popen(
-            [binary, "serve", "--model", model, "--port", "0"],
+            [binary, "serve", "--model", model, "--port", "0", "--kv-cache-mib", str(kv_mib)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines = []
         self.host = self.port = None
@@ -244,10 +244,12 @@ def check_error(stats, kind, r, data):
         stats.bad(kind, f"error body {type(e).__name__}: {e}: {data[:200]!r}")
 
 
-def client(server, model, deadline, seed, stats):
+KINDS = ["plain", "plain", "history", "stream", "stream", "cancel", "json_mode", "schema",
+         "tools", "n", "bad", "bad"]
+
+
+def client(server, model, deadline, seed, stats, kinds):
     rng = random.Random(seed)
-    kinds = ["plain", "plain", "history", "stream", "stream", "cancel", "json_mode", "schema",
-             "tools", "n", "bad", "bad"]
     while time.time() < deadline:
         kind = rng.choice(kinds)
         c = server.conn()
@@ -298,14 +300,20 @@ def main():
     ap.add_argument("--binary", default=os.environ.get(
         "BORA_RELEASE_BIN", os.path.join(ROOT, "target", "release", "bora")))
     ap.add_argument("--model", default="bora-demo-v3")
+    # A small KV pool: its pages are all touched during warm-up, so that memory growth after it
+    # is the server's own (a quarter of free memory would be touched block by block).
+    ap.add_argument("--kv-cache-mib", type=int, default=64)
+    ap.add_argument("--kinds", default=",".join(sorted(set(KINDS))),
+                    help="the kinds of request to send (default: all)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
-    server = Server(a.binary, a.model)
+    server = Server(a.binary, a.model, a.kv_cache_mib)
     stats = Stats()
     started = time.time()
     deadline = started + a.seconds
-    threads = [threading.Thread(target=client, args=(server, a.model, deadline, i, stats))
+    kinds = [k for k in KINDS if k in a.kinds.split(",")]
+    threads = [threading.Thread(target=client, args=(server, a.model, deadline, i, stats, kinds))
                for i in range(a.clients)]
     for t in threads:
         t.start()
@@ -362,6 +370,9 @@ def main():
         print(f"soak: {requests} requests from {a.clients} clients in {a.seconds:.0f} s; "
               f"statuses {summary['statuses']}")
         print(f"soak: by kind {summary['kinds']}")
+        every = max(1, len(rss) // 12)
+        print("soak: RSS over time: " + ", ".join(
+            f"{t:.0f}s {b / (1 << 20):.0f}" for t, b in rss[::every]) + " (MiB)")
         print(f"soak: RSS start {mib(r['start'])}, after warm-up {mib(r['after_warmup'])}, "
               f"peak {mib(r['peak'])}, end {mib(r['end'])} ({growth:+.1%} after warm-up); "
               f"KV blocks held at the end: {used:.0f}")

@@ -376,6 +376,20 @@ async fn chat(
     }
 }
 
+/// `v` as one line of JSON for an SSE `data:` field, with the characters that some line
+/// splitters take for line ends (NEL, U+2028, U+2029; Python's `str.splitlines` among them)
+/// written as escapes, so that a generated text holding them cannot cut an event in two. JSON
+/// reads the escapes as the same characters.
+fn sse_json(v: &Value) -> String {
+    let s = v.to_string();
+    if !s.contains(['\u{85}', '\u{2028}', '\u{2029}']) {
+        return s;
+    }
+    s.replace('\u{85}', "\\u0085")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+}
+
 /// What every answer to one request shares.
 struct Reply {
     id: String,
@@ -469,7 +483,7 @@ impl Reply {
     ) {
         let (id, created, model) = (self.id.clone(), self.created, self.model.clone());
         let chunk = |choices: Vec<Value>, usage: Option<&Usage>| {
-            SseEvent::default().data(chunk_json(&id, created, &model, choices, usage).to_string())
+            SseEvent::default().data(sse_json(&chunk_json(&id, created, &model, choices, usage)))
         };
         let mut out: VecDeque<SseEvent> = VecDeque::new();
         for i in 0..self.n {
@@ -578,12 +592,44 @@ mod tests {
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
             .unwrap();
-        String::from_utf8(body.to_vec())
-            .unwrap()
-            .split("\n\n")
+        chunks_of(&String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn chunks_of(body: &str) -> Vec<Value> {
+        body.split("\n\n")
             .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
             .map(|d| serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.into())))
             .collect()
+    }
+
+    /// Issue 16, found by the soak: a generated U+2028 split a chunk for a client that splits
+    /// lines as Python does; such characters go out escaped, and read back the same.
+    #[tokio::test]
+    async fn line_separators_in_text_are_escaped_in_events() {
+        let state = AppState::new(ServerConfig::new("m"));
+        let (tx, events) = CompletionStream::channel();
+        let text = "a\u{2028}b\u{2029}c\u{85}d\ne";
+        tx.send(Event::Delta {
+            choice: 0,
+            text: text.into(),
+        })
+        .unwrap();
+        tx.send(Event::Finish {
+            choice: 0,
+            reason: FinishReason::Stop,
+        })
+        .unwrap();
+        drop(tx);
+        let body = axum::body::to_bytes(reply(1).stream(state, events).into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            !body.contains(['\u{85}', '\u{2028}', '\u{2029}']),
+            "{body:?}"
+        );
+        let c = chunks_of(&body);
+        assert_eq!(c[1]["choices"][0]["delta"]["content"], text);
     }
 
     #[tokio::test]

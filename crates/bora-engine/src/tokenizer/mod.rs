@@ -35,6 +35,9 @@ pub struct SpecialTokens {
     pub tool_results_end: Option<u32>,
 }
 
+/// Words (pieces of text between pre-tokenizer splits) whose tokens a tokenizer remembers.
+pub const TOKENIZER_CACHE_WORDS: usize = 256;
+
 /// A tokenizer that encodes all input as plain text.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -115,6 +118,13 @@ impl Tokenizer {
 
     fn new(mut inner: tokenizers::Tokenizer) -> Self {
         inner.set_encode_special_tokens(true);
+        // The model's cache of words it has split: sentencepiece tokenizers take a whole text
+        // for one word, so every new prompt was an entry, up to 10,000 of some KB each (tens
+        // of MB that the soak test saw grow request by request). A few hundred keep repeated
+        // texts (system prompts, tool lists) fast.
+        let mut model = inner.get_model().clone();
+        model.resize_cache(TOKENIZER_CACHE_WORDS);
+        inner.with_model(model);
         let id = |s: &str| inner.token_to_id(s);
         let specials = SpecialTokens {
             bos: id("<s>"),
