@@ -698,6 +698,10 @@ fn random_models_bench_and_report_the_memory_bound() {
     assert!(e.contains("random weights are made by"), "{e}");
     let e = err(&["bench", "--model", "random:nope"]);
     assert!(e.contains("unknown shape"), "{e}");
+    // Weights made in memory (random, or quantized at load) are checked against the host's
+    // available memory first: 8x22B in bf16 is 282 GB.
+    let e = err(&["bench", "--model", "random:mixtral-8x22b", "--batch", "1"]);
+    assert!(e.contains("does not fit on cpu"), "{e}");
 }
 
 /// Issue 16, item 8: each cause of a loading error is said once, and a garbage tokenizer.json

@@ -115,7 +115,11 @@ impl MixtralWeights {
 
     /// Builds the weights from an opened store.
     pub fn load(store: &SafetensorsStore, config: ModelConfig, opts: &LoadOptions) -> Result<Self> {
-        check_fits(weight_bytes(&config, opts), opts)?;
+        if opts.quantize.is_some() {
+            check_fits_owned(weight_bytes(&config, opts), opts)?;
+        } else {
+            check_fits(weight_bytes(&config, opts), opts)?;
+        }
         let layout = if store.contains(&TensorName::FusedGateUp(0).hf(ExpertLayout::Fused)) {
             ExpertLayout::Fused
         } else {
@@ -442,6 +446,32 @@ pub fn check_fits(need: u64, opts: &LoadOptions) -> Result<()> {
             need,
             free: free as u64,
             total: total as u64,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// On the CPU, where weights are made rather than mapped from a file (quantized at load,
+/// random), the same check against the host's available memory (`MemAvailable`): the error
+/// comes before the allocation, not the kernel's OOM killer after minutes of loading.
+pub fn check_fits_owned(need: u64, opts: &LoadOptions) -> Result<()> {
+    if !opts.device.is_cpu() {
+        return check_fits(need, opts);
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> Option<u64> {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    match (field("MemAvailable:"), field("MemTotal:")) {
+        (Some(free), Some(total)) if need > free => Err(WeightsError::DoesNotFit {
+            device: "cpu".into(),
+            need,
+            free,
+            total,
         }),
         _ => Ok(()),
     }

@@ -120,7 +120,7 @@ pub fn random_weights(
     opts: &LoadOptions,
     seed: u64,
 ) -> Result<MixtralWeights> {
-    crate::mixtral::check_fits(crate::weight_bytes(&config, opts), opts)?;
+    crate::mixtral::check_fits_owned(crate::weight_bytes(&config, opts), opts)?;
     let mut rng = Rng(seed);
     let (h, v, e, im) = (
         config.hidden_size,
