@@ -11,14 +11,9 @@ mkdir -p "$DEST"
 DEST=$(cd "$DEST" && pwd)
 SRC="$DEST/llama_cpp_python-$VERSION"
 if [ ! -d "$SRC" ]; then
-    url=$(python3 - "$VERSION" <<'PY'
-import json, sys, urllib.request
-v = sys.argv[1]
-d = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{v}/json"))
-print(next(u["url"] for u in d["urls"] if u["packagetype"] == "sdist"))
-PY
-)
-    curl -sSL "$url" | tar xz -C "$DEST"
+    # The source distribution, fetched by pip from the package index it is configured with.
+    python3 -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$DEST/sdist"
+    tar xzf "$DEST/sdist/llama_cpp_python-$VERSION.tar.gz" -C "$DEST"
 fi
 if [ ! -x "$DEST/tools/bin/cmake" ]; then
     python3 -m venv "$DEST/tools"

@@ -592,7 +592,7 @@ mod tests {
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
             .unwrap();
-        chunks_of(&String::from_utf8(body.to_vec()).unwrap())
+        chunks_of(std::str::from_utf8(&body).unwrap())
     }
 
     fn chunks_of(body: &str) -> Vec<Value> {
