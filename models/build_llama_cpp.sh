@@ -12,7 +12,8 @@ DEST=$(cd "$DEST" && pwd)
 SRC="$DEST/llama_cpp_python-$VERSION"
 if [ ! -d "$SRC" ]; then
     # The source distribution, fetched by pip from the package index it is configured with.
-    python3 -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$DEST/sdist"
+    python3 -m pip download -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" \
+        -d "$DEST/sdist"
     tar xzf "$DEST/sdist/llama_cpp_python-$VERSION.tar.gz" -C "$DEST"
 fi
 if [ ! -x "$DEST/tools/bin/cmake" ]; then

@@ -20,8 +20,8 @@ Writes `models/fixtures/gguf/`:
 * `tiny-F16.gguf` (convert_hf_to_gguf.py --outtype f16), then `tiny-Q8_0.gguf`,
   `tiny-Q4_0.gguf`, `tiny-Q4_K_M.gguf`, `tiny-Q6_K.gguf` (llama-quantize from the F16 file),
   all in the merged expert layout (`blk.N.ffn_gate_exps`).
-* `tiny-Q4_K-pure.gguf`: `llama-quantize --pure` (every tensor Q4_K), to compare bora's own Q4_K
-  quantization with.
+* `tiny-Q4_K-pure.gguf`, `tiny-Q5_K-pure.gguf`: `llama-quantize --pure` (every tensor Q4_K, or
+  Q5_K), to compare bora's own Q4_K and Q5_K quantization with.
 * `tiny-Q4_K_M-per-expert.gguf`: the Q4_K_M file rewritten by gguf-py's writer in the older
   per-expert layout (`blk.N.ffn_gate.E`), the same blocks byte for byte (current llama.cpp does
   not load that layout, so its reference is the merged file's).
@@ -225,6 +225,13 @@ def main() -> None:
         [os.path.join(bindir, "llama-quantize"), "--pure", f16, pure, "Q4_K_M"], check=True
     )
     files["tiny-Q4_K-pure"] = pure
+    # Every tensor in Q5_K: bora's own Q5_K quantizer is compared with it byte for byte (no
+    # reference logits: the KL test covers bora's Q5_K models).
+    subprocess.run(
+        [os.path.join(bindir, "llama-quantize"), "--pure", f16,
+         os.path.join(OUT, "tiny-Q5_K-pure.gguf"), "Q5_K_M"],
+        check=True,
+    )
     per_expert_copy(gguf, files["tiny-Q4_K_M"], os.path.join(OUT, "tiny-Q4_K_M-per-expert.gguf"))
 
     for name, model_file, vocab in [

@@ -122,14 +122,15 @@ fn f16_gguf_and_safetensors_give_the_same_logits() {
     assert!(d <= 1e-5, "F16 GGUF vs safetensors: {d}");
 }
 
-/// bora's Q8_0 and Q4_K of the checkpoint, written as GGUF, hold llama-quantize's blocks
-/// (`Q8_0`, and `--pure` Q4_K) byte for byte, in every tensor (names, types, q/k row order,
-/// routers and norms in F32).
+/// bora's Q8_0, Q4_K and Q5_K of the checkpoint, written as GGUF, hold llama-quantize's blocks
+/// (`Q8_0`, and `--pure` Q4_K and Q5_K) byte for byte, in every tensor (names, types, q/k row
+/// order, routers and norms in F32).
 #[test]
 fn bora_files_equal_llama_quantize_byte_for_byte() {
     for (q, theirs) in [
         (QType::Q8_0, "tiny-Q8_0.gguf"),
         (QType::Q4K, "tiny-Q4_K-pure.gguf"),
+        (QType::Q5K, "tiny-Q5_K-pure.gguf"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("q.gguf");
