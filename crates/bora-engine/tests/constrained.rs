@@ -178,8 +178,10 @@ fn unsupported_schemas_and_unknown_tools_are_refused() {
 }
 
 /// Issue 16, item 5: tools whose arguments are open (any object) or unbounded numbers. The
-/// grammar admits numbers beyond a double's range (`18e387223339`); each answer is still a
-/// tool call whose arguments are one JSON object, never text.
+/// grammar admits numbers beyond a double's range (`18e387223339`); an answer that ends is still
+/// a tool call whose arguments are one JSON object, never text that ends with `stop` (what the
+/// old parser made of them). A random model may write digits until `max_tokens`: such an answer
+/// is cut (`length`), as any would be, and stays a minority.
 #[test]
 fn tool_calls_with_open_arguments_stay_tool_calls() {
     let tools = vec![
@@ -202,8 +204,14 @@ fn tool_calls_with_open_arguments_stay_tool_calls() {
                 parallel: false,
                 text_json: None,
             };
-            for r in run(&engine, &c, 64) {
+            let results = run(&engine, &c, 96);
+            let mut cut = 0;
+            for r in &results {
                 let ch = &r.choices[0];
+                if ch.finish_reason == Some(FinishReason::Length) {
+                    cut += 1;
+                    continue;
+                }
                 assert_eq!(
                     ch.finish_reason,
                     Some(FinishReason::ToolCalls),
@@ -217,6 +225,11 @@ fn tool_calls_with_open_arguments_stay_tool_calls() {
                     .unwrap_or_else(|e| panic!("arguments not JSON ({e}): {args}"));
                 assert!(raw.get().starts_with('{'), "{args}");
             }
+            assert!(
+                cut * 10 <= results.len(),
+                "{cut} of {} answers cut",
+                results.len()
+            );
         }
     }
 }
