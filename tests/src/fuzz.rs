@@ -49,7 +49,13 @@ pub fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
 /// before passing the panic on.
 pub fn run_cases(target: &str, cases: u64, mut case: impl FnMut(u64)) {
     let first = first_seed();
+    // A case that aborts the process (a stack overflow, the OOM killer) cannot be caught:
+    // BORA_FUZZ_VERBOSE=1 names each seed before it runs.
+    let verbose = std::env::var_os("BORA_FUZZ_VERBOSE").is_some();
     for seed in first..first + cases {
+        if verbose {
+            eprintln!("fuzz target `{target}`: seed {seed}");
+        }
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(seed)));
         if let Err(p) = r {
             eprintln!("fuzz target `{target}` failed at seed {seed} (BORA_FUZZ_SEED={seed} BORA_FUZZ_CASES=1 reruns it)");

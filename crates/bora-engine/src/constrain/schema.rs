@@ -6,6 +6,10 @@
 //! * numbers in `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `const` and
 //!   `enum` within ±2^53 (a double's exact integers; near ±2^63 the compiler's integer ranges
 //!   overflow and recurse until the stack is gone), `multipleOf` between 1e-9 and 2^53;
+//! * the significant digits of all `multipleOf`s together (their product, which bounds the
+//!   least common multiple the compiler takes where they meet) at most
+//!   [`MAX_MULTIPLE_OF_DIGITS`]: the compiler builds an automaton with a state per residue
+//!   (`multipleOf: 208237457` took all of a 24 GB machine; 99991, half a second and 70 MB);
 //! * productive: a schema whose every value would have to contain itself (`{"$ref": "#"}`, a
 //!   required property or item that refers back to its parent) is refused, as are `false` and
 //!   empty `enum`s where a value is required. llguidance would otherwise compile such a schema
@@ -23,6 +27,9 @@ pub const MAX_NODES: usize = 20_000;
 pub const MAX_MAGNITUDE: f64 = 9_007_199_254_740_992.0;
 /// The smallest `multipleOf`.
 pub const MIN_MULTIPLE_OF: f64 = 1e-9;
+/// The largest product of the significant digits of a schema's `multipleOf`s (as integers:
+/// 0.25 is 25, 1000 is 1).
+pub const MAX_MULTIPLE_OF_DIGITS: u64 = 10_000;
 
 const BOUNDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
 /// Keywords whose values are data, not schemas.
@@ -30,14 +37,61 @@ const DATA: [&str; 5] = ["const", "enum", "default", "examples", "description"];
 
 /// Checks `schema`; the error says where (a JSON pointer into the schema) and why.
 pub fn check(schema: &Value) -> Result<(), String> {
-    let mut nodes = 0;
-    walk(schema, "#", 0, &mut nodes)?;
+    let mut w = Walk {
+        nodes: 0,
+        multiples: 1,
+    };
+    walk(schema, "#", 0, &mut w)?;
     productive_root(schema)
 }
 
-fn walk(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<(), String> {
-    *nodes += 1;
-    if *nodes > MAX_NODES {
+/// What the walk has counted so far.
+struct Walk {
+    nodes: usize,
+    /// The product of the `multipleOf`s' significant digits.
+    multiples: u64,
+}
+
+/// The significant digits of a number as an integer (`0.0250` → 25, `1e3` → 1), or `None`
+/// past 18 digits.
+fn significant(n: &serde_json::Number) -> Option<u64> {
+    let text = n.to_string();
+    let mantissa = text
+        .trim_start_matches('-')
+        .split(['e', 'E'])
+        .next()
+        .unwrap_or("");
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_start_matches('0').trim_end_matches('0');
+    if digits.is_empty() {
+        return Some(0);
+    }
+    if digits.len() > 18 {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn multiple_of(n: &serde_json::Number, at: &str, w: &mut Walk) -> Result<(), String> {
+    let x = n.as_f64().unwrap_or(f64::INFINITY);
+    if !(MIN_MULTIPLE_OF..=MAX_MAGNITUDE).contains(&x) {
+        return Err(format!("{at}: multipleOf {x} is outside [1e-9, 2^53]"));
+    }
+    let digits = significant(n).unwrap_or(u64::MAX);
+    w.multiples = w.multiples.saturating_mul(digits.max(1));
+    if w.multiples > MAX_MULTIPLE_OF_DIGITS {
+        return Err(format!(
+            "{at}: multipleOf {n} has too many significant digits: the product of a schema's \
+             multipleOf values read as integers (0.25 counts 25, 1000 counts 1) may be at most \
+             {MAX_MULTIPLE_OF_DIGITS}"
+        ));
+    }
+    Ok(())
+}
+
+fn walk(v: &Value, path: &str, depth: usize, w: &mut Walk) -> Result<(), String> {
+    w.nodes += 1;
+    if w.nodes > MAX_NODES {
         return Err(format!(
             "the schema has more than {MAX_NODES} JSON values; bora compiles schemas up to that size"
         ));
@@ -50,7 +104,7 @@ fn walk(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<(), St
     match v {
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                walk(item, &format!("{path}/{i}"), depth + 1, nodes)?;
+                walk(item, &format!("{path}/{i}"), depth + 1, w)?;
             }
         }
         Value::Object(map) => {
@@ -61,19 +115,17 @@ fn walk(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<(), St
                         magnitude(x, &at)?;
                     }
                 } else if k == "multipleOf" {
-                    if let Some(x) = child.as_f64() {
-                        if !(MIN_MULTIPLE_OF..=MAX_MAGNITUDE).contains(&x) {
-                            return Err(format!("{at}: multipleOf {x} is outside [1e-9, 2^53]"));
-                        }
+                    if let Value::Number(n) = child {
+                        multiple_of(n, &at, w)?;
                     }
                 } else if k == "const" || k == "enum" {
-                    data_numbers(child, &at, depth + 1, nodes)?;
+                    data_numbers(child, &at, depth + 1, &mut w.nodes)?;
                     continue;
                 }
                 if DATA.contains(&k.as_str()) {
-                    count(child, &at, depth + 1, nodes)?;
+                    count(child, &at, depth + 1, &mut w.nodes)?;
                 } else {
-                    walk(child, &at, depth + 1, nodes)?;
+                    walk(child, &at, depth + 1, w)?;
                 }
             }
         }
@@ -320,6 +372,15 @@ mod tests {
         assert!(e.starts_with("#/properties/a/enum/1:"), "{e}");
         let e = err(json!({"type": "integer", "multipleOf": 1e-10}));
         assert!(e.contains("multipleOf"), "{e}");
+        // Found by the fuzz target: an automaton state per residue (this one took 24 GB).
+        let e = err(json!({"type": "integer", "multipleOf": 208237457}));
+        assert!(e.contains("significant digits"), "{e}");
+        // Where they meet, the compiler takes their least common multiple.
+        let e = err(json!({"allOf": [{"multipleOf": 97}, {"multipleOf": 89}, {"multipleOf": 3}]}));
+        assert!(e.contains("significant digits"), "{e}");
+        check(&json!({"type": "number", "multipleOf": 0.0025})).unwrap();
+        check(&json!({"type": "integer", "multipleOf": 5000})).unwrap();
+        check(&json!({"allOf": [{"multipleOf": 97}, {"multipleOf": 89}]})).unwrap();
         // Data elsewhere and numbers within range are fine.
         check(&json!({"type": "integer", "minimum": -9007199254740992i64, "default": 1e300, "examples": [1e300]})).unwrap();
         check(&json!({"enum": [0.5, -3, "x", null]})).unwrap();
