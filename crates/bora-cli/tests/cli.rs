@@ -714,43 +714,28 @@ fn loading_errors_say_each_cause_once_and_name_the_tokenizer_kind() {
         std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
     let m = dir.path().to_str().unwrap();
+    let run = || {
+        err(&[
+            "run",
+            "--model",
+            m,
+            "--prompt",
+            "x",
+            "--raw",
+            "--max-tokens",
+            "1",
+        ])
+    };
     std::fs::write(dir.path().join("tokenizer.json"), "garbage{").unwrap();
-    let e = err(&[
-        "run",
-        "--model",
-        m,
-        "--prompt",
-        "x",
-        "--raw",
-        "--max-tokens",
-        "1",
-    ]);
+    let e = run();
     assert!(e.contains("not a valid tokenizer.json"), "{e}");
     assert!(!e.contains("sentencepiece"), "{e}");
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
-    let e = err(&[
-        "run",
-        "--model",
-        m,
-        "--prompt",
-        "x",
-        "--raw",
-        "--max-tokens",
-        "1",
-    ]);
+    let e = run();
     assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
     assert_eq!(e.matches("(os error 2)").count(), 1, "{e}");
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
-    let e = err(&[
-        "run",
-        "--model",
-        m,
-        "--prompt",
-        "x",
-        "--raw",
-        "--max-tokens",
-        "1",
-    ]);
+    let e = run();
     assert_eq!(e.matches("(os error 2)").count(), 1, "{e}");
 }
 

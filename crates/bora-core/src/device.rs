@@ -138,6 +138,20 @@ pub fn device_memory(device: &Device) -> Option<(usize, usize)> {
     }
 }
 
+/// The host's available and total memory in bytes (`MemAvailable`, `MemTotal`), where
+/// /proc/meminfo tells them.
+pub fn host_memory() -> Option<(u64, u64)> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Some((field("MemAvailable:")?, field("MemTotal:")?))
+}
+
 /// The dtype weights are kept in and computed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DTypeSpec {

@@ -458,16 +458,8 @@ pub fn check_fits_owned(need: u64, opts: &LoadOptions) -> Result<()> {
     if !opts.device.is_cpu() {
         return check_fits(need, opts);
     }
-    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| -> Option<u64> {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-    };
-    match (field("MemAvailable:"), field("MemTotal:")) {
-        (Some(free), Some(total)) if need > free => Err(WeightsError::DoesNotFit {
+    match bora_core::host_memory() {
+        Some((free, total)) if need > free => Err(WeightsError::DoesNotFit {
             device: "cpu".into(),
             need,
             free,

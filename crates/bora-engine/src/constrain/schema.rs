@@ -90,17 +90,7 @@ fn multiple_of(n: &serde_json::Number, at: &str, w: &mut Walk) -> Result<(), Str
 }
 
 fn walk(v: &Value, path: &str, depth: usize, w: &mut Walk) -> Result<(), String> {
-    w.nodes += 1;
-    if w.nodes > MAX_NODES {
-        return Err(format!(
-            "the schema has more than {MAX_NODES} JSON values; bora compiles schemas up to that size"
-        ));
-    }
-    if depth > MAX_DEPTH {
-        return Err(format!(
-            "the schema is nested more than {MAX_DEPTH} levels deep (at {path})"
-        ));
-    }
+    visit(&mut w.nodes, path, depth)?;
     match v {
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
@@ -164,8 +154,8 @@ fn data_numbers(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Resul
     Ok(())
 }
 
-/// Counts a data value's nodes against the limits (depth and size), without reading it.
-fn count(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<(), String> {
+/// Counts one JSON value at `depth` against the limits of size and depth.
+fn visit(nodes: &mut usize, path: &str, depth: usize) -> Result<(), String> {
     *nodes += 1;
     if *nodes > MAX_NODES {
         return Err(format!(
@@ -177,6 +167,12 @@ fn count(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<(), S
             "the schema is nested more than {MAX_DEPTH} levels deep (at {path})"
         ));
     }
+    Ok(())
+}
+
+/// Counts a data value's nodes against the limits (depth and size), without reading it.
+fn count(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<(), String> {
+    visit(nodes, path, depth)?;
     match v {
         Value::Array(a) => a.iter().try_for_each(|x| count(x, path, depth + 1, nodes)),
         Value::Object(m) => m

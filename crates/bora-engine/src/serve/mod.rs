@@ -419,12 +419,7 @@ fn available_memory(device: &candle_core::Device) -> usize {
     if let Some((free, _)) = bora_core::device_memory(device) {
         return free;
     }
-    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    info.lines()
-        .find(|l| l.starts_with("MemAvailable:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<usize>().ok())
-        .map_or(4 << 30, |kb| kb * 1024)
+    bora_core::host_memory().map_or(4 << 30, |(free, _)| free as usize)
 }
 
 impl CompletionStream {
