@@ -120,7 +120,7 @@ for q in types:
     print(f"  {q:7} {runs.get(1, {}).get('prefill_tokens_per_s', float('nan')):13.0f} {dec(1):10.1f} "
           f"{dec(8):9.1f} {dec(32):9.1f} {b['decode_bound_tokens_per_s']:9.1f} {100 * frac:7.0f}%")
 print("  copy bandwidth (read + written): "
-      + ", ".join(f"{q} run {b['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s"
+      + ", ".join(f"{q} run {b['memory_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s"
                   for q, b in summary["bench"].items() if b))
 print("  published, for comparison (other setups; see the issue's closing note): vLLM fused MoE,"
       " Mixtral 8x7B bf16, H100 TP8, 1000 in + 50 out: 0.459 s at batch 1, 1.489 s at batch 32"

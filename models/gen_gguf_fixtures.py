@@ -8,7 +8,7 @@ binding used here to compute reference logits). Build it once and run, from the 
 
 where DIR is the unpacked sdist (`llama_cpp_python-0.3.36`) whose `vendor/llama.cpp` was built
 with `cmake -B build -DBUILD_SHARED_LIBS=ON && cmake --build build --target llama llama-quantize
-llama-bench` (models/build_llama_cpp.sh fetches and builds it). The Python needs the packages of
+llama-bench` (`LLAMA_CPP=python models/build_llama_cpp.sh` fetches and builds it). The Python needs the packages of
 models/requirements-fixtures.txt (torch, transformers, sentencepiece, numpy).
 
 Writes `models/fixtures/gguf/`:

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bora_benches::{random_bf16, random_f32};
+use bora_kernels::cpu::packed;
 use bora_kernels::quant::quantize;
 use bora_kernels::{matmul_xwt, QBuf, QType, WeightRef};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -87,13 +88,14 @@ fn bench(c: &mut Criterion) {
     // Quantized experts of the bench model's shape: decode (1 row) streams 48 distinct
     // matrices from DRAM, as a decode step does; prefill (32 rows, an expert's share of a
     // 128-token prompt) reuses one. BORA_CPU_ISA=avx2 runs the AVX2 kernels instead of the
-    // AVX-512 ones.
+    // AVX-512 ones. Each type runs as the file stores it and repacked into tiles (`packed`, what
+    // the loader does where the CPU has the kernels), one after the other.
     let mut group = c.benchmark_group("matmul_expert_quant");
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    for q in [QType::Q4K, QType::Q6K, QType::Q8_0] {
+    for q in [QType::Q4K, QType::Q5K, QType::Q6K, QType::Q8_0] {
         let row_bytes = q.row_bytes(k).expect("whole blocks");
         let experts: Vec<QBuf> = (0..count)
             .map(|e| {
@@ -103,20 +105,46 @@ fn bench(c: &mut Criterion) {
                 b
             })
             .collect();
-        for m in [1usize, 32] {
+        let repacked: Vec<QBuf> = if packed::packable(q, n, k) {
+            experts
+                .iter()
+                .map(|e| {
+                    let mut b = QBuf::zeroed(packed::packed_bytes(q, n, k));
+                    packed::pack(q, e.as_bytes(), n, k, b.as_bytes_mut());
+                    b
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for m in [1usize, 4, 16, 32, 128] {
             let x: Vec<f32> = random_f32(m * k, 1.0, m as u64);
             let mut out = vec![0f32; m * n];
             let mut next = 0;
             group.throughput(Throughput::Bytes((n * row_bytes) as u64));
-            group.bench_function(BenchmarkId::new(q.to_string(), m), |b| {
-                b.iter(|| {
-                    if m == 1 {
-                        next = (next + 1) % count;
-                    }
-                    let w = WeightRef::Quant(q, experts[next].as_bytes());
-                    matmul_xwt(&x, m, k, w, n, &mut out)
-                })
-            });
+            for pack in [false, true] {
+                if pack && repacked.is_empty() {
+                    continue;
+                }
+                let name = if pack {
+                    format!("{q}-packed")
+                } else {
+                    q.to_string()
+                };
+                group.bench_function(BenchmarkId::new(name, m), |b| {
+                    b.iter(|| {
+                        if m == 1 {
+                            next = (next + 1) % count;
+                        }
+                        let w = if pack {
+                            WeightRef::Packed(q, repacked[next].as_bytes())
+                        } else {
+                            WeightRef::Quant(q, experts[next].as_bytes())
+                        };
+                        matmul_xwt(&x, m, k, w, n, &mut out)
+                    })
+                });
+            }
         }
     }
     group.finish();

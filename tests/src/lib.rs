@@ -83,6 +83,7 @@ pub fn load(name: &str, dtype: WeightDType, backend: Backend) -> Model {
         device: Device::Cpu,
         backend,
         quantize: None,
+        pack: true,
     };
     let w = MixtralWeights::load_dir(&fixture(name), &opts).expect("fixture loads");
     Model::new(w).expect("model")
@@ -97,6 +98,7 @@ pub fn load_gguf(file: &str) -> Model {
         device: Device::Cpu,
         backend: Backend::Host,
         quantize: None,
+        pack: true,
     };
     Model::new(MixtralWeights::load_gguf(&store, cfg, &opts).expect("GGUF loads")).expect("model")
 }

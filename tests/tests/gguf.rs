@@ -95,6 +95,7 @@ fn load_source(dtype: WeightDType, quantize: Option<QType>) -> MixtralWeights {
         device: Device::Cpu,
         backend: Backend::Host,
         quantize,
+        pack: true,
     };
     MixtralWeights::load_dir(&fixture("gguf/source"), &opts).expect("source loads")
 }

@@ -184,7 +184,7 @@ fn host_bytes(m: &bora_weights::HostMatrix) -> usize {
         WeightRef::F32(w) => std::mem::size_of_val(w),
         WeightRef::BF16(w) => std::mem::size_of_val(w),
         WeightRef::F16(w) => std::mem::size_of_val(w),
-        WeightRef::Quant(_, b) => b.len(),
+        WeightRef::Quant(_, b) | WeightRef::Packed(_, b) => b.len(),
     }
 }
 

@@ -48,6 +48,8 @@ pub fn main(a: Args) -> Result<()> {
         );
     }
     let loaded = a.model.load()?;
+    // Before any buffer of the bench's own: the memory the loaded model holds at its peak.
+    let loaded_peak = crate::load::peak_resident_bytes();
     let cfg = loaded.model.config().clone();
     if a.prompt_len + a.gen_len > cfg.context() {
         bail!(
@@ -149,9 +151,11 @@ pub fn main(a: Args) -> Result<()> {
                 "ttft_ms": {"median": ms(median(&r.ttft)), "max": ms(r.ttft.iter().max().copied().unwrap_or_default())},
             })).collect::<Vec<Value>>(),
             "peak_memory_bytes": peak,
+            "loaded_peak_memory_bytes": loaded_peak,
             "device": bound.device,
             "active_weight_bytes_per_token": bound.active_bytes,
-            "copy_bandwidth_bytes_per_s": bound.bandwidth,
+            "memory_bandwidth_bytes_per_s": bound.bandwidth,
+            "memory_bandwidth_method": bound.method,
             "decode_bound_tokens_per_s": bound.tokens_per_s(),
             "batch1_decode_fraction_of_bound": runs.iter().find(|r| r.batch == 1)
                 .map(|r| r.decode_tps / bound.tokens_per_s()),
@@ -180,13 +184,18 @@ pub fn main(a: Args) -> Result<()> {
             ms(r.ttft.iter().max().copied().unwrap_or_default())
         );
     }
-    println!("peak memory: {:.1} MB", peak as f64 / (1u64 << 20) as f64);
     println!(
-        "memory bound on {}: {:.1} MB of weights read per decoded token (attention, router, {} experts per layer, LM head), {:.1} GB/s measured copy bandwidth (bytes read + written): {:.1} tokens/s at batch 1{}",
+        "peak memory: {:.1} MiB ({:.1} MiB once loaded)",
+        peak as f64 / (1u64 << 20) as f64,
+        loaded_peak as f64 / (1u64 << 20) as f64
+    );
+    println!(
+        "memory bound on {}: {:.1} MB of weights read per decoded token (attention, router, {} experts per layer, LM head), {:.1} GB/s measured {}: {:.1} tokens/s at batch 1{}",
         bound.device,
         bound.active_bytes as f64 / 1e6,
         cfg.num_experts_per_tok,
         bound.bandwidth / 1e9,
+        bound.method,
         bound.tokens_per_s(),
         match runs.iter().find(|r| r.batch == 1) {
             Some(r) => format!(", reached {:.0}%", 100.0 * r.decode_tps / bound.tokens_per_s()),
@@ -237,8 +246,10 @@ struct MemoryBound {
     /// Bytes of weights one token reads: per layer the attention projections, the router and
     /// `A` experts; the LM head.
     active_bytes: u64,
-    /// Bytes per second of a large copy on the model's device, read and written counted.
+    /// Bytes per second the model's device reads (see [`memory_bandwidth`]).
     bandwidth: f64,
+    /// How `bandwidth` was measured, in words.
+    method: &'static str,
 }
 
 impl MemoryBound {
@@ -251,16 +262,69 @@ impl MemoryBound {
             .map(|l| l.attention_and_router_bytes() + a * l.experts.expert_bytes())
             .sum();
         let device = model.device();
+        let (bandwidth, method) = memory_bandwidth(device)?;
         Ok(Self {
             device: bora_core::device_name(device),
             active_bytes: (layers + w.lm_head.size_bytes()) as u64,
-            bandwidth: copy_bandwidth(device)?,
+            bandwidth,
+            method,
         })
     }
 
     fn tokens_per_s(&self) -> f64 {
         self.bandwidth / self.active_bytes.max(1) as f64
     }
+}
+
+/// The memory bandwidth decode can use on `device`, and how it was measured: on the CPU the
+/// read bandwidth of all worker threads ([`read_bandwidth`]), elsewhere [`copy_bandwidth`].
+pub fn memory_bandwidth(device: &candle_core::Device) -> Result<(f64, &'static str)> {
+    Ok(if device.is_cpu() {
+        (
+            read_bandwidth(512 << 20),
+            "read bandwidth (every worker thread streaming its part of 512 MiB)",
+        )
+    } else {
+        (
+            copy_bandwidth(device)?,
+            "copy bandwidth (bytes read + written)",
+        )
+    })
+}
+
+/// Bytes per second that the worker threads read from memory together, as decode reads
+/// weights: each thread sums its own contiguous part of a `bytes`-long buffer (its pages
+/// written first: untouched pages would all be the one shared zero page, read from cache);
+/// the best of 5 passes after a warm-up.
+pub fn read_bandwidth(bytes: usize) -> f64 {
+    use rayon::prelude::*;
+    let words = bytes / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let threads = rayon::current_num_threads().max(1);
+    let part = words.div_ceil(threads);
+    let mut best = 0f64;
+    for pass in 0..6 {
+        let start = Instant::now();
+        let sum: u64 = buf
+            .par_chunks(part)
+            .map(|c| {
+                // Eight independent sums, so that the loop is bound by the loads alone.
+                let mut s = [0u64; 8];
+                for w in c.chunks_exact(8) {
+                    for (a, &v) in s.iter_mut().zip(w) {
+                        *a = a.wrapping_add(v);
+                    }
+                }
+                s.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+            })
+            .reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        let secs = start.elapsed().as_secs_f64();
+        if pass > 0 {
+            best = best.max((words * 8) as f64 / secs);
+        }
+    }
+    best
 }
 
 /// A large buffer copied on `device` several times: (bytes read + bytes written) per second,

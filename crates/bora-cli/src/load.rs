@@ -48,6 +48,12 @@ pub struct ModelArgs {
     /// tensors stay as they are). With `--model random:NAME`, the type of the random weights.
     #[arg(long, value_name = "TYPE")]
     pub quantize: Option<String>,
+    /// Keep quantized weights in the file's row layout instead of repacking them at load into
+    /// the 16-row tiles of bora's packed CPU kernels (Q4_K, Q5_K, Q6_K, Q8_0; repacking keeps
+    /// memory at the file's size and gives the same results, faster): for comparisons, as
+    /// llama.cpp's `--no-repack`.
+    #[arg(long)]
+    pub no_repack: bool,
 }
 
 pub struct Loaded {
@@ -90,6 +96,7 @@ impl ModelArgs {
             });
         let opts = LoadOptions {
             quantize,
+            pack: !self.no_repack,
             ..LoadOptions::new(dtype, device)
         };
         let (total, active) = (config.param_count(), config.active_param_count());
@@ -178,6 +185,7 @@ impl ModelArgs {
         let (total, active) = (config.param_count(), config.active_param_count());
         let opts = LoadOptions {
             quantize,
+            pack: !self.no_repack,
             ..LoadOptions::new(dtype, device)
         };
         let weights = MixtralWeights::load(&store, config, &opts)?;
@@ -236,6 +244,7 @@ impl ModelArgs {
         let (total, active) = (config.param_count(), config.active_param_count());
         let opts = LoadOptions {
             quantize,
+            pack: !self.no_repack,
             ..LoadOptions::new(dtype, device)
         };
         let weights = MixtralWeights::load_gguf(&store, config, &opts)?;
@@ -318,6 +327,7 @@ impl ModelArgs {
             dtype: None,
             threads: None,
             quantize: None,
+            no_repack: false,
         }
     }
 

@@ -671,9 +671,22 @@ fn random_models_bench_and_report_the_memory_bound() {
         "{v}"
     );
     assert!(
-        v["copy_bandwidth_bytes_per_s"].as_f64().unwrap() > 1e8,
+        v["memory_bandwidth_bytes_per_s"].as_f64().unwrap() > 1e8,
         "{v}"
     );
+    assert!(
+        v["memory_bandwidth_method"]
+            .as_str()
+            .unwrap()
+            .contains("read bandwidth"),
+        "{v}"
+    );
+    // What the model holds once loaded comes before the bench's own buffers.
+    let (loaded, peak) = (
+        v["loaded_peak_memory_bytes"].as_u64().unwrap(),
+        v["peak_memory_bytes"].as_u64().unwrap(),
+    );
+    assert!(loaded > 0 && loaded <= peak, "{v}");
     assert!(v["batch1_decode_fraction_of_bound"].as_f64().unwrap() > 0.0);
     let out = ok(&[
         "bench-moe",

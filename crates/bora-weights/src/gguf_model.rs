@@ -252,9 +252,24 @@ impl GgufLoader<'_> {
             h = h.permute_rows(&unpermute_order(rows, heads));
         }
         if !name.contains("ffn_gate_inp") {
-            h = self.quantized(h, name)?;
+            h = self.packed(self.quantized(h, name)?, name)?;
         }
         self.finish(h)
+    }
+
+    /// `h` repacked for bora's packed kernels where it can be (`LoadOptions::pack`), the file
+    /// pages of tensor `name` released once their copy is made: memory stays near the file's
+    /// size, tensor by tensor.
+    fn packed(&self, h: HostMatrix, name: &str) -> Result<HostMatrix> {
+        if self.opts.backend != Backend::Host || !self.opts.pack {
+            return Ok(h);
+        }
+        let Some(p) = h.packed() else { return Ok(h) };
+        let (f, t) = self.store.get(name)?;
+        if h.is_mapped() {
+            crate::store::release_pages(&f.map, t.start, t.end);
+        }
+        Ok(p)
     }
 
     /// Float weights quantized to `--quantize`'s type when one is asked for (quantized
@@ -312,7 +327,7 @@ impl GgufLoader<'_> {
             ExpertLayout::Fused => {
                 let stacked = |p: &str, shape: [usize; 3]| {
                     let name = format!("blk.{l}.ffn_{p}_exps.weight");
-                    self.quantized(self.host(&name, &shape)?, &name)
+                    self.packed(self.quantized(self.host(&name, &shape)?, &name)?, &name)
                 };
                 let g = stacked("gate", [e, im, h])?;
                 let u = stacked("up", [e, im, h])?;
@@ -326,7 +341,7 @@ impl GgufLoader<'_> {
             ExpertLayout::PerExpert => {
                 let one = |p: &str, x: usize, shape: [usize; 2]| {
                     let name = format!("blk.{l}.ffn_{p}.{x}.weight");
-                    self.quantized(self.host(&name, &shape)?, &name)
+                    self.packed(self.quantized(self.host(&name, &shape)?, &name)?, &name)
                 };
                 (
                     (0..e)

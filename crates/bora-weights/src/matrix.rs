@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
+use bora_kernels::cpu::packed;
 use bora_kernels::{QBuf, QType, WeightRef};
 use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
@@ -99,11 +100,16 @@ impl std::fmt::Display for WeightFormat {
 
 /// Element storage of a host matrix: a window of a memory map, or owned values.
 enum HostData {
-    Mapped { map: Arc<Mmap>, start: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+    },
     F32(Vec<f32>),
     BF16(Vec<bf16>),
     F16(Vec<f16>),
     Quant(QBuf),
+    /// Quantized blocks repacked into tiles of `packed::PACK_ROWS` rows.
+    Packed(QBuf),
 }
 
 /// A weight matrix in host memory, in its kept format; cheap to clone and to take rows of.
@@ -221,6 +227,31 @@ impl HostMatrix {
         }
     }
 
+    /// This quantized matrix repacked for bora's packed kernels, when the CPU and its type
+    /// have them and its rows are whole tiles (`None` otherwise: keep it as it is).
+    pub fn packed(&self) -> Option<Self> {
+        let WeightFormat::Quant(q) = self.format else {
+            return None;
+        };
+        if matches!(*self.data, HostData::Packed(_)) || !packed::packable(q, self.rows, self.cols) {
+            return None;
+        }
+        let mut buf = QBuf::zeroed(packed::packed_bytes(q, self.rows, self.cols));
+        packed::pack(q, self.bytes(), self.rows, self.cols, buf.as_bytes_mut());
+        Some(Self {
+            data: Arc::new(HostData::Packed(buf)),
+            format: self.format,
+            offset: 0,
+            rows: self.rows,
+            cols: self.cols,
+        })
+    }
+
+    /// Whether the blocks are repacked into tiles ([`HostMatrix::packed`]).
+    pub fn is_packed(&self) -> bool {
+        matches!(*self.data, HostData::Packed(_))
+    }
+
     /// This matrix quantized to `q` (row by row, with ggml's reference quantization).
     pub fn quantize(&self, q: QType) -> Self {
         let row_bytes = q
@@ -271,6 +302,10 @@ impl HostMatrix {
     /// Rows with their order changed: row `i` of the result is row `order[i]` of this one
     /// (owned; the attention projections of a GGUF file are stored in llama.cpp's row order).
     pub fn permute_rows(&self, order: &[usize]) -> Self {
+        assert!(
+            !self.is_packed(),
+            "HostMatrix::permute_rows: a packed matrix"
+        );
         assert_eq!(
             order.len(),
             self.rows,
@@ -295,18 +330,25 @@ impl HostMatrix {
         }
     }
 
-    /// The matrix's bytes, in its format.
+    /// The matrix's bytes, in its format (packed tiles when packed).
     fn bytes(&self) -> &[u8] {
-        let (start, len) = (
-            self.format.bytes(self.offset / self.cols.max(1), self.cols),
-            self.format.bytes(self.rows, self.cols),
-        );
+        let first = self.offset / self.cols.max(1);
+        let (start, len) = match (&*self.data, self.format) {
+            (HostData::Packed(_), WeightFormat::Quant(q)) => (
+                packed::packed_bytes(q, first, self.cols),
+                packed::packed_bytes(q, self.rows, self.cols),
+            ),
+            _ => (
+                self.format.bytes(first, self.cols),
+                self.format.bytes(self.rows, self.cols),
+            ),
+        };
         let all: &[u8] = match &*self.data {
             HostData::Mapped { map, start } => &map[*start..],
             HostData::F32(v) => as_bytes(v),
             HostData::BF16(v) => as_bytes(v),
             HostData::F16(v) => as_bytes(v),
-            HostData::Quant(b) => b.as_bytes(),
+            HostData::Quant(b) | HostData::Packed(b) => b.as_bytes(),
         };
         &all[start..start + len]
     }
@@ -364,7 +406,7 @@ impl HostMatrix {
 
     /// Bytes of weights this matrix holds.
     pub fn size_bytes(&self) -> usize {
-        self.format.bytes(self.rows, self.cols)
+        self.bytes().len()
     }
 
     /// Whether the values are read straight from the file's memory map.
@@ -377,6 +419,12 @@ impl HostMatrix {
         assert!(
             start + count <= self.rows,
             "HostMatrix::slice_rows out of range"
+        );
+        assert!(
+            !self.is_packed()
+                || (start.is_multiple_of(packed::PACK_ROWS)
+                    && count.is_multiple_of(packed::PACK_ROWS)),
+            "HostMatrix::slice_rows: packed rows are taken in whole tiles"
         );
         Self {
             data: self.data.clone(),
@@ -419,11 +467,16 @@ impl HostMatrix {
                     HostData::F32(v) => WeightRef::F32(&v[o..o + n]),
                     HostData::BF16(v) => WeightRef::BF16(&v[o..o + n]),
                     HostData::F16(v) => WeightRef::F16(&v[o..o + n]),
-                    HostData::Quant(_) => unreachable!("float format over quantized data"),
+                    HostData::Quant(_) | HostData::Packed(_) => {
+                        unreachable!("float format over quantized data")
+                    }
                 };
             }
         };
-        WeightRef::Quant(q, self.bytes())
+        match &*self.data {
+            HostData::Packed(_) => WeightRef::Packed(q, self.bytes()),
+            _ => WeightRef::Quant(q, self.bytes()),
+        }
     }
 
     /// Row `r` widened into `out` (an embedding lookup).
@@ -442,6 +495,11 @@ impl HostMatrix {
             WeightRef::Quant(q, w) => {
                 let rb = w.len() / self.rows;
                 bora_kernels::quant::dequantize(q, &w[r * rb..(r + 1) * rb], out)
+            }
+            WeightRef::Packed(q, w) => {
+                let mut blocks = vec![0u8; q.row_bytes(c).unwrap_or(0)];
+                packed::unpack_row(q, w, c, r, &mut blocks);
+                bora_kernels::quant::dequantize(q, &blocks, out)
             }
         }
     }

@@ -31,6 +31,10 @@ pub struct LoadOptions {
     /// Quantize the linear layers to this type while loading (bora's CPU kernels only; the
     /// routers stay as stored, as llama.cpp keeps them).
     pub quantize: Option<QType>,
+    /// Repack quantized weights into the tiles of bora's packed CPU kernels
+    /// (`bora_kernels::cpu::packed`) where the CPU and the type have them (bora's kernels
+    /// only): faster products, the same results.
+    pub pack: bool,
 }
 
 impl LoadOptions {
@@ -46,6 +50,7 @@ impl LoadOptions {
             device,
             backend,
             quantize: None,
+            pack: true,
         }
     }
 
@@ -190,7 +195,10 @@ impl Loader<'_> {
         let t = self.store.get(name)?;
         let quantized = h.quantize_checked(q, name, self.store.path(t))?;
         self.store.release(t);
-        Ok(quantized)
+        Ok(match self.opts.backend {
+            Backend::Host if self.opts.pack => quantized.packed().unwrap_or(quantized),
+            _ => quantized,
+        })
     }
 
     fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {

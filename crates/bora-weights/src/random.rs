@@ -84,8 +84,15 @@ impl Rng {
     }
 }
 
-/// Random ggml blocks on the host, with the scales of [`block_scales`].
-fn host_blocks(q: QType, rows: usize, cols: usize, rng: &mut Rng) -> Result<HostMatrix> {
+/// Random ggml blocks on the host, with the scales of [`block_scales`]; repacked for the
+/// packed kernels when `pack` (and they have a form for `q`).
+fn host_blocks(
+    q: QType,
+    rows: usize,
+    cols: usize,
+    rng: &mut Rng,
+    pack: bool,
+) -> Result<HostMatrix> {
     let Some(row_bytes) = q.row_bytes(cols) else {
         return Err(crate::WeightsError::Unsupported {
             path: "random weights".into(),
@@ -109,7 +116,11 @@ fn host_blocks(q: QType, rows: usize, cols: usize, rng: &mut Rng) -> Result<Host
             block[o..o + 2].copy_from_slice(&half::f16::from_f32(dmin).to_le_bytes());
         }
     }
-    Ok(HostMatrix::from_quant(buf, q, rows, cols))
+    let h = HostMatrix::from_quant(buf, q, rows, cols);
+    Ok(match pack.then(|| h.packed()).flatten() {
+        Some(p) => p,
+        None => h,
+    })
 }
 
 /// Builds the weights of `config` with random values: linear layers in `opts.quantize`'s type
@@ -216,7 +227,7 @@ impl Maker<'_> {
         }
         let cols = *shape.last().unwrap_or(&1);
         let rows = shape.iter().product::<usize>() / cols.max(1);
-        let m = host_blocks(q, rows, cols, self.rng)?;
+        let m = host_blocks(q, rows, cols, self.rng, false)?;
         let t = crate::upload_quant(&[&m], shape, &self.opts.device)?
             .expect("host_blocks makes quantized matrices");
         Ok(Arc::new(t))
@@ -227,7 +238,7 @@ impl Maker<'_> {
             return self.dense_matrix(rows, cols);
         };
         Ok(match self.opts.backend {
-            Backend::Host => Matrix::Host(host_blocks(q, rows, cols, self.rng)?),
+            Backend::Host => Matrix::Host(host_blocks(q, rows, cols, self.rng, self.opts.pack)?),
             Backend::Candle => Matrix::Quant(self.device_blocks(q, &[rows, cols])?),
         })
     }
@@ -245,9 +256,10 @@ impl Maker<'_> {
                 down: self.device_blocks(q, &[e, h, im])?,
             }),
             (q, _) => {
+                let pack = self.opts.pack && self.opts.backend == Backend::Host;
                 let mut one = |rows, cols| -> Result<HostMatrix> {
                     match q {
-                        Some(q) => host_blocks(q, rows, cols, self.rng),
+                        Some(q) => host_blocks(q, rows, cols, self.rng, pack),
                         None => Ok(self.dense_host(rows, cols)),
                     }
                 };
@@ -293,7 +305,7 @@ mod tests {
     fn random_blocks_hold_small_finite_values() {
         let mut rng = Rng(7);
         for q in QType::ALL {
-            let m = host_blocks(q, 4, 512, &mut rng).unwrap();
+            let m = host_blocks(q, 4, 512, &mut rng, false).unwrap();
             let v = m.to_f32();
             let max = v.iter().fold(0f32, |a, x| a.max(x.abs()));
             let mean_abs = v.iter().map(|x| x.abs()).sum::<f32>() / v.len() as f32;

@@ -138,20 +138,7 @@ impl SafetensorsStore {
     /// tensor by tensor then peaks near the quantized size, not the file's. A page read again
     /// later is read from the file again.
     pub fn release(&self, t: &StoredTensor) {
-        const PAGE: usize = 4096;
-        let map = &self.files[t.file].1;
-        let base = map.as_ptr() as usize;
-        let first = (base + t.start).next_multiple_of(PAGE) - base;
-        let last = (base + t.end) / PAGE * PAGE - base;
-        if last > first {
-            // SAFETY: the map is a read-only mapping of a file; MADV_DONTNEED on it discards
-            // the cached pages of this process's view only, and any later access reads the
-            // file's unchanged contents back. No reference into these pages is used after
-            // this call without being re-faulted (the quantized copy is what is kept).
-            let _ = unsafe {
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
-            };
-        }
+        release_pages(&self.files[t.file].1, t.start, t.end);
     }
 
     /// Bytes of all files.
@@ -229,4 +216,23 @@ fn shards_of(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
     }
     shards.sort();
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
+}
+
+/// Drops the resident pages of a read-only file map wholly inside bytes `start..end` (see
+/// [`SafetensorsStore::release`]): a tensor converted into memory of its own (quantized, or
+/// repacked for the kernels) need not keep its file pages too.
+pub(crate) fn release_pages(map: &memmap2::Mmap, start: usize, end: usize) {
+    const PAGE: usize = 4096;
+    let base = map.as_ptr() as usize;
+    let first = (base + start).next_multiple_of(PAGE) - base;
+    let last = ((base + end) / PAGE * PAGE).saturating_sub(base);
+    if last > first && last <= map.len() {
+        // SAFETY: the map is a read-only mapping of a file; MADV_DONTNEED on it discards the
+        // cached pages of this process's view only, and any later access reads the file's
+        // unchanged contents back. Callers keep their own copy of these bytes and read the
+        // map there again only through a new fault.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+        };
+    }
 }

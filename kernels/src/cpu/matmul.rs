@@ -11,6 +11,8 @@ use rayon::prelude::*;
 
 use crate::quant::{dot_rows, ActQuant, QBuf, QType};
 
+use super::packed::{self, PackedActs, PACK_ROWS};
+
 use super::dot::{
     block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
 };
@@ -42,6 +44,8 @@ pub enum WeightRef<'a> {
     F16(&'a [f16]),
     /// Rows of ggml blocks of one type, `K / block_elems` blocks per row.
     Quant(QType, &'a [u8]),
+    /// ggml blocks of one type repacked into tiles of 16 rows (`packed`).
+    Packed(QType, &'a [u8]),
 }
 
 impl WeightRef<'_> {
@@ -52,6 +56,10 @@ impl WeightRef<'_> {
             WeightRef::BF16(w) => w.len(),
             WeightRef::F16(w) => w.len(),
             WeightRef::Quant(q, w) => w.len() / q.block_bytes() * q.block_elems(),
+            WeightRef::Packed(q, w) => {
+                let rec = packed::record_bytes(*q).unwrap_or(usize::MAX);
+                w.len() / rec * PACK_ROWS * q.block_elems()
+            }
         }
     }
 
@@ -110,6 +118,8 @@ struct Job<'a> {
     qx: [Option<&'a QActs>; 2],
     /// Batch-invariant: the dot-product path for any `m`, fixed summation order.
     invariant: bool,
+    /// The activation rows quantized for a packed `w`.
+    packed: Option<&'a PackedActs>,
 }
 
 /// The activation rows in `acts` quantized for `w`, when `w` is quantized.
@@ -191,7 +201,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
     let padded: Vec<Option<(Vec<f32>, usize, usize)>> = products
         .iter()
         .map(|p| {
-            let float = !matches!(p.w, WeightRef::Quant(..));
+            let float = !matches!(p.w, WeightRef::Quant(..) | WeightRef::Packed(..));
             let dot = float && p.m >= 2 && gemv(p.m) && p.k > 0;
             (dot && p.x.len() == p.m * p.k).then(|| pad_rows(p.x, p.m, p.k))
         })
@@ -217,9 +227,30 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             kinds
         })
         .collect();
+    // Packed weights take activations quantized with their sums, once per product and type.
+    let pacts: Vec<Vec<(QType, PackedActs)>> = products
+        .iter()
+        .map(|p| {
+            let mut kinds: Vec<(QType, PackedActs)> = Vec::new();
+            let ws = std::iter::once(p.w).chain(p.twin.as_ref().map(|t| t.w));
+            for w in ws {
+                if let WeightRef::Packed(q, _) = w {
+                    assert!(
+                        p.k.is_multiple_of(q.block_elems()) && p.x.len() == p.m * p.k,
+                        "matmul: {q} weight rows of {} values are not whole blocks",
+                        p.k
+                    );
+                    if !kinds.iter().any(|a| a.0 == q) && p.m > 0 {
+                        kinds.push((q, PackedActs::new(q, p.x, p.m, p.k)));
+                    }
+                }
+            }
+            kinds
+        })
+        .collect();
     let mut jobs = Vec::with_capacity(products.len());
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (job, first row, rows)
-    for ((p, pad), acts) in products.iter_mut().zip(&padded).zip(&qacts) {
+    for (((p, pad), acts), pacts) in products.iter_mut().zip(&padded).zip(&qacts).zip(&pacts) {
         assert_eq!(p.x.len(), p.m * p.k, "matmul: x is not [m, k]");
         assert_eq!(p.w.len(), p.n * p.k, "matmul: w is not [n, k]");
         assert_eq!(p.out.len(), p.m * p.n, "matmul: out is not [m, n]");
@@ -227,7 +258,13 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             assert_eq!(t.w.len(), p.n * p.k, "matmul: twin w is not [n, k]");
             assert_eq!(t.out.len(), p.m * p.n, "matmul: twin out is not [m, n]");
         }
-        let quant = matches!(p.w, WeightRef::Quant(..));
+        let quant = matches!(p.w, WeightRef::Quant(..) | WeightRef::Packed(..));
+        if let WeightRef::Packed(..) = p.w {
+            assert!(
+                p.n.is_multiple_of(PACK_ROWS),
+                "matmul: packed rows are not whole tiles"
+            );
+        }
         if p.m == 0 || p.n == 0 {
             continue;
         }
@@ -238,7 +275,13 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             }
             continue;
         }
-        let block = if gemv(p.m) || quant {
+        let block = if let WeightRef::Packed(..) = p.w {
+            // Whole tiles; several tasks per thread, so that a thread slowed down by another
+            // process sharing its core leaves its rest to the others.
+            p.n.div_ceil(threads * 4)
+                .max(PACK_ROWS)
+                .next_multiple_of(PACK_ROWS)
+        } else if gemv(p.m) || quant {
             p.n.div_ceil(threads * 4).max(GEMV_MIN_ROWS_PER_TASK)
         } else {
             let cache_rows = (GEMM_BLOCK_BYTES / (4 * p.k)).max(8) / 8 * 8;
@@ -251,7 +294,8 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
         let mut halves = vec![(p.w, OutPtr(p.out.as_mut_ptr()), None)];
         if let Some(t) = p.twin.as_mut() {
             let twin = (t.w, OutPtr(t.out.as_mut_ptr()));
-            if (gemv(p.m) || quant) && same_dtype(p.w, t.w) {
+            let packed = matches!(p.w, WeightRef::Packed(..));
+            if (gemv(p.m) || quant) && same_dtype(p.w, t.w) && !packed {
                 halves[0].2 = Some(twin);
             } else {
                 halves.push((twin.0, twin.1, None));
@@ -274,6 +318,10 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
                 twin,
                 qx: [acts_for(acts, w), twin.and_then(|t| acts_for(acts, t.0))],
                 invariant,
+                packed: match w {
+                    WeightRef::Packed(q, _) => pacts.iter().find(|a| a.0 == q).map(|a| &a.1),
+                    _ => None,
+                },
             });
             tasks.extend(
                 (0..p.n)
@@ -308,6 +356,22 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
                 j0,
                 rows,
             ),
+            (WeightRef::Packed(q, w), _) => {
+                let acts = job.packed.expect("packed activations");
+                let out = job.out.get();
+                // SAFETY: this task's columns j0..j0 + rows (whole tiles) of every output row
+                // are its own; `out + j0` with row stride n stays inside the [m, n] output.
+                unsafe {
+                    packed::tiles(
+                        q,
+                        w,
+                        acts,
+                        j0 / PACK_ROWS..(j0 + rows) / PACK_ROWS,
+                        out.add(j0),
+                        job.n,
+                    )
+                }
+            }
             (WeightRef::F32(w), _) => task(job, w, j0, rows),
             (WeightRef::BF16(w), _) => task(job, w, j0, rows),
             (WeightRef::F16(w), _) => task(job, w, j0, rows),
@@ -708,7 +772,7 @@ mod tests {
     fn batch_invariant_rows_do_not_depend_on_the_batch() {
         let _on = crate::cpu::batch_invariant_scope(true);
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let (k, n) = (512usize, 24usize);
+        let (k, n) = (512usize, 32usize);
         let wf: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
         let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
         let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
@@ -730,6 +794,21 @@ mod tests {
                 .iter()
                 .map(|(q, b)| WeightRef::Quant(*q, b.as_bytes())),
         );
+        // The packed kernels, where this CPU has them.
+        let packed: Vec<(QType, QBuf)> = quants
+            .iter()
+            .filter(|(q, _)| packed::packable(*q, n, k))
+            .map(|(q, b)| {
+                let mut p = QBuf::zeroed(packed::packed_bytes(*q, n, k));
+                packed::pack(*q, b.as_bytes(), n, k, p.as_bytes_mut());
+                (*q, p)
+            })
+            .collect();
+        ws.extend(
+            packed
+                .iter()
+                .map(|(q, b)| WeightRef::Packed(*q, b.as_bytes())),
+        );
         let probe: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
         for w in ws {
             let name = match w {
@@ -737,6 +816,7 @@ mod tests {
                 WeightRef::BF16(_) => "bf16".to_string(),
                 WeightRef::F16(_) => "f16".to_string(),
                 WeightRef::Quant(q, _) => q.to_string(),
+                WeightRef::Packed(q, _) => format!("{q} packed"),
             };
             let mut alone = vec![0f32; n];
             matmul_xwt(&probe, 1, k, w, n, &mut alone);

@@ -161,7 +161,7 @@ unsafe fn k45<const A: usize, const FIVE: bool>(
             let f = row.fsum.add(8 * b);
             for j in 0..8 {
                 let m = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                    r.add(192 + 16 * j + 8 * h) as *const __m128i,
+                    r.add(192 + 16 * j + 8 * h) as *const __m128i
                 ));
                 let m = _mm256_mul_ps(_mm256_cvtepi32_ps(m), dm);
                 v = _mm256_fnmadd_ps(m, _mm256_set1_ps(*f.add(j)), v);
@@ -217,7 +217,8 @@ unsafe fn q6k<const A: usize>(
                         _mm256_madd_epi16(sum16(&ws[..2], p), sc),
                         _mm256_madd_epi16(sum16(&ws[2..], p.add(8)), sc),
                     );
-                    let off = _mm256_mullo_epi32(sc32, _mm256_set1_epi32(*row.isum.add(16 * b + s)));
+                    let off =
+                        _mm256_mullo_epi32(sc32, _mm256_set1_epi32(*row.isum.add(16 * b + s)));
                     *ia = _mm256_add_epi32(*ia, _mm256_sub_epi32(dot, off));
                 }
             }

@@ -117,7 +117,11 @@ pub fn pack(q: QType, src: &[u8], n: usize, k: usize, out: &mut [u8]) {
     let row_bytes = nb * q.block_bytes();
     assert!(n.is_multiple_of(PACK_ROWS) && k.is_multiple_of(q.block_elems()));
     assert_eq!(src.len(), n * row_bytes, "pack: source is not [n, k]");
-    assert_eq!(out.len(), packed_bytes(q, n, k), "pack: wrong output length");
+    assert_eq!(
+        out.len(),
+        packed_bytes(q, n, k),
+        "pack: wrong output length"
+    );
     if n == 0 || nb == 0 {
         return;
     }
@@ -139,7 +143,11 @@ pub fn pack(q: QType, src: &[u8], n: usize, k: usize, out: &mut [u8]) {
 pub fn unpack_row(q: QType, packed: &[u8], k: usize, r: usize, out: &mut [u8]) {
     let rec = record_bytes(q).expect("unpack_row: a type without a packed form");
     let nb = k / q.block_elems();
-    assert_eq!(out.len(), nb * q.block_bytes(), "unpack_row: wrong output length");
+    assert_eq!(
+        out.len(),
+        nb * q.block_bytes(),
+        "unpack_row: wrong output length"
+    );
     let tile = &packed[r / PACK_ROWS * nb * rec..][..nb * rec];
     for (b, block) in out.chunks_exact_mut(q.block_bytes()).enumerate() {
         unpack_record(q, &tile[b * rec..(b + 1) * rec], r % PACK_ROWS, block);
@@ -294,7 +302,11 @@ fn unpack_record(q: QType, r: &[u8], i: usize, b: &mut [u8]) {
             let qs = if five { 48 } else { 16 };
             for v in 0..256 {
                 let (at, hi) = nibble_at(v, i);
-                let mut l = if hi { r[320 + at] >> 4 } else { r[320 + at] & 15 };
+                let mut l = if hi {
+                    r[320 + at] >> 4
+                } else {
+                    r[320 + at] & 15
+                };
                 if five {
                     let (j, g, byte) = lane_of(v, i);
                     l |= ((r[2368 + 64 * j + byte] >> g) & 1) << 4;
@@ -314,7 +326,11 @@ fn unpack_record(q: QType, r: &[u8], i: usize, b: &mut [u8]) {
             }
             for v in 0..256 {
                 let (at, hi) = nibble_at(v, i);
-                let low = if hi { r[288 + at] >> 4 } else { r[288 + at] & 15 };
+                let low = if hi {
+                    r[288 + at] >> 4
+                } else {
+                    r[288 + at] & 15
+                };
                 let (jj, g, byte) = lane_of(v, i);
                 let high = (r[2336 + 128 * jj + 64 * (g / 4) + byte] >> (2 * (g % 4))) & 3;
                 // ggml's order: half h, then quarter k of 32 values, then l.
@@ -406,7 +422,10 @@ impl PackedActs {
         ActRow {
             qs: self.qs[r * self.k..].as_ptr(),
             d: self.d[r * nb..].as_ptr(),
-            fsum: self.fsum.get(r * self.k / 32..).map_or(std::ptr::null(), |s| s.as_ptr()),
+            fsum: self
+                .fsum
+                .get(r * self.k / 32..)
+                .map_or(std::ptr::null(), |s| s.as_ptr()),
             isum: match q {
                 QType::Q6K => self.isum[r * self.k / 16..].as_ptr(),
                 QType::Q8_0 => self.isum[r * nb..].as_ptr(),

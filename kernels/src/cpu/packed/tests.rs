@@ -104,9 +104,8 @@ fn packed_kernels_match_the_scalar_reference() {
                 unsafe { tiles_at(level, q, &p, &acts, 0..n / PACK_ROWS, out.as_mut_ptr(), n) };
                 for r in 0..m {
                     for j in 0..n {
-                        let want: f64 = (0..k)
-                            .map(|i| wf[j][i] as f64 * xq[r * k + i] as f64)
-                            .sum();
+                        let want: f64 =
+                            (0..k).map(|i| wf[j][i] as f64 * xq[r * k + i] as f64).sum();
                         let scale: f64 = (0..k)
                             .map(|i| (wf[j][i] as f64 * xq[r * k + i] as f64).abs())
                             .sum();

@@ -64,6 +64,24 @@ unsafe fn dot8(w: &[__m512i], p: *const i8) -> __m512i {
     _mm512_add_epi32(s0, s1)
 }
 
+/// Bytes ahead of the record being read that decode prefetches (tiles lie one after another,
+/// so the stream runs on into the next tile).
+const PREFETCH: usize = 8192;
+
+/// Prefetches the `rec` bytes `PREFETCH` ahead of `r`, when few activation rows leave the
+/// kernel waiting on memory (a prefetch past the weights' end is harmless: it never faults).
+#[inline(always)]
+unsafe fn prefetch<const A: usize>(r: *const u8, rec: usize) {
+    if A <= 2 {
+        let ahead = r.wrapping_add(PREFETCH);
+        let mut at = 0;
+        while at < rec {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(at) as *const i8);
+            at += 64;
+        }
+    }
+}
+
 /// Stores each row's 16 sums.
 #[inline(always)]
 unsafe fn store<const A: usize>(acc: &[__m512; A], out: *mut f32, stride: usize) {
@@ -107,6 +125,7 @@ unsafe fn k45<const A: usize, const FIVE: bool>(
     let mut acc = [_mm512_setzero_ps(); A];
     for b in 0..nb {
         let r = tile.add(b * rec);
+        prefetch::<A>(r, rec);
         let mut iacc = [_mm512_setzero_si512(); A];
         for j in 0..8 {
             let mut w = nibbles(r.add(320 + 256 * j));
@@ -159,6 +178,7 @@ unsafe fn q6k<const A: usize>(
     let bits45 = _mm512_set1_epi8(0x30);
     for b in 0..nb {
         let r = tile.add(b * 3360);
+        prefetch::<A>(r, 3360);
         let mut iacc = [_mm512_setzero_si512(); A];
         for jj in 0..8 {
             let mut w = nibbles(r.add(288 + 256 * jj));
@@ -173,7 +193,8 @@ unsafe fn q6k<const A: usize>(
                 ];
                 for (q, v) in hi.iter().enumerate() {
                     let g = 4 * h + q;
-                    w[g] = _mm512_or_si512(w[g], _mm512_and_si512(*v, bits45));
+                    // w | (v & 0x30) in one instruction (A | (B & C): 0xF0 | (0xCC & 0xAA)).
+                    w[g] = _mm512_ternarylogic_epi32::<0xF8>(w[g], *v, bits45);
                 }
             }
             let sc = |s: usize| {
@@ -214,6 +235,7 @@ unsafe fn q8_0<const A: usize>(
     let mut acc = [_mm512_setzero_ps(); A];
     for b in 0..nb {
         let r = tile.add(b * 544);
+        prefetch::<A>(r, 544);
         let w: [__m512i; 8] =
             std::array::from_fn(|g| _mm512_loadu_si512(r.add(32 + 64 * g) as *const _));
         let dw = halfs(r);
