@@ -15,7 +15,8 @@
 #           against llama-batched-bench -npl, aggregate tokens/s, at Q4_K_M and Q8_0
 #   avx2    Q4_K_M and Q8_0 with BORA_CPU_ISA=avx2 against a GGML_NATIVE=OFF GGML_AVX2=ON
 #           GGML_AVX512=OFF build (LLAMA_ISA=avx2), as Zen 3 and Intel clients run them
-#   depth   decode of 32 tokens after DEPTHS (default 4096 16384) tokens at Q4_K_M: llama-bench
+#   depth   decode of 32 tokens after DEPTHS (default 4096 16384) tokens at Q4_K_M, on the same
+#           weights under Mixtral's 32k window (the bench model's config has 4096): llama-bench
 #           -d with its default attention and -fa 1, the better of the two
 #   load    Q4_K_M single stream beside a fixed competing load: one busy process per
 #           LOAD_PROCS (default 1) started before and stopped after each engine's run
@@ -43,6 +44,24 @@ for q in $types Q4_K_M Q8_0; do
   [ -f "$dir/mixtral-$q.gguf" ] \
     || "$lbin/llama-quantize" --allow-requantize "$dir/src-Q8_0.gguf" "$dir/mixtral-$q.gguf" "$q" >/dev/null 2>&1
 done
+if has depth; then
+  # Depth needs Mixtral's 32k window: the same weights under a config that allows it.
+  if [ ! -f "$dir/mixtral-long-Q4_K_M.gguf" ]; then
+    mkdir -p "$dir/long"
+    for f in "$dir"/bf16/*.safetensors "$dir"/bf16/*.json "$dir"/bf16/tokenizer.model; do
+      ln -sf "$(realpath "$f")" "$dir/long/"
+    done
+    rm -f "$dir/long/config.json"
+    python3 -c "
+import json, sys
+c = json.load(open('$dir/bf16/config.json'))
+c.update(max_position_embeddings=32768, sliding_window=None)
+json.dump(c, open('$dir/long/config.json', 'w'), indent=2)"
+    target/release/bora -q quantize --model "$dir/long" --out "$dir/long-Q8_0.gguf" --type q8_0
+    "$lbin/llama-quantize" --allow-requantize "$dir/long-Q8_0.gguf" "$dir/mixtral-long-Q4_K_M.gguf" \
+      Q4_K_M >/dev/null 2>&1
+  fi
+fi
 out=$(mktemp)
 
 # bora CASE MODEL [bench args...]: one `bora bench` run as a JSON line of $out.
@@ -113,7 +132,7 @@ for _ in $(seq "${REPEAT:-3}"); do
   fi
   if has depth; then
     for d in $depths; do
-      f="$dir/mixtral-Q4_K_M.gguf"
+      f="$dir/mixtral-long-Q4_K_M.gguf"
       bora "Q4_K_M d$d" "$f" --prompt-len "$d" --gen-len 32 --batch 1
       llama "Q4_K_M d$d" "$lbin/llama-bench" "$f" -p 0 -n 32 -d "$d" -fa 0,1
     done

@@ -91,6 +91,11 @@ pub fn load(name: &str, dtype: WeightDType, backend: Backend) -> Model {
 
 /// Loads a GGUF fixture (`models/fixtures/gguf/FILE`) on bora's CPU kernels.
 pub fn load_gguf(file: &str) -> Model {
+    load_gguf_packed(file, true)
+}
+
+/// [`load_gguf`], its quantized weights repacked for the packed kernels or not (`pack`).
+pub fn load_gguf_packed(file: &str, pack: bool) -> Model {
     let store = bora_weights::GgufStore::open(&fixture("gguf").join(file)).expect("GGUF opens");
     let cfg = bora_weights::gguf_config(&store).expect("GGUF config");
     let opts = LoadOptions {
@@ -98,7 +103,7 @@ pub fn load_gguf(file: &str) -> Model {
         device: Device::Cpu,
         backend: Backend::Host,
         quantize: None,
-        pack: true,
+        pack,
     };
     Model::new(MixtralWeights::load_gguf(&store, cfg, &opts).expect("GGUF loads")).expect("model")
 }
