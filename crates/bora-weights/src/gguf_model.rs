@@ -249,7 +249,13 @@ impl GgufLoader<'_> {
     ) -> Result<Matrix> {
         let mut h = self.host(name, &[rows, cols])?;
         if let Some(heads) = permute {
+            let mapped = h.is_mapped();
             h = h.permute_rows(&unpermute_order(rows, heads));
+            // The rows in checkpoint order are a copy: the file's need not stay resident.
+            if mapped {
+                let (f, t) = self.store.get(name)?;
+                crate::store::release_pages(&f.map, t.start, t.end);
+            }
         }
         if !name.contains("ffn_gate_inp") {
             h = self.packed(self.quantized(h, name)?, name)?;
@@ -264,12 +270,14 @@ impl GgufLoader<'_> {
         if self.opts.backend != Backend::Host || !self.opts.pack {
             return Ok(h);
         }
-        let Some(p) = h.packed() else { return Ok(h) };
         let (f, t) = self.store.get(name)?;
-        if h.is_mapped() {
-            crate::store::release_pages(&f.map, t.start, t.end);
-        }
-        Ok(p)
+        let mapped = h.is_mapped();
+        let packed = h.packed_with(|done| {
+            if mapped {
+                crate::store::release_pages(&f.map, t.start + done.start, t.start + done.end);
+            }
+        });
+        Ok(packed.unwrap_or(h))
     }
 
     /// Float weights quantized to `--quantize`'s type when one is asked for (quantized

@@ -230,14 +230,38 @@ impl HostMatrix {
     /// This quantized matrix repacked for bora's packed kernels, when the CPU and its type
     /// have them and its rows are whole tiles (`None` otherwise: keep it as it is).
     pub fn packed(&self) -> Option<Self> {
+        self.packed_with(|_| {})
+    }
+
+    /// [`HostMatrix::packed`], a few MiB at a time, calling `done` with each range of this
+    /// matrix's bytes once it is copied: a loader releases those file pages there, so that
+    /// packing a tensor never holds both copies of more than a chunk of it.
+    pub fn packed_with(&self, mut done: impl FnMut(std::ops::Range<usize>)) -> Option<Self> {
+        const CHUNK_BYTES: usize = 4 << 20;
         let WeightFormat::Quant(q) = self.format else {
             return None;
         };
         if matches!(*self.data, HostData::Packed(_)) || !packed::packable(q, self.rows, self.cols) {
             return None;
         }
-        let mut buf = QBuf::zeroed(packed::packed_bytes(q, self.rows, self.cols));
-        packed::pack(q, self.bytes(), self.rows, self.cols, buf.as_bytes_mut());
+        let (rows, cols) = (self.rows, self.cols);
+        let mut buf = QBuf::zeroed(packed::packed_bytes(q, rows, cols));
+        let src = self.bytes();
+        let tile_src = self.format.bytes(packed::PACK_ROWS, cols);
+        let tile_out = packed::packed_bytes(q, packed::PACK_ROWS, cols);
+        let per_chunk = (CHUNK_BYTES / tile_src.max(1)).max(1);
+        let tiles = rows / packed::PACK_ROWS;
+        for t0 in (0..tiles).step_by(per_chunk) {
+            let t1 = (t0 + per_chunk).min(tiles);
+            packed::pack(
+                q,
+                &src[t0 * tile_src..t1 * tile_src],
+                (t1 - t0) * packed::PACK_ROWS,
+                cols,
+                &mut buf.as_bytes_mut()[t0 * tile_out..t1 * tile_out],
+            );
+            done(t0 * tile_src..t1 * tile_src);
+        }
         Some(Self {
             data: Arc::new(HostData::Packed(buf)),
             format: self.format,

@@ -62,7 +62,7 @@ fn packed_sizes() {
 
 /// The levels this CPU runs.
 fn levels() -> Vec<Level> {
-    match level() {
+    match cpu_level() {
         Some(Level::Vnni) => vec![Level::Vnni, Level::Avx2],
         Some(Level::Avx2) => vec![Level::Avx2],
         None => vec![],
