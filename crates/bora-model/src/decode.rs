@@ -76,32 +76,25 @@ pub(crate) fn decode_attention(
     let g = hq / hkv;
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; n * hq * d];
+    // One task per (token, kv head): the kv head's g query heads read each key and value row
+    // once between them (GQA), instead of once per query head.
     let mut attend = |kpool: &[f32], vpool: &[f32]| {
-        out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
-            let (t, h) = (idx / hq, idx % hq);
+        out.par_chunks_mut(g * d).enumerate().for_each(|(idx, o)| {
+            let (t, kvh) = (idx / hkv, idx % hkv);
             let (i, p) = toks[t];
             let s = seqs[i];
             let lo = crate::attention::first_key(cfg.sliding_window, p);
-            let qh = &qr[(t * hq + h) * d..(t * hq + h + 1) * d];
-            let kvh = h / g;
-            // Where position j's key or value of this kv head sits in a pool.
-            let at = |j: usize| {
-                let b = (cache.row(&s.blocks, j) * hkv + kvh) * d;
-                b..b + d
+            // Where each position's key or value row of this kv head starts in a pool.
+            let at: Vec<usize> = (lo..=p)
+                .map(|j| (cache.row(&s.blocks, j) * hkv + kvh) * d)
+                .collect();
+            let group = Group {
+                q: &qr[(t * hq + kvh * g) * d..(t * hq + kvh * g + g) * d],
+                d,
+                scale,
+                at: &at,
             };
-            let mut scores: Vec<f32> = (lo..=p).map(|j| dot(qh, &kpool[at(j)]) * scale).collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                total += *sc;
-            }
-            for (j, &w) in (lo..=p).zip(&scores) {
-                let w = w / total;
-                for (o, &x) in o.iter_mut().zip(&vpool[at(j)]) {
-                    *o += w * x;
-                }
-            }
+            group.attend(kpool, vpool, o);
         })
     };
     with_cpu_f32(&kv.k, |kpool| {
@@ -120,7 +113,86 @@ fn rows_of(t: &Tensor, rows: &[usize]) -> Result<Vec<f32>> {
     })?)
 }
 
+/// The query heads that share one kv head, at one position, and the key/value rows they attend.
+struct Group<'a> {
+    /// `g` query heads of `d` values.
+    q: &'a [f32],
+    d: usize,
+    scale: f32,
+    /// The start of each attended position's row in the pools, in position order.
+    at: &'a [usize],
+}
+
+impl Group<'_> {
+    /// Softmax-weighted sums of the value rows into `out` (`g · d`, zeroed), with the widest
+    /// vectors this CPU has (the loops below vectorize under each `target_feature`).
+    fn attend(&self, kpool: &[f32], vpool: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use bora_kernels::Isa;
+            match Isa::get() {
+                // SAFETY: Isa::get() reports AVX-512F only where the CPU has it.
+                Isa::Avx512 => return unsafe { self.attend_avx512(kpool, vpool, out) },
+                // SAFETY: Isa::Avx2 means AVX2 and FMA are present.
+                Isa::Avx2 => return unsafe { self.attend_avx2(kpool, vpool, out) },
+                Isa::Scalar => {}
+            }
+        }
+        self.attend_any(kpool, vpool, out)
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn attend_avx512(&self, kpool: &[f32], vpool: &[f32], out: &mut [f32]) {
+        self.attend_any(kpool, vpool, out)
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx2(&self, kpool: &[f32], vpool: &[f32], out: &mut [f32]) {
+        self.attend_any(kpool, vpool, out)
+    }
+
+    #[inline(always)]
+    fn attend_any(&self, kpool: &[f32], vpool: &[f32], out: &mut [f32]) {
+        let (d, n) = (self.d, self.at.len());
+        let g = self.q.len() / d.max(1);
+        // scores[h · n + j]: head h against position j.
+        let mut scores = vec![0f32; g * n];
+        for (j, &a) in self.at.iter().enumerate() {
+            let k = &kpool[a..a + d];
+            for (h, q) in self.q.chunks_exact(d).enumerate() {
+                scores[h * n + j] = dot(q, k) * self.scale;
+            }
+        }
+        let mut inv = vec![0f32; g];
+        for (row, inv) in scores.chunks_exact_mut(n.max(1)).zip(inv.iter_mut()) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0;
+            for sc in row.iter_mut() {
+                *sc = (*sc - max).exp();
+                total += *sc;
+            }
+            *inv = 1.0 / total;
+        }
+        for (j, &a) in self.at.iter().enumerate() {
+            let v = &vpool[a..a + d];
+            for (h, o) in out.chunks_exact_mut(d).enumerate() {
+                let w = scores[h * n + j] * inv[h];
+                for (o, &x) in o.iter_mut().zip(v) {
+                    *o += w * x;
+                }
+            }
+        }
+    }
+}
+
 /// A dot product the compiler vectorizes (eight independent partial sums).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
