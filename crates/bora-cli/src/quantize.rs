@@ -33,7 +33,11 @@ pub fn main(a: Args) -> Result<()> {
     let started = Instant::now();
     let src = ModelArgs::source_only(a.model.clone()).dir()?;
     let cpu = || "cpu".parse::<bora_core::DeviceSpec>()?.open();
-    let opts = LoadOptions::new(bora_weights::WeightDType::F32, cpu()?);
+    // Read row by row into the written file: no use repacking for the kernels.
+    let opts = LoadOptions {
+        pack: false,
+        ..LoadOptions::new(bora_weights::WeightDType::F32, cpu()?)
+    };
     let (weights, vocab, name) = if src.is_file() {
         let store = GgufStore::open(&src)?;
         let cfg = gguf_config(&store)?;
