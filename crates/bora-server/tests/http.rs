@@ -576,14 +576,33 @@ async fn metrics_count_requests_tokens_and_experts() {
         assert!(text.contains(needle), "{needle} not in:\n{text}");
     }
     // Every token the model computed went through 2 experts in each of the 2 layers: the
-    // prompt's, and the 11 generated tokens fed back (the 12th is not).
-    for layer in 0..2 {
-        let routed: u64 = text
-            .lines()
+    // prompt's, and the 11 generated tokens fed back (the 12th is not). The engine publishes
+    // its stats after the step that sent the last event, so the answer can come a moment
+    // before the last step's count: scrape until it is there (or 5 s).
+    let routed = |text: &str, layer: usize| -> u64 {
+        text.lines()
             .filter(|l| l.starts_with(&format!("bora_expert_tokens_total{{layer=\"{layer}\"")))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
-        assert_eq!(routed, 2 * (prompt + 11), "layer {layer}");
+            .sum()
+    };
+    let want = 2 * (prompt + 11);
+    let mut text = text;
+    for _ in 0..50 {
+        if (0..2).all(|l| routed(&text, l) >= want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = client()
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    for layer in 0..2 {
+        assert_eq!(routed(&text, layer), want, "layer {layer}");
     }
 }
 
