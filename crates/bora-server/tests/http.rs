@@ -554,14 +554,17 @@ async fn metrics_count_requests_tokens_and_experts() {
             .status(),
         400
     );
-    let text = client()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = async || {
+        client()
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let text = scrape().await;
     for needle in [
         "bora_requests_total{status=\"200\"} 1",
         "bora_requests_total{status=\"400\"} 1",
@@ -592,14 +595,7 @@ async fn metrics_count_requests_tokens_and_experts() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        text = client()
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        text = scrape().await;
     }
     for layer in 0..2 {
         assert_eq!(routed(&text, layer), want, "layer {layer}");

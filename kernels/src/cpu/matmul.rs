@@ -63,6 +63,14 @@ impl WeightRef<'_> {
         }
     }
 
+    /// The quantized type, for ggml blocks as stored or packed.
+    pub fn quantized(&self) -> Option<QType> {
+        match self {
+            WeightRef::Quant(q, _) | WeightRef::Packed(q, _) => Some(*q),
+            _ => None,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -201,56 +209,42 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
     let padded: Vec<Option<(Vec<f32>, usize, usize)>> = products
         .iter()
         .map(|p| {
-            let float = !matches!(p.w, WeightRef::Quant(..) | WeightRef::Packed(..));
+            let float = p.w.quantized().is_none();
             let dot = float && p.m >= 2 && gemv(p.m) && p.k > 0;
             (dot && p.x.len() == p.m * p.k).then(|| pad_rows(p.x, p.m, p.k))
         })
         .collect();
-    // Quantized weights take activations quantized once per product (and kind), as ggml does.
-    let qacts: Vec<Vec<QActs>> = products
+    // Quantized weights take activations quantized once per product (and kind), as ggml does;
+    // packed weights, once per product and type, with the sums their kernels take.
+    type Acts = (Vec<QActs>, Vec<(QType, PackedActs)>);
+    let all_acts: Vec<Acts> = products
         .iter()
         .map(|p| {
-            let mut kinds: Vec<QActs> = Vec::new();
+            let (mut quant, mut packed): Acts = (Vec::new(), Vec::new());
             let ws = std::iter::once(p.w).chain(p.twin.as_ref().map(|t| t.w));
             for w in ws {
-                if let WeightRef::Quant(q, _) = w {
-                    assert!(
-                        p.k.is_multiple_of(q.block_elems()) && p.x.len() == p.m * p.k,
-                        "matmul: {q} weight rows of {} values are not whole blocks",
-                        p.k
-                    );
-                    if !kinds.iter().any(|a| a.kind == q.act_quant()) {
-                        kinds.push(QActs::new(q.act_quant(), p.x, p.m, p.k));
+                let Some(q) = w.quantized() else { continue };
+                assert!(
+                    p.k.is_multiple_of(q.block_elems()) && p.x.len() == p.m * p.k,
+                    "matmul: {q} weight rows of {} values are not whole blocks",
+                    p.k
+                );
+                match w {
+                    WeightRef::Packed(..) if p.m > 0 && !packed.iter().any(|a| a.0 == q) => {
+                        packed.push((q, PackedActs::new(q, p.x, p.m, p.k)))
                     }
+                    WeightRef::Quant(..) if !quant.iter().any(|a| a.kind == q.act_quant()) => {
+                        quant.push(QActs::new(q.act_quant(), p.x, p.m, p.k))
+                    }
+                    _ => {}
                 }
             }
-            kinds
-        })
-        .collect();
-    // Packed weights take activations quantized with their sums, once per product and type.
-    let pacts: Vec<Vec<(QType, PackedActs)>> = products
-        .iter()
-        .map(|p| {
-            let mut kinds: Vec<(QType, PackedActs)> = Vec::new();
-            let ws = std::iter::once(p.w).chain(p.twin.as_ref().map(|t| t.w));
-            for w in ws {
-                if let WeightRef::Packed(q, _) = w {
-                    assert!(
-                        p.k.is_multiple_of(q.block_elems()) && p.x.len() == p.m * p.k,
-                        "matmul: {q} weight rows of {} values are not whole blocks",
-                        p.k
-                    );
-                    if !kinds.iter().any(|a| a.0 == q) && p.m > 0 {
-                        kinds.push((q, PackedActs::new(q, p.x, p.m, p.k)));
-                    }
-                }
-            }
-            kinds
+            (quant, packed)
         })
         .collect();
     let mut jobs = Vec::with_capacity(products.len());
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (job, first row, rows)
-    for (((p, pad), acts), pacts) in products.iter_mut().zip(&padded).zip(&qacts).zip(&pacts) {
+    for ((p, pad), (acts, pacts)) in products.iter_mut().zip(&padded).zip(&all_acts) {
         assert_eq!(p.x.len(), p.m * p.k, "matmul: x is not [m, k]");
         assert_eq!(p.w.len(), p.n * p.k, "matmul: w is not [n, k]");
         assert_eq!(p.out.len(), p.m * p.n, "matmul: out is not [m, n]");
@@ -258,8 +252,9 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             assert_eq!(t.w.len(), p.n * p.k, "matmul: twin w is not [n, k]");
             assert_eq!(t.out.len(), p.m * p.n, "matmul: twin out is not [m, n]");
         }
-        let quant = matches!(p.w, WeightRef::Quant(..) | WeightRef::Packed(..));
-        if let WeightRef::Packed(..) = p.w {
+        let quant = p.w.quantized().is_some();
+        let packed = matches!(p.w, WeightRef::Packed(..));
+        if packed {
             assert!(
                 p.n.is_multiple_of(PACK_ROWS),
                 "matmul: packed rows are not whole tiles"
@@ -275,7 +270,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             }
             continue;
         }
-        let block = if let WeightRef::Packed(..) = p.w {
+        let block = if packed {
             // Whole tiles; several tasks per thread, so that a thread slowed down by another
             // process sharing its core leaves its rest to the others.
             p.n.div_ceil(threads * 4)
@@ -294,7 +289,6 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
         let mut halves = vec![(p.w, OutPtr(p.out.as_mut_ptr()), None)];
         if let Some(t) = p.twin.as_mut() {
             let twin = (t.w, OutPtr(t.out.as_mut_ptr()));
-            let packed = matches!(p.w, WeightRef::Packed(..));
             if (gemv(p.m) || quant) && same_dtype(p.w, t.w) && !packed {
                 halves[0].2 = Some(twin);
             } else {
