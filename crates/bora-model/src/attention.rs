@@ -37,7 +37,8 @@ pub(crate) fn attention(
     );
     let qkv = Matrix::forward_many(x, &[&w.q, &w.k, &w.v])?;
     let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]); // [T, Hq·D], [T, Hkv·D], [T, Hkv·D]
-                                                 // Decode steps of a CPU f32 model take the in-place kernel, all together.
+
+    // Every sequence of a CPU f32 model takes the in-place kernel, all together.
     let host =
         x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && ctx.rope.host().is_some();
     let mut starts = Vec::with_capacity(batch.seqs.len());
@@ -49,7 +50,7 @@ pub(crate) fn attention(
     let fast: Vec<usize> = (0..batch.seqs.len())
         .filter(|&i| {
             let l = batch.seqs[i].tokens.len();
-            host && (l == 1 || (ctx.invariant && l > 0))
+            host && l > 0
         })
         .collect();
     let fast_out = if fast.is_empty() {
@@ -57,7 +58,7 @@ pub(crate) fn attention(
     } else {
         let rows: Vec<usize> = fast.iter().map(|&i| starts[i]).collect();
         let seqs: Vec<&crate::SeqInput> = fast.iter().map(|&i| &batch.seqs[i]).collect();
-        Some(crate::decode::decode_attention(
+        Some(crate::decode::pool_attention(
             ctx, q, k, v, &rows, &seqs, cache,
         )?)
     };

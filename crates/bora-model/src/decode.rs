@@ -1,7 +1,10 @@
-//! Attention for decode steps (one new token per sequence) on the CPU in f32, computed in place
-//! over the KV pool: no gather of a sequence's keys and values, and a handful of operations per
-//! step instead of some thirty candle operations per sequence and layer. In batch-invariant
-//! mode prefill chunks take it too, one query at a time.
+//! Attention on the CPU in f32, computed in place over the KV pool: no gather of a sequence's
+//! keys and values and no score matrix, the softmax taken online over blocks of positions
+//! (flash attention's scheme). Decode steps attend one token per task, its keys split into
+//! fixed chunks; prefill chunks attend [`TOKENS`] consecutive tokens per task, each key row read
+//! once for all of them. In batch-invariant mode prefill takes the decode path, one token at a
+//! time, so that a position's attention is computed the same way whether it is decoded or
+//! prefilled, and whatever the chunking or the batch.
 
 use bora_weights::with_cpu_f32;
 use candle_core::Tensor;
@@ -13,12 +16,10 @@ use crate::rope::Rope;
 use crate::{ModelError, Result, SeqInput};
 
 /// `q` `[T, Hq·D]`, `k` and `v` `[T, Hkv·D]` (f32, CPU, contiguous) of a step; sequence
-/// `seqs[i]`'s tokens are rows `rows[i]..rows[i] + seqs[i].tokens.len()` (one for a decode
-/// step; a whole chunk in batch-invariant mode, where prefill takes this path too, so that a
-/// position's attention is computed the same way whether it is decoded or prefilled, and
-/// whatever the chunking). Writes their keys and values into the cache and returns their
-/// attention outputs `[n, Hq·D]`, `n` the tokens of all of them, in order.
-pub(crate) fn decode_attention(
+/// `seqs[i]`'s tokens are rows `rows[i]..rows[i] + seqs[i].tokens.len()`. Writes their keys and
+/// values into the cache and returns their attention outputs `[n, Hq·D]`, `n` the tokens of all
+/// of them, in order. `invariant`: one token per task, whatever the sequence's length.
+pub(crate) fn pool_attention(
     ctx: &AttentionCtx<'_>,
     q: &Tensor,
     k: &Tensor,
@@ -28,6 +29,7 @@ pub(crate) fn decode_attention(
     cache: &KvCache,
 ) -> Result<Tensor> {
     let cfg = ctx.cfg;
+    let invariant = ctx.invariant;
     let (hq, hkv, d) = (
         cfg.num_attention_heads,
         cfg.num_key_value_heads,
@@ -78,41 +80,72 @@ pub(crate) fn decode_attention(
         *x *= scale;
     }
     let shape = Shape { hq, hkv, d };
-    // Each token's keys split into chunks of CHUNK positions, one task each; the chunks'
-    // partial softmaxes merge afterwards. A chunk's boundaries depend on its position alone,
-    // so a position's attention is the same whatever the batch or the thread count.
-    let spans: Vec<(usize, usize)> = toks
-        .iter()
-        .map(|&(_, p)| (crate::attention::first_key(cfg.sliding_window, p), p + 1))
-        .collect();
-    let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (token, first, end)
-    let mut first_task = Vec::with_capacity(n + 1);
-    for (t, &(lo, hi)) in spans.iter().enumerate() {
+    // Blocks of tokens, one sequence's consecutive positions each: (first token, tokens).
+    let mut blocks: Vec<(usize, usize)> = Vec::new();
+    let mut first = 0;
+    for s in seqs {
+        let l = s.tokens.len();
+        let per = if invariant { 1 } else { TOKENS };
+        blocks.extend((0..l).step_by(per).map(|u| (first + u, per.min(l - u))));
+        first += l;
+    }
+    // Each block's keys split into chunks, one task each; the chunks' partial softmaxes merge
+    // afterwards. A lone token's chunks are CHUNK positions from its first key, so that its
+    // attention is the same whatever the batch or the thread count; a block's are as many as
+    // keep every worker busy.
+    let busy = 4 * rayon::current_num_threads();
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (block, first key, end)
+    let mut first_task = Vec::with_capacity(blocks.len() + 1);
+    for (bi, &(t0, nt)) in blocks.iter().enumerate() {
         first_task.push(tasks.len());
-        tasks.extend((lo..hi).step_by(CHUNK).map(|a| (t, a, (a + CHUNK).min(hi))));
+        let lo = crate::attention::first_key(cfg.sliding_window, toks[t0].1);
+        let hi = toks[t0 + nt - 1].1 + 1;
+        let len = if nt == 1 {
+            CHUNK
+        } else {
+            let pieces = busy.div_ceil(blocks.len()).min((hi - lo).div_ceil(CHUNK));
+            (hi - lo).div_ceil(pieces.max(1))
+        };
+        tasks.extend((lo..hi).step_by(len).map(|a| (bi, a, (a + len).min(hi))));
     }
     first_task.push(tasks.len());
-    let stride = shape.partial_len();
-    let mut parts = vec![0f32; tasks.len() * stride];
+    let per_task = blocks.iter().map(|b| b.1).max().unwrap_or(1) * shape.partial_len();
+    let mut parts = vec![0f32; tasks.len() * per_task];
     let mut out = vec![0f32; n * hq * d];
     with_cpu_f32(&kv.k, |kpool| {
         with_cpu_f32(&kv.v, |vpool| {
             parts
-                .par_chunks_mut(stride)
+                .par_chunks_mut(per_task)
                 .zip(&tasks)
-                .for_each(|(part, &(t, a, b))| {
-                    let s = seqs[toks[t].0];
+                .for_each(|(part, &(bi, a, b))| {
+                    let (t0, nt) = blocks[bi];
+                    let s = seqs[toks[t0].0];
                     let chunk = Chunk {
                         shape,
-                        q: &qr[t * hq * d..(t + 1) * hq * d],
+                        q: &qr[t0 * hq * d..(t0 + nt) * hq * d],
+                        pos: toks[t0].1,
+                        window: cfg.sliding_window,
                         rows: &|j| cache.row(&s.blocks, j),
                         span: (a, b),
                     };
-                    chunk.attend(kpool, vpool, part);
+                    chunk.attend(kpool, vpool, &mut part[..nt * shape.partial_len()]);
                 });
-            out.par_chunks_mut(hq * d).enumerate().for_each(|(t, o)| {
-                let ps = &parts[first_task[t] * stride..first_task[t + 1] * stride];
-                shape.merge(ps, o);
+            let (outs, parts, first_task) = (&mut out, &parts, &first_task);
+            let mut by_block: Vec<(&mut [f32], usize)> = Vec::with_capacity(blocks.len());
+            let mut rest = &mut outs[..];
+            for (bi, &(_, nt)) in blocks.iter().enumerate() {
+                let (o, r) = rest.split_at_mut(nt * hq * d);
+                by_block.push((o, bi));
+                rest = r;
+            }
+            by_block.into_par_iter().for_each(|(o, bi)| {
+                let ps = &parts[first_task[bi] * per_task..first_task[bi + 1] * per_task];
+                for (u, o) in o.chunks_exact_mut(hq * d).enumerate() {
+                    let mine = ps
+                        .chunks_exact(per_task)
+                        .map(|p| &p[u * shape.partial_len()..(u + 1) * shape.partial_len()]);
+                    shape.merge(mine, o);
+                }
             });
         })
     })??;
@@ -129,10 +162,15 @@ fn rows_of(t: &Tensor, rows: &[usize]) -> Result<Vec<f32>> {
     })?)
 }
 
-/// Positions one task attends: a token's keys are split into chunks of this many.
+/// Positions a decode token's task attends: its keys are split into chunks of this many.
 const CHUNK: usize = 256;
 /// Positions scored together before their softmax weights are applied to the values.
 const SUB: usize = 32;
+/// Tokens of a prefill chunk that one task attends together, each key row read once for all.
+const TOKENS: usize = 8;
+/// From this many tokens on, a block of keys is transposed so that the scores are products of
+/// broadcast query values with rows of keys (no horizontal sums).
+const TRANSPOSE_FROM: usize = 4;
 
 /// Head counts and size (the legend of `lib.rs`: Hq, Hkv, D).
 #[derive(Clone, Copy)]
@@ -143,24 +181,25 @@ struct Shape {
 }
 
 impl Shape {
-    /// Floats of one chunk's partial result: `Hq · D` unnormalized sums, then the `Hq` running
-    /// maxima, then the `Hq` sums of weights.
+    /// Floats of one token's partial result over a chunk of keys: `Hq · D` unnormalized sums,
+    /// then the `Hq` running maxima, then the `Hq` sums of weights.
     fn partial_len(&self) -> usize {
         self.hq * (self.d + 2)
     }
 
-    /// Merges a token's chunk partials (in position order) into its attention output
-    /// `[Hq · D]`.
-    fn merge(&self, parts: &[f32], out: &mut [f32]) {
+    /// Merges a token's partials over its chunks of keys into its attention output `[Hq · D]`.
+    fn merge<'p>(&self, parts: impl Iterator<Item = &'p [f32]> + Clone, out: &mut [f32]) {
         let (hq, d) = (self.hq, self.d);
-        let parts: Vec<&[f32]> = parts.chunks_exact(self.partial_len()).collect();
         for (h, o) in out.chunks_exact_mut(d).enumerate() {
             let m = |p: &[f32]| p[hq * d + h];
-            let top = parts.iter().map(|p| m(p)).fold(f32::NEG_INFINITY, f32::max);
+            let top = parts.clone().map(m).fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0.0;
             o.fill(0.0);
-            for p in &parts {
+            for p in parts.clone() {
                 let w = (m(p) - top).exp();
+                if w == 0.0 {
+                    continue; // no key of this chunk is visible to the token
+                }
                 total += w * p[hq * d + hq + h];
                 for (o, &x) in o.iter_mut().zip(&p[h * d..(h + 1) * d]) {
                     *o += w * x;
@@ -174,20 +213,23 @@ impl Shape {
     }
 }
 
-/// One token's queries against a chunk of its keys and values.
+/// Queries of consecutive tokens of one sequence against a chunk of its keys and values.
 struct Chunk<'a> {
     shape: Shape,
-    /// `Hq` query heads of `D` values, already scaled by `1/√D`.
+    /// `[T, Hq, D]`, already scaled by `1/√D`: tokens at positions `pos..pos + T`.
     q: &'a [f32],
+    pos: usize,
+    window: Option<usize>,
     /// The pool row of a position.
     rows: &'a (dyn Fn(usize) -> usize + Sync),
-    /// The positions `a..b` attended.
+    /// The positions `a..b` attended (each token sees those of its causal window among them).
     span: (usize, usize),
 }
 
 impl Chunk<'_> {
-    /// Writes the chunk's partial result (see [`Shape::partial_len`]) into `part`, with the
-    /// widest vectors this CPU has (the loops below vectorize under each `target_feature`).
+    /// Writes each token's partial result (see [`Shape::partial_len`]) into `part`
+    /// (`T` of them), with the widest vectors this CPU has (the loops below vectorize under
+    /// each `target_feature`).
     fn attend(&self, kpool: &[f32], vpool: &[f32], part: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -219,20 +261,23 @@ impl Chunk<'_> {
         self.attend_any(kpool, vpool, part)
     }
 
-    /// Online softmax over blocks of [`SUB`] positions: each block's scores for every head,
-    /// then its weights, the running maximum and sum rescaled, and the weighted value rows
-    /// added. Each pool row (all kv heads of a position) is read once, in position order.
+    /// Online softmax over blocks of [`SUB`] positions: the block's scores for every token and
+    /// head, then their weights, each running maximum and sum rescaled, and the weighted value
+    /// rows added. Each pool row (all kv heads of a position) is read once, in position order.
     #[inline(always)]
     fn attend_any(&self, kpool: &[f32], vpool: &[f32], part: &mut [f32]) {
         let Shape { hq, hkv, d } = self.shape;
-        let (g, width) = (hq / hkv, hkv * d);
-        let (acc, rest) = part.split_at_mut(hq * d);
-        let (m, l) = rest.split_at_mut(hq);
-        acc.fill(0.0);
-        m.fill(f32::NEG_INFINITY);
-        l.fill(0.0);
-        // scores[h · SUB + j]: head h against the block's position j.
-        let mut scores = vec![0f32; hq * SUB];
+        let (g, width, stride) = (hq / hkv, hkv * d, self.shape.partial_len());
+        let nt = self.q.len() / (hq * d);
+        for p in part.chunks_exact_mut(stride) {
+            p[..hq * d].fill(0.0);
+            p[hq * d..hq * d + hq].fill(f32::NEG_INFINITY);
+            p[hq * d + hq..].fill(0.0);
+        }
+        // scores[(t · Hq + h) · SUB + j]: token t's head h against the block's position j.
+        let mut scores = vec![0f32; nt * hq * SUB];
+        // Keys of the block transposed: kt[(kv head · D + i) · SUB + j].
+        let mut kt = vec![0f32; if nt >= TRANSPOSE_FROM { width * SUB } else { 0 }];
         let mut rows = [0usize; SUB];
         let (a, b) = self.span;
         for first in (a..b).step_by(SUB) {
@@ -240,40 +285,113 @@ impl Chunk<'_> {
             for (j, r) in rows[..n].iter_mut().enumerate() {
                 *r = (self.rows)(first + j) * width;
             }
-            for (j, &r) in rows[..n].iter().enumerate() {
-                let k = &kpool[r..r + width];
-                for (h, q) in self.q.chunks_exact(d).enumerate() {
-                    let kh = h / g * d;
-                    scores[h * SUB + j] = dot(q, &k[kh..kh + d]);
-                }
-            }
-            for h in 0..hq {
-                let s = &mut scores[h * SUB..h * SUB + n];
-                let top = m[h].max(s.iter().copied().fold(f32::NEG_INFINITY, f32::max));
-                let keep = exp(m[h] - top);
-                m[h] = top;
-                for x in s.iter_mut() {
-                    *x = exp(*x - top);
-                }
-                l[h] = l[h] * keep + s.iter().sum::<f32>();
-                if keep != 1.0 {
-                    for x in &mut acc[h * d..(h + 1) * d] {
-                        *x *= keep;
+            if kt.is_empty() {
+                for (j, &r) in rows[..n].iter().enumerate() {
+                    let k = &kpool[r..r + width];
+                    for (th, q) in self.q.chunks_exact(d).enumerate() {
+                        let kh = th % hq / g * d;
+                        scores[th * SUB + j] = dot(q, &k[kh..kh + d]);
                     }
                 }
-            }
-            for (j, &r) in rows[..n].iter().enumerate() {
-                let v = &vpool[r..r + width];
-                for (h, o) in acc.chunks_exact_mut(d).enumerate() {
-                    let w = scores[h * SUB + j];
-                    let vh = &v[h / g * d..h / g * d + d];
-                    for (o, &x) in o.iter_mut().zip(vh) {
-                        *o += w * x;
+            } else {
+                for (j, &r) in rows[..n].iter().enumerate() {
+                    for (i, &x) in kpool[r..r + width].iter().enumerate() {
+                        kt[i * SUB + j] = x;
                     }
+                }
+                for (th, q) in self.q.chunks_exact(d).enumerate() {
+                    let kh = th % hq / g * d;
+                    let mut s = [0f32; SUB];
+                    for (&x, k) in q.iter().zip(kt[kh * SUB..].chunks_exact(SUB)) {
+                        for j in 0..SUB {
+                            s[j] += x * k[j];
+                        }
+                    }
+                    scores[th * SUB..(th + 1) * SUB].copy_from_slice(&s);
+                }
+            }
+            for (t, p) in part.chunks_exact_mut(stride).enumerate() {
+                // The block's positions this token sees: its causal window.
+                let pos = self.pos + t;
+                let lo = crate::attention::first_key(self.window, pos).max(first) - first;
+                let hi = (pos + 1).min(first + n).saturating_sub(first);
+                let (acc, rest) = p.split_at_mut(hq * d);
+                let (m, l) = rest.split_at_mut(hq);
+                for h in 0..hq {
+                    let s = &mut scores[(t * hq + h) * SUB..(t * hq + h) * SUB + n];
+                    if lo >= hi {
+                        continue;
+                    }
+                    let seen = &mut s[lo..hi];
+                    let top = m[h].max(max(seen));
+                    let keep = exp(m[h] - top);
+                    m[h] = top;
+                    for x in seen.iter_mut() {
+                        *x = exp(*x - top);
+                    }
+                    l[h] = l[h] * keep + seen.iter().sum::<f32>();
+                    let o = &mut acc[h * d..(h + 1) * d];
+                    if keep != 1.0 {
+                        for x in o.iter_mut() {
+                            *x *= keep;
+                        }
+                    }
+                    add_weighted(o, seen, &rows[lo..hi], vpool, h / g * d);
                 }
             }
         }
     }
+}
+
+/// `o += Σ w[j] · v_j`, `v_j` the `o.len()` values at `rows[j] + at` of the pool: `o` is taken
+/// in slices of 64 and then 16 values held in registers over all the rows.
+#[inline(always)]
+fn add_weighted(o: &mut [f32], w: &[f32], rows: &[usize], vpool: &[f32], at: usize) {
+    #[inline(always)]
+    fn slice<const W: usize>(o: &mut [f32], w: &[f32], rows: &[usize], vpool: &[f32], at: usize) {
+        let mut acc = [0f32; W];
+        acc.copy_from_slice(o);
+        for (&w, &r) in w.iter().zip(rows) {
+            let v = &vpool[r + at..r + at + W];
+            for i in 0..W {
+                acc[i] += w * v[i];
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+    let d = o.len();
+    let mut c = 0;
+    while c + 64 <= d {
+        slice::<64>(&mut o[c..c + 64], w, rows, vpool, at + c);
+        c += 64;
+    }
+    while c + 16 <= d {
+        slice::<16>(&mut o[c..c + 16], w, rows, vpool, at + c);
+        c += 16;
+    }
+    for i in c..d {
+        for (&w, &r) in w.iter().zip(rows) {
+            o[i] += w * vpool[r + at + i];
+        }
+    }
+}
+
+/// The largest value (NaN is skipped), in sixteen lanes the compiler vectorizes.
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut top = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for i in 0..16 {
+            top[i] = if c[i] > top[i] { c[i] } else { top[i] };
+        }
+    }
+    top.iter().copied().fold(tail, f32::max)
 }
 
 /// A dot product the compiler vectorizes (sixteen independent partial sums).

@@ -39,9 +39,44 @@ fn run(path: &str, c: &Chunk<'_>, k: &[f32], v: &[f32], part: &mut [f32]) {
     }
 }
 
-/// Chunked online-softmax attention, its chunks merged, equals softmax(q·k)·v computed in f64
-/// over the whole span at once, for spans across the SUB and CHUNK boundaries, with a
-/// scattered row map (as a block table makes) and grouped query heads.
+/// softmax(q·k)·v of token `t` (at `pos`) over keys `lo..=pos`, in f64.
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    shape: Shape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    row: &dyn Fn(usize) -> usize,
+    lo: usize,
+    pos: usize,
+    out: &mut [f64],
+) {
+    let Shape { hq, hkv, d } = shape;
+    let g = hq / hkv;
+    for h in 0..hq {
+        let kh = h / g * d;
+        let s: Vec<f64> = (lo..=pos)
+            .map(|j| {
+                let r = row(j) * hkv * d + kh;
+                (0..d).map(|i| q[h * d + i] as f64 * k[r + i] as f64).sum()
+            })
+            .collect();
+        let top = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = s.iter().map(|x| (x - top).exp()).sum();
+        for (j, x) in (lo..=pos).zip(&s) {
+            let r = row(j) * hkv * d + kh;
+            for i in 0..d {
+                out[h * d + i] += (x - top).exp() / total * v[r + i] as f64;
+            }
+        }
+    }
+}
+
+/// Blocks of tokens attending chunks of keys with the online softmax, the chunks merged,
+/// equal softmax(q·k)·v computed in f64 over each token's whole window at once: for one token
+/// and for blocks (below and above TRANSPOSE_FROM tokens), spans across the SUB and CHUNK
+/// boundaries, causal and sliding windows, a scattered row map (as a block table makes) and
+/// grouped query heads, on every path this CPU can run.
 #[test]
 fn chunked_attention_matches_the_plain_softmax() {
     let shape = Shape {
@@ -50,65 +85,92 @@ fn chunked_attention_matches_the_plain_softmax() {
         d: 40,
     };
     let Shape { hq, hkv, d } = shape;
-    let g = hq / hkv;
-    for &len in &[1usize, 2, 31, 33, 256, 257, 700] {
-        let pool = if (len + 5) % 7 == 0 { len + 6 } else { len + 5 };
+    // (first position, tokens, sliding window, keys per task)
+    let cases = [
+        (0, 1, None, CHUNK),
+        (1, 1, None, CHUNK),
+        (30, 1, None, CHUNK),
+        (32, 1, None, CHUNK),
+        (255, 1, None, CHUNK),
+        (256, 1, None, CHUNK),
+        (699, 1, None, CHUNK),
+        (699, 1, Some(100), CHUNK),
+        (0, 3, None, 100),
+        (40, 3, Some(37), 30),
+        (0, TOKENS, None, 1000),
+        (60, TOKENS, None, 50),
+        (300, TOKENS, Some(20), 16),
+        (500, 5, Some(64), 64),
+    ];
+    for (pos0, nt, window, per) in cases {
+        let end = pos0 + nt;
+        let mut pool = end + 5;
+        if pool % 7 == 0 {
+            pool += 1;
+        }
         // Scores spread wide enough that the softmax is far from uniform.
         let k: Vec<f32> = noise(1, pool * hkv * d).iter().map(|x| 3.0 * x).collect();
         let v = noise(2, pool * hkv * d);
-        let q = noise(3, hq * d);
-        let row = |j: usize| (j * 7 + 3) % pool; // a permutation: pool and 7 are coprime here
-        assert!(
-            (0..len)
+        let q = noise(3, nt * hq * d);
+        let row = |j: usize| (j * 7 + 3) % pool; // a permutation: 7 does not divide pool
+        assert_eq!(
+            (0..end)
                 .map(row)
                 .collect::<std::collections::HashSet<_>>()
-                .len()
-                == len
+                .len(),
+            end
         );
-        let mut want = vec![0f64; hq * d];
-        for h in 0..hq {
-            let kh = h / g * d;
-            let s: Vec<f64> = (0..len)
-                .map(|j| {
-                    let r = row(j) * hkv * d + kh;
-                    (0..d).map(|i| q[h * d + i] as f64 * k[r + i] as f64).sum()
-                })
-                .collect();
-            let top = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let total: f64 = s.iter().map(|x| (x - top).exp()).sum();
-            for (j, x) in s.iter().enumerate() {
-                let r = row(j) * hkv * d + kh;
-                for i in 0..d {
-                    want[h * d + i] += (x - top).exp() / total * v[r + i] as f64;
-                }
-            }
+        let lo = crate::attention::first_key(window, pos0);
+        let mut want = vec![0f64; nt * hq * d];
+        for (t, w) in want.chunks_exact_mut(hq * d).enumerate() {
+            let p = pos0 + t;
+            let qt = &q[t * hq * d..(t + 1) * hq * d];
+            reference(
+                shape,
+                qt,
+                &k,
+                &v,
+                &row,
+                crate::attention::first_key(window, p),
+                p,
+                w,
+            );
         }
         for path in paths() {
-            let spans: Vec<(usize, usize)> = (0..len)
-                .step_by(CHUNK)
-                .map(|a| (a, (a + CHUNK).min(len)))
+            let spans: Vec<(usize, usize)> = (lo..end)
+                .step_by(per)
+                .map(|a| (a, (a + per).min(end)))
                 .collect();
-            let mut parts = vec![0f32; spans.len() * shape.partial_len()];
-            for (span, part) in spans
-                .iter()
-                .zip(parts.chunks_exact_mut(shape.partial_len()))
-            {
+            let stride = nt * shape.partial_len();
+            let mut parts = vec![0f32; spans.len() * stride];
+            for (span, part) in spans.iter().zip(parts.chunks_exact_mut(stride)) {
                 let c = Chunk {
                     shape,
                     q: &q,
+                    pos: pos0,
+                    window,
                     rows: &row,
                     span: *span,
                 };
                 run(path, &c, &k, &v, part);
             }
-            let mut got = vec![0f32; hq * d];
-            shape.merge(&parts, &mut got);
+            let mut got = vec![0f32; nt * hq * d];
+            for (t, o) in got.chunks_exact_mut(hq * d).enumerate() {
+                let len = shape.partial_len();
+                let mine = parts
+                    .chunks_exact(stride)
+                    .map(|p| &p[t * len..(t + 1) * len]);
+                shape.merge(mine, o);
+            }
             let worst = got
                 .iter()
                 .zip(&want)
                 .map(|(&a, &b)| (a as f64 - b).abs())
                 .fold(0.0, f64::max);
-            assert!(worst < 2e-5, "{path}, {len} positions: off by {worst}");
+            assert!(
+                worst < 2e-5,
+                "{path}, {nt} tokens from {pos0}, window {window:?}: off by {worst}"
+            );
         }
     }
 }
