@@ -15,9 +15,10 @@
 #           against llama-batched-bench -npl, aggregate tokens/s, at Q4_K_M and Q8_0
 #   avx2    Q4_K_M and Q8_0 with BORA_CPU_ISA=avx2 against a GGML_NATIVE=OFF GGML_AVX2=ON
 #           GGML_AVX512=OFF build (LLAMA_ISA=avx2), as Zen 3 and Intel clients run them
-#   depth   decode of 32 tokens after DEPTHS (default 4096 16384) tokens at Q4_K_M, on the same
-#           weights under Mixtral's 32k window (the bench model's config has 4096): llama-bench
-#           -d with its default attention and -fa 1, the better of the two
+#   depth   a prompt of DEPTHS (default 4096 16384) tokens, then decode of 32, at Q4_K_M, on the
+#           same weights under Mixtral's 32k window (the bench model's config has 4096):
+#           llama-bench -p D for the prompt and -d D for the decode, each with its default
+#           attention and -fa 1, the better of the two
 #   load    Q4_K_M single stream beside a fixed competing load: one busy process per
 #           LOAD_PROCS (default 1) started before and stopped after each engine's run
 # Usage: benches/gguf.sh [DIR]   (DIR keeps the checkpoints and GGUF files; default .cache/bench-model)
@@ -134,6 +135,7 @@ for _ in $(seq "${REPEAT:-3}"); do
     for d in $depths; do
       f="$dir/mixtral-long-Q4_K_M.gguf"
       bora "Q4_K_M d$d" "$f" --prompt-len "$d" --gen-len 32 --batch 1
+      llama "Q4_K_M d$d" "$lbin/llama-bench" "$f" -p "$d" -n 0 -fa 0,1
       llama "Q4_K_M d$d" "$lbin/llama-bench" "$f" -p 0 -n 32 -d "$d" -fa 0,1
     done
   fi
@@ -156,7 +158,8 @@ for r in map(json.loads, open(sys.argv[1])):
     for k in ("loaded", "file", "bound", "bw"):
         if k in r:
             b[k] = r[k] if k != "loaded" else max(b.get(k, 0), r[k])
-print("best of the interleaved runs; single stream: prompt 128, decode 128; depth: decode 32;"
+print("best of the interleaved runs; single stream: prompt 128, decode 128; dD: prompt D, then"
+      " decode 32;"
       " xN: N streams, aggregate tokens/s")
 print(f"{'case':16} {'bora pp':>9} {'llama pp':>9} {'ratio':>6} {'bora tg':>9} {'llama tg':>9} {'ratio':>6}")
 ratio = lambda a, b: f"{a / b:6.2f}" if a and b else f"{'-':>6}"

@@ -12,7 +12,7 @@ pub mod quant;
 mod quant_k;
 
 pub use cpu::{
-    batch_invariant, batch_invariant_scope, matmul_many, matmul_xwt, silu_mul, BatchInvariantGuard,
-    Isa, Product, Twin, WeightRef,
+    batch_invariant, batch_invariant_scope, bf16_activations, matmul_many, matmul_xwt, silu_mul,
+    BatchInvariantGuard, Isa, Product, Twin, WeightRef,
 };
 pub use quant::{QBuf, QType};

@@ -8,6 +8,11 @@ use bora_weights::{Backend, WeightDType};
 /// f32 logits within this of transformers' (the bound).
 const F32_TOL: f32 = 1e-4;
 
+/// tiny-mixtral's bf16 weights with bf16 activations (AVX512_BF16): (median, 90th percentile,
+/// max) |Δlogit| bounds, about 1.3x the measured (0.041, 0.085, 0.146). Its logits span about
+/// ±5.
+const BOUND_BF16_ACTS: (f32, f32, f32) = (0.055, 0.11, 0.2);
+
 const FIXTURES: [&str; 2] = ["tiny-mixtral", "tiny-mixtral-fused"];
 
 fn check_against_reference(name: &str, dtype: WeightDType, backend: Backend, tol: f32) -> f32 {
@@ -54,11 +59,25 @@ fn candle_backend_f32_matches_transformers() {
 }
 
 /// tiny-mixtral is stored in bf16, so keeping its weights in bf16 (memory-mapped, never
-/// widened) computes on exactly the values transformers used: the f32 bound holds.
+/// widened) computes on exactly the values transformers used: the f32 bound holds, unless the
+/// CPU has AVX512_BF16, where bf16 products round their activations to bf16 (as llama.cpp's
+/// do). Then, measured as (median over positions, 90th percentile, max) of |Δlogit| with
+/// teacher forcing: BOUND_BF16_ACTS below, the measurement about 1.3x.
 #[test]
 fn bf16_checkpoint_kept_in_bf16_matches_transformers() {
-    let d = check_against_reference("tiny-mixtral", WeightDType::BF16, Backend::Host, F32_TOL);
-    eprintln!("tiny-mixtral bf16 weights (mapped): max |Δlogit| = {d:.2e}");
+    if bora_kernels::bf16_activations() {
+        let (median, p90, max) = measure("tiny-mixtral", WeightDType::BF16, Backend::Host);
+        eprintln!(
+            "tiny-mixtral bf16 weights and activations: |Δlogit| median {median:.3e}, 90th percentile {p90:.3e}, max {max:.3e}"
+        );
+        let (median_tol, p90_tol, max_tol) = BOUND_BF16_ACTS;
+        assert!(median <= median_tol, "median |Δlogit| {median}");
+        assert!(p90 <= p90_tol, "90th percentile |Δlogit| {p90}");
+        assert!(max <= max_tol, "max |Δlogit| {max}");
+    } else {
+        let d = check_against_reference("tiny-mixtral", WeightDType::BF16, Backend::Host, F32_TOL);
+        eprintln!("tiny-mixtral bf16 weights (mapped): max |Δlogit| = {d:.2e}");
+    }
     let model = load("tiny-mixtral", WeightDType::BF16, Backend::Host);
     let bora_weights::Matrix::Host(q) = &model.weights().layers[0].q else {
         panic!("host backend")
@@ -106,12 +125,18 @@ fn measure(name: &str, dtype: WeightDType, backend: Backend) -> (f32, f32, f32) 
 /// (top-3 of 6), which is where the maximum comes from. Measured here, as (median over
 /// positions, 90th percentile, max): bf16 weights with f32 activations (bora's CPU path)
 /// (0.034, 0.083, 0.974); bf16 weights and activations (candle's path) (0.075, 0.153,
-/// 0.974). The bounds are these and about 1.3x.
+/// 0.974); on a CPU with AVX512_BF16, bora's CPU path rounds the activations of its bf16
+/// products too (0.049, 0.173, 0.983). The bounds are these and about 1.3x.
 #[test]
 fn bf16_within_measured_tolerance() {
+    let host = if bora_kernels::bf16_activations() {
+        (0.065, 0.23, 1.25)
+    } else {
+        (0.045, 0.11, 1.25)
+    };
     // (backend, median, 90th percentile, max) bounds.
     for (backend, median_tol, p90_tol, max_tol) in [
-        (Backend::Host, 0.045, 0.11, 1.25),
+        (Backend::Host, host.0, host.1, host.2),
         (Backend::Candle, 0.1, 0.2, 1.25),
     ] {
         let (median, p90, max) = measure("tiny-mixtral-fused", WeightDType::BF16, backend);

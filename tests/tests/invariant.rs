@@ -168,7 +168,8 @@ fn bf16_logits_do_not_depend_on_the_batch() {
     check(
         "tiny-mixtral bf16",
         load("tiny-mixtral", WeightDType::BF16, Backend::Host),
-        true,
+        // On a CPU with AVX512_BF16 bf16 products sum each output the same way at any batch.
+        !bora_kernels::bf16_activations(),
     );
 }
 

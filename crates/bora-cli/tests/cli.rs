@@ -79,9 +79,13 @@ fn run_prints_the_greedy_completion() {
         "--raw",
         "--max-tokens",
         "11",
+        "--dtype",
+        "f32",
     ]);
-    // transformers' 11 greedy tokens (reference.safetensors) after the prompt, as sentencepiece
-    // decodes them.
+    // transformers' 11 greedy tokens (reference.safetensors, computed in float32) after the
+    // prompt, as sentencepiece decodes them. In float32 as transformers ran: in the checkpoint's
+    // bf16, a CPU with AVX512_BF16 rounds activations to bf16 (as llama.cpp does), and the
+    // random model's near-ties then go either way.
     assert_eq!(
         out,
         "The quick brown foxacker厂!board Naucket Power habíaSPE Sin teams\n"
@@ -261,21 +265,27 @@ fn perplexity_matches_transformers_logits() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("p0.txt");
     std::fs::write(&f, &text).unwrap();
-    let out = ok(&[
-        "perplexity",
-        "--model",
-        m.to_str().unwrap(),
-        "--file",
-        f.to_str().unwrap(),
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["tokens"].as_u64().unwrap() as usize, ids.len() - 1);
-    let got = v["ppl"].as_f64().unwrap();
-    assert!(
-        (got - want).abs() < 1e-3 * want,
-        "bora {got}, transformers {want}"
-    );
+    // In float32 as transformers ran, within 0.1%; in the checkpoint's bf16 (activations
+    // rounded to bf16 where the CPU has AVX512_BF16), within 2%.
+    for (dtype, tolerance) in [("f32", 1e-3), ("bf16", 2e-2)] {
+        let out = ok(&[
+            "perplexity",
+            "--model",
+            m.to_str().unwrap(),
+            "--file",
+            f.to_str().unwrap(),
+            "--json",
+            "--dtype",
+            dtype,
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["tokens"].as_u64().unwrap() as usize, ids.len() - 1);
+        let got = v["ppl"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < tolerance * want,
+            "{dtype}: bora {got}, transformers {want}"
+        );
+    }
 }
 
 #[test]

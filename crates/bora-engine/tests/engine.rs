@@ -66,7 +66,9 @@ fn incremental_decoding_equals_whole_decoding() {
 
 #[test]
 fn greedy_generation_matches_transformers() {
-    let model = load("tiny-mixtral", WeightDType::BF16, Backend::Host);
+    // In float32, as transformers ran (kept in bf16 on a CPU with AVX512_BF16, activations are
+    // rounded to bf16 and the random model's near-ties go either way; golden.rs bounds that).
+    let model = load("tiny-mixtral", WeightDType::F32, Backend::Host);
     let r = Reference::load("tiny-mixtral");
     let want = r.greedy(0);
     let opts = GenerateOptions {
@@ -141,7 +143,8 @@ fn nll_from(logits: &[Vec<f32>], ids: &[u32]) -> f64 {
 
 #[test]
 fn perplexity_matches_transformers_logits() {
-    let model = load("tiny-mixtral", WeightDType::BF16, Backend::Host);
+    // In float32, as transformers ran (see above).
+    let model = load("tiny-mixtral", WeightDType::F32, Backend::Host);
     let r = Reference::load("tiny-mixtral");
     for k in 0..r.prompts() {
         let ids = r.ids(k);

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::quant::{dot_rows, ActQuant, QBuf, QType};
 
+use super::bf16dot;
 use super::packed::{self, PackedActs, PACK_ROWS};
 
 use super::dot::{
@@ -128,6 +129,8 @@ struct Job<'a> {
     invariant: bool,
     /// The activation rows quantized for a packed `w`.
     packed: Option<&'a PackedActs>,
+    /// The activation rows rounded to bf16 for a bf16 `w` (AVX512_BF16).
+    xb: Option<&'a bf16dot::Acts>,
 }
 
 /// The activation rows in `acts` quantized for `w`, when `w` is quantized.
@@ -206,10 +209,21 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
     // The dot-product path reads its activation rows at a stride that is not a multiple of
     // 4 KB: at K 1024 (4 KB rows) every row fell in the same L1 set, and beyond 4 rows (plus
     // the weight rows) they evicted each other on every load (m 8 ran at a quarter of m 4).
-    let padded: Vec<Option<(Vec<f32>, usize, usize)>> = products
+    // bf16 weights take `vdpbf16ps` where the CPU has it, for every `m`, on activations
+    // rounded to bf16 once per product.
+    let rounded: Vec<Option<bf16dot::Acts>> = products
         .iter()
         .map(|p| {
-            let float = p.w.quantized().is_none();
+            let bf16 = matches!(p.w, WeightRef::BF16(_)) && bf16dot::available();
+            (bf16 && p.m > 0 && p.k > 0 && p.x.len() == p.m * p.k)
+                .then(|| bf16dot::Acts::new(p.x, p.k, p.m, p.k))
+        })
+        .collect();
+    let padded: Vec<Option<(Vec<f32>, usize, usize)>> = products
+        .iter()
+        .zip(&rounded)
+        .map(|(p, rounded)| {
+            let float = p.w.quantized().is_none() && rounded.is_none();
             let dot = float && p.m >= 2 && gemv(p.m) && p.k > 0;
             (dot && p.x.len() == p.m * p.k).then(|| pad_rows(p.x, p.m, p.k))
         })
@@ -244,7 +258,12 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
         .collect();
     let mut jobs = Vec::with_capacity(products.len());
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (job, first row, rows)
-    for ((p, pad), (acts, pacts)) in products.iter_mut().zip(&padded).zip(&all_acts) {
+    for (((p, pad), (acts, pacts)), xb) in products
+        .iter_mut()
+        .zip(&padded)
+        .zip(&all_acts)
+        .zip(&rounded)
+    {
         assert_eq!(p.x.len(), p.m * p.k, "matmul: x is not [m, k]");
         assert_eq!(p.w.len(), p.n * p.k, "matmul: w is not [n, k]");
         assert_eq!(p.out.len(), p.m * p.n, "matmul: out is not [m, n]");
@@ -276,7 +295,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
             p.n.div_ceil(threads * 4)
                 .max(PACK_ROWS)
                 .next_multiple_of(PACK_ROWS)
-        } else if gemv(p.m) || quant {
+        } else if gemv(p.m) || quant || xb.is_some() {
             p.n.div_ceil(threads * 4).max(GEMV_MIN_ROWS_PER_TASK)
         } else {
             let cache_rows = (GEMM_BLOCK_BYTES / (4 * p.k)).max(8) / 8 * 8;
@@ -289,7 +308,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
         let mut halves = vec![(p.w, OutPtr(p.out.as_mut_ptr()), None)];
         if let Some(t) = p.twin.as_mut() {
             let twin = (t.w, OutPtr(t.out.as_mut_ptr()));
-            if (gemv(p.m) || quant) && same_dtype(p.w, t.w) && !packed {
+            if (gemv(p.m) || quant) && same_dtype(p.w, t.w) && !packed && xb.is_none() {
                 halves[0].2 = Some(twin);
             } else {
                 halves.push((twin.0, twin.1, None));
@@ -316,6 +335,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
                     WeightRef::Packed(q, _) => pacts.iter().find(|a| a.0 == q).map(|a| &a.1),
                     _ => None,
                 },
+                xb: xb.as_ref().filter(|_| matches!(w, WeightRef::BF16(_))),
             });
             tasks.extend(
                 (0..p.n)
@@ -367,6 +387,22 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
                 }
             }
             (WeightRef::F32(w), _) => task(job, w, j0, rows),
+            (WeightRef::BF16(w), _) if job.xb.is_some() => {
+                let xb = job.xb.expect("bf16 activations");
+                let k = job.k;
+                // SAFETY: this task's columns j0..j0 + rows of every output row are its own;
+                // the output is [m, n].
+                unsafe {
+                    bf16dot::rows(
+                        xb,
+                        &w[j0 * k..(j0 + rows) * k],
+                        rows,
+                        job.out.get(),
+                        job.n,
+                        j0,
+                    )
+                }
+            }
             (WeightRef::BF16(w), _) => task(job, w, j0, rows),
             (WeightRef::F16(w), _) => task(job, w, j0, rows),
         }

@@ -9,7 +9,10 @@
 //!   multiplied with the `gemm` crate's f32 kernel: the conversion is paid once per block while
 //!   the product reuses it `M` times.
 //!
-//! Both split the weight rows across rayon's threads.
+//! * bf16 weights on a CPU with AVX512_BF16 ([`bf16_activations`]): `vdpbf16ps` for every `M`,
+//!   the activations rounded to bf16 (`bf16dot.rs`).
+//!
+//! All split the weight rows across rayon's threads.
 //!
 //! **Batch-invariant mode** ([`batch_invariant_scope`]): every activation row's result is the
 //! same bits whatever else is in the product (how many rows, which position): every `M` takes
@@ -17,7 +20,9 @@
 //! partial sums, whose count depends on the block shape), and quantized weights take the
 //! one-row decode kernels. Prefill is slower in it; decode mostly is not.
 
+mod bf16dot;
 mod dot;
+pub use bf16dot::available as bf16_activations;
 pub use dot::Isa;
 mod matmul;
 pub mod packed;
