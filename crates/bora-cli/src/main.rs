@@ -47,7 +47,7 @@ enum Command {
     /// Measure prefill and decode tokens/s by batch size, time to first token, peak memory and
     /// how evenly tokens are routed to the experts of each layer.
     #[command(
-        after_help = "The memory bound: decode reads every active weight once per token (per layer the attention projections, the router and the routed experts; the LM head), so batch-1 decode cannot pass (read bandwidth) / (active bytes) tokens/s. On the CPU the read bandwidth is measured as decode reads: every worker thread streams its own part of a 512 MiB buffer (far past the caches, its pages written first so that they are real memory), summing it; the best of 5 passes counts. On a GPU, a copy of a 2 GiB buffer, bytes read and written counted.\n\nExamples:\n  bora bench --prompt-len 128 --gen-len 32 --batch 1,4\n  bora bench --model ~/models/Mixtral-8x7B-v0.1 --batch 1,4,16 --json"
+        after_help = "The memory bound: decode reads every active weight once per token (per layer the attention projections, the router and the routed experts; the LM head), so batch-1 decode cannot pass (read bandwidth) / (active bytes) tokens/s. On the CPU the read bandwidth is measured as decode reads: every worker thread streams its own part of a 512 MiB buffer (far past the caches, its pages written first so that they are real memory), summing it; the best of 5 passes, before the runs and again after them, counts. On a GPU, a copy of a 2 GiB buffer, bytes read and written counted.\n\nExamples:\n  bora bench --prompt-len 128 --gen-len 32 --batch 1,4\n  bora bench --model ~/models/Mixtral-8x7B-v0.1 --batch 1,4,16 --json"
     )]
     Bench(bench::Args),
     /// Time the MoE block alone on one layer of a Mixtral shape with random weights, by tokens
