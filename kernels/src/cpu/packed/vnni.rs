@@ -64,24 +64,6 @@ unsafe fn dot8(w: &[__m512i], p: *const i8) -> __m512i {
     _mm512_add_epi32(s0, s1)
 }
 
-/// Bytes ahead of the record being read that decode prefetches (tiles lie one after another,
-/// so the stream runs on into the next tile).
-const PREFETCH: usize = 8192;
-
-/// Prefetches the `rec` bytes `PREFETCH` ahead of `r`, when few activation rows leave the
-/// kernel waiting on memory (a prefetch past the weights' end is harmless: it never faults).
-#[inline(always)]
-unsafe fn prefetch<const A: usize>(r: *const u8, rec: usize) {
-    if A <= 2 {
-        let ahead = r.wrapping_add(PREFETCH);
-        let mut at = 0;
-        while at < rec {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(at) as *const i8);
-            at += 64;
-        }
-    }
-}
-
 /// Stores each row's 16 sums.
 #[inline(always)]
 unsafe fn store<const A: usize>(acc: &[__m512; A], out: *mut f32, stride: usize) {
@@ -121,16 +103,15 @@ unsafe fn k45<const A: usize, const FIVE: bool>(
     out: *mut f32,
     stride: usize,
 ) {
-    let rec = if FIVE { 2880 } else { 2368 };
+    let (rec, group) = if FIVE { (2880, 320) } else { (2368, 256) };
     let mut acc = [_mm512_setzero_ps(); A];
     for b in 0..nb {
         let r = tile.add(b * rec);
-        prefetch::<A>(r, rec);
         let mut iacc = [_mm512_setzero_si512(); A];
         for j in 0..8 {
-            let mut w = nibbles(r.add(320 + 256 * j));
+            let mut w = nibbles(r.add(320 + group * j));
             if FIVE {
-                let h = _mm512_loadu_si512(r.add(2368 + 64 * j) as *const _);
+                let h = _mm512_loadu_si512(r.add(576 + 320 * j) as *const _);
                 let sixteen = _mm512_set1_epi8(16);
                 for (g, v) in w.iter_mut().enumerate() {
                     let set = _mm512_test_epi8_mask(h, _mm512_set1_epi8(1 << g));
@@ -178,12 +159,11 @@ unsafe fn q6k<const A: usize>(
     let bits45 = _mm512_set1_epi8(0x30);
     for b in 0..nb {
         let r = tile.add(b * 3360);
-        prefetch::<A>(r, 3360);
         let mut iacc = [_mm512_setzero_si512(); A];
         for jj in 0..8 {
-            let mut w = nibbles(r.add(288 + 256 * jj));
+            let mut w = nibbles(r.add(288 + 384 * jj));
             for h in 0..2 {
-                let y = _mm512_loadu_si512(r.add(2336 + 128 * jj + 64 * h) as *const _);
+                let y = _mm512_loadu_si512(r.add(544 + 384 * jj + 64 * h) as *const _);
                 // Bit pair q to bits 4–5 (a 16-bit shift's spill stays outside them).
                 let hi = [
                     _mm512_slli_epi16::<4>(y),
@@ -235,7 +215,6 @@ unsafe fn q8_0<const A: usize>(
     let mut acc = [_mm512_setzero_ps(); A];
     for b in 0..nb {
         let r = tile.add(b * 544);
-        prefetch::<A>(r, 544);
         let w: [__m512i; 8] =
             std::array::from_fn(|g| _mm512_loadu_si512(r.add(32 + 64 * g) as *const _));
         let dw = halfs(r);
