@@ -62,9 +62,14 @@ fn demo_dir(v3: bool) -> Result<PathBuf> {
         EngineError::Load(format!("cannot write the demo model ({what}): {e}"))
     };
     // Written beside the final place, then renamed: a concurrent start never reads half a model.
+    // The name is the writer's own, process and call: two engines loading the demo at once in
+    // one process (parallel tests) wrote into one folder, and one renamed it from under the
+    // other.
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let tmp = root.join(format!(
-        "demo-v{DEMO_VERSION}-{DEMO_SEED:x}{flavour}.{}.tmp",
-        std::process::id()
+        "demo-v{DEMO_VERSION}-{DEMO_SEED:x}{flavour}.{}-{}.tmp",
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp.display().to_string(), &e))?;
     let (vocab, name, bytes) = if v3 {

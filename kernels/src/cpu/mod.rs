@@ -27,6 +27,8 @@ pub use dot::Isa;
 mod matmul;
 pub mod packed;
 pub(crate) mod qdot;
+mod warm;
+pub use warm::warm;
 
 pub use matmul::{matmul_many, matmul_xwt, Product, Twin, WeightRef, GEMV_MAX_ROWS};
 

@@ -288,9 +288,18 @@ impl Core {
                     .collect();
                 scope.spawn(move || seqs.iter_mut().for_each(|s| s.prepare()));
             }
-            model
-                .forward_observed(&Batch { seqs }, cache, routing)
-                .and_then(|l| Ok(l.to_vec2::<f32>()?))
+            let pass = || {
+                model
+                    .forward_observed(&Batch { seqs }, cache, routing)
+                    .and_then(|l| Ok(l.to_vec2::<f32>()?))
+            };
+            // The pool's workers poll through the pass (a decode step forks some 50 regions);
+            // not while a grammar thread needs one of the cores.
+            if to_prepare.is_empty() {
+                bora_kernels::cpu::warm(pass)
+            } else {
+                pass()
+            }
         });
         let mut rows = match result {
             Ok(rows) => rows.into_iter(),
