@@ -231,11 +231,6 @@ pub const DOT_MAX_ROWS: usize = 8;
 /// Weight rows one call of [`dot_block`] takes at most.
 pub const DOT_MAX_BLOCK: usize = 4;
 
-/// How far ahead (in weight elements, 16 KB of bf16) the dot-product kernels prefetch: several
-/// rows ahead, so that DRAM keeps streaming while a row is computed on (measured on the MoE
-/// bench: 256 to 16384 tried, 8192 best; decode rose from about 70 to 97 tok/s on the e2e model).
-const PREFETCH_ELEMS: usize = 8192;
-
 /// How many weight rows [`dot_block`] takes together for `m` activation rows: as many as the
 /// registers hold accumulators for. Each activation vector loaded then serves that many weight
 /// rows, which matters once the activation rows no longer fit in L1 and come from L2 for every
@@ -320,6 +315,81 @@ pub fn dot_block<W: Element>(
     for (w, acc) in ws.iter().zip(accs.iter_mut()) {
         dot_rows_scalar(w, xs, acc);
     }
+}
+
+/// `out[j] = Σ_i w[j·k + i]·x[i]` for every row `j` of `w` (`[out.len(), k]`, row-major): one
+/// activation row against contiguous weight rows, read as one stream from the first row to the
+/// last (decode's matrix-vector product). The loop over rows runs inside the SIMD kernel, so a
+/// row's reduction overlaps the next row's loads.
+///
+/// # Panics
+/// If `w` is not `[out.len(), k]` or `x` is shorter than `k`.
+pub fn gemv_rows<W: Element>(isa: Isa, w: &[W], k: usize, x: &[f32], out: &mut [f32]) {
+    assert!(
+        w.len() == out.len() * k && x.len() >= k,
+        "gemv_rows: w is not [n, k]"
+    );
+    // SAFETY: the CPU has `isa` (callers take it from `Isa::get`); lengths checked above.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match isa {
+            Isa::Avx512 => return gemv_rows_avx512(w, k, x, out),
+            Isa::Avx2 => return gemv_rows_avx2(w, k, x, out),
+            Isa::Scalar => {}
+        }
+    }
+    for (row, o) in w.chunks_exact(k.max(1)).zip(out.iter_mut()) {
+        let mut acc = [0f32];
+        dot_rows_scalar(row, &[x], &mut acc);
+        *o = acc[0];
+    }
+}
+
+/// The kernel of [`gemv_rows`]: `U` vectors of weights per step, each into its own accumulator.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // constant indices keep the accumulators in registers
+unsafe fn gemv_rows_lanes<L: Lanes, W: Element, const U: usize>(
+    w: &[W],
+    k: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let xp = x.as_ptr();
+    let full = k / (L::N * U) * (L::N * U);
+    for (j, o) in out.iter_mut().enumerate() {
+        let wp = w.as_ptr().add(j * k);
+        let mut a = [L::zero(); U];
+        let mut i = 0;
+        while i < full {
+            for u in 0..U {
+                let at = i + L::N * u;
+                a[u] = L::fmadd(L::load_w(wp.add(at)), L::load_x(xp.add(at)), a[u]);
+            }
+            i += L::N * U;
+        }
+        let mut v = a[0];
+        for u in 1..U {
+            v = L::add(v, a[u]);
+        }
+        let mut total = L::hsum(v);
+        for t in full..k {
+            total += (*wp.add(t)).to_f32() * *xp.add(t);
+        }
+        *o = total;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_rows_avx2<W: Element>(w: &[W], k: usize, x: &[f32], out: &mut [f32]) {
+    gemv_rows_lanes::<Avx2, W, 4>(w, k, x, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gemv_rows_avx512<W: Element>(w: &[W], k: usize, x: &[f32], out: &mut [f32]) {
+    gemv_rows_lanes::<Avx512, W, 4>(w, k, x, out)
 }
 
 /// Vectors of weights per step for `chains` accumulators a step: at least 4 chains in all.
@@ -427,7 +497,6 @@ unsafe fn dot_block_lanes<L: Lanes, W: Element, const NW: usize, const R: usize,
     xs: &[&[f32]],
     accs: &mut [[f32; DOT_MAX_ROWS]],
 ) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let k = ws[0].len();
     let wp: [*const W; NW] = std::array::from_fn(|i| ws[i].as_ptr());
     let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
@@ -436,14 +505,6 @@ unsafe fn dot_block_lanes<L: Lanes, W: Element, const NW: usize, const R: usize,
     let mut a = [[[L::zero(); R]; NW]; U];
     let mut i = 0;
     while i + L::N * U <= k {
-        // Ask for the weights well ahead: the hardware prefetcher alone does not keep DRAM busy.
-        // One prefetch per 64-byte line a step reads.
-        for j in 0..NW {
-            let ahead = wp[j].wrapping_add(i + PREFETCH_ELEMS) as *const i8;
-            for line in (0..L::N * U * std::mem::size_of::<W>()).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
-            }
-        }
         for u in 0..U {
             let at = i + L::N * u;
             let mut wv = [L::zero(); NW];
@@ -511,6 +572,22 @@ mod tests {
             for m in 1..=DOT_MAX_ROWS {
                 let x: Vec<&[f32]> = xs[..m].iter().map(|v| v.as_slice()).collect();
                 for isa in Isa::supported() {
+                    if m == 1 {
+                        // Every weight row against the one activation row, in one stream.
+                        let flat: Vec<W> = ws.iter().flatten().copied().collect();
+                        let mut got = [0f32; DOT_MAX_BLOCK];
+                        gemv_rows(isa, &flat, k, x[0], &mut got);
+                        for (j, row) in ws.iter().enumerate() {
+                            let mut want = [0f32];
+                            dot_rows_scalar(row, &x, &mut want);
+                            assert!(
+                                (want[0] - got[j]).abs() < 1e-4,
+                                "gemv_rows {isa:?} k={k} row {j}: {} vs {}",
+                                want[0],
+                                got[j]
+                            );
+                        }
+                    }
                     for (nw, invariant) in
                         (1..=block_rows(isa, m)).flat_map(|nw| [(nw, false), (nw, true)])
                     {

@@ -15,7 +15,7 @@ use super::bf16dot;
 use super::packed::{self, PackedActs, PACK_ROWS};
 
 use super::dot::{
-    block_rows, dot_block, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
+    block_rows, dot_block, gemv_rows, widen_transposed, Element, Isa, DOT_MAX_BLOCK, DOT_MAX_ROWS,
 };
 use super::qdot::{
     acts_rows, available as qdot_available, dot_acts, dot_q4k, dot_q5k, dot_q6k, dot_q8_0,
@@ -443,6 +443,18 @@ fn task<W: Element>(job: &Job<'_>, w: &[W], j0: usize, rows: usize) {
 fn gemv_task<W: Element>(job: &Job<'_>, sources: &[(&[W], OutPtr)], j0: usize, rows: usize) {
     let (m, k, n) = (job.m, job.k, job.n);
     let isa = Isa::get();
+    if m == 1 && !job.invariant {
+        // One activation row (decode): each source's rows are one contiguous stream, read
+        // front to back in one kernel call (row by row through `dot_block`, the dispatch and
+        // the gate/up rows taken in turn cost about a fifth of F16 decode).
+        for &(w, out) in sources {
+            // SAFETY: with one output row, this task's columns j0..j0 + rows of it are its own
+            // (no other task writes them) and lie inside the [1, n] output.
+            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(j0), rows) };
+            gemv_rows(isa, &w[j0 * k..(j0 + rows) * k], k, &job.x[..k], out);
+        }
+        return;
+    }
     let xs: Vec<&[f32]> = (0..m)
         .map(|r| &job.x[r * job.x_stride..r * job.x_stride + k])
         .collect();

@@ -3,7 +3,9 @@
 //! * decode-sized `M` (up to [`GEMV_MAX_ROWS`]): each weight row is read once from memory and
 //!   dotted with every activation row, a few weight rows at a time so that each activation
 //!   load serves several of them, with AVX-512F or AVX2/FMA/F16C ([`Isa`]) when the CPU has
-//!   them: a bandwidth-bound pass over the weights for a few rows, FMA-bound beyond;
+//!   them: a bandwidth-bound pass over the weights for a few rows, FMA-bound beyond; one row
+//!   (decode) reads a task's weight rows front to back as one stream, without software
+//!   prefetch (which halved what one core streamed);
 //! * larger `M` (prefill): weight rows are widened to f32 a cache-sized block at a time, written
 //!   column-major (the layout `gemm`'s microkernel reads without packing it again), and
 //!   multiplied with the `gemm` crate's f32 kernel: the conversion is paid once per block while
