@@ -84,6 +84,7 @@ pub fn load(name: &str, dtype: WeightDType, backend: Backend) -> Model {
         backend,
         quantize: None,
         pack: true,
+        kv_dtype: None,
     };
     let w = MixtralWeights::load_dir(&fixture(name), &opts).expect("fixture loads");
     Model::new(w).expect("model")
@@ -104,6 +105,7 @@ pub fn load_gguf_packed(file: &str, pack: bool) -> Model {
         backend: Backend::Host,
         quantize: None,
         pack,
+        kv_dtype: None,
     };
     Model::new(MixtralWeights::load_gguf(&store, cfg, &opts).expect("GGUF loads")).expect("model")
 }

@@ -159,6 +159,7 @@ fn load_source(dtype: WeightDType, quantize: Option<QType>) -> MixtralWeights {
         backend: Backend::Host,
         quantize,
         pack: true,
+        kv_dtype: None,
     };
     MixtralWeights::load_dir(&fixture("gguf/source"), &opts).expect("source loads")
 }

@@ -54,6 +54,11 @@ pub struct ModelArgs {
     /// llama.cpp's `--no-repack`.
     #[arg(long)]
     pub no_repack: bool,
+    /// The KV cache's dtype: f16 or f32 on the CPU (default f16: half the bytes that
+    /// long-context decode reads, as llama.cpp's default `--cache-type-k/-v f16`); on a GPU
+    /// the activations' dtype, the only one allowed there.
+    #[arg(long, value_name = "DTYPE")]
+    pub kv_cache_dtype: Option<String>,
 }
 
 pub struct Loaded {
@@ -97,6 +102,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             quantize,
             pack: !self.no_repack,
+            kv_dtype: self.kv_dtype_arg()?,
             ..LoadOptions::new(dtype, device)
         };
         let (total, active) = (config.param_count(), config.active_param_count());
@@ -137,6 +143,19 @@ impl ModelArgs {
     /// The `--dtype` asked for.
     fn dtype_arg(&self) -> Result<Option<WeightDType>> {
         self.dtype.as_deref().map(parse_dtype).transpose()
+    }
+
+    /// The `--kv-cache-dtype` asked for.
+    fn kv_dtype_arg(&self) -> Result<Option<candle_core::DType>> {
+        self.kv_cache_dtype
+            .as_deref()
+            .map(|s| match s.to_ascii_lowercase().as_str() {
+                "f16" => Ok(candle_core::DType::F16),
+                "f32" => Ok(candle_core::DType::F32),
+                "bf16" => Ok(candle_core::DType::BF16),
+                _ => anyhow::bail!("--kv-cache-dtype {s}: expected f16 or f32 (bf16 on a GPU)"),
+            })
+            .transpose()
     }
 
     /// The `--quantize` type asked for.
@@ -186,6 +205,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             quantize,
             pack: !self.no_repack,
+            kv_dtype: self.kv_dtype_arg()?,
             ..LoadOptions::new(dtype, device)
         };
         let weights = MixtralWeights::load(&store, config, &opts)?;
@@ -245,6 +265,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             quantize,
             pack: !self.no_repack,
+            kv_dtype: self.kv_dtype_arg()?,
             ..LoadOptions::new(dtype, device)
         };
         let weights = MixtralWeights::load_gguf(&store, config, &opts)?;
@@ -328,6 +349,7 @@ impl ModelArgs {
             threads: None,
             quantize: None,
             no_repack: false,
+            kv_cache_dtype: None,
         }
     }
 

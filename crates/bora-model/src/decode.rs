@@ -1,4 +1,5 @@
-//! Attention on the CPU in f32, computed in place over the KV pool: no gather of a sequence's
+//! Attention on the CPU in f32 over an f32 or f16 KV pool (f16 rows are widened a block of
+//! [`SUB`] positions at a time), computed in place over the pool: no gather of a sequence's
 //! keys and values and no score matrix, the softmax taken online over blocks of positions
 //! (flash attention's scheme). Decode steps attend one token per task, its keys split into
 //! fixed chunks; prefill chunks attend [`TOKENS`] consecutive tokens per task, each key row read
@@ -6,8 +7,9 @@
 //! time, so that a position's attention is computed the same way whether it is decoded or
 //! prefilled, and whatever the chunking or the batch.
 
-use bora_weights::with_cpu_f32;
-use candle_core::Tensor;
+use bora_weights::{with_cpu, with_cpu_f32};
+use candle_core::{DType, Tensor};
+use half::f16;
 use rayon::prelude::*;
 
 use crate::attention::AttentionCtx;
@@ -72,8 +74,8 @@ pub(crate) fn pool_attention(
         let row = cache.row(&seqs[i].blocks, pos);
         let kt = Tensor::from_slice(&kr[t * hkv * d..(t + 1) * hkv * d], (1, hkv, d), dev)?;
         let vt = Tensor::from_slice(&va[t * hkv * d..(t + 1) * hkv * d], (1, hkv, d), dev)?;
-        kv.k.slice_set(&kt, 0, row)?;
-        kv.v.slice_set(&vt, 0, row)?;
+        kv.k.slice_set(&kt.to_dtype(kv.k.dtype())?, 0, row)?;
+        kv.v.slice_set(&vt.to_dtype(kv.v.dtype())?, 0, row)?;
     }
     let scale = 1.0 / (d as f32).sqrt();
     for x in qr.iter_mut() {
@@ -112,8 +114,8 @@ pub(crate) fn pool_attention(
     let per_task = blocks.iter().map(|b| b.1).max().unwrap_or(1) * shape.partial_len();
     let mut parts = vec![0f32; tasks.len() * per_task];
     let mut out = vec![0f32; n * hq * d];
-    with_cpu_f32(&kv.k, |kpool| {
-        with_cpu_f32(&kv.v, |vpool| {
+    with_pool(&kv.k, |kpool| {
+        with_pool(&kv.v, |vpool| {
             parts
                 .par_chunks_mut(per_task)
                 .zip(&tasks)
@@ -150,6 +152,36 @@ pub(crate) fn pool_attention(
         })
     })??;
     Ok(Tensor::from_vec(out, (n, hq * d), dev)?)
+}
+
+/// A layer's keys or values as the attention kernel reads them: `[rows, Hkv·D]`.
+#[derive(Clone, Copy)]
+enum Pool<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl Pool<'_> {
+    /// The `out.len()` values from offset `at`, widened to f32.
+    fn widen(&self, at: usize, out: &mut [f32]) {
+        match self {
+            Pool::F32(p) => out.copy_from_slice(&p[at..at + out.len()]),
+            Pool::F16(p) => bora_kernels::cpu::widen(&p[at..at + out.len()], out),
+        }
+    }
+}
+
+/// Runs `f` on a contiguous CPU pool tensor's values (f32 or f16).
+fn with_pool<R>(t: &Tensor, f: impl FnOnce(Pool<'_>) -> R) -> Result<R> {
+    Ok(match t.dtype() {
+        DType::F32 => with_cpu::<f32, _>(t, |p| f(Pool::F32(p)))?,
+        DType::F16 => with_cpu::<f16, _>(t, |p| f(Pool::F16(p)))?,
+        other => {
+            return Err(ModelError::Batch(format!(
+                "the CPU attention keeps an f32 or f16 KV cache, not {other:?}"
+            )))
+        }
+    })
 }
 
 /// The given rows of a contiguous `[T, C]` f32 CPU tensor, concatenated.
@@ -230,7 +262,7 @@ impl Chunk<'_> {
     /// Writes each token's partial result (see [`Shape::partial_len`]) into `part`
     /// (`T` of them), with the widest vectors this CPU has (the loops below vectorize under
     /// each `target_feature`).
-    fn attend(&self, kpool: &[f32], vpool: &[f32], part: &mut [f32]) {
+    fn attend(&self, kpool: Pool<'_>, vpool: Pool<'_>, part: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             use bora_kernels::Isa;
@@ -249,7 +281,7 @@ impl Chunk<'_> {
     /// The CPU has AVX-512F.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn attend_avx512(&self, kpool: &[f32], vpool: &[f32], part: &mut [f32]) {
+    unsafe fn attend_avx512(&self, kpool: Pool<'_>, vpool: Pool<'_>, part: &mut [f32]) {
         self.attend_any(kpool, vpool, part)
     }
 
@@ -257,7 +289,7 @@ impl Chunk<'_> {
     /// The CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2(&self, kpool: &[f32], vpool: &[f32], part: &mut [f32]) {
+    unsafe fn attend_avx2(&self, kpool: Pool<'_>, vpool: Pool<'_>, part: &mut [f32]) {
         self.attend_any(kpool, vpool, part)
     }
 
@@ -265,7 +297,7 @@ impl Chunk<'_> {
     /// head, then their weights, each running maximum and sum rescaled, and the weighted value
     /// rows added. Each pool row (all kv heads of a position) is read once, in position order.
     #[inline(always)]
-    fn attend_any(&self, kpool: &[f32], vpool: &[f32], part: &mut [f32]) {
+    fn attend_any(&self, kpool: Pool<'_>, vpool: Pool<'_>, part: &mut [f32]) {
         let Shape { hq, hkv, d } = self.shape;
         let (g, width, stride) = (hq / hkv, hkv * d, self.shape.partial_len());
         let nt = self.q.len() / (hq * d);
@@ -278,19 +310,42 @@ impl Chunk<'_> {
         let mut scores = vec![0f32; nt * hq * SUB];
         // Keys of the block transposed: kt[(kv head · D + i) · SUB + j].
         let mut kt = vec![0f32; if nt >= TRANSPOSE_FROM { width * SUB } else { 0 }];
-        let mut rows = [0usize; SUB];
+        let mut pool_rows = [0usize; SUB];
+        // An f16 pool's rows of a block, widened: the block's row j at j · width.
+        let widened = matches!(kpool, Pool::F16(_)) || matches!(vpool, Pool::F16(_));
+        let (mut kw, mut vw) = if widened {
+            (vec![0f32; SUB * width], vec![0f32; SUB * width])
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let local: [usize; SUB] = std::array::from_fn(|j| j * width);
         let (a, b) = self.span;
         for first in (a..b).step_by(SUB) {
             let n = (b - first).min(SUB);
-            for (j, r) in rows[..n].iter_mut().enumerate() {
+            for (j, r) in pool_rows[..n].iter_mut().enumerate() {
                 *r = (self.rows)(first + j) * width;
-                // The block's value rows are read head by head, a part of each row at a time,
-                // which the hardware prefetcher does not foresee: ask for them while the keys
-                // are scored.
-                for line in (0..width).step_by(16) {
-                    prefetch(&vpool[*r + line]);
-                }
             }
+            let (kb, vb, rows): (&[f32], &[f32], &[usize]) = match (kpool, vpool) {
+                (Pool::F32(k), Pool::F32(v)) if !widened => {
+                    // The block's value rows are read head by head, a part of each row at a
+                    // time, which the hardware prefetcher does not foresee: ask for them while
+                    // the keys are scored.
+                    for &r in &pool_rows[..n] {
+                        for line in (0..width).step_by(16) {
+                            prefetch(&v[r + line]);
+                        }
+                    }
+                    (k, v, &pool_rows[..])
+                }
+                _ => {
+                    for (j, &r) in pool_rows[..n].iter().enumerate() {
+                        kpool.widen(r, &mut kw[j * width..(j + 1) * width]);
+                        vpool.widen(r, &mut vw[j * width..(j + 1) * width]);
+                    }
+                    (&kw[..], &vw[..], &local[..])
+                }
+            };
+            let (kpool, vpool) = (kb, vb);
             if kt.is_empty() {
                 for (j, &r) in rows[..n].iter().enumerate() {
                     let k = &kpool[r..r + width];
@@ -323,11 +378,11 @@ impl Chunk<'_> {
                 let hi = (pos + 1).min(first + n).saturating_sub(first);
                 let (acc, rest) = p.split_at_mut(hq * d);
                 let (m, l) = rest.split_at_mut(hq);
+                if lo >= hi {
+                    continue;
+                }
                 for h in 0..hq {
                     let s = &mut scores[(t * hq + h) * SUB..(t * hq + h) * SUB + n];
-                    if lo >= hi {
-                        continue;
-                    }
                     let seen = &mut s[lo..hi];
                     let top = m[h].max(max(seen));
                     let keep = exp(m[h] - top);
@@ -418,7 +473,7 @@ fn sum(x: &[f32]) -> f32 {
             acc[i] += c[i];
         }
     }
-    halves(acc, |a, b| a + b) + tail
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The largest value (NaN is skipped), in sixteen lanes the compiler vectorizes.

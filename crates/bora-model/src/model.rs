@@ -1,7 +1,7 @@
 //! The Mixtral model: embedding, decoder layers (attention, MoE), final norm, LM head.
 
 use bora_core::ModelConfig;
-use bora_weights::{Matrix, MixtralWeights};
+use bora_weights::{Backend, Matrix, MixtralWeights};
 use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{attention, AttentionCtx};
@@ -20,6 +20,7 @@ pub struct Model {
     rope: Rope,
     device: Device,
     dtype: DType,
+    kv_dtype: DType,
     batch_invariant: bool,
 }
 
@@ -28,11 +29,25 @@ impl Model {
         let device = weights.options.device.clone();
         let dtype = weights.options.activation_dtype();
         let rope = Rope::new(&weights.config, weights.config.context(), dtype, &device)?;
+        let kv_dtype = weights.options.kv_cache_dtype();
+        // bora's CPU attention reads f32 or f16 keys and values; candle's attention multiplies
+        // the queries (in the activations' dtype) with them directly.
+        let supported = match weights.options.backend {
+            Backend::Host => matches!(kv_dtype, DType::F32 | DType::F16),
+            Backend::Candle => kv_dtype == dtype,
+        };
+        if !supported {
+            return Err(ModelError::Batch(format!(
+                "a {kv_dtype:?} KV cache is not supported here: bora's CPU kernels keep f32 or \
+                 f16, candle's the activations' dtype ({dtype:?})"
+            )));
+        }
         Ok(Self {
             weights,
             rope,
             device,
             dtype,
+            kv_dtype,
             batch_invariant: false,
         })
     }
@@ -64,18 +79,23 @@ impl Model {
         &self.device
     }
 
-    /// The dtype of activations and of the KV cache.
+    /// The dtype of activations.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
-    /// A KV cache of `num_blocks` blocks of `block_size` positions, in this model's dtype.
+    /// The dtype of the KV cache ([`bora_weights::LoadOptions::kv_cache_dtype`]).
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
+    /// A KV cache of `num_blocks` blocks of `block_size` positions, in [`Model::kv_dtype`].
     pub fn new_block_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
         KvCache::new(
             self.config(),
             num_blocks,
             block_size,
-            self.dtype,
+            self.kv_dtype,
             &self.device,
         )
     }
@@ -89,7 +109,7 @@ impl Model {
             slots,
             max_len,
             DEFAULT_BLOCK_SIZE,
-            self.dtype,
+            self.kv_dtype,
             &self.device,
         )
     }

@@ -31,7 +31,9 @@ pub use gguf::{GgmlType, GgufStore, MetaValue};
 pub use gguf_export::write_gguf;
 pub use gguf_model::{gguf_config, gguf_type_counts, unpermute_order};
 pub use gguf_write::{GgufWriter, TensorSpec};
-pub use matrix::{upload_quant, with_cpu_f32, HostMatrix, Matrix, WeightDType, WeightFormat};
+pub use matrix::{
+    upload_quant, with_cpu, with_cpu_f32, HostMatrix, Matrix, WeightDType, WeightFormat,
+};
 pub use mixtral::{
     check_fits, check_fits_owned, weight_bytes, Backend, LayerWeights, LoadOptions, MixtralWeights,
 };

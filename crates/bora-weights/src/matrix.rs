@@ -579,11 +579,19 @@ fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
 
 /// Runs `f` on the f32 values of a contiguous CPU tensor, without copying them.
 pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    with_cpu(t, f)
+}
+
+/// Runs `f` on the values of a contiguous CPU tensor of dtype `T`, without copying them.
+pub fn with_cpu<T: candle_core::WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> R,
+) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         candle_core::bail!("expected a CPU tensor")
     };
-    let all = cpu.as_slice::<f32>()?;
+    let all = cpu.as_slice::<T>()?;
     let Some((a, b)) = layout.contiguous_offsets() else {
         candle_core::bail!("expected a contiguous tensor")
     };

@@ -35,6 +35,8 @@ pub struct LoadOptions {
     /// (`bora_kernels::cpu::packed`) where the CPU and the type have them (bora's kernels
     /// only): faster products, the same results.
     pub pack: bool,
+    /// The KV cache's dtype: `None` for the default ([`LoadOptions::kv_cache_dtype`]).
+    pub kv_dtype: Option<DType>,
 }
 
 impl LoadOptions {
@@ -51,7 +53,18 @@ impl LoadOptions {
             backend,
             quantize: None,
             pack: true,
+            kv_dtype: None,
         }
+    }
+
+    /// The dtype of the KV cache: as chosen, else f16 on bora's CPU kernels (half the bytes
+    /// that long-context decode reads, as llama.cpp's default cache), the activations' dtype on
+    /// candle's.
+    pub fn kv_cache_dtype(&self) -> DType {
+        self.kv_dtype.unwrap_or(match self.backend {
+            Backend::Host => DType::F16,
+            Backend::Candle => self.activation_dtype(),
+        })
     }
 
     /// The dtype activations are computed in: f32 on bora's CPU kernels, the weights' dtype

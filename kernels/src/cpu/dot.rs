@@ -218,6 +218,56 @@ unsafe fn transpose_tiles_avx2<W: Element>(
     }
 }
 
+/// `dst[i] = src[i]` widened to f32 (f16 or bf16 rows of a KV cache, say), 16 or 8 values per
+/// instruction where the CPU has AVX-512 or F16C.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn widen<W: Element>(src: &[W], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "widen: lengths differ");
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the CPU has the ISA (`Isa::get` detected it); every access is below
+        // `src.len() == dst.len()`.
+        unsafe {
+            match Isa::get() {
+                Isa::Avx512 => i = widen_avx512(src, dst),
+                Isa::Avx2 => i = widen_avx2(src, dst),
+                Isa::Scalar => {}
+            }
+        }
+    }
+    for (d, s) in dst[i..].iter_mut().zip(&src[i..]) {
+        *d = s.to_f32();
+    }
+}
+
+/// The whole vectors of [`widen`]; returns how many values it wrote.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn widen_avx512<W: Element>(src: &[W], dst: &mut [f32]) -> usize {
+    let full = src.len() / 16 * 16;
+    for i in (0..full).step_by(16) {
+        std::arch::x86_64::_mm512_storeu_ps(
+            dst.as_mut_ptr().add(i),
+            W::load16(src.as_ptr().add(i)),
+        );
+    }
+    full
+}
+
+/// The whole vectors of [`widen`]; returns how many values it wrote.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_avx2<W: Element>(src: &[W], dst: &mut [f32]) -> usize {
+    let full = src.len() / 8 * 8;
+    for i in (0..full).step_by(8) {
+        std::arch::x86_64::_mm256_storeu_ps(dst.as_mut_ptr().add(i), W::load8(src.as_ptr().add(i)));
+    }
+    full
+}
+
 /// The scalar reference: `acc[r] = Σ_k w[k]·xs[r][k]`.
 pub fn dot_rows_scalar<W: Element>(w: &[W], xs: &[&[f32]], acc: &mut [f32]) {
     for (a, x) in acc.iter_mut().zip(xs) {
@@ -618,6 +668,20 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn widen_matches_scalar() {
+        for n in [0, 1, 7, 8, 15, 16, 17, 40, 256] {
+            let src: Vec<f16> = (0..n)
+                .map(|i| f16::from_f32(i as f32 * 0.37 - 9.0))
+                .collect();
+            let mut dst = vec![f32::NAN; n];
+            widen(&src, &mut dst);
+            for (d, s) in dst.iter().zip(&src) {
+                assert_eq!(*d, s.to_f32(), "{n} values");
             }
         }
     }

@@ -25,7 +25,7 @@
 mod bf16dot;
 mod dot;
 pub use bf16dot::available as bf16_activations;
-pub use dot::Isa;
+pub use dot::{widen, Element, Isa};
 mod matmul;
 pub mod packed;
 pub(crate) mod qdot;

@@ -176,7 +176,7 @@ impl Engine {
         }
         let cfg = model.config().clone();
         let block_bytes =
-            bora_model::KvCache::block_bytes(&cfg, config.block_size.max(1), model.dtype());
+            bora_model::KvCache::block_bytes(&cfg, config.block_size.max(1), model.kv_dtype());
         let blocks = match config.kv_budget {
             KvBudget::Blocks(n) => n,
             KvBudget::Mib(m) => m * (1 << 20) / block_bytes,

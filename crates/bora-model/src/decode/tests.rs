@@ -27,7 +27,7 @@ fn paths() -> Vec<&'static str> {
     p
 }
 
-fn run(path: &str, c: &Chunk<'_>, k: &[f32], v: &[f32], part: &mut [f32]) {
+fn run(path: &str, c: &Chunk<'_>, k: Pool<'_>, v: Pool<'_>, part: &mut [f32]) {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `paths` names AVX-512 only where the CPU has it.
@@ -76,7 +76,8 @@ fn reference(
 /// equal softmax(q·k)·v computed in f64 over each token's whole window at once: for one token
 /// and for blocks (below and above TRANSPOSE_FROM tokens), spans across the SUB and CHUNK
 /// boundaries, causal and sliding windows, a scattered row map (as a block table makes) and
-/// grouped query heads, on every path this CPU can run.
+/// grouped query heads, on every path this CPU can run, over an f32 pool and an f16 one (whose
+/// reference takes the same values rounded to f16).
 #[test]
 fn chunked_attention_matches_the_plain_softmax() {
     let shape = Shape {
@@ -109,68 +110,87 @@ fn chunked_attention_matches_the_plain_softmax() {
             pool += 1;
         }
         // Scores spread wide enough that the softmax is far from uniform.
-        let k: Vec<f32> = noise(1, pool * hkv * d).iter().map(|x| 3.0 * x).collect();
-        let v = noise(2, pool * hkv * d);
-        let q = noise(3, nt * hq * d);
-        let row = |j: usize| (j * 7 + 3) % pool; // a permutation: 7 does not divide pool
-        assert_eq!(
-            (0..end)
-                .map(row)
-                .collect::<std::collections::HashSet<_>>()
-                .len(),
-            end
+        let k32: Vec<f32> = noise(1, pool * hkv * d).iter().map(|x| 3.0 * x).collect();
+        let v32 = noise(2, pool * hkv * d);
+        let (k16, v16): (Vec<f16>, Vec<f16>) = (
+            k32.iter().map(|&x| f16::from_f32(x)).collect(),
+            v32.iter().map(|&x| f16::from_f32(x)).collect(),
         );
-        let lo = crate::attention::first_key(window, pos0);
-        let mut want = vec![0f64; nt * hq * d];
-        for (t, w) in want.chunks_exact_mut(hq * d).enumerate() {
-            let p = pos0 + t;
-            let qt = &q[t * hq * d..(t + 1) * hq * d];
-            reference(
-                shape,
-                qt,
-                &k,
-                &v,
-                &row,
-                crate::attention::first_key(window, p),
-                p,
-                w,
+        for half in [false, true] {
+            let (k, v): (Vec<f32>, Vec<f32>) = if half {
+                (
+                    k16.iter().map(|x| x.to_f32()).collect(),
+                    v16.iter().map(|x| x.to_f32()).collect(),
+                )
+            } else {
+                (k32.clone(), v32.clone())
+            };
+            let (kp, vp) = if half {
+                (Pool::F16(&k16), Pool::F16(&v16))
+            } else {
+                (Pool::F32(&k), Pool::F32(&v))
+            };
+            let q = noise(3, nt * hq * d);
+            let row = |j: usize| (j * 7 + 3) % pool; // a permutation: 7 does not divide pool
+            assert_eq!(
+                (0..end)
+                    .map(row)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len(),
+                end
             );
-        }
-        for path in paths() {
-            let spans: Vec<(usize, usize)> = (lo..end)
-                .step_by(per)
-                .map(|a| (a, (a + per).min(end)))
-                .collect();
-            let stride = nt * shape.partial_len();
-            let mut parts = vec![0f32; spans.len() * stride];
-            for (span, part) in spans.iter().zip(parts.chunks_exact_mut(stride)) {
-                let c = Chunk {
+            let lo = crate::attention::first_key(window, pos0);
+            let mut want = vec![0f64; nt * hq * d];
+            for (t, w) in want.chunks_exact_mut(hq * d).enumerate() {
+                let p = pos0 + t;
+                let qt = &q[t * hq * d..(t + 1) * hq * d];
+                reference(
                     shape,
-                    q: &q,
-                    pos: pos0,
-                    window,
-                    rows: &row,
-                    span: *span,
-                };
-                run(path, &c, &k, &v, part);
+                    qt,
+                    &k,
+                    &v,
+                    &row,
+                    crate::attention::first_key(window, p),
+                    p,
+                    w,
+                );
             }
-            let mut got = vec![0f32; nt * hq * d];
-            for (t, o) in got.chunks_exact_mut(hq * d).enumerate() {
-                let len = shape.partial_len();
-                let mine = parts
-                    .chunks_exact(stride)
-                    .map(|p| &p[t * len..(t + 1) * len]);
-                shape.merge(mine, o);
-            }
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(&a, &b)| (a as f64 - b).abs())
-                .fold(0.0, f64::max);
-            assert!(
+            for path in paths() {
+                let spans: Vec<(usize, usize)> = (lo..end)
+                    .step_by(per)
+                    .map(|a| (a, (a + per).min(end)))
+                    .collect();
+                let stride = nt * shape.partial_len();
+                let mut parts = vec![0f32; spans.len() * stride];
+                for (span, part) in spans.iter().zip(parts.chunks_exact_mut(stride)) {
+                    let c = Chunk {
+                        shape,
+                        q: &q,
+                        pos: pos0,
+                        window,
+                        rows: &row,
+                        span: *span,
+                    };
+                    run(path, &c, kp, vp, part);
+                }
+                let mut got = vec![0f32; nt * hq * d];
+                for (t, o) in got.chunks_exact_mut(hq * d).enumerate() {
+                    let len = shape.partial_len();
+                    let mine = parts
+                        .chunks_exact(stride)
+                        .map(|p| &p[t * len..(t + 1) * len]);
+                    shape.merge(mine, o);
+                }
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(&a, &b)| (a as f64 - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
                 worst < 2e-5,
-                "{path}, {nt} tokens from {pos0}, window {window:?}: off by {worst}"
+                "{path}, f16 pool {half}, {nt} tokens from {pos0}, window {window:?}: off by {worst}"
             );
+            }
         }
     }
 }
