@@ -54,9 +54,9 @@ pub struct ModelArgs {
     /// llama.cpp's `--no-repack`.
     #[arg(long)]
     pub no_repack: bool,
-    /// The KV cache's dtype: f16 or f32 on the CPU (default f16: half the bytes that
-    /// long-context decode reads, as llama.cpp's default `--cache-type-k/-v f16`); on a GPU
-    /// the activations' dtype, the only one allowed there.
+    /// The KV cache's dtype: f32 (the default) or f16 on the CPU (half the cache's memory and
+    /// the bytes long-context decode reads, as llama.cpp's default `--cache-type-k/-v f16`); on
+    /// a GPU the activations' dtype, the only one allowed there.
     #[arg(long, value_name = "DTYPE")]
     pub kv_cache_dtype: Option<String>,
 }

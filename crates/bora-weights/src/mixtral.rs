@@ -57,14 +57,12 @@ impl LoadOptions {
         }
     }
 
-    /// The dtype of the KV cache: as chosen, else f16 on bora's CPU kernels (half the bytes
-    /// that long-context decode reads, as llama.cpp's default cache), the activations' dtype on
-    /// candle's.
+    /// The dtype of the KV cache: as chosen, else the activations' dtype (f32 on bora's CPU
+    /// kernels, which also keep f16: half the cache's memory and the bytes long-context decode
+    /// reads, as llama.cpp's default cache, at the cost of logits that no longer match f32
+    /// references to their tolerances).
     pub fn kv_cache_dtype(&self) -> DType {
-        self.kv_dtype.unwrap_or(match self.backend {
-            Backend::Host => DType::F16,
-            Backend::Candle => self.activation_dtype(),
-        })
+        self.kv_dtype.unwrap_or(self.activation_dtype())
     }
 
     /// The dtype activations are computed in: f32 on bora's CPU kernels, the weights' dtype
