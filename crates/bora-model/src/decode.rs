@@ -473,7 +473,7 @@ fn sum(x: &[f32]) -> f32 {
             acc[i] += c[i];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    halves(acc, |a, b| a + b) + tail
 }
 
 /// The largest value (NaN is skipped), in sixteen lanes the compiler vectorizes.

@@ -445,8 +445,8 @@ fn gemv_task<W: Element>(job: &Job<'_>, sources: &[(&[W], OutPtr)], j0: usize, r
     let isa = Isa::get();
     if m == 1 && !job.invariant {
         // One activation row (decode): each source's rows are one contiguous stream, read
-        // front to back in one kernel call (row by row through `dot_block`, the dispatch and
-        // the gate/up rows taken in turn cost about a fifth of F16 decode).
+        // front to back in one kernel call (row by row through `dot_block`, the dispatch per
+        // row took about 5% of F16 decode, and the gate and up rows were read in turn).
         for &(w, out) in sources {
             // SAFETY: with one output row, this task's columns j0..j0 + rows of it are its own
             // (no other task writes them) and lie inside the [1, n] output.
