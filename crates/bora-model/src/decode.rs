@@ -7,6 +7,7 @@
 //! time, so that a position's attention is computed the same way whether it is decoded or
 //! prefilled, and whatever the chunking or the batch.
 
+use bora_kernels::cpu::attn::{attend_one, exp, max, sum, Heads};
 use bora_weights::{with_cpu, with_cpu_f32};
 use candle_core::{DType, Tensor};
 use half::f16;
@@ -81,7 +82,7 @@ pub(crate) fn pool_attention(
     for x in qr.iter_mut() {
         *x *= scale;
     }
-    let shape = Shape { hq, hkv, d };
+    let shape = Heads { hq, hkv, d };
     // Blocks of tokens, one sequence's consecutive positions each: (first token, tokens).
     let mut blocks: Vec<(usize, usize)> = Vec::new();
     let mut first = 0;
@@ -146,7 +147,7 @@ pub(crate) fn pool_attention(
                     let mine = ps
                         .chunks_exact(per_task)
                         .map(|p| &p[u * shape.partial_len()..(u + 1) * shape.partial_len()]);
-                    shape.merge(mine, o);
+                    merge(shape, mine, o);
                 }
             });
         })
@@ -204,50 +205,35 @@ const TOKENS: usize = 8;
 /// broadcast query values with rows of keys (no horizontal sums).
 const TRANSPOSE_FROM: usize = 4;
 
-/// Head counts and size (the legend of `lib.rs`: Hq, Hkv, D).
-#[derive(Clone, Copy)]
-struct Shape {
-    hq: usize,
-    hkv: usize,
-    d: usize,
-}
-
-impl Shape {
-    /// Floats of one token's partial result over a chunk of keys: `Hq · D` unnormalized sums,
-    /// then the `Hq` running maxima, then the `Hq` sums of weights.
-    fn partial_len(&self) -> usize {
-        self.hq * (self.d + 2)
-    }
-
-    /// Merges a token's partials over its chunks of keys into its attention output `[Hq · D]`.
-    fn merge<'p>(&self, parts: impl Iterator<Item = &'p [f32]> + Clone, out: &mut [f32]) {
-        let (hq, d) = (self.hq, self.d);
-        for (h, o) in out.chunks_exact_mut(d).enumerate() {
-            let m = |p: &[f32]| p[hq * d + h];
-            let top = parts.clone().map(m).fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            o.fill(0.0);
-            for p in parts.clone() {
-                let w = (m(p) - top).exp();
-                if w == 0.0 {
-                    continue; // no key of this chunk is visible to the token
-                }
-                total += w * p[hq * d + hq + h];
-                for (o, &x) in o.iter_mut().zip(&p[h * d..(h + 1) * d]) {
-                    *o += w * x;
-                }
+/// Merges a token's partials (see [`Heads::partial_len`]) over its chunks of keys into its
+/// attention output `[Hq · D]`.
+fn merge<'p>(shape: Heads, parts: impl Iterator<Item = &'p [f32]> + Clone, out: &mut [f32]) {
+    let (hq, d) = (shape.hq, shape.d);
+    for (h, o) in out.chunks_exact_mut(d).enumerate() {
+        let m = |p: &[f32]| p[hq * d + h];
+        let top = parts.clone().map(m).fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0;
+        o.fill(0.0);
+        for p in parts.clone() {
+            let w = (m(p) - top).exp();
+            if w == 0.0 {
+                continue; // no key of this chunk is visible to the token
             }
-            let inv = 1.0 / total;
-            for o in o.iter_mut() {
-                *o *= inv;
+            total += w * p[hq * d + hq + h];
+            for (o, &x) in o.iter_mut().zip(&p[h * d..(h + 1) * d]) {
+                *o += w * x;
             }
+        }
+        let inv = 1.0 / total;
+        for o in o.iter_mut() {
+            *o *= inv;
         }
     }
 }
 
 /// Queries of consecutive tokens of one sequence against a chunk of its keys and values.
 struct Chunk<'a> {
-    shape: Shape,
+    shape: Heads,
     /// `[T, Hq, D]`, already scaled by `1/√D`: tokens at positions `pos..pos + T`.
     q: &'a [f32],
     pos: usize,
@@ -263,6 +249,25 @@ impl Chunk<'_> {
     /// (`T` of them), with the widest vectors this CPU has (the loops below vectorize under
     /// each `target_feature`).
     fn attend(&self, kpool: Pool<'_>, vpool: Pool<'_>, part: &mut [f32]) {
+        let Heads { hq, hkv, d } = self.shape;
+        if self.q.len() == hq * d {
+            // One token (decode): the kernel of `bora_kernels::cpu::attn`, over the positions
+            // of the span in its window.
+            let (a, b) = self.span;
+            let lo = crate::attention::first_key(self.window, self.pos).max(a);
+            let rows: Vec<usize> = (lo..b.min(self.pos + 1))
+                .map(|j| (self.rows)(j) * hkv * d)
+                .collect();
+            match (kpool, vpool) {
+                (Pool::F32(k), Pool::F32(v)) => {
+                    return attend_one(self.shape, self.q, k, v, &rows, part)
+                }
+                (Pool::F16(k), Pool::F16(v)) => {
+                    return attend_one(self.shape, self.q, k, v, &rows, part)
+                }
+                _ => {}
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         {
             use bora_kernels::Isa;
@@ -298,7 +303,7 @@ impl Chunk<'_> {
     /// rows added. Each pool row (all kv heads of a position) is read once, in position order.
     #[inline(always)]
     fn attend_any(&self, kpool: Pool<'_>, vpool: Pool<'_>, part: &mut [f32]) {
-        let Shape { hq, hkv, d } = self.shape;
+        let Heads { hq, hkv, d } = self.shape;
         let (g, width, stride) = (hq / hkv, hkv * d, self.shape.partial_len());
         let nt = self.q.len() / (hq * d);
         for p in part.chunks_exact_mut(stride) {
@@ -450,50 +455,6 @@ fn prefetch(x: &f32) {
     let _ = x;
 }
 
-/// Sixteen lanes combined by halves (8 + 8, 4 + 4, 2 + 2, 1 + 1): four vector steps, where
-/// folding them in order is a chain of fifteen dependent scalar ones.
-#[inline(always)]
-fn halves(mut a: [f32; 16], f: impl Fn(f32, f32) -> f32) -> f32 {
-    for w in [8, 4, 2, 1] {
-        for i in 0..w {
-            a[i] = f(a[i], a[i + w]);
-        }
-    }
-    a[0]
-}
-
-/// The sum, in sixteen lanes the compiler vectorizes.
-#[inline(always)]
-fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for i in 0..16 {
-            acc[i] += c[i];
-        }
-    }
-    halves(acc, |a, b| a + b) + tail
-}
-
-/// The largest value (NaN is skipped), in sixteen lanes the compiler vectorizes.
-#[inline(always)]
-fn max(x: &[f32]) -> f32 {
-    let mut top = [f32::NEG_INFINITY; 16];
-    let chunks = x.chunks_exact(16);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    for c in chunks {
-        for i in 0..16 {
-            top[i] = if c[i] > top[i] { c[i] } else { top[i] };
-        }
-    }
-    halves(top, |a, b| if b > a { b } else { a }).max(tail)
-}
-
 /// A dot product the compiler vectorizes (sixteen independent partial sums).
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -511,25 +472,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// `e^x` for `x ≤ 0` (exact enough up to 88, where it saturates), without branches so that
-/// loops over it vectorize: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-7 polynomial for `e^r` (Cephes'
-/// `expf` coefficients, relative error about 1e-7) and `2^n` built in the exponent bits.
-/// Inputs below -87 (and NaN, and -∞) give `e^-87` ≈ 1.6e-38, which no softmax sum notices.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    // max, then min (not clamp): NaN becomes -87.
-    #[allow(clippy::manual_clamp)]
-    let x = x.max(-87.0).min(88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4;
-    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-        p = p * r + c;
-    }
-    let e = p * r * r + r + 1.0;
-    e * f32::from_bits((((n as i32) + 127) as u32) << 23)
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes::{Avx2, Avx512, Lanes};
+
 /// The instruction set the CPU kernels run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
@@ -448,92 +451,6 @@ const fn unroll(chains: usize) -> usize {
         1
     } else {
         8 / chains
-    }
-}
-
-/// One SIMD register width: what the generic kernels below need of it. Every method is
-/// `inline(always)`, so that it compiles inside the `target_feature` function that calls it.
-#[cfg(target_arch = "x86_64")]
-trait Lanes {
-    type V: Copy;
-    /// f32 lanes per vector.
-    const N: usize;
-    unsafe fn zero() -> Self::V;
-    unsafe fn load_x(p: *const f32) -> Self::V;
-    unsafe fn load_w<W: Element>(p: *const W) -> Self::V;
-    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
-    unsafe fn hsum(v: Self::V) -> f32;
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Avx2 {
-    type V = std::arch::x86_64::__m256;
-    const N: usize = 8;
-    #[inline(always)]
-    unsafe fn zero() -> Self::V {
-        std::arch::x86_64::_mm256_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn load_x(p: *const f32) -> Self::V {
-        std::arch::x86_64::_mm256_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn load_w<W: Element>(p: *const W) -> Self::V {
-        W::load8(p)
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        std::arch::x86_64::_mm256_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
-        std::arch::x86_64::_mm256_add_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn hsum(v: Self::V) -> f32 {
-        use std::arch::x86_64::*;
-        let hi = _mm256_extractf128_ps::<1>(v);
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-        _mm_cvtss_f32(s)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx512;
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Avx512 {
-    type V = std::arch::x86_64::__m512;
-    const N: usize = 16;
-    #[inline(always)]
-    unsafe fn zero() -> Self::V {
-        std::arch::x86_64::_mm512_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn load_x(p: *const f32) -> Self::V {
-        std::arch::x86_64::_mm512_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn load_w<W: Element>(p: *const W) -> Self::V {
-        W::load16(p)
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        std::arch::x86_64::_mm512_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
-        std::arch::x86_64::_mm512_add_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn hsum(v: Self::V) -> f32 {
-        std::arch::x86_64::_mm512_reduce_add_ps(v)
     }
 }
 

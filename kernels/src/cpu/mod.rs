@@ -22,8 +22,11 @@
 //! partial sums, whose count depends on the block shape), and quantized weights take the
 //! one-row decode kernels. Prefill is slower in it; decode mostly is not.
 
+pub mod attn;
 mod bf16dot;
 mod dot;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 pub use bf16dot::available as bf16_activations;
 pub use dot::{widen, Element, Isa};
 mod matmul;

@@ -15,7 +15,7 @@ fn noise(seed: u64, n: usize) -> Vec<f32> {
 
 /// Every path this CPU can run, by name.
 fn paths() -> Vec<&'static str> {
-    let mut p = vec!["any"];
+    let mut p = vec!["best", "any"];
     #[cfg(target_arch = "x86_64")]
     for isa in bora_kernels::Isa::supported() {
         match isa {
@@ -35,6 +35,7 @@ fn run(path: &str, c: &Chunk<'_>, k: Pool<'_>, v: Pool<'_>, part: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `paths` names AVX2 only where the CPU has AVX2 and FMA.
         "avx2" => unsafe { c.attend_avx2(k, v, part) },
+        "best" => c.attend(k, v, part),
         _ => c.attend_any(k, v, part),
     }
 }
@@ -42,7 +43,7 @@ fn run(path: &str, c: &Chunk<'_>, k: Pool<'_>, v: Pool<'_>, part: &mut [f32]) {
 /// softmax(q·k)·v of token `t` (at `pos`) over keys `lo..=pos`, in f64.
 #[allow(clippy::too_many_arguments)]
 fn reference(
-    shape: Shape,
+    shape: Heads,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -51,7 +52,7 @@ fn reference(
     pos: usize,
     out: &mut [f64],
 ) {
-    let Shape { hq, hkv, d } = shape;
+    let Heads { hq, hkv, d } = shape;
     let g = hq / hkv;
     for h in 0..hq {
         let kh = h / g * d;
@@ -76,135 +77,120 @@ fn reference(
 /// equal softmax(q·k)·v computed in f64 over each token's whole window at once: for one token
 /// and for blocks (below and above TRANSPOSE_FROM tokens), spans across the SUB and CHUNK
 /// boundaries, causal and sliding windows, a scattered row map (as a block table makes) and
-/// grouped query heads, on every path this CPU can run, over an f32 pool and an f16 one (whose
+/// grouped query heads, on every path this CPU can run (the one-token kernel of
+/// `bora_kernels::cpu::attn` as `attend` dispatches to it), over an f32 pool and an f16 one (whose
 /// reference takes the same values rounded to f16).
 #[test]
 fn chunked_attention_matches_the_plain_softmax() {
-    let shape = Shape {
-        hq: 8,
-        hkv: 2,
-        d: 40,
-    };
-    let Shape { hq, hkv, d } = shape;
-    // (first position, tokens, sliding window, keys per task)
-    let cases = [
-        (0, 1, None, CHUNK),
-        (1, 1, None, CHUNK),
-        (30, 1, None, CHUNK),
-        (32, 1, None, CHUNK),
-        (255, 1, None, CHUNK),
-        (256, 1, None, CHUNK),
-        (699, 1, None, CHUNK),
-        (699, 1, Some(100), CHUNK),
-        (0, 3, None, 100),
-        (40, 3, Some(37), 30),
-        (0, TOKENS, None, 1000),
-        (60, TOKENS, None, 50),
-        (300, TOKENS, Some(20), 16),
-        (500, 5, Some(64), 64),
-    ];
-    for (pos0, nt, window, per) in cases {
-        let end = pos0 + nt;
-        let mut pool = end + 5;
-        if pool % 7 == 0 {
-            pool += 1;
-        }
-        // Scores spread wide enough that the softmax is far from uniform.
-        let k32: Vec<f32> = noise(1, pool * hkv * d).iter().map(|x| 3.0 * x).collect();
-        let v32 = noise(2, pool * hkv * d);
-        let (k16, v16): (Vec<f16>, Vec<f16>) = (
-            k32.iter().map(|&x| f16::from_f32(x)).collect(),
-            v32.iter().map(|&x| f16::from_f32(x)).collect(),
-        );
-        for half in [false, true] {
-            let (k, v): (Vec<f32>, Vec<f32>) = if half {
-                (
-                    k16.iter().map(|x| x.to_f32()).collect(),
-                    v16.iter().map(|x| x.to_f32()).collect(),
-                )
-            } else {
-                (k32.clone(), v32.clone())
-            };
-            let (kp, vp) = if half {
-                (Pool::F16(&k16), Pool::F16(&v16))
-            } else {
-                (Pool::F32(&k), Pool::F32(&v))
-            };
-            let q = noise(3, nt * hq * d);
-            let row = |j: usize| (j * 7 + 3) % pool; // a permutation: 7 does not divide pool
-            assert_eq!(
-                (0..end)
-                    .map(row)
-                    .collect::<std::collections::HashSet<_>>()
-                    .len(),
-                end
-            );
-            let lo = crate::attention::first_key(window, pos0);
-            let mut want = vec![0f64; nt * hq * d];
-            for (t, w) in want.chunks_exact_mut(hq * d).enumerate() {
-                let p = pos0 + t;
-                let qt = &q[t * hq * d..(t + 1) * hq * d];
-                reference(
-                    shape,
-                    qt,
-                    &k,
-                    &v,
-                    &row,
-                    crate::attention::first_key(window, p),
-                    p,
-                    w,
-                );
+    // D = 40 takes the scalar one-token kernel, D = 64 the SIMD ones.
+    for (hq, hkv, d) in [(8, 2, 40), (16, 4, 64)] {
+        let shape = Heads { hq, hkv, d };
+        // (first position, tokens, sliding window, keys per task)
+        let cases = [
+            (0, 1, None, CHUNK),
+            (1, 1, None, CHUNK),
+            (30, 1, None, CHUNK),
+            (32, 1, None, CHUNK),
+            (255, 1, None, CHUNK),
+            (256, 1, None, CHUNK),
+            (699, 1, None, CHUNK),
+            (699, 1, Some(100), CHUNK),
+            (0, 3, None, 100),
+            (40, 3, Some(37), 30),
+            (0, TOKENS, None, 1000),
+            (60, TOKENS, None, 50),
+            (300, TOKENS, Some(20), 16),
+            (500, 5, Some(64), 64),
+        ];
+        for (pos0, nt, window, per) in cases {
+            let end = pos0 + nt;
+            let mut pool = end + 5;
+            if pool % 7 == 0 {
+                pool += 1;
             }
-            for path in paths() {
-                let spans: Vec<(usize, usize)> = (lo..end)
-                    .step_by(per)
-                    .map(|a| (a, (a + per).min(end)))
-                    .collect();
-                let stride = nt * shape.partial_len();
-                let mut parts = vec![0f32; spans.len() * stride];
-                for (span, part) in spans.iter().zip(parts.chunks_exact_mut(stride)) {
-                    let c = Chunk {
+            // Scores spread wide enough that the softmax is far from uniform.
+            let k32: Vec<f32> = noise(1, pool * hkv * d).iter().map(|x| 3.0 * x).collect();
+            let v32 = noise(2, pool * hkv * d);
+            let (k16, v16): (Vec<f16>, Vec<f16>) = (
+                k32.iter().map(|&x| f16::from_f32(x)).collect(),
+                v32.iter().map(|&x| f16::from_f32(x)).collect(),
+            );
+            for half in [false, true] {
+                let (k, v): (Vec<f32>, Vec<f32>) = if half {
+                    (
+                        k16.iter().map(|x| x.to_f32()).collect(),
+                        v16.iter().map(|x| x.to_f32()).collect(),
+                    )
+                } else {
+                    (k32.clone(), v32.clone())
+                };
+                let (kp, vp) = if half {
+                    (Pool::F16(&k16), Pool::F16(&v16))
+                } else {
+                    (Pool::F32(&k), Pool::F32(&v))
+                };
+                let q = noise(3, nt * hq * d);
+                let row = |j: usize| (j * 7 + 3) % pool; // a permutation: 7 does not divide pool
+                assert_eq!(
+                    (0..end)
+                        .map(row)
+                        .collect::<std::collections::HashSet<_>>()
+                        .len(),
+                    end
+                );
+                let lo = crate::attention::first_key(window, pos0);
+                let mut want = vec![0f64; nt * hq * d];
+                for (t, w) in want.chunks_exact_mut(hq * d).enumerate() {
+                    let p = pos0 + t;
+                    let qt = &q[t * hq * d..(t + 1) * hq * d];
+                    reference(
                         shape,
-                        q: &q,
-                        pos: pos0,
-                        window,
-                        rows: &row,
-                        span: *span,
-                    };
-                    run(path, &c, kp, vp, part);
+                        qt,
+                        &k,
+                        &v,
+                        &row,
+                        crate::attention::first_key(window, p),
+                        p,
+                        w,
+                    );
                 }
-                let mut got = vec![0f32; nt * hq * d];
-                for (t, o) in got.chunks_exact_mut(hq * d).enumerate() {
-                    let len = shape.partial_len();
-                    let mine = parts
-                        .chunks_exact(stride)
-                        .map(|p| &p[t * len..(t + 1) * len]);
-                    shape.merge(mine, o);
-                }
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(&a, &b)| (a as f64 - b).abs())
-                    .fold(0.0, f64::max);
-                assert!(
+                for path in paths() {
+                    let spans: Vec<(usize, usize)> = (lo..end)
+                        .step_by(per)
+                        .map(|a| (a, (a + per).min(end)))
+                        .collect();
+                    let stride = nt * shape.partial_len();
+                    let mut parts = vec![0f32; spans.len() * stride];
+                    for (span, part) in spans.iter().zip(parts.chunks_exact_mut(stride)) {
+                        let c = Chunk {
+                            shape,
+                            q: &q,
+                            pos: pos0,
+                            window,
+                            rows: &row,
+                            span: *span,
+                        };
+                        run(path, &c, kp, vp, part);
+                    }
+                    let mut got = vec![0f32; nt * hq * d];
+                    for (t, o) in got.chunks_exact_mut(hq * d).enumerate() {
+                        let len = shape.partial_len();
+                        let mine = parts
+                            .chunks_exact(stride)
+                            .map(|p| &p[t * len..(t + 1) * len]);
+                        merge(shape, mine, o);
+                    }
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(&a, &b)| (a as f64 - b).abs())
+                        .fold(0.0, f64::max);
+                    assert!(
                 worst < 2e-5,
                 "{path}, f16 pool {half}, {nt} tokens from {pos0}, window {window:?}: off by {worst}"
             );
+                }
             }
         }
     }
-}
-
-#[test]
-fn exp_is_close_to_the_library_exp() {
-    let mut worst = 0f32;
-    for i in 0..=87_000 {
-        let x = -(i as f32) / 1000.0;
-        let (a, b) = (exp(x), x.exp());
-        worst = worst.max((a - b).abs() / b);
-    }
-    assert!(worst < 3e-7, "relative error {worst}");
-    assert!(exp(f32::NEG_INFINITY) < 1e-37);
-    assert!(exp(f32::NAN) < 1e-37);
-    assert_eq!(exp(0.0), 1.0);
 }
