@@ -79,9 +79,15 @@ pub(crate) unsafe fn rows(
         // Decode: the weight rows one after the other, one stream from the first to the last.
         // Six rows side by side were six short streams of `k` values each, which the hardware
         // prefetcher followed badly (BF16 decode 52 against 86 tok/s on the bench model).
-        for j in 0..rows {
-            // SAFETY: as below, for the one activation row and weight row j.
-            x86::tile::<1, 1>(xb.as_ptr(), w[j * k..].as_ptr(), k, out.add(j0 + j), n);
+        for j in (0..rows).step_by(16) {
+            let n16 = 16.min(rows - j);
+            let mut acc = [std::arch::x86_64::_mm512_setzero_ps(); 16];
+            for (i, a) in acc[..n16].iter_mut().enumerate() {
+                // SAFETY: as below, for the one activation row and weight row j + i.
+                *a = x86::dot::<1, 1>(xb.as_ptr(), w[(j + i) * k..].as_ptr(), k)[0][0];
+            }
+            // SAFETY: outputs j0 + j .. j0 + j + n16 of row 0 are the caller's.
+            x86::reduce(&acc[..n16], |i, v| *out.add(j0 + j + i) = v);
         }
         return;
     }
@@ -124,6 +130,56 @@ mod x86 {
         std::mem::transmute::<__m512i, __m512bh>(v)
     }
 
+    /// The accumulators of `A` activation rows against `B` weight rows: each output's 16
+    /// lanes of partial sums, over `k` in steps of 32.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and BF16; `A` rows of `k` values at `x`, `B` at `w`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn dot<const A: usize, const B: usize>(
+        x: *const bf16,
+        w: *const bf16,
+        k: usize,
+    ) -> [[__m512; B]; A] {
+        let mut acc = [[_mm512_setzero_ps(); B]; A];
+        let mut i = 0;
+        while i < k {
+            let len = k - i;
+            let xs: [__m512bh; A] = std::array::from_fn(|a| load(x.add(a * k + i), len));
+            for b in 0..B {
+                let wv = load(w.add(b * k + i), len);
+                for (row, xa) in acc.iter_mut().zip(&xs) {
+                    row[b] = _mm512_dpbf16_ps(row[b], *xa, wv);
+                }
+            }
+            i += 32;
+        }
+        acc
+    }
+
+    /// Each accumulator summed across its lanes, 16 at a time by `Lanes::sums`' tree (15 adds
+    /// for 16 sums, where one horizontal sum each costs 4 shuffles and 4 adds): `put(i, sum
+    /// of acc[i])`. A lane's sum does not depend on the other vectors of its group, so every
+    /// output is summed the same way whatever the tile.
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn reduce(acc: &[__m512], mut put: impl FnMut(usize, f32)) {
+        use crate::cpu::lanes::{Avx512, Lanes};
+        for (g, group) in acc.chunks(16).enumerate() {
+            let mut v = [_mm512_setzero_ps(); 16];
+            v[..group.len()].copy_from_slice(group);
+            let mut sums = [0f32; 16];
+            Avx512::store(sums.as_mut_ptr(), Avx512::sums(&v));
+            for (i, &s) in sums[..group.len()].iter().enumerate() {
+                put(g * 16 + i, s);
+            }
+        }
+    }
+
     /// The full tile: `A` activation rows against `B` weight rows.
     ///
     /// # Safety
@@ -138,24 +194,12 @@ mod x86 {
         out: *mut f32,
         n: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); B]; A];
-        let mut i = 0;
-        while i < k {
-            let len = k - i;
-            let xs: [__m512bh; A] = std::array::from_fn(|a| load(x.add(a * k + i), len));
-            for b in 0..B {
-                let wv = load(w.add(b * k + i), len);
-                for (row, xa) in acc.iter_mut().zip(&xs) {
-                    row[b] = _mm512_dpbf16_ps(row[b], *xa, wv);
-                }
-            }
-            i += 32;
+        let acc = dot::<A, B>(x, w, k);
+        let mut flat = [_mm512_setzero_ps(); super::R * super::C];
+        for (f, a) in flat.iter_mut().zip(acc.iter().flatten()) {
+            *f = *a;
         }
-        for (a, row) in acc.iter().enumerate() {
-            for (b, v) in row.iter().enumerate() {
-                *out.add(a * n + b) = _mm512_reduce_add_ps(*v);
-            }
-        }
+        reduce(&flat[..A * B], |i, v| *out.add(i / B * n + i % B) = v);
     }
 
     /// A tile at the edge: `rn` activation rows against `cn` weight rows, one pair at a time.
