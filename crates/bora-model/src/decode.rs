@@ -113,43 +113,57 @@ pub(crate) fn pool_attention(
     }
     first_task.push(tasks.len());
     let per_task = blocks.iter().map(|b| b.1).max().unwrap_or(1) * shape.partial_len();
-    let mut parts = vec![0f32; tasks.len() * per_task];
+    let groups = task_groups(&first_task, GROUP_TASKS);
+    let most = groups
+        .iter()
+        .map(|&(g0, g1)| first_task[g1] - first_task[g0])
+        .max()
+        .unwrap_or(0);
+    let mut parts = vec![0f32; most * per_task];
     let mut out = vec![0f32; n * hq * d];
     with_pool(&kv.k, |kpool| {
         with_pool(&kv.v, |vpool| {
-            parts
-                .par_chunks_mut(per_task)
-                .zip(&tasks)
-                .for_each(|(part, &(bi, a, b))| {
-                    let (t0, nt) = blocks[bi];
-                    let s = seqs[toks[t0].0];
-                    let chunk = Chunk {
-                        shape,
-                        q: &qr[t0 * hq * d..(t0 + nt) * hq * d],
-                        pos: toks[t0].1,
-                        window: cfg.sliding_window,
-                        rows: &|j| cache.row(&s.blocks, j),
-                        span: (a, b),
-                    };
-                    chunk.attend(kpool, vpool, &mut part[..nt * shape.partial_len()]);
-                });
-            let (outs, parts, first_task) = (&mut out, &parts, &first_task);
-            let mut by_block: Vec<(&mut [f32], usize)> = Vec::with_capacity(blocks.len());
-            let mut rest = &mut outs[..];
-            for (bi, &(_, nt)) in blocks.iter().enumerate() {
-                let (o, r) = rest.split_at_mut(nt * hq * d);
-                by_block.push((o, bi));
-                rest = r;
-            }
-            by_block.into_par_iter().for_each(|(o, bi)| {
-                let ps = &parts[first_task[bi] * per_task..first_task[bi + 1] * per_task];
-                for (u, o) in o.chunks_exact_mut(hq * d).enumerate() {
-                    let mine = ps
-                        .chunks_exact(per_task)
-                        .map(|p| &p[u * shape.partial_len()..(u + 1) * shape.partial_len()]);
-                    merge(shape, mine, o);
+            for &(g0, g1) in &groups {
+                let (t0, t1) = (first_task[g0], first_task[g1]);
+                let parts = &mut parts[..(t1 - t0) * per_task];
+                parts.par_chunks_mut(per_task).zip(&tasks[t0..t1]).for_each(
+                    |(part, &(bi, a, b))| {
+                        let (t0, nt) = blocks[bi];
+                        let s = seqs[toks[t0].0];
+                        let chunk = Chunk {
+                            shape,
+                            q: &qr[t0 * hq * d..(t0 + nt) * hq * d],
+                            pos: toks[t0].1,
+                            window: cfg.sliding_window,
+                            rows: &|j| cache.row(&s.blocks, j),
+                            span: (a, b),
+                        };
+                        chunk.attend(kpool, vpool, &mut part[..nt * shape.partial_len()]);
+                    },
+                );
+                // The group's blocks' outputs: its tokens' rows, in order.
+                let first_tok = blocks[g0].0;
+                let end_tok = blocks[g1 - 1].0 + blocks[g1 - 1].1;
+                let mut rest = &mut out[first_tok * hq * d..end_tok * hq * d];
+                let mut by_block: Vec<(&mut [f32], usize)> = Vec::with_capacity(g1 - g0);
+                for (bi, &(_, nt)) in blocks.iter().enumerate().take(g1).skip(g0) {
+                    let (o, r) = rest.split_at_mut(nt * hq * d);
+                    by_block.push((o, bi));
+                    rest = r;
                 }
-            });
+                let (parts, first_task) = (&*parts, &first_task);
+                by_block.into_par_iter().for_each(|(o, bi)| {
+                    let ps = &parts
+                        [(first_task[bi] - t0) * per_task..(first_task[bi + 1] - t0) * per_task];
+                    for (u, o) in o.chunks_exact_mut(hq * d).enumerate() {
+                        let len = shape.partial_len();
+                        let mine = ps
+                            .chunks_exact(per_task)
+                            .map(|p| &p[u * len..(u + 1) * len]);
+                        merge(shape, mine, o);
+                    }
+                });
+            }
         })
     })??;
     Ok(Tensor::from_vec(out, (n, hq * d), dev)?)
@@ -193,6 +207,31 @@ fn rows_of(t: &Tensor, rows: &[usize]) -> Result<Vec<f32>> {
             .flat_map(|&r| all[r * c..(r + 1) * c].iter().copied())
             .collect()
     })?)
+}
+
+/// Tasks whose partial results are held at once: a step's blocks are computed and merged in
+/// groups of about this many tasks (whole blocks), so that the partials stay a few MB (a
+/// 512-token prefill chunk at 32k positions in batch-invariant mode is 64k one-token tasks,
+/// 1 GB of partials for Mixtral 8x7B at once).
+const GROUP_TASKS: usize = 256;
+
+/// Consecutive blocks `(first, end)` holding at most `most` tasks each (a block with more is
+/// a group alone), `first_task[b]` the first task of block `b` (and `first_task[blocks]` the
+/// count).
+fn task_groups(first_task: &[usize], most: usize) -> Vec<(usize, usize)> {
+    let blocks = first_task.len() - 1;
+    let mut groups = Vec::new();
+    let mut g0 = 0;
+    for b in 0..blocks {
+        if b > g0 && first_task[b + 1] - first_task[g0] > most {
+            groups.push((g0, b));
+            g0 = b;
+        }
+    }
+    if blocks > 0 {
+        groups.push((g0, blocks));
+    }
+    groups
 }
 
 /// Positions a decode token's task attends: its keys are split into chunks of this many.

@@ -194,3 +194,33 @@ fn chunked_attention_matches_the_plain_softmax() {
         }
     }
 }
+
+/// Groups are consecutive, cover every block once, and hold at most the limit of tasks unless
+/// one block alone has more.
+#[test]
+fn task_groups_cover_every_block_within_the_limit() {
+    for first_task in [
+        vec![0],
+        vec![0, 1],
+        vec![0, 1, 2, 3, 4, 5],
+        vec![0, 3, 4, 10, 11, 12, 20],
+        vec![0, 300, 301, 302],
+    ] {
+        for most in [1, 2, 3, 5, 256] {
+            let groups = task_groups(&first_task, most);
+            let blocks = first_task.len() - 1;
+            let mut next = 0;
+            for &(g0, g1) in &groups {
+                assert_eq!(g0, next, "{first_task:?}, {most}: {groups:?}");
+                assert!(g1 > g0);
+                let tasks = first_task[g1] - first_task[g0];
+                assert!(
+                    tasks <= most || g1 == g0 + 1,
+                    "{first_task:?}, {most}: {groups:?}"
+                );
+                next = g1;
+            }
+            assert_eq!(next, blocks, "{first_task:?}, {most}: {groups:?}");
+        }
+    }
+}
