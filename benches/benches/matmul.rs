@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // The same expert shape streamed from DRAM, as decode reads it: 48 distinct matrices
-    // (336 MB, ten times the L3), one after the other.
+    // (336 MB, ten times the L3), one after the other; bf16, and f16 for one row.
     let (n, k, count) = (3584usize, 1024usize, 48usize);
     let experts: Vec<Vec<bf16>> = (0..count)
         .map(|e| random_bf16(n * k, 0.02, 100 + e as u64))
@@ -83,6 +83,20 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The same experts in f16, one row (F16 decode's product).
+    let experts16: Vec<Vec<f16>> = experts
+        .iter()
+        .map(|e| e.iter().map(|v| f16::from_f32(v.to_f32())).collect())
+        .collect();
+    let x: Vec<f32> = random_f32(k, 1.0, 1);
+    let mut out = vec![0f32; n];
+    let mut next = 0;
+    group.bench_function(BenchmarkId::new("f16", 1), |b| {
+        b.iter(|| {
+            next = (next + 1) % count;
+            matmul_xwt(&x, 1, k, WeightRef::F16(&experts16[next]), n, &mut out)
+        })
+    });
     group.finish();
 
     // Quantized experts of the bench model's shape: decode (1 row) streams 48 distinct
