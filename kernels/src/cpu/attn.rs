@@ -68,9 +68,7 @@ pub fn attend_one<T: Element>(
         end <= k.len() && end <= v.len(),
         "attend_one: a row past the pool"
     );
-    part[..hq * d].fill(0.0);
-    part[hq * d..hq * d + hq].fill(f32::NEG_INFINITY);
-    part[hq * d + hq..].fill(0.0);
+    reset(heads, part);
     if rows.is_empty() {
         return;
     }
@@ -89,8 +87,17 @@ pub fn attend_one<T: Element>(
     attend_scalar(heads, q, k, v, rows, part)
 }
 
-/// The reference: the same blocks and online softmax, one product at a time.
-pub fn attend_scalar<T: Element>(
+/// A partial over no rows yet: sums 0, maxima -∞, sums of weights 0.
+fn reset(heads: Heads, part: &mut [f32]) {
+    let (hq, d) = (heads.hq, heads.d);
+    part[..hq * d].fill(0.0);
+    part[hq * d..hq * d + hq].fill(f32::NEG_INFINITY);
+    part[hq * d + hq..].fill(0.0);
+}
+
+/// The reference: the same blocks and online softmax, one product at a time, into a partial
+/// that [`reset`] has set.
+fn attend_scalar<T: Element>(
     heads: Heads,
     q: &[f32],
     k: &[T],

@@ -24,9 +24,7 @@ fn run<T: Element>(path: &str, h: Heads, q: &[f32], k: &[T], v: &[T], rows: &[us
     if rows.is_empty() {
         return part;
     }
-    part[..h.hq * h.d].fill(0.0);
-    part[h.hq * h.d..h.hq * h.d + h.hq].fill(f32::NEG_INFINITY);
-    part[h.hq * h.d + h.hq..].fill(0.0);
+    reset(h, &mut part);
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `paths` names AVX-512 only where the CPU has it and 16 divides D.
