@@ -192,22 +192,15 @@ pub fn memory() -> (u64, u64) {
 /// 1 GiB KV cache), with Mixtral 8x7B's tokenizer: the bench checkpoints carry none, and any
 /// 32000-token tokenizer decodes their ids.
 pub fn bench_engine(dir: &Path) -> Result<bora_engine::Engine> {
-    use bora_weights::{LoadOptions, MapMode, MixtralWeights, SafetensorsStore};
-    let store = SafetensorsStore::open_dir(dir, MapMode::Populate)?;
-    let cfg = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
-    let dtype = store.weight_dtype("model.embed_tokens.weight")?;
-    let model = bora_model::Model::new(MixtralWeights::load(
-        &store,
-        cfg,
-        &LoadOptions::new(dtype, candle_core::Device::Cpu),
-    )?)?;
-    drop(store);
-    let tok = bora_engine::Tokenizer::from_file(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tokenizers/tokenizer.model.v1"),
-    )?;
-    Ok(bora_engine::Engine::new(
-        model,
-        tok,
+    let opts = bora_engine::ModelOptions {
+        tokenizer: Some(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tokenizers/tokenizer.model.v1"),
+        ),
+        ..bora_engine::ModelOptions::default()
+    };
+    Ok(bora_engine::Engine::load(
+        &bora_engine::ModelSource::Dir(dir.to_path_buf()),
+        &opts,
         bora_engine::EngineConfig {
             kv_budget: bora_engine::KvBudget::Mib(1024),
             max_prefill_chunk: std::env::var("CHUNK")

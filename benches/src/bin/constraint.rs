@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use bora_engine::chat::ChatRequest;
-use bora_engine::constrain::Constraint;
 use bora_engine::{Completion, CompletionStream, Engine};
 use serde_json::json;
 
@@ -65,7 +64,7 @@ fn run(engine: &Engine, batch: usize, schema: Option<serde_json::Value>) -> Resu
     // Greedy: the sampler costs the same with and without the mask (at a temperature it sorts
     // the allowed tokens, which a mask makes fewer).
     req.sampling.temperature = 0.0;
-    req.constraint = schema.map(Constraint::Json);
+    req.response_format = schema;
     let streams: Vec<CompletionStream> = (0..batch)
         .map(|i| {
             let mut r = req.clone();

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bora_benches::{memory, Shape};
 use bora_model::{Batch, Logits, Model};
-use bora_weights::{LoadOptions, MapMode, MixtralWeights, SafetensorsStore, WeightDType};
+use bora_weights::WeightDType;
 use candle_core::{DType, Device, Tensor};
 
 const PROMPT: usize = 128;
@@ -77,17 +77,23 @@ fn report(engine: &str, dir: &Path, prefill_s: f64, decode_s: f64, tokens: &[u32
 }
 
 fn run_bora(dir: &Path, dtype: Option<&str>) -> Result<()> {
-    let config = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
-    let store = SafetensorsStore::open_dir(dir, MapMode::Populate)?;
     let dtype = match dtype {
-        Some("f32") => WeightDType::F32,
-        Some("bf16") => WeightDType::BF16,
+        Some(d @ ("f32" | "bf16")) => Some(d.parse::<bora_core::DTypeSpec>()?),
         Some(d) => bail!("unknown dtype {d}"),
-        None => store.weight_dtype("model.embed_tokens.weight")?,
+        None => None,
     };
-    let w = MixtralWeights::load(&store, config, &LoadOptions::new(dtype, Device::Cpu))?;
-    drop(store);
-    let model = Model::new(w)?;
+    // The weights alone: the bench checkpoints carry no tokenizer.
+    let opts = bora_engine::ModelOptions {
+        dtype,
+        ..bora_engine::ModelOptions::default()
+    };
+    let source = bora_engine::ModelSource::Dir(dir.to_path_buf());
+    let model = Model::new(bora_engine::load::load_weights(
+        &source,
+        &opts,
+        true,
+        &mut |_| {},
+    )?)?;
     let ids = prompt(model.config().vocab_size);
     let mut cache = model.new_cache(1, PROMPT + DECODE + 1)?;
     let forward = |cache: &mut bora_model::KvCache, toks: Vec<u32>, pos| -> Result<u32> {
@@ -109,7 +115,7 @@ fn run_bora(dir: &Path, dtype: Option<&str>) -> Result<()> {
     let decode = t.elapsed().as_secs_f64();
     let name = format!(
         "bora-{}",
-        if dtype == WeightDType::F32 {
+        if model.weights().options.dtype == WeightDType::F32 {
             "f32"
         } else {
             "bf16"

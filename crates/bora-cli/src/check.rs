@@ -6,11 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bora_core::DeviceSpec;
+use bora_core::{DTypeSpec, DeviceSpec};
+use bora_engine::{ModelOptions, ModelSource};
 use bora_model::{Batch, Logits, Model, SeqInput};
-use bora_weights::{
-    gguf_config, Backend, GgufStore, LoadOptions, MixtralWeights, WeightDType, WeightFormat,
-};
+use bora_weights::WeightFormat;
 use candle_core::{DType, Device};
 use serde_json::{json, Value};
 
@@ -87,8 +86,9 @@ impl Outcome {
 
 pub fn main(a: Args) -> Result<()> {
     let spec: DeviceSpec = a.device.parse()?;
-    let device = spec.open()?;
-    let dtype = crate::load::parse_dtype(&a.dtype)?;
+    // The device's own error (no driver, no such GPU) before any model is read.
+    spec.open()?;
+    let dtype: DTypeSpec = a.dtype.parse()?;
     if a.tolerance.as_ref().is_some_and(|t| t.len() != 3) {
         bail!("--tolerance takes three numbers: MEDIAN,P99,MAX");
     }
@@ -99,12 +99,22 @@ pub fn main(a: Args) -> Result<()> {
     };
     let mut outcomes = Vec::new();
     for m in &models {
-        let reference = load(m, LoadOptions::new(WeightDType::F32, Device::Cpu))?;
-        let opts = LoadOptions {
-            backend: Backend::Candle,
-            ..LoadOptions::new(dtype, device.clone())
-        };
-        let checked = load(m, opts)?;
+        let reference = load(
+            m,
+            ModelOptions {
+                dtype: Some(DTypeSpec::F32),
+                ..ModelOptions::default()
+            },
+        )?;
+        let checked = load(
+            m,
+            ModelOptions {
+                device: spec,
+                dtype: Some(dtype),
+                candle_on_cpu: true,
+                ..ModelOptions::default()
+            },
+        )?;
         let quantized = checked.weights().layers.iter().any(|l| {
             matches!(&l.q, bora_weights::Matrix::Quant(_))
                 || matches!(&l.q, bora_weights::Matrix::Host(h) if matches!(h.format(), WeightFormat::Quant(_)))
@@ -114,11 +124,11 @@ pub fn main(a: Args) -> Result<()> {
             if quantized { "quantized" } else { "dense" },
             a.dtype
         );
-        let exact = dtype == WeightDType::F32 && !quantized;
+        let exact = dtype == DTypeSpec::F32 && !quantized;
         let (median, p99, max, agree) = match (&a.tolerance, exact, dtype) {
             (Some(t), ..) => (t[0], t[1], t[2], if exact { 1.0 } else { 0.9 }),
             (None, true, _) => (1e-4, 1e-3, 1e-3, 1.0),
-            (None, false, WeightDType::F32) => (0.05, 0.3, 1.5, 0.9),
+            (None, false, DTypeSpec::F32) => (0.05, 0.3, 1.5, 0.9),
             (None, false, _) => (0.1, 1.0, 4.0, 0.85),
         };
         let tol = Tolerance {
@@ -182,15 +192,15 @@ pub fn main(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn load(path: &Path, opts: LoadOptions) -> Result<Model> {
-    let weights = if path.is_file() {
-        let store = GgufStore::open(path)?;
-        let config = gguf_config(&store)?;
-        MixtralWeights::load_gguf(&store, config, &opts)?
-    } else {
-        MixtralWeights::load_dir(path, &opts)?
-    };
-    Ok(Model::new(weights)?)
+fn load(path: &Path, opts: ModelOptions) -> Result<Model> {
+    // The weights alone: the fixtures' fused checkpoint carries no tokenizer.
+    let source = ModelSource::Named(path.display().to_string());
+    Ok(Model::new(bora_engine::load::load_weights(
+        &source,
+        &opts,
+        true,
+        &mut |_| {},
+    )?)?)
 }
 
 /// Three sequences of different lengths: one prefill step of all three (logits of every

@@ -1,12 +1,8 @@
 //! `bora inspect`: what a checkpoint holds, read from its headers only: a safetensors
 //! directory's config and headers, or a GGUF file's metadata and tensor descriptions.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use anyhow::{Context, Result};
-use bora_core::ModelConfig;
-use bora_weights::{gguf_config, GgufStore, MapMode, SafetensorsStore};
+use bora_engine::ModelSource;
 use serde_json::json;
 
 use crate::load::shown;
@@ -24,99 +20,29 @@ pub struct Args {
     json: bool,
 }
 
-/// What `inspect` shows of either kind of checkpoint.
-struct Info {
-    cfg: ModelConfig,
-    layout: &'static str,
-    dtypes: BTreeMap<String, usize>,
-    /// (name, dtype, shape) of the tensors shown.
-    rows: Vec<(String, String, Vec<usize>)>,
-    size: u64,
-    files: usize,
-}
-
-fn safetensors_info(path: &Path, all: bool) -> Result<Info> {
-    let cfg = ModelConfig::from_file(&path.join("config.json"))
-        .with_context(|| format!("{} is not a model directory", shown(path)))?;
-    let store = SafetensorsStore::open_dir(path, MapMode::Lazy)?;
-    let layout = if store
-        .names()
-        .any(|n| n.contains("mlp.experts.gate_up_proj"))
-    {
-        "fused"
-    } else {
-        "per-expert"
-    };
-    let mut names: Vec<&str> = store.names().collect();
-    names.sort_by_key(|n| sort_key(n));
-    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut rows = Vec::new();
-    for n in &names {
-        let t = store.get(n)?;
-        let dt = format!("{:?}", t.dtype).to_lowercase();
-        *dtypes.entry(dt.clone()).or_default() += 1;
-        if all || !n.starts_with("model.layers.") || n.starts_with("model.layers.0.") {
-            rows.push((n.to_string(), dt, t.shape.clone()));
-        }
-    }
-    Ok(Info {
-        cfg,
-        layout,
-        dtypes,
-        rows,
-        size: store.size_on_disk(),
-        files: store.file_paths().count(),
-    })
-}
-
-fn gguf_info(path: &Path, all: bool) -> Result<Info> {
-    let store = GgufStore::open(path)?;
-    let cfg = gguf_config(&store)?;
-    let layout = if store.contains("blk.0.ffn_gate_exps.weight") {
-        "merged"
-    } else {
-        "per-expert"
-    };
-    let mut tensors: Vec<_> = store.tensors().map(|(_, t)| t).collect();
-    tensors.sort_by_key(|t| sort_key(&t.name));
-    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut rows = Vec::new();
-    for t in tensors {
-        let dt = t.dtype.name().to_string();
-        *dtypes.entry(dt.clone()).or_default() += 1;
-        if all || !t.name.starts_with("blk.") || t.name.starts_with("blk.0.") {
-            rows.push((t.name.clone(), dt, t.shape()));
-        }
-    }
-    let size = store
-        .files()
-        .iter()
-        .map(|f| f.map.len() as u64)
-        .sum::<u64>();
-    Ok(Info {
-        cfg,
-        layout,
-        dtypes,
-        rows,
-        size,
-        files: store.files().len(),
-    })
-}
-
 pub fn main(a: Args) -> Result<()> {
     let path = crate::load::ModelArgs::source_only(a.model.clone()).dir()?;
-    let Info {
-        cfg,
-        layout,
-        dtypes,
-        rows,
-        size,
-        files,
-    } = if path.is_file() {
-        gguf_info(&path, a.tensors)?
-    } else {
-        safetensors_info(&path, a.tensors)?
-    };
+    let info = bora_engine::load::inspect(&ModelSource::Named(path.display().to_string()))
+        .with_context(|| format!("{} is not a model", shown(&path)))?;
+    let (cfg, layout, dtypes, size, files) = (
+        &info.config,
+        info.layout,
+        &info.dtypes,
+        info.size,
+        info.files,
+    );
+    // The global tensors and the first layer's, unless all are asked for.
+    let rows: Vec<_> = info
+        .tensors
+        .iter()
+        .filter(|t| {
+            a.tensors
+                || !(t.name.starts_with("model.layers.") || t.name.starts_with("blk."))
+                || t.name.starts_with("model.layers.0.")
+                || t.name.starts_with("blk.0.")
+        })
+        .map(|t| (&t.name, &t.dtype, &t.shape))
+        .collect();
     if a.json {
         let v = json!({
             "architecture": cfg.architecture.hf_name(),
@@ -128,7 +54,7 @@ pub fn main(a: Args) -> Result<()> {
             "num_experts_per_tok": cfg.num_experts_per_tok, "rope_theta": cfg.rope_theta,
             "max_position_embeddings": cfg.max_position_embeddings, "sliding_window": cfg.sliding_window,
             "parameters": cfg.param_count(), "active_parameters": cfg.active_param_count(),
-            "dtypes": dtypes, "size_bytes": size, "files": files, "format": if path.is_file() { "gguf" } else { "safetensors" },
+            "dtypes": dtypes, "size_bytes": size, "files": files, "format": info.format,
             "tensors": rows.iter().map(|(n, d, s)| json!({"name": n, "dtype": d, "shape": s})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -179,13 +105,6 @@ pub fn main(a: Args) -> Result<()> {
         println!("  {n:width$}  {d:5}  {s:?}");
     }
     Ok(())
-}
-
-/// Orders `model.layers.10` after `model.layers.9`.
-fn sort_key(name: &str) -> Vec<(u64, String)> {
-    name.split('.')
-        .map(|p| (p.parse().unwrap_or(u64::MAX), p.to_string()))
-        .collect()
 }
 
 fn count(n: u64) -> String {

@@ -4,7 +4,6 @@ mod bench;
 mod bench_moe;
 mod chat;
 mod check;
-mod download;
 mod inspect;
 mod load;
 mod perplexity;

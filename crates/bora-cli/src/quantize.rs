@@ -4,12 +4,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
-use bora_engine::SpmVocab;
-use bora_weights::{
-    gguf_config, write_gguf, ExpertLayout, GgufStore, LoadOptions, MapMode, MetaValue,
-    MixtralWeights, SafetensorsStore, TensorName,
-};
+use anyhow::{bail, Context, Result};
+use bora_engine::{ModelOptions, SpmVocab};
+use bora_weights::{write_gguf, MetaValue};
 
 use crate::load::ModelArgs;
 
@@ -31,29 +28,24 @@ pub struct Args {
 pub fn main(a: Args) -> Result<()> {
     let q = crate::load::parse_qtype("--type", &a.qtype)?;
     let started = Instant::now();
-    let src = ModelArgs::source_only(a.model.clone()).dir()?;
-    let cpu = || "cpu".parse::<bora_core::DeviceSpec>()?.open();
-    // Read row by row into the written file: no use repacking for the kernels.
-    let opts = LoadOptions {
-        pack: false,
-        ..LoadOptions::new(bora_weights::WeightDType::F32, cpu()?)
+    let source = ModelArgs::source_only(a.model.clone()).resolve()?;
+    let src = source
+        .path()
+        .map(std::path::Path::to_path_buf)
+        .context("the model has no files")?;
+    // Read row by row into the written file: no use repacking for the kernels. A GGUF file's
+    // float tensors in f32; a checkpoint's kept in its dtype (views of the memory map).
+    let opts = ModelOptions {
+        repack: false,
+        dtype: src.is_file().then_some(bora_core::DTypeSpec::F32),
+        ..ModelOptions::default()
     };
-    let (weights, vocab, name) = if src.is_file() {
-        let store = GgufStore::open(&src)?;
-        let cfg = gguf_config(&store)?;
-        let vocab = SpmVocab::from_gguf(&store)?;
-        let w = MixtralWeights::load_gguf(&store, cfg, &opts)?;
+    let (vocab, name) = if src.is_file() {
         (
-            w,
-            vocab,
+            SpmVocab::from_gguf_file(&src)?,
             src.file_stem().map(|s| s.to_string_lossy().into_owned()),
         )
     } else {
-        let cfg = bora_core::ModelConfig::from_file(&src.join("config.json"))?;
-        let store = SafetensorsStore::open_dir(&src, MapMode::Lazy)?;
-        // Kept in the file's dtype: the matrices are views of the memory map, read row by row.
-        let dtype = store.weight_dtype(&TensorName::Embed.hf(ExpertLayout::PerExpert))?;
-        let opts = LoadOptions::new(dtype, cpu()?);
         let Some(spm) = [
             "tokenizer.model.v3",
             "tokenizer.model.v1",
@@ -67,14 +59,12 @@ pub fn main(a: Args) -> Result<()> {
                 src.display()
             );
         };
-        let vocab = SpmVocab::from_model_file(&spm)?;
-        let w = MixtralWeights::load(&store, cfg, &opts)?;
         (
-            w,
-            vocab,
+            SpmVocab::from_model_file(&spm)?,
             src.file_name().map(|s| s.to_string_lossy().into_owned()),
         )
     };
+    let weights = bora_engine::load::load_weights(&source, &opts, false, &mut |_| {})?;
     let mut meta = vocab.gguf_metadata();
     if let Some(n) = name {
         meta.push(("general.name".into(), MetaValue::String(n)));

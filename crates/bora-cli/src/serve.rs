@@ -62,9 +62,10 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let dir = a.model.dir()?;
-    let cfg =
-        crate::load::source_config(&dir).with_context(|| format!("--model {}", dir.display()))?;
+    let source = a.model.resolve()?;
+    let cfg = source
+        .config()
+        .with_context(|| format!("--model {source}"))?;
     let name = match (&a.served_model_name, &a.model.model) {
         (Some(n), _) => n.clone(),
         (None, None) => bora_engine::DEMO_MODEL_NAME.to_string(),
@@ -114,10 +115,7 @@ pub fn main(a: Args) -> Result<()> {
     } else {
         format!(
             "Mixtral ({} layers, {} experts, top {}) from {}",
-            cfg.num_hidden_layers,
-            cfg.num_local_experts,
-            cfg.num_experts_per_tok,
-            dir.display()
+            cfg.num_hidden_layers, cfg.num_local_experts, cfg.num_experts_per_tok, source
         )
     };
     server.api_key = api_key;
@@ -158,7 +156,7 @@ pub fn main(a: Args) -> Result<()> {
         let model_args = a.model;
         let started = Instant::now();
         let load = tokio::task::spawn_blocking(move || -> Result<()> {
-            let loaded = model_args.load_from(&dir)?;
+            let loaded = model_args.load_source(&source)?;
             let engine = Engine::new(loaded.model, loaded.tokenizer, engine_config)?;
             loading.set_engine(engine);
             Ok(())

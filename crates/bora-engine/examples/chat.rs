@@ -1,27 +1,33 @@
 //! Embedding bora: load a model, ask a question, stream the answer. No network involved.
 //!
-//!   cargo run --release -p bora-engine --example chat -- [MODEL_DIR] [QUESTION]
+//!   cargo run --release -p bora-engine --example chat -- [MODEL] [QUESTION]
 //!
-//! Without arguments it runs on the committed tiny random-weight fixture (whose answers are
-//! nonsense; a real Mixtral Instruct directory gives real ones).
+//! MODEL is anything `bora --model` takes: a checkpoint directory, a GGUF file, a repo id in
+//! the local Hugging Face cache, `bora-demo`, `random:NAME`. Without arguments it runs on the
+//! committed tiny random-weight fixture (whose answers are nonsense; a real Mixtral Instruct
+//! gives real ones).
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use bora_engine::chat::{ChatRequest, Content, Message};
-use bora_engine::{Completion, Engine, EngineConfig, Event, KvBudget, ModelSource};
+use bora_engine::{Completion, Engine, EngineConfig, Event, KvBudget, ModelOptions, ModelSource};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures/tiny-mixtral")
-    });
+    let model: ModelSource = match args.next() {
+        Some(m) => m.parse()?,
+        None => ModelSource::Dir(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/fixtures/tiny-mixtral"),
+        ),
+    };
     let question = args
         .next()
         .unwrap_or_else(|| "What is a mixture of experts?".to_string());
 
     let engine = Engine::load(
-        ModelSource::Dir(dir),
+        &model,
+        &ModelOptions::default(),
         EngineConfig {
             kv_budget: KvBudget::Mib(256),
             ..Default::default()

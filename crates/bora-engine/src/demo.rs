@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use crate::{EngineError, Result};
+use crate::load::LoadError;
+
+type Result<T> = std::result::Result<T, LoadError>;
 
 /// The name the demo model is served under.
 pub const DEMO_MODEL_NAME: &str = "bora-demo";
@@ -58,9 +60,6 @@ fn demo_dir(v3: bool) -> Result<PathBuf> {
     if done.exists() {
         return Ok(dir);
     }
-    let err = |what: &str, e: &dyn std::fmt::Display| {
-        EngineError::Load(format!("cannot write the demo model ({what}): {e}"))
-    };
     // Written beside the final place, then renamed: a concurrent start never reads half a model.
     // The name is the writer's own, process and call: two engines loading the demo at once in
     // one process (parallel tests) wrote into one folder, and one renamed it from under the
@@ -71,7 +70,11 @@ fn demo_dir(v3: bool) -> Result<PathBuf> {
         std::process::id(),
         WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp.display().to_string(), &e))?;
+    let err = |what: &str, e: &dyn std::fmt::Display| LoadError::Demo {
+        path: tmp.clone(),
+        reason: format!("{what}: {e}"),
+    };
+    std::fs::create_dir_all(&tmp).map_err(|e| err("creating it", &e))?;
     let (vocab, name, bytes) = if v3 {
         (32768, "tokenizer.model.v3", TOKENIZER_V3)
     } else {
@@ -93,10 +96,10 @@ fn demo_dir(v3: bool) -> Result<PathBuf> {
 
 fn demo_dir_retry(dir: &std::path::Path, v3: bool) -> Result<PathBuf> {
     if dir.exists() {
-        return Err(EngineError::Load(format!(
-            "cannot write the demo model: {} is in the way",
-            dir.display()
-        )));
+        return Err(LoadError::Demo {
+            path: dir.to_path_buf(),
+            reason: "something is in the way".into(),
+        });
     }
     demo_dir(v3)
 }

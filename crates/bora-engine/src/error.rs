@@ -22,7 +22,7 @@ pub enum EngineError {
     #[error("{class}: {0}", class = .0.class())]
     Chat(#[from] crate::chat::ChatError),
     #[error("cannot load the model: {0}")]
-    Load(String),
+    Load(#[from] crate::load::LoadError),
     #[error("engine configuration: {0}")]
     Config(String),
     #[error("the prompt has {prompt} tokens{}: together they must fit the context of {context} tokens", max_tokens.map(|m| format!(" and max_tokens is {m}")).unwrap_or_default())]

@@ -13,20 +13,26 @@ mod demo;
 mod error;
 mod generate;
 pub mod hub;
+pub mod load;
 mod perplexity;
 mod sampler;
 pub mod serve;
 mod tokenizer;
 
+pub use constrain::ToolChoice;
 pub use demo::{demo_model_dir, demo_v3_model_dir, DEMO_MODEL_NAME, DEMO_SEED, DEMO_V3_MODEL_NAME};
 pub use error::EngineError;
 pub use generate::{generate, GenerateOptions, Generation};
+pub use load::{
+    load_model, LoadError, LoadInfo, LoadPhase, LoadProgress, LoadedModel, ModelOptions,
+    ModelSource,
+};
 pub use perplexity::{perplexity, Perplexity};
 pub use sampler::{Sampler, SamplingParams};
 pub use serve::{
     Choice, Completion, CompletionResult, CompletionStream, Engine, EngineConfig, EngineStats,
-    Event, FinishReason, ForbidTokens, KvBudget, LogitsProcessor, ModelSource, Penalties,
-    ProcessorFactory, Usage,
+    Event, FinishReason, ForbidTokens, KvBudget, LogitsProcessor, Penalties, ProcessorFactory,
+    Timeout, Usage,
 };
 pub use tokenizer::{IncrementalDecoder, PieceKind, SpecialTokens, SpmPiece, SpmVocab, Tokenizer};
 

@@ -6,7 +6,8 @@
 use bora_engine::chat::{ChatRequest, Content, Message, Tool};
 use bora_engine::constrain::{Constraint, ToolChoice};
 use bora_engine::{
-    Completion, CompletionResult, Engine, EngineConfig, FinishReason, ModelSource, SamplingParams,
+    Completion, CompletionResult, Engine, EngineConfig, FinishReason, ModelOptions, ModelSource,
+    SamplingParams,
 };
 use serde_json::{json, Value};
 
@@ -21,13 +22,28 @@ fn requests() -> u64 {
 fn engines() -> Vec<Engine> {
     let v3 = bora_engine::demo_v3_model_dir().expect("the v3 demo is written");
     vec![
-        Engine::load(ModelSource::Demo, EngineConfig::default()).expect("the demo model loads"),
-        Engine::load(ModelSource::Dir(v3), EngineConfig::default()).expect("the v3 demo loads"),
+        Engine::load(
+            &ModelSource::Demo,
+            &ModelOptions::default(),
+            EngineConfig::default(),
+        )
+        .expect("the demo model loads"),
+        Engine::load(
+            &ModelSource::Dir(v3),
+            &ModelOptions::default(),
+            EngineConfig::default(),
+        )
+        .expect("the v3 demo loads"),
     ]
 }
 
 fn engine() -> Engine {
-    Engine::load(ModelSource::Demo, EngineConfig::default()).expect("the demo model loads")
+    Engine::load(
+        &ModelSource::Demo,
+        &ModelOptions::default(),
+        EngineConfig::default(),
+    )
+    .expect("the demo model loads")
 }
 
 fn request(constraint: Constraint, seed: u64, max_tokens: usize) -> Completion {
@@ -35,10 +51,7 @@ fn request(constraint: Constraint, seed: u64, max_tokens: usize) -> Completion {
         messages: vec![Message::User {
             content: Some(Content::Text("Answer in JSON, please.".into())),
         }],
-        tools: match &constraint {
-            Constraint::Tools { tools, .. } => tools.clone(),
-            _ => Vec::new(),
-        },
+        tools: Vec::new(),
     });
     c.sampling = SamplingParams {
         temperature: 1.0,
@@ -46,7 +59,21 @@ fn request(constraint: Constraint, seed: u64, max_tokens: usize) -> Completion {
     };
     c.seed = Some(seed);
     c.max_tokens = Some(max_tokens);
-    c.constraint = Some(constraint);
+    // The request's fields that give this constraint (`Completion::constraint`).
+    match constraint {
+        Constraint::Json(schema) => c.response_format = Some(schema),
+        Constraint::Tools {
+            tools,
+            choice,
+            parallel,
+            text_json,
+        } => {
+            c.chat.tools = tools;
+            c.tool_choice = choice;
+            c.parallel_tool_calls = parallel;
+            c.response_format = text_json;
+        }
+    }
     c
 }
 

@@ -383,11 +383,8 @@ fn requests_dropped_at_once_leave_the_queue_count_as_it_was() {
                     // and being sent: the window in which the engine thread used to lose it.
                     let req = Completion {
                         n: if (i + t) % 2 == 0 { 1 } else { 4 },
-                        constraint: (i % 3 == 0).then(|| {
-                            bora_engine::constrain::Constraint::Json(
-                                serde_json::json!({"type": "object"}),
-                            )
-                        }),
+                        response_format: (i % 3 == 0)
+                            .then(|| serde_json::json!({"type": "object"})),
                         ..greedy(8)
                     };
                     match e.submit(ps[(i + t) % ps.len()].clone(), &req) {

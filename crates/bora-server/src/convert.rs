@@ -2,7 +2,7 @@
 //! field (with pydantic-style `detail`); what bora cannot do is a 400 that says so.
 
 use bora_engine::chat::{ChatRequest, Content, Message, Tool, ToolCall};
-use bora_engine::constrain::{Constraint, ToolChoice as EngineToolChoice};
+use bora_engine::ToolChoice as EngineToolChoice;
 use bora_engine::{Completion, SamplingParams};
 use serde_json::{json, Value};
 
@@ -35,10 +35,6 @@ pub struct ParsedRequest {
     pub stream: bool,
     /// What the engine runs.
     pub completion: Completion,
-    /// `tool_choice: "none"`: the model must not call a tool.
-    pub forbid_tool_calls: bool,
-    /// `parallel_tool_calls` (default true); false keeps one call.
-    pub parallel_tool_calls: bool,
 }
 
 /// Parses a `/v1/chat/completions` body into the engine's chat request (for tools that take
@@ -218,22 +214,16 @@ fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
             Some(json_schema.schema.clone())
         }
     };
-    let parallel = req.parallel_tool_calls.unwrap_or(true);
     let has_tools = req.tools.as_ref().is_some_and(|t| !t.is_empty());
-    let (forbid_tool_calls, tool_choice) = match &req.tool_choice {
-        None | Some(ToolChoice::Mode(ToolChoiceMode::Auto)) => {
-            (false, has_tools.then_some(EngineToolChoice::Auto))
-        }
-        Some(ToolChoice::Mode(ToolChoiceMode::None)) => (true, None),
-        Some(ToolChoice::Mode(_)) => (false, Some(EngineToolChoice::Required)),
-        Some(ToolChoice::Named(named)) => (
-            false,
-            Some(EngineToolChoice::Named(named.function.name.clone())),
-        ),
+    let tool_choice = match &req.tool_choice {
+        None | Some(ToolChoice::Mode(ToolChoiceMode::Auto)) => EngineToolChoice::Auto,
+        Some(ToolChoice::Mode(ToolChoiceMode::None)) => EngineToolChoice::None,
+        Some(ToolChoice::Mode(_)) => EngineToolChoice::Required,
+        Some(ToolChoice::Named(named)) => EngineToolChoice::Named(named.function.name.clone()),
     };
     if matches!(
         tool_choice,
-        Some(EngineToolChoice::Required | EngineToolChoice::Named(_))
+        EngineToolChoice::Required | EngineToolChoice::Named(_)
     ) && !has_tools
     {
         return Err(ApiError::bad_request(
@@ -276,21 +266,13 @@ fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
     completion.n = n as usize;
     completion.presence_penalty = presence_penalty;
     completion.frequency_penalty = frequency_penalty;
-    completion.constraint = match tool_choice {
-        Some(choice) => Some(Constraint::Tools {
-            tools: completion.chat.tools.clone(),
-            choice,
-            parallel,
-            text_json,
-        }),
-        None => text_json.map(Constraint::Json),
-    };
+    completion.tool_choice = tool_choice;
+    completion.parallel_tool_calls = req.parallel_tool_calls.unwrap_or(true);
+    completion.response_format = text_json;
     Ok(ParsedRequest {
         model,
         stream: req.stream.unwrap_or(false),
         completion,
-        forbid_tool_calls,
-        parallel_tool_calls: parallel,
     })
 }
 
@@ -539,7 +521,7 @@ mod tests {
         let r = parse(json!({"model": "m", "messages": [], "tool_choice": "none",
                              "safe_mode": true}))
         .unwrap();
-        assert!(r.forbid_tool_calls);
+        assert_eq!(r.completion.tool_choice, EngineToolChoice::None);
         assert!(matches!(&r.completion.chat.messages[0],
             Message::System { content: Some(Content::Text(t)) } if t == SAFE_PROMPT));
     }

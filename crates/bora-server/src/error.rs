@@ -93,6 +93,19 @@ impl ApiError {
         self
     }
 
+    /// A request for a model that is not the one served (Mistral's 400, code 1500).
+    pub fn invalid_model(model: &str) -> Self {
+        Self {
+            code: Some("1500"),
+            param: Some("model".into()),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_model",
+                format!("Invalid model: {model}"),
+            )
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Value {
         let mut body = json!({

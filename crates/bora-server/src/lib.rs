@@ -3,16 +3,20 @@
 //!
 //! * [`wire`]: request bodies as the SDKs send them; [`convert`]: into engine requests, with
 //!   422s that name the field;
-//! * [`api`]: response bodies, stream chunks and model cards; [`error`]: the error shape;
+//! * [`api`]: response bodies, stream chunks and model cards; [`answer`]: an answer's engine
+//!   events as those bodies; [`error`]: the error shape;
 //! * [`routes`]: the axum router (`/v1/chat/completions`, `/v1/models`, `/health`,
 //!   `/metrics`); [`metrics`]: Prometheus text;
+//! * [`local`]: the same API in process, JSON in and out, for the Python and C bindings;
 //! * [`listen`]: the accept loop ([`serve`]): hyper with header timeouts, a connection cap and a
 //!   bounded drain at shutdown.
 
+pub mod answer;
 pub mod api;
 pub mod convert;
 pub mod error;
 pub mod listen;
+pub mod local;
 pub mod metrics;
 pub mod routes;
 pub mod wire;

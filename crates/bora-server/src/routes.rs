@@ -1,9 +1,8 @@
 //! The HTTP routes, on axum: chat completions (JSON or SSE), models, health and metrics.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -13,16 +12,13 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bora_engine::chat::{ChatFormat, ToolCall};
-use bora_engine::{
-    CompletionStream, Engine, Event, FinishReason, ForbidTokens, ProcessorFactory, Usage,
-};
+use bora_engine::chat::ChatFormat;
+use bora_engine::{CompletionStream, Engine, Event};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use crate::api::{
-    choice_json, chunk_choice, chunk_json, completion_json, tool_calls_json, ModelCard,
-};
+use crate::answer::{unix_now, AnswerMeta, Chunks, Whole};
+use crate::api::ModelCard;
 use crate::convert::{parse_request, ParsedRequest, DEFAULT_TEMPERATURE};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -126,13 +122,6 @@ impl AppState {
             default_temperature: DEFAULT_TEMPERATURE,
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The whole API.
@@ -325,29 +314,11 @@ async fn chat(
     let ParsedRequest {
         model,
         stream,
-        mut completion,
-        forbid_tool_calls,
-        parallel_tool_calls,
+        completion,
     } = parse_request(&bytes, st.config.strict_api)?;
     let engine = st.engine()?.clone();
     if model != st.config.model_name {
-        return Err(ApiError {
-            code: Some("1500"),
-            param: Some("model".into()),
-            ..ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_model",
-                format!("Invalid model: {model}"),
-            )
-        });
-    }
-    if forbid_tool_calls {
-        completion.chat.tools.clear();
-        if let Some(id) = engine.tokenizer().specials().tool_calls {
-            completion.processors.push(ProcessorFactory::new(move || {
-                Box::new(ForbidTokens(vec![id]))
-            }));
-        }
+        return Err(ApiError::invalid_model(&model));
     }
     let n = completion.n;
     // Rendering and tokenizing a long conversation is CPU work: off the async workers.
@@ -361,11 +332,7 @@ async fn chat(
             )
         })??;
     let reply = Reply {
-        id: format!("cmpl-{:032x}", rand::random::<u128>()),
-        created: unix_now(),
-        model,
-        n,
-        parallel_tool_calls,
+        meta: AnswerMeta::new(&model, n),
         arrived,
         last_token: None,
     };
@@ -390,13 +357,9 @@ fn sse_json(v: &Value) -> String {
         .replace('\u{2029}', "\\u2029")
 }
 
-/// What every answer to one request shares.
+/// One request's answer as it is timed and sent.
 struct Reply {
-    id: String,
-    created: u64,
-    model: String,
-    n: usize,
-    parallel_tool_calls: bool,
+    meta: AnswerMeta,
     arrived: Instant,
     last_token: Option<Instant>,
 }
@@ -412,52 +375,25 @@ impl Reply {
         self.last_token = Some(now);
     }
 
-    fn calls(&self, mut calls: Vec<ToolCall>) -> Vec<ToolCall> {
-        if !self.parallel_tool_calls {
-            calls.truncate(1);
-        }
-        calls
-    }
-
     /// Waits for the whole answer.
     async fn whole(mut self, st: &AppState, mut events: CompletionStream) -> Json<Value> {
-        let mut text = vec![String::new(); self.n];
-        let mut calls: Vec<Vec<ToolCall>> = vec![Vec::new(); self.n];
-        let mut reasons: Vec<Option<FinishReason>> = vec![None; self.n];
-        let mut usage = Usage::default();
-        while let Some(e) = events.next().await {
-            match e {
-                Event::Delta { choice, text: t } => {
-                    self.timed(&st.metrics);
-                    text[choice].push_str(&t);
-                }
-                Event::ToolCalls { choice, calls: c } => {
-                    self.timed(&st.metrics);
-                    calls[choice] = self.calls(c);
-                }
-                Event::Finish { choice, reason } => reasons[choice] = Some(reason),
-                Event::Done { usage: u } => {
-                    usage = u;
-                    break;
-                }
-                Event::Error { message } => {
-                    tracing::error!(id = %self.id, "generation failed: {message}");
-                    break;
-                }
+        let mut whole = Whole::new(self.meta.clone());
+        loop {
+            let e = events.next().await;
+            if matches!(e, Some(Event::Delta { .. } | Event::ToolCalls { .. })) {
+                self.timed(&st.metrics);
+            }
+            if whole.on(e) {
+                break;
             }
         }
+        if let Some(message) = whole.error() {
+            tracing::error!(id = %self.meta.id, "generation failed: {message}");
+        }
+        let usage = whole.usage();
         st.metrics
             .tokens(usage.prompt_tokens, usage.completion_tokens);
-        let choices = (0..self.n)
-            .map(|i| choice_json(i, &text[i], &calls[i], reasons[i]))
-            .collect();
-        Json(completion_json(
-            &self.id,
-            self.created,
-            &self.model,
-            choices,
-            &usage,
-        ))
+        Json(whole.json())
     }
 
     /// Answers with server-sent events, fed by a task that follows the engine's events. A
@@ -481,91 +417,35 @@ impl Reply {
         mut events: CompletionStream,
         tx: tokio::sync::mpsc::Sender<SseEvent>,
     ) {
-        let (id, created, model) = (self.id.clone(), self.created, self.model.clone());
-        let chunk = |choices: Vec<Value>, usage: Option<&Usage>| {
-            SseEvent::default().data(sse_json(&chunk_json(&id, created, &model, choices, usage)))
-        };
-        let mut out: VecDeque<SseEvent> = VecDeque::new();
-        for i in 0..self.n {
-            out.push_back(chunk(
-                vec![chunk_choice(
-                    i,
-                    json!({"role": "assistant", "content": ""}),
-                    None,
-                )],
-                None,
-            ));
-        }
-        // A choice's tool calls wait for its finish, and the last finish waits for the usage.
-        let mut calls: Vec<Option<Vec<ToolCall>>> = vec![None; self.n];
-        let mut held: Option<Value> = None;
-        let mut finished = vec![false; self.n];
+        let mut chunks = Chunks::new(self.meta.clone());
+        let data = |c: &Value| SseEvent::default().data(sse_json(c));
+        let mut out: Vec<SseEvent> = chunks.start().iter().map(data).collect();
         loop {
             for e in out.drain(..) {
                 if tx.send(e).await.is_err() {
                     return; // the client left: dropping `events` cancels the request
                 }
             }
+            if chunks.ended() {
+                let _ = tx.send(SseEvent::default().data("[DONE]")).await;
+                return;
+            }
             let event = tokio::select! {
                 e = events.next() => e,
                 _ = tx.closed() => return,
             };
-            let end = matches!(event, None | Some(Event::Done { .. } | Event::Error { .. }));
-            let usage = match &event {
-                Some(Event::Done { usage }) => Some(*usage),
-                _ => None,
-            };
-            match held.take() {
-                Some(h) => out.push_back(chunk(vec![h], usage.as_ref())),
-                None if usage.is_some() => out.push_back(chunk(Vec::new(), usage.as_ref())),
-                None => {}
-            }
-            match event {
-                Some(Event::Delta { choice, text }) => {
-                    self.timed(&st.metrics);
-                    out.push_back(chunk(
-                        vec![chunk_choice(choice, json!({"content": text}), None)],
-                        None,
-                    ));
-                }
-                Some(Event::ToolCalls { choice, calls: c }) => {
-                    self.timed(&st.metrics);
-                    calls[choice] = Some(self.calls(c));
-                }
-                Some(Event::Finish { choice, reason }) => {
-                    finished[choice] = true;
-                    let delta = match calls[choice].take() {
-                        Some(c) => json!({"content": "", "tool_calls": tool_calls_json(&c)}),
-                        None => json!({"content": ""}),
-                    };
-                    held = Some(chunk_choice(choice, delta, Some(reason)));
-                }
-                Some(Event::Done { usage }) => {
-                    st.metrics
-                        .tokens(usage.prompt_tokens, usage.completion_tokens);
-                }
+            match &event {
+                Some(Event::Delta { .. } | Event::ToolCalls { .. }) => self.timed(&st.metrics),
+                Some(Event::Done { usage }) => st
+                    .metrics
+                    .tokens(usage.prompt_tokens, usage.completion_tokens),
                 Some(Event::Error { message }) => {
-                    tracing::error!(%id, "generation failed: {message}");
+                    tracing::error!(id = %self.meta.id, "generation failed: {message}")
                 }
-                None => tracing::error!(%id, "the engine stopped mid-request"),
+                None => tracing::error!(id = %self.meta.id, "the engine stopped mid-request"),
+                Some(Event::Finish { .. }) => {}
             }
-            if end {
-                // Choices the engine did not finish end with `error`.
-                let unfinished: Vec<Value> = (0..self.n)
-                    .filter(|&i| !finished[i])
-                    .map(|i| chunk_choice(i, json!({"content": ""}), Some(FinishReason::Error)))
-                    .collect();
-                if !unfinished.is_empty() {
-                    out.push_back(chunk(unfinished, None));
-                }
-                out.push_back(SseEvent::default().data("[DONE]"));
-                for e in out.drain(..) {
-                    if tx.send(e).await.is_err() {
-                        return;
-                    }
-                }
-                return;
-            }
+            out.extend(chunks.on(event.as_ref()).iter().map(data));
         }
     }
 }
@@ -574,14 +454,16 @@ impl Reply {
 mod tests {
     use super::*;
     use bora_engine::chat::ToolCall;
+    use bora_engine::{FinishReason, Usage};
 
     fn reply(n: usize) -> Reply {
         Reply {
-            id: "cmpl-test".into(),
-            created: 1,
-            model: "m".into(),
-            n,
-            parallel_tool_calls: false,
+            meta: AnswerMeta {
+                id: "cmpl-test".into(),
+                created: 1,
+                model: "m".into(),
+                n,
+            },
             arrived: Instant::now(),
             last_token: None,
         }
@@ -691,11 +573,13 @@ mod tests {
         assert_eq!(c.len(), 3, "{c:?}");
         let last = &c[1];
         assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
-        // parallel_tool_calls false keeps the first call; arguments stay a JSON string.
+        // Every call the engine reports (parallel_tool_calls is the engine's to apply);
+        // arguments stay a JSON string.
         let calls = last["choices"][0]["delta"]["tool_calls"]
             .as_array()
             .unwrap();
-        assert_eq!(calls.len(), 1);
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[1]["function"]["name"], "g");
         assert_eq!(calls[0]["function"]["arguments"], "{\"a\": 1}");
         assert_eq!(calls[0]["id"], "abcABC123");
         assert_eq!(last["usage"]["total_tokens"], 12);

@@ -74,7 +74,7 @@ fn mutated_requests_are_answered_or_refused_never_crash() {
         accepted += 1;
         for (format, tok, grammars) in &toks {
             rendered += u64::from(render(*format, tok, &parsed.completion.chat).is_ok());
-            if let Some(c) = &parsed.completion.constraint {
+            if let Some(c) = &parsed.completion.constraint() {
                 first_mask(grammars, c, tok.vocab_size());
             }
         }

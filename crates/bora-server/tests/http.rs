@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bora_engine::{Engine, EngineConfig, ModelSource};
+use bora_engine::{Engine, EngineConfig, ModelOptions, ModelSource};
 use bora_server::{AppState, ServerConfig};
 use serde_json::{json, Value};
 
@@ -16,7 +16,12 @@ fn fixture() -> PathBuf {
 }
 
 fn engine(config: EngineConfig) -> Engine {
-    Engine::load(ModelSource::Dir(fixture()), config).expect("the tiny fixture loads")
+    Engine::load(
+        &ModelSource::Dir(fixture()),
+        &ModelOptions::default(),
+        config,
+    )
+    .expect("the tiny fixture loads")
 }
 
 /// A server on a free loopback port; returns its base URL and state.

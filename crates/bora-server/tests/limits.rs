@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bora_engine::{Engine, EngineConfig, ModelSource};
+use bora_engine::{Engine, EngineConfig, ModelOptions, ModelSource};
 use bora_server::{AppState, ServerConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 const MODEL: &str = "tiny-mixtral";
 
 fn engine(source: ModelSource) -> Engine {
-    Engine::load(source, EngineConfig::default()).expect("the model loads")
+    Engine::load(&source, &ModelOptions::default(), EngineConfig::default())
+        .expect("the model loads")
 }
 
 fn tiny() -> ModelSource {

@@ -35,11 +35,14 @@ pub enum Constraint {
     },
 }
 
-/// `tool_choice`, less `none` (which forbids the calls instead of constraining them).
+/// `tool_choice`: which tools the model may call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolChoice {
     /// Text or tool calls, as the model chooses; tool calls are valid either way.
     Auto,
+    /// No tool call: the answer is text (the engine masks the call token instead of
+    /// constraining the output; a [`Constraint::Tools`] never carries it).
+    None,
     /// At least one tool call (`any`, `required`).
     Required,
     /// A call of this function, and only this.
@@ -202,6 +205,11 @@ impl Grammars {
         text_json: &Option<Value>,
     ) -> Result<String> {
         let chosen: Vec<&Tool> = match choice {
+            ToolChoice::None => {
+                return Err(EngineError::Constraint(
+                    "tool_choice none allows no tool call to constrain".into(),
+                ))
+            }
             ToolChoice::Named(name) => {
                 let t: Vec<&Tool> = tools.iter().filter(|t| &t.name == name).collect();
                 if t.is_empty() {

@@ -13,7 +13,6 @@ mod request;
 mod sequence;
 mod stop;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -27,6 +26,8 @@ pub use request::{Choice, Completion, CompletionResult, Event, FinishReason, Usa
 use self::core::{Command, Core, Submitted};
 use self::sequence::{Seq, SeqInit};
 use crate::chat::{render, ChatFormat};
+use crate::constrain::ToolChoice;
+use crate::load::{ModelOptions, ModelSource};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use crate::{EngineError, Result};
@@ -118,15 +119,6 @@ impl EngineStats {
     }
 }
 
-/// Where a model comes from.
-#[derive(Debug, Clone)]
-pub enum ModelSource {
-    /// A directory with config.json, safetensors weights and a tokenizer.
-    Dir(PathBuf),
-    /// The demo model ([`crate::demo_model_dir`]).
-    Demo,
-}
-
 /// A handle to a running engine; cheap to clone, shareable across threads.
 #[derive(Clone)]
 pub struct Engine {
@@ -150,23 +142,20 @@ pub struct CompletionStream {
 }
 
 impl Engine {
-    /// Loads a model (on the CPU, weights in the checkpoint's dtype) and starts an engine.
-    pub fn load(source: ModelSource, config: EngineConfig) -> Result<Self> {
-        let dir = match source {
-            ModelSource::Dir(dir) => dir,
-            ModelSource::Demo => crate::demo_model_dir()?,
-        };
-        let opts = bora_weights::LoadOptions::new(
-            bora_weights::SafetensorsStore::open_dir(&dir, bora_weights::MapMode::Lazy)
-                .and_then(|s| s.weight_dtype("model.embed_tokens.weight"))
-                .map_err(|e| EngineError::Load(e.to_string()))?,
-            candle_core::Device::Cpu,
-        );
-        let weights = bora_weights::MixtralWeights::load_dir(&dir, &opts)
-            .map_err(|e| EngineError::Load(e.to_string()))?;
-        let model = Model::new(weights)?;
-        let tok = Tokenizer::from_file(&Tokenizer::find_in_dir(&dir)?)?;
-        Self::new(model, tok, config)
+    /// Loads a model ([`crate::load_model`]) and starts an engine on it.
+    pub fn load(source: &ModelSource, opts: &ModelOptions, config: EngineConfig) -> Result<Self> {
+        Self::load_with_progress(source, opts, config, &mut |_| {})
+    }
+
+    /// [`Engine::load`], reporting the load's progress to `progress`.
+    pub fn load_with_progress(
+        source: &ModelSource,
+        opts: &ModelOptions,
+        config: EngineConfig,
+        progress: &mut dyn FnMut(crate::LoadProgress),
+    ) -> Result<Self> {
+        let loaded = crate::load_model(source, opts, progress)?;
+        Self::new(loaded.model, loaded.tokenizer, config)
     }
 
     /// Starts an engine on a loaded model and tokenizer.
@@ -327,7 +316,7 @@ impl Engine {
                 queued: self.max_queue,
             });
         }
-        let grammar = match &req.constraint {
+        let grammar = match &req.constraint() {
             Some(c) => match self
                 .grammars
                 .processor(c, req.max_tokens.unwrap_or(room - prompt.len()))
@@ -340,6 +329,11 @@ impl Engine {
             },
             None => None,
         };
+        // tool_choice none: the call token (where the tokenizer has one) is never sampled.
+        let forbid = (req.tool_choice == ToolChoice::None)
+            .then(|| self.tok.specials().tool_calls)
+            .flatten()
+            .map(|id| vec![id]);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let seed = req.seed.unwrap_or_else(rand::random);
         let (etx, erx) = unbounded_channel();
@@ -364,8 +358,13 @@ impl Engine {
                 max_tokens: req.max_tokens.unwrap_or(room - prompt.len()),
                 context: room,
                 sampler,
-                processors: processors(req, grammar.as_ref()),
+                processors: processors(req, grammar.as_ref(), forbid.as_deref()),
                 stop: req.stop.clone(),
+                calls: match (&req.tool_choice, req.parallel_tool_calls) {
+                    (ToolChoice::None, _) => Some(0),
+                    (_, false) => Some(1),
+                    (_, true) => None,
+                },
             }));
         }
         let prompt_tokens = prompt.len();
@@ -390,10 +389,12 @@ impl Engine {
     }
 }
 
-/// The chain of one choice: penalties (when set), then the request's own processors.
+/// The chain of one choice: penalties (when set), the request's own processors, the tokens
+/// the request forbids, then the grammar.
 fn processors(
     req: &Completion,
     grammar: Option<&ProcessorFactory>,
+    forbid: Option<&[u32]>,
 ) -> Vec<Box<dyn LogitsProcessor>> {
     let mut chain: Vec<Box<dyn LogitsProcessor>> = Vec::new();
     if req.presence_penalty != 0.0 || req.frequency_penalty != 0.0 {
@@ -403,6 +404,9 @@ fn processors(
         )));
     }
     chain.extend(req.processors.iter().map(|f| f.make()));
+    if let Some(ids) = forbid {
+        chain.push(Box::new(ForbidTokens(ids.to_vec())));
+    }
     // The grammar's mask comes last, so that nothing re-allows what it forbids.
     chain.extend(grammar.map(|g| g.make()));
     chain
@@ -422,6 +426,23 @@ fn available_memory(device: &candle_core::Device) -> usize {
     bora_core::host_memory().map_or(4 << 30, |(free, _)| free as usize)
 }
 
+/// [`CompletionStream::next_timeout`] found no event in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout;
+
+/// Wakes the thread that waits in [`CompletionStream::next_timeout`].
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
 impl CompletionStream {
     /// A stream fed by the caller instead of an engine: for adapters, and for testing what
     /// consumes events (an error mid-answer, say).
@@ -438,6 +459,29 @@ impl CompletionStream {
     /// The next event, blocking the thread.
     pub fn next_blocking(&mut self) -> Option<Event> {
         self.rx.blocking_recv()
+    }
+
+    /// The next event, waiting at most `timeout` (blocking the thread): `Err(Timeout)` when
+    /// none came in time, so that a caller can check for its own cancellation (a Python
+    /// thread's Ctrl-C, say) between waits.
+    pub fn next_timeout(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> std::result::Result<Option<Event>, Timeout> {
+        let deadline = std::time::Instant::now() + timeout;
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        loop {
+            if let std::task::Poll::Ready(e) = self.rx.poll_recv(&mut cx) {
+                return Ok(e);
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(Timeout);
+            }
+            // Woken by the sender's wake-up (or spuriously: polled again).
+            std::thread::park_timeout(deadline - now);
+        }
     }
 
     /// All events until `Done`, gathered into choices (blocking).

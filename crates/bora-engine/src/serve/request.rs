@@ -1,7 +1,10 @@
 //! Typed requests and the events that answer them.
 
+use serde_json::Value;
+
 use super::logits::ProcessorFactory;
 use crate::chat::{ChatRequest, ToolCall};
+use crate::constrain::{Constraint, ToolChoice};
 use crate::sampler::SamplingParams;
 
 /// A chat completion request, as the library takes it.
@@ -25,8 +28,16 @@ pub struct Completion {
     pub frequency_penalty: f32,
     /// More logits processors, run after the penalties (one instance per choice).
     pub processors: Vec<ProcessorFactory>,
-    /// What the output must be (JSON, tool calls), enforced token by token; last in the chain.
-    pub constraint: Option<crate::constrain::Constraint>,
+    /// Whether and which of `chat.tools` the model may call (default `Auto`). Under `None`
+    /// the tools are still rendered into the prompt, as mistral-common renders them (an
+    /// agent that alternates `auto` and `none` keeps its cached prefix), and the answer is
+    /// text: the tool-call token is masked and no tool calls are reported.
+    pub tool_choice: ToolChoice,
+    /// Several tool calls in one answer (default); otherwise at most one.
+    pub parallel_tool_calls: bool,
+    /// The text answer must be one JSON value valid against this schema (`{"type": "object"}`
+    /// for JSON mode); under `Auto` with tools, tool calls remain allowed instead.
+    pub response_format: Option<Value>,
 }
 
 impl Completion {
@@ -42,7 +53,29 @@ impl Completion {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             processors: Vec::new(),
-            constraint: None,
+            tool_choice: ToolChoice::Auto,
+            parallel_tool_calls: true,
+            response_format: None,
+        }
+    }
+
+    /// What the engine enforces on the output, token by token (last in the logits chain):
+    /// tool calls as `tool_choice` asks when there are tools (under `Auto`, text or calls),
+    /// else the `response_format`'s JSON. `Required` or `Named` without tools is a
+    /// constraint that fails to compile, with an error that says so.
+    pub fn constraint(&self) -> Option<Constraint> {
+        let tools = &self.chat.tools;
+        match &self.tool_choice {
+            ToolChoice::None => self.response_format.clone().map(Constraint::Json),
+            ToolChoice::Auto if tools.is_empty() => {
+                self.response_format.clone().map(Constraint::Json)
+            }
+            choice => Some(Constraint::Tools {
+                tools: tools.clone(),
+                choice: choice.clone(),
+                parallel: self.parallel_tool_calls,
+                text_json: self.response_format.clone(),
+            }),
         }
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct Seq {
     held: String,
     /// A stop string ended the output.
     stopped: bool,
+    /// Tool calls reported at most (`None`: any number).
+    calls: Option<usize>,
 }
 
 pub(crate) struct SeqInit {
@@ -58,6 +60,8 @@ pub(crate) struct SeqInit {
     pub sampler: Sampler,
     pub processors: Vec<Box<dyn LogitsProcessor>>,
     pub stop: Vec<String>,
+    /// Tool calls reported at most (`Some(0)`: none, the answer is text; `None`: any number).
+    pub calls: Option<usize>,
 }
 
 impl Seq {
@@ -81,6 +85,7 @@ impl Seq {
             kind: Kind::Undecided,
             held: String::new(),
             stopped: false,
+            calls: i.calls,
         }
     }
 
@@ -129,7 +134,12 @@ impl Seq {
         }
         self.tokens.push(t);
         let first = self.generated().len() == 1;
-        if first && format == ChatFormat::V3 && Some(t) == tok.specials().tool_calls {
+        let calls_allowed = self.calls != Some(0);
+        if first
+            && calls_allowed
+            && format == ChatFormat::V3
+            && Some(t) == tok.specials().tool_calls
+        {
             self.kind = Kind::Calls;
         }
         if self.kind != Kind::Calls {
@@ -153,11 +163,13 @@ impl Seq {
         if self.kind == Kind::Undecided {
             self.held.push_str(piece);
             let t = self.held.trim_start();
-            if format == ChatFormat::V1 && t.starts_with(V1_CALLS) {
+            // Under tool_choice none an answer is text, whatever it looks like.
+            let v1_calls = format == ChatFormat::V1 && self.calls != Some(0);
+            if v1_calls && t.starts_with(V1_CALLS) {
                 self.kind = Kind::Calls;
                 return false;
             }
-            if format == ChatFormat::V1 && V1_CALLS.starts_with(t) {
+            if v1_calls && V1_CALLS.starts_with(t) {
                 return false;
             }
             self.kind = Kind::Text;
@@ -188,7 +200,10 @@ impl Seq {
         let mut reason = reason;
         if self.kind == Kind::Calls {
             match parse_output(format, tok, self.generated()) {
-                Ok(ParsedOutput::ToolCalls(calls)) => {
+                Ok(ParsedOutput::ToolCalls(mut calls)) => {
+                    if let Some(max) = self.calls {
+                        calls.truncate(max);
+                    }
                     let _ = self.events.send(Event::ToolCalls {
                         choice: self.choice,
                         calls,

@@ -108,12 +108,7 @@ impl Tokenizer {
 
     /// Builds the tokenizer of a GGUF file's metadata.
     pub fn from_gguf_file(path: &Path) -> Result<Self> {
-        let store =
-            bora_weights::GgufStore::open(path).map_err(|e| EngineError::TokenizerLoad {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        Self::from_gguf(&store)
+        Self::from_spm(&SpmVocab::from_gguf_file(path)?)
     }
 
     fn new(mut inner: tokenizers::Tokenizer) -> Self {

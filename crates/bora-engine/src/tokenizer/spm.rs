@@ -198,6 +198,16 @@ impl SpmVocab {
     /// The vocabulary a GGUF file's `tokenizer.ggml.*` metadata holds (llama.cpp's converter
     /// copies a sentencepiece model's pieces, scores and types there, as `tokenizer.ggml.model`
     /// `llama`).
+    pub fn from_gguf_file(path: &Path) -> Result<Self> {
+        let store =
+            bora_weights::GgufStore::open(path).map_err(|e| EngineError::TokenizerLoad {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Self::from_gguf(&store)
+    }
+
+    /// The vocabulary of an opened GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(store: &bora_weights::GgufStore) -> Result<Self> {
         use bora_weights::MetaValue;
         let path = store.main().path.clone();

@@ -1,0 +1,585 @@
+//! The one model loader: a [`ModelSource`] and [`ModelOptions`] give a [`LoadedModel`] (the
+//! model and its tokenizer), or an [`Engine`](crate::Engine) through
+//! [`Engine::load`](crate::Engine::load). The CLI, the server, `check-device` and the benches
+//! all load through here; progress is reported through a callback (the CLI draws its bars
+//! from it) and errors are [`LoadError`]s naming the path, tensor or key.
+
+mod download;
+mod inspect;
+mod source;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bora_core::{DTypeSpec, DeviceSpec};
+use bora_model::Model;
+use bora_weights::{
+    gguf_config, gguf_type_counts, Backend, ExpertLayout, GgufStore, MapMode, MixtralWeights,
+    QType, SafetensorsStore, TensorName, WeightDType,
+};
+
+pub use inspect::{inspect, ModelInfo, TensorInfo};
+pub use source::ModelSource;
+
+use crate::tokenizer::Tokenizer;
+
+/// How a model is loaded: where it runs and how its weights are kept.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// The device: the CPU, a CUDA GPU or Metal.
+    pub device: DeviceSpec,
+    /// The dtype dense weights are kept in (default: the checkpoint's; f32 activations beside
+    /// quantized weights on a GPU, as llama.cpp keeps them).
+    pub dtype: Option<DTypeSpec>,
+    /// Quantize the linear layers to this type while loading (a GGUF file's quantized
+    /// tensors stay as they are; for a random model, the type of its weights).
+    pub quantize: Option<QType>,
+    /// Repack quantized weights into the tiles of bora's packed CPU kernels where the CPU has
+    /// them (the same results, faster; off: llama.cpp's `--no-repack`).
+    pub repack: bool,
+    /// The KV cache's dtype (default f32 on the CPU, the activations' on a GPU).
+    pub kv_cache_dtype: Option<DTypeSpec>,
+    /// A tokenizer instead of the model's: `tokenizer.json`, a sentencepiece model or a GGUF
+    /// file's vocabulary.
+    pub tokenizer: Option<PathBuf>,
+    /// Worker threads of the CPU kernels (default: all cores). The process has one pool,
+    /// started by the first load: later loads cannot change it.
+    pub threads: Option<usize>,
+    /// Download a repo id that is not in the local cache (the `download` feature; refused when
+    /// `HF_HUB_OFFLINE` is set). Off by default: a load opens no socket.
+    pub allow_download: bool,
+    /// Run the model on candle's kernels even on the CPU (`check-device` compares the two
+    /// paths); by default bora's own CPU kernels.
+    pub candle_on_cpu: bool,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            device: DeviceSpec::Cpu,
+            dtype: None,
+            quantize: None,
+            repack: true,
+            kv_cache_dtype: None,
+            tokenizer: None,
+            threads: None,
+            allow_download: false,
+            candle_on_cpu: false,
+        }
+    }
+}
+
+/// An error of loading a model; each names the path, tensor or key at fault.
+// Fields are named for their place in the message.
+#[allow(missing_docs)]
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    NotFound(crate::hub::NotFound),
+    #[error(
+        "{missing}\nTo fetch it from the Hugging Face Hub, allow downloads (--allow-download)"
+    )]
+    NotDownloaded { missing: crate::hub::NotFound },
+    #[error("{missing}\nHF_HUB_OFFLINE is set, so it cannot be downloaded")]
+    Offline { missing: crate::hub::NotFound },
+    #[error("cannot download {repo}{}: {reason}", if file.is_empty() { String::new() } else { format!("/{file}") })]
+    Download {
+        repo: String,
+        file: String,
+        reason: String,
+    },
+    #[error("random:{name}: unknown shape; use random:mixtral-8x7b, random:mixtral-8x22b or random:demo")]
+    UnknownShape { name: String },
+    #[error("cannot write the demo model ({path}): {reason}")]
+    Demo { path: PathBuf, reason: String },
+    #[error("invalid load option `{name}`: {reason}")]
+    Option { name: &'static str, reason: String },
+    #[error("cannot load tokenizer {path}: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error(
+        "the tokenizer {path} has {tokens} tokens, more than the model's vocabulary of {vocab}"
+    )]
+    TokenizerTooLarge {
+        path: PathBuf,
+        tokens: usize,
+        vocab: usize,
+    },
+    #[error("{0}")]
+    Weights(#[from] bora_weights::WeightsError),
+    #[error("{0}")]
+    Core(#[from] bora_core::CoreError),
+    #[error("{0}")]
+    Model(#[from] bora_model::ModelError),
+}
+
+impl From<crate::EngineError> for LoadError {
+    /// The tokenizer's errors (the only engine errors a load meets).
+    fn from(e: crate::EngineError) -> Self {
+        match e {
+            crate::EngineError::TokenizerLoad { path, reason } => {
+                LoadError::Tokenizer { path, reason }
+            }
+            crate::EngineError::Load(e) => e,
+            other => LoadError::Tokenizer {
+                path: PathBuf::new(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// A phase of loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadPhase {
+    /// Fetching a file of a repo (only with [`ModelOptions::allow_download`]).
+    Downloading,
+    /// Reading the weights' pages from disk.
+    Reading,
+    /// Building the model's matrices from the file's tensors (repacking for the kernels).
+    Building,
+    /// Converting weights to another dtype.
+    Converting,
+    /// Quantizing the linear layers.
+    Quantizing,
+    /// Making random weights.
+    Random,
+}
+
+impl LoadPhase {
+    /// A word for it, as the CLI's bars show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadPhase::Downloading => "downloading",
+            LoadPhase::Reading => "reading",
+            LoadPhase::Building => "building",
+            LoadPhase::Converting => "converting",
+            LoadPhase::Quantizing => "quantizing",
+            LoadPhase::Random => "making random weights",
+        }
+    }
+}
+
+/// What a load reports as it goes, in order: for each phase a `Start`, any number of `Done`,
+/// and a `Finish`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadProgress {
+    /// A phase begins; `total_bytes` is 0 where its length is not known.
+    Start {
+        /// The phase.
+        phase: LoadPhase,
+        /// Its length in bytes, or 0.
+        total_bytes: u64,
+    },
+    /// Bytes of the current phase done so far.
+    Done {
+        /// Done so far.
+        bytes: u64,
+    },
+    /// The phase has ended.
+    Finish {
+        /// The phase.
+        phase: LoadPhase,
+    },
+}
+
+/// What a load did, for the line the CLI prints.
+#[derive(Debug, Clone)]
+pub struct LoadInfo {
+    /// The resolved source (a path, or `random:NAME`).
+    pub source: String,
+    /// Whether the weights were made (random) rather than read.
+    pub random: bool,
+    /// Parameters of the model, and those one token uses.
+    pub params: u64,
+    /// Parameters one token uses (two experts of each layer).
+    pub active_params: u64,
+    /// How the weights are kept: a dtype, a type and "quantized at load", or a GGUF file's
+    /// tensor types with their counts.
+    pub weights: String,
+    /// The device.
+    pub device: DeviceSpec,
+    /// The process's resident memory once loaded (0 where it cannot be read).
+    pub resident_bytes: u64,
+    /// Time the load took.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for LoadInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {} parameters ({} active per token), {}, ",
+            if self.random { "made" } else { "loaded" },
+            self.source,
+            count(self.params),
+            count(self.active_params),
+            self.weights
+        )?;
+        if self.random {
+            write!(f, "on {}", self.device)?;
+        } else {
+            write!(f, "{} resident", bytes(self.resident_bytes))?;
+        }
+        write!(f, ", in {:.1} s", self.elapsed.as_secs_f64())
+    }
+}
+
+/// A loaded model and its tokenizer.
+pub struct LoadedModel {
+    /// The model.
+    pub model: Model,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// What the load did.
+    pub info: LoadInfo,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads `source` with `opts`, reporting progress to `progress`.
+pub fn load_model(
+    source: &ModelSource,
+    opts: &ModelOptions,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<LoadedModel, LoadError> {
+    let started = Instant::now();
+    set_threads(opts.threads)?;
+    let source = source.resolve(opts.allow_download, progress)?;
+    let (weights, weights_desc, tokenizer) = match &source {
+        ModelSource::Random(name) => random(name, opts, progress)?,
+        ModelSource::Gguf(path) => gguf(path, opts, progress)?,
+        ModelSource::Dir(dir) => checkpoint(dir, opts, progress)?,
+        other => unreachable!("resolve gives files or a random shape, not {other:?}"),
+    };
+    let config = weights.config.clone();
+    let model = Model::new(weights)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        info: LoadInfo {
+            source: source.to_string(),
+            random: matches!(source, ModelSource::Random(_)),
+            params: config.param_count(),
+            active_params: config.active_param_count(),
+            weights: weights_desc,
+            device: opts.device,
+            resident_bytes: resident_bytes(),
+            elapsed: started.elapsed(),
+        },
+    })
+}
+
+/// The weights of `source` alone (no tokenizer, no model), as `opts` say: for checkpoints
+/// without a tokenizer, and for tools that rewrite the weights (`bora quantize`), which read
+/// files as they go (`read_ahead` false: a tensor's pages are read when it is used and can be
+/// let go after).
+pub fn load_weights(
+    source: &ModelSource,
+    opts: &ModelOptions,
+    read_ahead: bool,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<MixtralWeights, LoadError> {
+    set_threads(opts.threads)?;
+    let source = source.resolve(opts.allow_download, progress)?;
+    Ok(match &source {
+        ModelSource::Random(name) => random_only(name, opts, progress)?.0,
+        ModelSource::Gguf(path) => {
+            let store = GgufStore::open(path)?;
+            gguf_weights(&store, opts, read_ahead, progress)?.0
+        }
+        ModelSource::Dir(dir) => checkpoint_weights(dir, opts, read_ahead, progress)?.0,
+        other => unreachable!("resolve gives files or a random shape, not {other:?}"),
+    })
+}
+
+type Parts = (MixtralWeights, String, Tokenizer);
+
+/// `random:NAME`, with the demo models' tokenizer of its vocabulary.
+fn random(
+    name: &str,
+    opts: &ModelOptions,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Parts, LoadError> {
+    let (weights, desc) = random_only(name, opts, progress)?;
+    let vocab = weights.config.vocab_size;
+    let path = match &opts.tokenizer {
+        Some(p) => p.clone(),
+        None if vocab == 32768 => Tokenizer::find_in_dir(&crate::demo_v3_model_dir()?)?,
+        None => Tokenizer::find_in_dir(&crate::demo_model_dir()?)?,
+    };
+    let tokenizer = Tokenizer::from_file(&path)?;
+    if tokenizer.vocab_size() > vocab {
+        return Err(LoadError::TokenizerTooLarge {
+            path,
+            tokens: tokenizer.vocab_size(),
+            vocab,
+        });
+    }
+    Ok((weights, desc, tokenizer))
+}
+
+fn random_only(
+    name: &str,
+    opts: &ModelOptions,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<(MixtralWeights, String), LoadError> {
+    let config = source::random_config(name)?;
+    let device = opts.device.open()?;
+    // Activations in f32 next to quantized weights, as llama.cpp keeps them (no conversion
+    // around each quantized product); bf16 for a dense model on a GPU.
+    let dtype = dtype_of(opts.dtype).unwrap_or(if device.is_cpu() || opts.quantize.is_some() {
+        WeightDType::F32
+    } else {
+        WeightDType::BF16
+    });
+    let lo = weight_options(opts, dtype, device)?;
+    let phase = Phase::start(progress, LoadPhase::Random, 0);
+    let weights = bora_weights::random_weights(config, &lo, 0x5eed)?;
+    phase.finish(progress);
+    let desc = match opts.quantize {
+        Some(q) => q.to_string(),
+        None => dtype_name(dtype).to_string(),
+    };
+    Ok((weights, desc))
+}
+
+/// A GGUF file (or split set) and its vocabulary.
+fn gguf(
+    path: &Path,
+    opts: &ModelOptions,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Parts, LoadError> {
+    let store = GgufStore::open(path)?;
+    let (weights, desc) = gguf_weights(&store, opts, true, progress)?;
+    let tokenizer = match &opts.tokenizer {
+        Some(p) => Tokenizer::from_file(p)?,
+        None => Tokenizer::from_gguf(&store).map_err(|e| LoadError::Tokenizer {
+            path: path.to_path_buf(),
+            reason: format!("the GGUF file's tokenizer cannot be read ({e}): give a tokenizer"),
+        })?,
+    };
+    Ok((weights, desc, tokenizer))
+}
+
+/// A GGUF file's weights; `read_ahead`: every page read first, with progress.
+fn gguf_weights(
+    store: &GgufStore,
+    opts: &ModelOptions,
+    read_ahead: bool,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<(MixtralWeights, String), LoadError> {
+    let device = opts.device.open()?;
+    let config = gguf_config(store)?;
+    if read_ahead {
+        let phase = Phase::start(progress, LoadPhase::Reading, store.data_bytes());
+        store.prefault(|done, _| progress(LoadProgress::Done { bytes: done }));
+        phase.finish(progress);
+    }
+    // Float tensors of a GGUF file stay as stored on the CPU. On a GPU, activations are f32
+    // next to quantized weights (as llama.cpp keeps them: no conversion around each quantized
+    // product), f16 in a float file.
+    let type_counts = gguf_type_counts(store);
+    let quantized_file = type_counts
+        .iter()
+        .any(|(t, _)| matches!(t, bora_weights::GgmlType::Quant(_)));
+    let dtype = dtype_of(opts.dtype).unwrap_or(
+        if device.is_cuda() && (quantized_file || opts.quantize.is_some()) {
+            WeightDType::F32
+        } else {
+            WeightDType::F16
+        },
+    );
+    let lo = weight_options(opts, dtype, device)?;
+    let phase = Phase::start(
+        progress,
+        if opts.quantize.is_some() {
+            LoadPhase::Quantizing
+        } else {
+            LoadPhase::Building
+        },
+        0,
+    );
+    let weights = MixtralWeights::load_gguf(store, config, &lo)?;
+    phase.finish(progress);
+    let types: Vec<String> = type_counts
+        .into_iter()
+        .map(|(t, n)| format!("{t}×{n}"))
+        .collect();
+    let mut desc = types.join(" ");
+    if let Some(q) = opts.quantize {
+        desc.push_str(&format!(" (float tensors quantized to {q} at load)"));
+    }
+    Ok((weights, desc))
+}
+
+/// A checkpoint directory and its tokenizer.
+fn checkpoint(
+    dir: &Path,
+    opts: &ModelOptions,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Parts, LoadError> {
+    let (weights, desc) = checkpoint_weights(dir, opts, true, progress)?;
+    let path = match &opts.tokenizer {
+        Some(p) => p.clone(),
+        None => Tokenizer::find_in_dir(dir).map_err(|_| LoadError::Tokenizer {
+            path: dir.to_path_buf(),
+            reason: "the model has no tokenizer (tokenizer.json, tokenizer.model.v3, \
+                     tokenizer.model.v1 or tokenizer.model): give one"
+                .into(),
+        })?,
+    };
+    let tokenizer = Tokenizer::from_file(&path)?;
+    Ok((weights, desc, tokenizer))
+}
+
+/// A checkpoint's weights; `read_ahead`: every page read first, with progress, unless the
+/// weights are quantized.
+fn checkpoint_weights(
+    dir: &Path,
+    opts: &ModelOptions,
+    read_ahead: bool,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<(MixtralWeights, String), LoadError> {
+    let device = opts.device.open()?;
+    let config = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
+    let store = SafetensorsStore::open_dir(dir, MapMode::Lazy)?;
+    // Quantizing reads each tensor as it goes and lets its pages go (peak memory near the
+    // quantized size); otherwise the pages are read first, with progress.
+    if read_ahead && opts.quantize.is_none() {
+        let phase = Phase::start(progress, LoadPhase::Reading, store.size_on_disk());
+        store.prefault(|done| progress(LoadProgress::Done { bytes: done }));
+        phase.finish(progress);
+    }
+    let kept = store.weight_dtype(&TensorName::Embed.hf(ExpertLayout::PerExpert))?;
+    let dtype = dtype_of(opts.dtype).unwrap_or(kept);
+    let lo = weight_options(opts, dtype, device)?;
+    let phase = Phase::start(
+        progress,
+        if opts.quantize.is_some() {
+            LoadPhase::Quantizing
+        } else if kept == dtype {
+            LoadPhase::Building
+        } else {
+            LoadPhase::Converting
+        },
+        0,
+    );
+    let weights = MixtralWeights::load(&store, config, &lo)?;
+    phase.finish(progress);
+    let desc = match opts.quantize {
+        Some(q) => format!("{q} (quantized at load)"),
+        None => dtype_name(dtype).to_string(),
+    };
+    Ok((weights, desc))
+}
+
+/// The weights layer's options for `opts`.
+fn weight_options(
+    opts: &ModelOptions,
+    dtype: WeightDType,
+    device: candle_core::Device,
+) -> Result<bora_weights::LoadOptions, LoadError> {
+    // A KV dtype the backend cannot run is refused by `Model::new`.
+    let mut lo = bora_weights::LoadOptions::new(dtype, device);
+    lo.quantize = opts.quantize;
+    lo.pack = opts.repack;
+    lo.kv_dtype = opts.kv_cache_dtype.map(DTypeSpec::dtype);
+    if opts.candle_on_cpu {
+        lo.backend = Backend::Candle;
+    }
+    Ok(lo)
+}
+
+fn dtype_of(d: Option<DTypeSpec>) -> Option<WeightDType> {
+    d.map(|d| match d {
+        DTypeSpec::F32 => WeightDType::F32,
+        DTypeSpec::BF16 => WeightDType::BF16,
+        DTypeSpec::F16 => WeightDType::F16,
+    })
+}
+
+fn dtype_name(d: WeightDType) -> &'static str {
+    match d {
+        WeightDType::F32 => "f32",
+        WeightDType::BF16 => "bf16",
+        WeightDType::F16 => "f16",
+    }
+}
+
+/// The pool of the CPU kernels: rayon's global pool (bora's kernels) and candle read
+/// `RAYON_NUM_THREADS` when they first start.
+fn set_threads(n: Option<usize>) -> Result<(), LoadError> {
+    let Some(n) = n else { return Ok(()) };
+    if n == 0 {
+        return Err(LoadError::Option {
+            name: "threads",
+            reason: "must be at least 1".into(),
+        });
+    }
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    Ok(())
+}
+
+/// A phase between its `Start` and `Finish` events.
+struct Phase(LoadPhase);
+
+impl Phase {
+    fn start(progress: &mut dyn FnMut(LoadProgress), phase: LoadPhase, total_bytes: u64) -> Self {
+        progress(LoadProgress::Start { phase, total_bytes });
+        Phase(phase)
+    }
+
+    fn finish(self, progress: &mut dyn FnMut(LoadProgress)) {
+        progress(LoadProgress::Finish { phase: self.0 });
+    }
+}
+
+/// The process's resident memory (Linux; 0 elsewhere).
+pub fn resident_bytes() -> u64 {
+    proc_status_bytes("VmRSS:")
+}
+
+/// The process's peak resident memory (Linux; 0 elsewhere).
+pub fn peak_resident_bytes() -> u64 {
+    proc_status_bytes("VmHWM:")
+}
+
+/// A kB figure of /proc/self/status, in bytes.
+fn proc_status_bytes(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// `1.5 GB`.
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.0} MB", n as f64 / (1u64 << 20) as f64),
+        n => format!("{:.0} KB", n as f64 / 1024.0),
+    }
+}
+
+/// `46.7B`, `12.9M`.
+fn count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n => format!("{:.1}K", n as f64 / 1e3),
+    }
+}
+
+#[cfg(test)]
+mod tests;
