@@ -93,6 +93,11 @@ impl ApiError {
         self
     }
 
+    /// 500 `internal_error`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
     /// A request for a model that is not the one served (Mistral's 400, code 1500).
     pub fn invalid_model(model: &str) -> Self {
         Self {

@@ -4,14 +4,60 @@
 //! built from the engine's events as the server builds them, so that the same request gives
 //! the same tokens either way.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use bora_engine::{CompletionStream, Engine, Timeout};
+use axum::http::StatusCode;
+use bora_engine::load::{DTypeSpec, DeviceSpec, QType};
+use bora_engine::{
+    CompletionStream, Engine, EngineConfig, EngineError, KvBudget, ModelOptions, ModelSource,
+    Timeout,
+};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::answer::{AnswerMeta, Chunks, Whole};
-use crate::convert::parse_request;
+use crate::convert::{parse_request, ParsedRequest};
 use crate::error::ApiError;
+
+/// What an embedding app asks to load, as JSON (the CLI's model flags, by their long names):
+/// `{"model": "bora-demo", "device": "cpu", "quantize": "q4_k", "kv_cache_mib": 512}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineOptions {
+    /// Anything `--model` takes (default: the demo model).
+    pub model: Option<String>,
+    /// `cpu` (default), `cuda`, `cuda:N` or `metal`.
+    pub device: Option<String>,
+    /// `f32`, `bf16` or `f16`.
+    pub dtype: Option<String>,
+    /// A ggml type to quantize to while loading (`q4_k`, `q8_0`, ...).
+    pub quantize: Option<String>,
+    /// A tokenizer file instead of the model's.
+    pub tokenizer: Option<PathBuf>,
+    /// Worker threads of the CPU kernels.
+    pub threads: Option<usize>,
+    /// Repack quantized weights for bora's kernels (default true).
+    pub repack: Option<bool>,
+    /// The KV cache's dtype.
+    pub kv_cache_dtype: Option<String>,
+    /// MiB of KV cache (default: a share of the free memory).
+    pub kv_cache_mib: Option<usize>,
+    /// `v1` or `v3` (default: the tokenizer's).
+    pub chat_format: Option<String>,
+    /// Batch-invariant numerics.
+    pub deterministic: Option<bool>,
+    /// The name answers carry as `model` (default: as `bora serve` names it).
+    pub name: Option<String>,
+    /// Download a repo missing from the local cache (only where the `download` feature is
+    /// built in).
+    pub allow_download: Option<bool>,
+}
+
+/// A 400 naming the option at fault.
+fn bad_option(name: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("invalid option `{name}`: {e}")).with_param(name)
+}
 
 /// An engine answering chat requests given as JSON bodies.
 #[derive(Clone)]
@@ -32,6 +78,77 @@ impl LocalApi {
         }
     }
 
+    /// Loads the model `options` (JSON: [`EngineOptions`]) name and starts an engine on it.
+    /// A bad option is a 400 naming it; a model that cannot load is a `load_error`.
+    pub fn load(options: &str) -> Result<Self, ApiError> {
+        let o: EngineOptions = serde_json::from_str(options)
+            .map_err(|e| ApiError::bad_request(format!("invalid options: {e}")))?;
+        let source: ModelSource = match o.model.as_deref() {
+            None => ModelSource::Demo,
+            Some(m) => match m.parse::<ModelSource>() {
+                Ok(s) => s,
+                Err(never) => match never {},
+            },
+        };
+        let dtype = |name: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(str::parse::<DTypeSpec>)
+                .transpose()
+                .map_err(|e| bad_option(name, e))
+        };
+        let opts = ModelOptions {
+            device: o
+                .device
+                .as_deref()
+                .unwrap_or("cpu")
+                .parse::<DeviceSpec>()
+                .map_err(|e| bad_option("device", e))?,
+            dtype: dtype("dtype", &o.dtype)?,
+            quantize: o
+                .quantize
+                .as_deref()
+                .map(|q| QType::parse(q).ok_or_else(|| bad_option("quantize", "unknown type")))
+                .transpose()?,
+            repack: o.repack.unwrap_or(true),
+            kv_cache_dtype: dtype("kv_cache_dtype", &o.kv_cache_dtype)?,
+            tokenizer: o.tokenizer,
+            threads: o.threads,
+            allow_download: o.allow_download.unwrap_or(false),
+            candle_on_cpu: false,
+        };
+        let config = EngineConfig {
+            kv_budget: o
+                .kv_cache_mib
+                .map_or(EngineConfig::default().kv_budget, KvBudget::Mib),
+            chat_format: o
+                .chat_format
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| bad_option("chat_format", e))?,
+            deterministic: o.deterministic.unwrap_or(false),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::load(&source, &opts, config).map_err(|e| match e {
+            EngineError::Load(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "load_error", e.to_string())
+                    .with_param("model")
+            }
+            other => ApiError::from(other),
+        })?;
+        let name = o.name.unwrap_or_else(|| match &source {
+            ModelSource::Demo | ModelSource::DemoV3 => source.to_string(),
+            other => {
+                let shown = other.to_string();
+                let fallback = std::path::Path::new(&shown)
+                    .file_stem()
+                    .map_or(shown.clone(), |s| s.to_string_lossy().into_owned());
+                crate::default_model_name(engine.model_config(), &fallback)
+            }
+        });
+        Ok(Self::new(engine, &name))
+    }
+
     /// Refuses fields bora parses but does not honour (the server's `--strict-api`).
     pub fn strict(mut self, strict: bool) -> Self {
         self.strict = strict;
@@ -48,8 +165,8 @@ impl LocalApi {
         &self.model
     }
 
-    /// Parses `body` and submits it: the request's events and what its bodies share.
-    fn submit(&self, body: &str) -> Result<(CompletionStream, AnswerMeta, bool), ApiError> {
+    /// Parses `body` as the server does; `model` may be left out.
+    fn parse(&self, body: &str) -> Result<ParsedRequest, ApiError> {
         let mut v: Value = serde_json::from_str(body)
             .map_err(|e| ApiError::bad_request(format!("the request is not JSON: {e}")))?;
         if let Some(obj) = v.as_object_mut() {
@@ -61,9 +178,27 @@ impl LocalApi {
         if parsed.model != self.model {
             return Err(ApiError::invalid_model(&parsed.model));
         }
+        Ok(parsed)
+    }
+
+    /// Parses `body` and submits it: the request's events and what its bodies share.
+    fn submit(&self, body: &str) -> Result<(CompletionStream, AnswerMeta, bool), ApiError> {
+        let parsed = self.parse(body)?;
         let n = parsed.completion.n;
         let events = self.engine.chat(&parsed.completion)?;
         Ok((events, AnswerMeta::new(&parsed.model, n), parsed.stream))
+    }
+
+    /// The prompt a request renders to: its token ids, as the engine would run them.
+    pub fn tokenize_chat(&self, body: &str) -> Result<Vec<u32>, ApiError> {
+        let parsed = self.parse(body)?;
+        let engine = &self.engine;
+        Ok(bora_engine::chat::render(
+            engine.chat_format(),
+            engine.tokenizer(),
+            &parsed.completion.chat,
+        )
+        .map_err(bora_engine::EngineError::from)?)
     }
 
     /// Submits a request for a whole answer (`stream` is ignored).

@@ -11,13 +11,14 @@ mod source;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bora_core::{DTypeSpec, DeviceSpec};
 use bora_model::Model;
 use bora_weights::{
     gguf_config, gguf_type_counts, Backend, ExpertLayout, GgufStore, MapMode, MixtralWeights,
-    QType, SafetensorsStore, TensorName, WeightDType,
+    SafetensorsStore, TensorName, WeightDType,
 };
 
+pub use bora_core::{DTypeSpec, DeviceSpec};
+pub use bora_weights::QType;
 pub use inspect::{inspect, ModelInfo, TensorInfo};
 pub use source::ModelSource;
 

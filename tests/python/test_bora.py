@@ -1,0 +1,251 @@
+"""The `bora` package in process: the mistralai SDK's chat calls and shapes, batching from
+threads and asyncio, structured output validated by pydantic, tool calls, errors as exceptions,
+cancellation (a dropped stream, a cancelled task, Ctrl-C) freeing the KV blocks, and the same
+tokens as `bora serve` for the same request."""
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, Field
+
+import bora
+from conftest import GGUF, TINY
+
+USER = [{"role": "user", "content": "Tell me about mixtures of experts."}]
+
+
+def idle(engine, timeout=30.0):
+    """Waits until the engine holds no sequence and no KV block; returns its stats."""
+    deadline = time.time() + timeout
+    while True:
+        s = engine.stats()
+        if s["running"] == 0 and s["waiting"] == 0 and s["blocks_used"] == 0:
+            return s
+        assert time.time() < deadline, f"still busy: {s}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("model", [str(TINY), str(GGUF), "bora-demo"])
+def test_complete_loads_every_kind_of_model(model):
+    engine = bora.Engine(model, kv_cache_mib=32)
+    res = engine.chat.complete(model="ignored", messages=USER, max_tokens=8, temperature=0)
+    assert res.object == "chat.completion"
+    assert res.model == engine.name
+    choice = res.choices[0]
+    assert choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str) and choice.message.content
+    assert choice.finish_reason == "length"
+    assert res.usage.completion_tokens == 8
+    assert res.usage.total_tokens == res.usage.prompt_tokens + 8
+    assert res.model_dump()["choices"][0]["message"]["content"] == choice.message.content
+
+
+def test_stream_gives_the_same_text_as_complete(tiny):
+    whole = tiny.chat.complete(messages=USER, max_tokens=16, temperature=0)
+    events = list(tiny.chat.stream(messages=USER, max_tokens=16, temperature=0))
+    assert events[0].data.choices[0].delta.role == "assistant"
+    text = "".join(e.data.choices[0].delta.content or "" for e in events)
+    assert text == whole.choices[0].message.content
+    last = events[-1].data
+    assert last.choices[0].finish_reason == "length"
+    assert last.usage.model_dump() == whole.usage.model_dump()
+
+
+def test_the_same_tokens_as_the_server(tiny, server):
+    body = {"model": "tiny-mixtral", "messages": USER, "max_tokens": 24, "temperature": 0}
+    req = urllib.request.Request(
+        server + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        served = json.load(r)
+    local = tiny.chat.complete(**body)
+    assert local.choices[0].message.content == served["choices"][0]["message"]["content"]
+    assert local.usage.model_dump() == served["usage"]
+    # And the prompt is the one the server tokenizes.
+    assert len(tiny.tokenize(messages=USER)) == served["usage"]["prompt_tokens"]
+
+
+def test_async_gather_batches_and_each_equals_the_request_alone(demo):
+    def req(i):
+        return dict(
+            messages=[{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}],
+            max_tokens=12,
+            temperature=0.8,
+            random_seed=i,
+        )
+
+    alone = [demo.chat.complete(**req(i)) for i in range(8)]
+    idle(demo)
+    steps = demo.stats()["steps"]
+
+    async def main():
+        return await asyncio.gather(*(demo.chat.complete_async(**req(i)) for i in range(8)))
+
+    together = asyncio.run(main())
+    for a, t in zip(alone, together):
+        assert t.choices[0].message.content == a.choices[0].message.content
+    # Batched: far fewer steps than eight requests one after the other (8 x 13).
+    assert demo.stats()["steps"] - steps < 8 * 13 // 2
+
+
+def test_threads_batch_and_the_gil_is_released(demo):
+    results = {}
+
+    def work(i):
+        results[i] = demo.chat.complete(messages=USER, max_tokens=16, random_seed=i, temperature=1)
+
+    ticks = 0
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        ticks += 1  # pure Python: runs only while the engine's callers let go of the GIL
+        time.sleep(0.001)
+    assert len(results) == 4
+    assert ticks > 10
+
+
+class City(BaseModel):
+    name: Literal["Paris", "Lyon", "Nice"]
+    code: str = Field(max_length=6)
+    size: Literal[1, 2, 3]
+
+
+def test_json_schema_output_validates_with_pydantic(demo):
+    for seed in range(4):
+        res = demo.chat.complete(
+            messages=[{"role": "user", "content": "A city, as JSON."}],
+            response_format=City,
+            temperature=1,
+            random_seed=seed,
+            max_tokens=128,
+        )
+        City.model_validate_json(res.choices[0].message.content)
+    parsed = demo.chat.parse(
+        response_format=City, messages=USER, temperature=1, random_seed=9, max_tokens=128
+    )
+    assert isinstance(parsed.choices[0].message.parsed, City)
+
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Adds two small numbers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"enum": [1, 2, 3]}, "b": {"enum": [1, 2, 3]}},
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("fixture", ["demo", "demo_v3"])
+def test_tool_calls(fixture, request):
+    engine = request.getfixturevalue(fixture)
+    res = engine.chat.complete(
+        messages=[{"role": "user", "content": "Add 1 and 2."}],
+        tools=[TOOL],
+        tool_choice="any",
+        temperature=1,
+        random_seed=3,
+        max_tokens=128,
+    )
+    choice = res.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "add"
+    args = json.loads(call.function.arguments)
+    assert args["a"] in (1, 2, 3) and args["b"] in (1, 2, 3)
+    # tool_choice none: the same prompt (the tools rendered), a text answer.
+    none = engine.chat.complete(
+        messages=[{"role": "user", "content": "Add 1 and 2."}],
+        tools=[TOOL],
+        tool_choice="none",
+        max_tokens=8,
+    )
+    assert none.choices[0].message.tool_calls is None
+    assert none.usage.prompt_tokens == res.usage.prompt_tokens
+
+
+def test_errors_are_exceptions_with_the_api_fields(tiny):
+    with pytest.raises(bora.BoraError) as e:
+        tiny.chat.complete(messages=USER, temperature="hot")
+    assert e.value.status_code == 422
+    assert e.value.type == "invalid_request_error"
+    assert e.value.param == "temperature"
+    assert json.loads(e.value.body)["object"] == "error"
+    with pytest.raises(bora.BoraError) as e:
+        tiny.chat.complete(messages=[{"role": "assistant", "content": "no user turn"}])
+    assert e.value.status_code == 400
+    with pytest.raises(bora.BoraError) as e:
+        tiny.chat.complete(messages=USER, max_tokens=100000)
+    assert "context" in e.value.message
+    with pytest.raises(bora.BoraError) as e:
+        bora.Engine("/no/such/model")
+    assert e.value.type == "load_error"
+    assert "/no/such/model" in e.value.message
+    with pytest.raises(bora.BoraError) as e:
+        bora.Engine(str(TINY), quantize="q9_9")
+    assert e.value.param == "quantize"
+    with pytest.raises(bora.BoraError) as e:
+        bora.Engine(str(TINY), color="blue")
+    assert "color" in e.value.message
+
+
+def test_a_dropped_stream_frees_its_blocks(tiny):
+    idle(tiny)
+    steps = tiny.stats()["steps"]
+    for i, _ in enumerate(tiny.chat.stream(messages=USER, max_tokens=100)):
+        if i == 2:
+            break
+    idle(tiny)
+    # Cancelled, not run to the end.
+    assert tiny.stats()["steps"] - steps < 60
+
+
+def test_a_cancelled_task_frees_its_blocks(demo):
+    idle(demo)
+
+    async def main():
+        task = asyncio.ensure_future(
+            demo.chat.complete_async(messages=USER, max_tokens=3000, temperature=1)
+        )
+        await asyncio.sleep(0.5)
+        assert demo.stats()["running"] == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    idle(demo)
+
+
+def test_ctrl_c_cancels_a_blocking_call(demo):
+    idle(demo)
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        demo.chat.complete(messages=USER, max_tokens=3000, temperature=1)
+    assert time.time() - started < 10
+    idle(demo)
+
+
+def test_tokenize(tiny):
+    ids = tiny.tokenize("Hello world")
+    assert ids and all(isinstance(i, int) for i in ids)
+    assert tiny.detokenize(ids) == "Hello world"
+    res = tiny.chat.complete(messages=USER, max_tokens=1)
+    assert len(tiny.tokenize(messages=USER)) == res.usage.prompt_tokens
