@@ -3,15 +3,13 @@
 # the demo model: Rust (crates/bora-engine/examples/chat.rs), Python (examples/python/chat.py,
 # with the package installed in PYTHON's environment; default .cache/py-venv/bin/python) and C
 # (examples/c/chat.c compiled against bora.h and libbora, with its checks of errors and
-# cancellation). Also checks that the committed bora.h is the one cbindgen writes.
+# cancellation). libbora is built with the `bora` binary, whose compiled dependencies it shares.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.cache/py-venv/bin/python}
 models=(models/fixtures/tiny-mixtral models/fixtures/gguf/tiny-Q4_K_M.gguf bora-demo)
-cargo build --release --locked -p bora-c
+cargo build --release --locked -p bora-cli -p bora-c
 cargo build --release --locked -p bora-engine --example chat
-git diff --exit-code -- crates/bora-c/include/bora.h \
-    || { echo "crates/bora-c/include/bora.h changed: commit the header cbindgen wrote"; exit 1; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 cc -std=c99 -Wall -Wextra -Werror -I crates/bora-c/include examples/c/chat.c \
