@@ -513,14 +513,18 @@ fn dtype_name(d: WeightDType) -> &'static str {
     }
 }
 
+/// Worker threads a load may ask for at most: an embedding app's option (Python, C) must not
+/// make the pool start millions of threads.
+const MAX_THREADS: usize = 4096;
+
 /// The pool of the CPU kernels: rayon's global pool (bora's kernels) and candle read
 /// `RAYON_NUM_THREADS` when they first start.
 fn set_threads(n: Option<usize>) -> Result<(), LoadError> {
     let Some(n) = n else { return Ok(()) };
-    if n == 0 {
+    if !(1..=MAX_THREADS).contains(&n) {
         return Err(LoadError::Option {
             name: "threads",
-            reason: "must be at least 1".into(),
+            reason: format!("must be from 1 to {MAX_THREADS}, not {n}"),
         });
     }
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());

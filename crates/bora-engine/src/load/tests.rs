@@ -133,24 +133,26 @@ fn errors_say_what_is_wrong_where() {
         "{e}"
     );
 
-    let e = load(
-        &ModelSource::Dir(fixture("tiny-mixtral")),
-        &ModelOptions {
-            threads: Some(0),
-            ..ModelOptions::default()
-        },
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            LoadError::Option {
-                name: "threads",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    for threads in [0, 1 << 40] {
+        let e = load(
+            &ModelSource::Dir(fixture("tiny-mixtral")),
+            &ModelOptions {
+                threads: Some(threads),
+                ..ModelOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::Option {
+                    name: "threads",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
 
     // A checkpoint without its weights: the weights layer's error, naming the directory.
     let empty = std::env::temp_dir().join(format!("bora-load-test-{}", std::process::id()));
