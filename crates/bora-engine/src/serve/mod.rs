@@ -168,7 +168,7 @@ impl Engine {
             bora_model::KvCache::block_bytes(&cfg, config.block_size.max(1), model.kv_dtype());
         let blocks = match config.kv_budget {
             KvBudget::Blocks(n) => n,
-            KvBudget::Mib(m) => m * (1 << 20) / block_bytes,
+            KvBudget::Mib(m) => m.saturating_mul(1 << 20) / block_bytes,
             KvBudget::ShareOfFree(f) => {
                 (available_memory(model.device()) as f64 * f.clamp(0.0, 1.0)) as usize / block_bytes
             }
