@@ -85,6 +85,7 @@ pub fn load(name: &str, dtype: WeightDType, backend: Backend) -> Model {
         quantize: None,
         pack: true,
         kv_dtype: None,
+        host_experts: Vec::new(),
     };
     let w = MixtralWeights::load_dir(&fixture(name), &opts).expect("fixture loads");
     Model::new(w).expect("model")
@@ -106,6 +107,7 @@ pub fn load_gguf_packed(file: &str, pack: bool) -> Model {
         quantize: None,
         pack,
         kv_dtype: None,
+        host_experts: Vec::new(),
     };
     Model::new(MixtralWeights::load_gguf(&store, cfg, &opts).expect("GGUF loads")).expect("model")
 }

@@ -160,6 +160,7 @@ fn load_source(dtype: WeightDType, quantize: Option<QType>) -> MixtralWeights {
         quantize,
         pack: true,
         kv_dtype: None,
+        host_experts: Vec::new(),
     };
     MixtralWeights::load_dir(&fixture("gguf/source"), &opts).expect("source loads")
 }

@@ -296,57 +296,10 @@ pub fn memory_bandwidth(device: &candle_core::Device) -> Result<(f64, &'static s
     })
 }
 
-/// Bytes per second that the worker threads read from memory together, as decode reads
-/// weights: each thread sums its own contiguous part of a `bytes`-long buffer (its pages
-/// written first: untouched pages would all be the one shared zero page, read from cache);
-/// the best of 5 passes after a warm-up.
-pub fn read_bandwidth(bytes: usize) -> f64 {
-    use rayon::prelude::*;
-    let words = bytes / 8;
-    let buf: Vec<u64> = (0..words as u64).collect();
-    let threads = rayon::current_num_threads().max(1);
-    let part = words.div_ceil(threads);
-    let mut best = 0f64;
-    for pass in 0..6 {
-        let start = Instant::now();
-        let sum: u64 = buf
-            .par_chunks(part)
-            .map(|c| {
-                // Eight independent sums, so that the loop is bound by the loads alone.
-                let mut s = [0u64; 8];
-                for w in c.chunks_exact(8) {
-                    for (a, &v) in s.iter_mut().zip(w) {
-                        *a = a.wrapping_add(v);
-                    }
-                }
-                s.iter().fold(0u64, |a, &b| a.wrapping_add(b))
-            })
-            .reduce(|| 0, u64::wrapping_add);
-        std::hint::black_box(sum);
-        let secs = start.elapsed().as_secs_f64();
-        if pass > 0 {
-            best = best.max((words * 8) as f64 / secs);
-        }
-    }
-    best
-}
+use bora_engine::load::{copy_bandwidth as copy_bandwidth_of, read_bandwidth};
 
-/// A large buffer copied on `device` several times: (bytes read + bytes written) per second,
-/// the best of the runs.
-pub fn copy_bandwidth(device: &candle_core::Device) -> Result<f64> {
-    let n = if device.is_cpu() { 64 << 20 } else { 512 << 20 }; // f32 values: 256 MiB, 2 GiB
-    let x = candle_core::Tensor::zeros(n, candle_core::DType::F32, device)?;
-    let mut best = 0f64;
-    for i in 0..6 {
-        device.synchronize()?;
-        let start = Instant::now();
-        let y = x.copy()?;
-        device.synchronize()?;
-        let secs = start.elapsed().as_secs_f64();
-        drop(y);
-        if i > 0 {
-            best = best.max(2.0 * 4.0 * n as f64 / secs);
-        }
-    }
-    Ok(best)
+/// A large buffer copied on `device` several times (256 MiB on the CPU, 2 GiB elsewhere).
+fn copy_bandwidth(device: &candle_core::Device) -> Result<f64> {
+    let n = if device.is_cpu() { 64 << 20 } else { 512 << 20 };
+    Ok(copy_bandwidth_of(device, n)?)
 }

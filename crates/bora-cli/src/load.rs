@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bora_core::{DTypeSpec, DeviceSpec};
+use bora_engine::load::{CachePolicy, ExpertPlacement};
 use bora_engine::{LoadPhase, LoadProgress, ModelOptions, ModelSource};
 use bora_weights::{QType, WeightDType};
 
@@ -53,6 +54,48 @@ pub struct ModelArgs {
     /// a GPU the activations' dtype, the only one allowed there.
     #[arg(long, value_name = "DTYPE")]
     pub kv_cache_dtype: Option<String>,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+}
+
+/// Where the experts go beside a model on a GPU (ignored on the CPU, where every weight is in
+/// host memory anyway).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct PlacementArgs {
+    /// Keep every layer's experts in host memory, run by the CPU (llama.cpp's --cpu-moe):
+    /// attention, norms, routers, embeddings and the LM head stay on the GPU.
+    #[arg(long, conflicts_with = "n_cpu_moe")]
+    pub cpu_moe: bool,
+    /// Keep the experts of the first N layers in host memory (llama.cpp's --n-cpu-moe N; 0:
+    /// every expert on the GPU). Default: a fit, as many layers' experts on the GPU as its free
+    /// memory holds beside the rest, the KV reserve and a margin; the plan is printed.
+    #[arg(long, value_name = "N")]
+    pub n_cpu_moe: Option<usize>,
+    /// Device memory the placement may use, in MiB (default: the free memory).
+    #[arg(long, value_name = "MIB")]
+    pub device_memory_mib: Option<u64>,
+    /// Copy the hottest host-placed experts to the GPU as requests run, in the memory the
+    /// placement leaves: auto (the most routed to lately), lru (least recently used out) or
+    /// off (the default).
+    #[arg(long, value_name = "POLICY")]
+    pub expert_cache: Option<String>,
+    /// Cap the context to this many positions (default: the model's).
+    #[arg(long, value_name = "N")]
+    pub max_model_len: Option<usize>,
+}
+
+impl PlacementArgs {
+    /// Sets the placement's fields of `o`.
+    pub fn apply(&self, o: &mut ModelOptions) -> Result<()> {
+        o.expert_placement = ExpertPlacement::from_flags(self.cpu_moe, self.n_cpu_moe);
+        o.device_memory_limit = self.device_memory_mib.map(|m| m.saturating_mul(1 << 20));
+        o.expert_cache = match self.expert_cache.as_deref() {
+            None => None,
+            Some(p) => CachePolicy::parse(p).map_err(|e| anyhow::anyhow!("--expert-cache {e}"))?,
+        };
+        o.max_model_len = self.max_model_len;
+        Ok(())
+    }
 }
 
 pub use bora_engine::LoadedModel as Loaded;
@@ -71,7 +114,7 @@ impl ModelArgs {
 
     /// The options the flags give.
     pub fn options(&self) -> Result<ModelOptions> {
-        Ok(ModelOptions {
+        let mut o = ModelOptions {
             device: self.device.parse::<DeviceSpec>()?,
             dtype: self
                 .dtype
@@ -96,8 +139,10 @@ impl ModelArgs {
             tokenizer: self.tokenizer.clone(),
             threads: self.threads,
             allow_download: self.allow_download,
-            candle_on_cpu: false,
-        })
+            ..ModelOptions::default()
+        };
+        self.placement.apply(&mut o)?;
+        Ok(o)
     }
 
     /// Loads the model, with progress bars on a terminal and a line saying what was loaded.
@@ -154,6 +199,7 @@ impl ModelArgs {
             quantize: None,
             no_repack: false,
             kv_cache_dtype: None,
+            placement: PlacementArgs::default(),
         }
     }
 

@@ -12,4 +12,6 @@ pub enum ModelError {
     Batch(String),
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Weights(#[from] bora_weights::WeightsError),
 }

@@ -18,14 +18,17 @@ mod decode;
 #[cfg(feature = "cuda")]
 mod decode_cuda;
 mod error;
+mod expert_cache;
 mod kv_cache;
 mod model;
 mod moe;
+mod moe_split;
 mod rope;
 pub mod router;
 
 pub use batch::{Batch, Logits, SeqInput};
 pub use error::ModelError;
+pub use expert_cache::{CachePolicy, CacheStats, DeviceExpert, ExpertCache, LayerUsage, HOT_DECAY};
 pub use kv_cache::KvCache;
 pub use model::{Model, DEFAULT_BLOCK_SIZE};
 pub use moe::{moe_block, RoutingStats};

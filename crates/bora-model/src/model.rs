@@ -4,9 +4,12 @@ use bora_core::ModelConfig;
 use bora_weights::{Backend, Matrix, MixtralWeights};
 use candle_core::{DType, Device, Tensor};
 
+use std::sync::Arc;
+
 use crate::attention::{attention, AttentionCtx};
+use crate::expert_cache::{CachePolicy, CacheStats, ExpertCache, LayerUsage};
 use crate::kv_cache::KvCache;
-use crate::moe::{moe_block, RoutingStats};
+use crate::moe::{moe_layer, MoeStep, RoutingStats};
 use crate::rope::Rope;
 use crate::{Batch, ModelError, Result};
 
@@ -22,6 +25,8 @@ pub struct Model {
     dtype: DType,
     kv_dtype: DType,
     batch_invariant: bool,
+    /// Device copies of host-placed experts (`--expert-cache`).
+    expert_cache: Option<Arc<ExpertCache>>,
 }
 
 impl Model {
@@ -49,7 +54,38 @@ impl Model {
             dtype,
             kv_dtype,
             batch_invariant: false,
+            expert_cache: None,
         })
+    }
+
+    /// Keeps device copies of up to `budget_bytes` of the experts that the placement left in
+    /// host memory, chosen by `policy` as steps run ([`ExpertCache`]); `false` (and no cache)
+    /// where no layer's experts are in host memory beside a device, or not one fits.
+    pub fn set_expert_cache(&mut self, policy: CachePolicy, budget_bytes: u64) -> bool {
+        self.expert_cache = ExpertCache::new(&self.weights, policy, budget_bytes).map(Arc::new);
+        self.expert_cache.is_some()
+    }
+
+    /// The expert cache, if any.
+    pub fn expert_cache(&self) -> Option<&ExpertCache> {
+        self.expert_cache.as_deref()
+    }
+
+    /// What the expert cache has done so far.
+    pub fn expert_cache_stats(&self) -> Option<CacheStats> {
+        self.expert_cache.as_ref().map(|c| c.stats())
+    }
+
+    /// Layers whose experts are in host memory beside a model on a device.
+    pub fn host_expert_layers(&self) -> usize {
+        self.weights
+            .layers
+            .iter()
+            .filter(|l| {
+                matches!(l.experts, bora_weights::Experts::Host { .. })
+                    && !matches!(l.router, Matrix::Host(_))
+            })
+            .count()
     }
 
     /// Batch-invariant numerics: a sequence's logits are the same bits whatever else is in the
@@ -141,6 +177,11 @@ impl Model {
         let cfg = self.config();
         let eps = cfg.rms_norm_eps as f32;
         let mut x = self.embed(batch)?; // [T, H]
+        let resident = self.expert_cache.as_ref().map(|c| c.snapshot());
+        let mut usage: Vec<LayerUsage> = match &resident {
+            Some(r) => vec![LayerUsage::default(); r.len()],
+            None => Vec::new(),
+        };
         #[cfg(feature = "cuda")]
         let device_decode = crate::decode_cuda::DeviceDecode::new(
             batch,
@@ -162,15 +203,22 @@ impl Model {
             let h = candle_nn::ops::rms_norm(&x, &lw.attn_norm, eps)?;
             x = (x + attention(&ctx, lw, &h, batch, cache)?)?;
             let h = candle_nn::ops::rms_norm(&x, &lw.moe_norm, eps)?;
-            let m = moe_block(
-                &lw.router,
-                &lw.experts,
-                cfg.num_experts_per_tok,
-                &h,
-                i,
-                stats.as_deref_mut(),
-            )?;
+            let cache = match (&resident, usage.get_mut(i)) {
+                (Some(r), Some(u)) if r.get(i).is_some_and(|r| !r.is_empty()) => Some((&r[i], u)),
+                _ => None,
+            };
+            let mut step = MoeStep {
+                a: cfg.num_experts_per_tok,
+                layer: i,
+                stats: stats.as_deref_mut(),
+                cache,
+            };
+            let m = moe_layer(&lw.router, &lw.experts, &h, &mut step)?;
             x = (x + m)?;
+        }
+        // Between steps: the cache's moves for the next one.
+        if let Some(c) = &self.expert_cache {
+            c.end_step(&self.weights, &usage)?;
         }
         let rows = batch.logit_rows();
         let v = cfg.vocab_size;

@@ -4,6 +4,8 @@
 
 use bora_kernels::{matmul_many, matmul_xwt, silu_mul, Product, Twin};
 use bora_weights::{with_cpu_f32, Experts, HostMatrix, Matrix};
+
+use crate::expert_cache::{LayerUsage, Resident};
 use candle_core::{Device, IndexOp, Tensor};
 
 use crate::router::{route, route_tensor};
@@ -23,7 +25,7 @@ impl RoutingStats {
         }
     }
 
-    fn add(&mut self, layer: usize, experts: &[u32]) {
+    pub(crate) fn add(&mut self, layer: usize, experts: &[u32]) {
         if let Some(row) = self.counts.get_mut(layer) {
             for &e in experts {
                 if let Some(c) = row.get_mut(e as usize) {
@@ -44,10 +46,49 @@ pub fn moe_block(
     layer: usize,
     stats: Option<&mut RoutingStats>,
 ) -> Result<Tensor> {
+    let mut step = MoeStep {
+        a,
+        layer,
+        stats,
+        cache: None,
+    };
+    moe_layer(router, experts, x, &mut step)
+}
+
+/// What one layer's MoE block is given besides its weights and input.
+pub(crate) struct MoeStep<'a> {
+    /// Experts per token.
+    pub a: usize,
+    pub layer: usize,
+    /// Routed tokens are counted here when given.
+    pub stats: Option<&'a mut RoutingStats>,
+    /// For experts kept in host memory beside a model on a device: the device copies of some
+    /// of them ([`crate::ExpertCache`]), and where this step's routed tokens went.
+    pub cache: Option<(&'a Resident, &'a mut LayerUsage)>,
+}
+
+/// [`moe_block`] with a layer's full context.
+pub(crate) fn moe_layer(
+    router: &Matrix,
+    experts: &Experts,
+    x: &Tensor,
+    step: &mut MoeStep<'_>,
+) -> Result<Tensor> {
+    let (a, layer) = (step.a, step.layer);
+    let stats = step.stats.as_deref_mut();
     match (router, experts) {
         (Matrix::Host(r), Experts::Host { gate, up, down }) => {
-            moe_host(r, gate, up, down, a, x, layer, stats)
+            moe_host(r, HostExperts { gate, up, down, a }, x, layer, stats)
         }
+        // Host experts beside a router on a device: the split step.
+        (_, Experts::Host { gate, up, down }) => crate::moe_split::moe_split(
+            router,
+            &HostExperts { gate, up, down, a },
+            x,
+            layer,
+            stats,
+            step.cache.as_mut().map(|(r, u)| (*r, &mut **u)),
+        ),
         #[cfg(feature = "cuda")]
         (_, Experts::Quant { .. } | Experts::Tensor { .. }) if cuda::takes(experts, x) => {
             cuda::moe(router, experts, a, x, layer, stats)
@@ -57,9 +98,6 @@ pub fn moe_block(
         }
         (_, Experts::Quant { .. }) => Err(ModelError::Batch(
             "experts kept as ggml blocks need a CUDA device and activations on it".into(),
-        )),
-        _ => Err(ModelError::Batch(
-            "router and experts are on different backends".into(),
         )),
     }
 }
@@ -157,13 +195,9 @@ mod cuda {
 }
 
 /// bora's CPU path: routing, grouping and SwiGLU over host matrices in their stored dtype.
-#[allow(clippy::too_many_arguments)]
 fn moe_host(
     router: &HostMatrix,
-    gate: &[HostMatrix],
-    up: &[HostMatrix],
-    down: &[HostMatrix],
-    a: usize,
+    experts: HostExperts<'_>,
     x: &Tensor,
     layer: usize,
     stats: Option<&mut RoutingStats>,
@@ -175,37 +209,8 @@ fn moe_host(
             "host experts need CPU activations".into(),
         ));
     }
-    let experts = HostExperts {
-        router,
-        gate,
-        up,
-        down,
-        a,
-    };
-    let out = with_cpu_f32(&x, |xs| experts.run(xs, t, h, layer, stats))?;
-    Ok(Tensor::from_vec(out, (t, h), &Device::Cpu)?)
-}
-
-/// The host matrices of one MoE block.
-struct HostExperts<'a> {
-    router: &'a HostMatrix,
-    gate: &'a [HostMatrix],
-    up: &'a [HostMatrix],
-    down: &'a [HostMatrix],
-    a: usize,
-}
-
-impl HostExperts<'_> {
-    /// `xs` `[T, H]` → `[T, H]`.
-    fn run(
-        &self,
-        xs: &[f32],
-        t: usize,
-        h: usize,
-        layer: usize,
-        stats: Option<&mut RoutingStats>,
-    ) -> Vec<f32> {
-        let (router, gate, up, down, a) = (self.router, self.gate, self.up, self.down, self.a);
+    let a = experts.a;
+    let out = with_cpu_f32(&x, |xs| {
         let e = router.rows();
         let mut logits = vec![0f32; t * e]; // [T, E]
         matmul_xwt(xs, t, h, router.weights(), e, &mut logits);
@@ -221,11 +226,42 @@ impl HostExperts<'_> {
         if let Some(s) = stats {
             s.add(layer, &chosen);
         }
+        experts.run_routed(xs, t, h, &chosen, &weights, &|_| true)
+    })?;
+    Ok(Tensor::from_vec(out, (t, h), &Device::Cpu)?)
+}
 
+/// The host matrices of one MoE block.
+pub(crate) struct HostExperts<'a> {
+    pub gate: &'a [HostMatrix],
+    pub up: &'a [HostMatrix],
+    pub down: &'a [HostMatrix],
+    /// Experts per token.
+    pub a: usize,
+}
+
+impl HostExperts<'_> {
+    /// `xs` `[T, H]` → `[T, H]`: the weighted sum over each token's assignments whose expert
+    /// `take` accepts, `chosen` and `weights` `[T, A]` being the routing.
+    pub fn run_routed(
+        &self,
+        xs: &[f32],
+        t: usize,
+        h: usize,
+        chosen: &[u32],
+        weights: &[f32],
+        take: &dyn Fn(u32) -> bool,
+    ) -> Vec<f32> {
+        let (gate, up, down, a) = (self.gate, self.up, self.down, self.a);
+        let e = gate.len();
         // Group the (token, slot) assignments by expert; gather each expert's tokens.
         let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
         for (i, &c) in chosen.iter().enumerate() {
-            by_expert[c as usize].push(i);
+            if take(c) {
+                if let Some(list) = by_expert.get_mut(c as usize) {
+                    list.push(i);
+                }
+            }
         }
         let hit: Vec<usize> = (0..e).filter(|&ex| !by_expert[ex].is_empty()).collect();
         let im = gate.first().map(|g| g.rows()).unwrap_or(0);
@@ -243,7 +279,8 @@ impl HostExperts<'_> {
         let mut g: Vec<Vec<f32>> = hit.iter().map(|&ex| vec![0f32; rows(ex) * im]).collect(); // [n, I]
         let mut u: Vec<Vec<f32>> = g.clone();
         let mut y: Vec<Vec<f32>> = hit.iter().map(|&ex| vec![0f32; rows(ex) * h]).collect(); // [n, H]
-                                                                                             // All experts' gate and up projections in one parallel region, then all down projections.
+
+        // All experts' gate and up projections in one parallel region, then all down projections.
         let mut products = Vec::with_capacity(hit.len());
         for (((&ex, x), g), u) in hit.iter().zip(&xe).zip(g.iter_mut()).zip(u.iter_mut()) {
             let m = rows(ex);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use bora_engine::load::{DTypeSpec, DeviceSpec, QType};
+use bora_engine::load::{CachePolicy, DTypeSpec, DeviceSpec, ExpertPlacement, QType};
 use bora_engine::{
     CompletionStream, Engine, EngineConfig, EngineError, KvBudget, ModelOptions, ModelSource,
     Timeout,
@@ -52,6 +52,18 @@ pub struct EngineOptions {
     /// Download a repo missing from the local cache (only where the `download` feature is
     /// built in).
     pub allow_download: Option<bool>,
+    /// Every layer's experts in host memory beside a model on a GPU (`--cpu-moe`).
+    pub cpu_moe: Option<bool>,
+    /// The experts of the first N layers in host memory (`--n-cpu-moe`).
+    pub n_cpu_moe: Option<usize>,
+    /// Device memory the placement may use, in MiB.
+    pub device_memory_mib: Option<u64>,
+    /// `auto`, `lru` or `off` (`--expert-cache`).
+    pub expert_cache: Option<String>,
+    /// The longest sequence (`--max-model-len`).
+    pub max_model_len: Option<usize>,
+    /// Sequences running at once at most (`--max-seqs`).
+    pub max_seqs: Option<usize>,
 }
 
 /// A 400 naming the option at fault.
@@ -114,8 +126,18 @@ impl LocalApi {
             tokenizer: o.tokenizer,
             threads: o.threads,
             allow_download: o.allow_download.unwrap_or(false),
-            candle_on_cpu: false,
+            expert_placement: ExpertPlacement::from_flags(o.cpu_moe.unwrap_or(false), o.n_cpu_moe),
+            device_memory_limit: o.device_memory_mib.map(|m| m.saturating_mul(1 << 20)),
+            expert_cache: match o.expert_cache.as_deref() {
+                None => None,
+                Some(p) => CachePolicy::parse(p).map_err(|e| bad_option("expert_cache", e))?,
+            },
+            max_model_len: o.max_model_len,
+            ..ModelOptions::default()
         };
+        if o.max_seqs == Some(0) {
+            return Err(bad_option("max_seqs", "must be at least 1"));
+        }
         let config = EngineConfig {
             kv_budget: o
                 .kv_cache_mib
@@ -127,6 +149,7 @@ impl LocalApi {
                 .transpose()
                 .map_err(|e| bad_option("chat_format", e))?,
             deterministic: o.deterministic.unwrap_or(false),
+            max_running: o.max_seqs.unwrap_or(EngineConfig::default().max_running),
             ..EngineConfig::default()
         };
         let engine = Engine::load(&source, &opts, config).map_err(|e| match e {

@@ -135,7 +135,11 @@ pub fn gguf_type_counts(store: &GgufStore) -> Vec<(GgmlType, usize)> {
 impl MixtralWeights {
     /// Builds the weights of a GGUF model (`gguf_config` gives its configuration).
     pub fn load_gguf(store: &GgufStore, config: ModelConfig, opts: &LoadOptions) -> Result<Self> {
-        crate::mixtral::check_fits(store.data_bytes(), opts)?;
+        let host_bytes: u64 = (0..config.num_hidden_layers)
+            .filter(|&l| opts.experts_on_host(l))
+            .map(|l| gguf_expert_bytes(store, l))
+            .sum();
+        crate::mixtral::check_fits(store.data_bytes().saturating_sub(host_bytes), opts)?;
         let unsupported: Vec<String> = store
             .tensors()
             .filter(|(_, t)| matches!(t.dtype, GgmlType::Unsupported(..)))
@@ -258,16 +262,17 @@ impl GgufLoader<'_> {
             }
         }
         if !name.contains("ffn_gate_inp") {
-            h = self.packed(self.quantized(h, name)?, name)?;
+            let host = self.opts.backend == Backend::Host;
+            h = self.packed(self.quantized(h, name)?, name, host)?;
         }
         self.finish(h)
     }
 
     /// `h` repacked for bora's packed kernels where it can be (`LoadOptions::pack`), the file
     /// pages of tensor `name` released once their copy is made: memory stays near the file's
-    /// size, tensor by tensor.
-    fn packed(&self, h: HostMatrix, name: &str) -> Result<HostMatrix> {
-        if self.opts.backend != Backend::Host || !self.opts.pack {
+    /// size, tensor by tensor. `host`: bora's kernels compute on it (else it is never packed).
+    fn packed(&self, h: HostMatrix, name: &str, host: bool) -> Result<HostMatrix> {
+        if !host || !self.opts.pack {
             return Ok(h);
         }
         let (f, t) = self.store.get(name)?;
@@ -331,11 +336,16 @@ impl GgufLoader<'_> {
             self.cfg.intermediate_size,
             self.cfg.hidden_size,
         );
+        let host = self.opts.backend == Backend::Host || self.opts.experts_on_host(l);
         let (gate, up, down): (Vec<HostMatrix>, Vec<HostMatrix>, Vec<HostMatrix>) = match layout {
             ExpertLayout::Fused => {
                 let stacked = |p: &str, shape: [usize; 3]| {
                     let name = format!("blk.{l}.ffn_{p}_exps.weight");
-                    self.packed(self.quantized(self.host(&name, &shape)?, &name)?, &name)
+                    self.packed(
+                        self.quantized(self.host(&name, &shape)?, &name)?,
+                        &name,
+                        host,
+                    )
                 };
                 let g = stacked("gate", [e, im, h])?;
                 let u = stacked("up", [e, im, h])?;
@@ -349,7 +359,11 @@ impl GgufLoader<'_> {
             ExpertLayout::PerExpert => {
                 let one = |p: &str, x: usize, shape: [usize; 2]| {
                     let name = format!("blk.{l}.ffn_{p}.{x}.weight");
-                    self.packed(self.quantized(self.host(&name, &shape)?, &name)?, &name)
+                    self.packed(
+                        self.quantized(self.host(&name, &shape)?, &name)?,
+                        &name,
+                        host,
+                    )
                 };
                 (
                     (0..e)
@@ -364,11 +378,28 @@ impl GgufLoader<'_> {
                 )
             }
         };
-        match self.opts.backend {
-            Backend::Host => Ok(Experts::Host { gate, up, down }),
-            Backend::Candle => device_experts(&gate, &up, &down, self.opts),
+        if host {
+            Ok(Experts::Host { gate, up, down })
+        } else {
+            device_experts(&gate, &up, &down, self.opts)
         }
     }
+}
+
+/// Bytes of layer `l`'s expert tensors in a GGUF file (either expert layout).
+pub fn gguf_expert_bytes(store: &GgufStore, l: usize) -> u64 {
+    let fused = format!("blk.{l}.ffn_");
+    store
+        .tensors()
+        .filter(|(_, t)| {
+            t.name.strip_prefix(&fused).is_some_and(|rest| {
+                ["gate", "up", "down"].iter().any(|p| {
+                    rest.starts_with(&format!("{p}_exps.")) || rest.starts_with(&format!("{p}."))
+                })
+            })
+        })
+        .map(|(_, t)| (t.end - t.start) as u64)
+        .sum()
 }
 
 /// The row order that undoes llama.cpp's converter's permutation of a q or k projection

@@ -29,13 +29,14 @@ pub use error::WeightsError;
 pub use experts::Experts;
 pub use gguf::{GgmlType, GgufStore, MetaValue};
 pub use gguf_export::write_gguf;
-pub use gguf_model::{gguf_config, gguf_type_counts, unpermute_order};
+pub use gguf_model::{gguf_config, gguf_expert_bytes, gguf_type_counts, unpermute_order};
 pub use gguf_write::{GgufWriter, TensorSpec};
 pub use matrix::{
     upload_quant, with_cpu, with_cpu_f32, HostMatrix, Matrix, WeightDType, WeightFormat,
 };
 pub use mixtral::{
-    check_fits, check_fits_owned, weight_bytes, Backend, LayerWeights, LoadOptions, MixtralWeights,
+    check_fits, check_fits_owned, device_matrix, weight_bytes, Backend, LayerWeights, LoadOptions,
+    MixtralWeights,
 };
 pub use names::{ExpertLayout, TensorName};
 pub use random::{preset_config, random_weights};

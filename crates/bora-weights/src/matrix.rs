@@ -696,13 +696,23 @@ pub fn upload_quant(
     shape: &[usize],
     device: &Device,
 ) -> candle_core::Result<Option<QTensor>> {
-    let mut blocks: Vec<&[u8]> = Vec::with_capacity(ms.len());
+    let mut blocks: Vec<Cow<'_, [u8]>> = Vec::with_capacity(ms.len());
     let mut qtype = None;
     for m in ms {
         match m.weights() {
             WeightRef::Quant(q, b) if qtype.is_none_or(|t| t == q) => {
                 qtype = Some(q);
-                blocks.push(b);
+                blocks.push(Cow::Borrowed(b));
+            }
+            // Repacked tiles (host experts going to a device cache): the file's blocks back.
+            WeightRef::Packed(q, b) if qtype.is_none_or(|t| t == q) => {
+                qtype = Some(q);
+                let rb = q.row_bytes(m.cols).unwrap_or(0);
+                let mut rows = vec![0u8; rb * m.rows];
+                for (r, out) in rows.chunks_exact_mut(rb.max(1)).enumerate() {
+                    packed::unpack_row(q, b, m.cols, r, out);
+                }
+                blocks.push(Cow::Owned(rows));
             }
             _ => return Ok(None),
         }

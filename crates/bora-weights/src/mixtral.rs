@@ -37,6 +37,12 @@ pub struct LoadOptions {
     pub pack: bool,
     /// The KV cache's dtype: `None` for the default ([`LoadOptions::kv_cache_dtype`]).
     pub kv_dtype: Option<DType>,
+    /// Layers whose experts stay in host memory, computed by bora's CPU kernels on the blocks
+    /// as the file has them (mapped, repacked where `pack` says), while the rest of the model
+    /// is on the device: `host_experts[l]` for layer `l`, a missing entry meaning the device.
+    /// The candle backend only (on bora's CPU kernels every weight is on the host anyway);
+    /// `--cpu-moe`, `--n-cpu-moe` and the fit of `bora_engine::load` set it.
+    pub host_experts: Vec<bool>,
 }
 
 impl LoadOptions {
@@ -54,7 +60,19 @@ impl LoadOptions {
             quantize: None,
             pack: true,
             kv_dtype: None,
+            host_experts: Vec::new(),
         }
+    }
+
+    /// Whether layer `l`'s experts are kept in host memory beside a model on a device
+    /// ([`LoadOptions::host_experts`]).
+    pub fn experts_on_host(&self, l: usize) -> bool {
+        self.backend == Backend::Candle && self.host_experts.get(l).copied().unwrap_or(false)
+    }
+
+    /// Layers whose experts are in host memory beside a model on a device.
+    pub fn host_expert_layers(&self, layers: usize) -> usize {
+        (0..layers).filter(|&l| self.experts_on_host(l)).count()
     }
 
     /// The dtype of the KV cache: as chosen, else the activations' dtype (f32 on bora's CPU
@@ -198,17 +216,19 @@ impl Loader<'_> {
         HostMatrix::load(self.store, name, t, rows, cols, self.opts.dtype)
     }
 
-    /// `h` quantized to `--quantize`'s type, when one is asked for.
-    fn quantized(&self, h: HostMatrix, name: &str) -> Result<HostMatrix> {
+    /// `h` quantized to `--quantize`'s type, when one is asked for; repacked for bora's
+    /// kernels when `host` (they compute on it) and the options allow.
+    fn quantized(&self, h: HostMatrix, name: &str, host: bool) -> Result<HostMatrix> {
         let Some(q) = self.opts.quantize else {
             return Ok(h);
         };
         let t = self.store.get(name)?;
         let quantized = h.quantize_checked(q, name, self.store.path(t))?;
         self.store.release(t);
-        Ok(match self.opts.backend {
-            Backend::Host if self.opts.pack => quantized.packed().unwrap_or(quantized),
-            _ => quantized,
+        Ok(if host && self.opts.pack {
+            quantized.packed().unwrap_or(quantized)
+        } else {
+            quantized
         })
     }
 
@@ -225,12 +245,14 @@ impl Loader<'_> {
             Backend::Host if matches!(name, TensorName::Router(_)) => {
                 Matrix::Host(self.host(&n, &[rows, cols])?)
             }
-            Backend::Host => Matrix::Host(self.quantized(self.host(&n, &[rows, cols])?, &n)?),
+            Backend::Host => {
+                Matrix::Host(self.quantized(self.host(&n, &[rows, cols])?, &n, true)?)
+            }
             Backend::Candle
                 if self.opts.quantize.is_some() && !matches!(name, TensorName::Router(_)) =>
             {
                 device_matrix(
-                    &self.quantized(self.host(&n, &[rows, cols])?, &n)?,
+                    &self.quantized(self.host(&n, &[rows, cols])?, &n, false)?,
                     self.opts,
                 )?
             }
@@ -273,12 +295,17 @@ impl Loader<'_> {
         );
         match (self.layout, self.opts.backend) {
             (_, Backend::Host) => {
-                let (gate, up, down) = self.host_experts(l)?;
+                let (gate, up, down) = self.host_experts(l, true)?;
+                Ok(Experts::Host { gate, up, down })
+            }
+            // Beside a model on a device, kept in host memory for bora's kernels.
+            (_, Backend::Candle) if self.opts.experts_on_host(l) => {
+                let (gate, up, down) = self.host_experts(l, true)?;
                 Ok(Experts::Host { gate, up, down })
             }
             // Quantized at load: made on the host, then put on the device.
             (_, Backend::Candle) if self.opts.quantize.is_some() => {
-                let (gate, up, down) = self.host_experts(l)?;
+                let (gate, up, down) = self.host_experts(l, false)?;
                 device_experts(&gate, &up, &down, self.opts)
             }
             (ExpertLayout::PerExpert, Backend::Candle) => {
@@ -317,11 +344,12 @@ impl Loader<'_> {
     }
 
     /// Layer `l`'s experts as host matrices (gate, up, down per expert), quantized to
-    /// `--quantize`'s type when one is asked for.
+    /// `--quantize`'s type when one is asked for; `host`: computed on by bora's kernels.
     #[allow(clippy::type_complexity)]
     fn host_experts(
         &self,
         l: usize,
+        host: bool,
     ) -> Result<(Vec<HostMatrix>, Vec<HostMatrix>, Vec<HostMatrix>)> {
         let (e, im, h) = (
             self.cfg.num_local_experts,
@@ -340,7 +368,7 @@ impl Loader<'_> {
                         (&mut down, TensorName::ExpertDown(l, x), [h, im]),
                     ] {
                         let n = name.hf(self.layout);
-                        list.push(self.quantized(self.host(&n, &shape)?, &n)?);
+                        list.push(self.quantized(self.host(&n, &shape)?, &n, host)?);
                     }
                 }
                 Ok((gate, up, down))
@@ -350,8 +378,8 @@ impl Loader<'_> {
                     TensorName::FusedGateUp(l).hf(self.layout),
                     TensorName::FusedDown(l).hf(self.layout),
                 );
-                let gu = self.quantized(self.host(&gu_name, &[e, 2 * im, h])?, &gu_name)?;
-                let dn = self.quantized(self.host(&dn_name, &[e, h, im])?, &dn_name)?;
+                let gu = self.quantized(self.host(&gu_name, &[e, 2 * im, h])?, &gu_name, host)?;
+                let dn = self.quantized(self.host(&dn_name, &[e, h, im])?, &dn_name, host)?;
                 Ok((
                     (0..e).map(|x| gu.slice_rows(x * 2 * im, im)).collect(),
                     (0..e).map(|x| gu.slice_rows(x * 2 * im + im, im)).collect(),
@@ -364,7 +392,7 @@ impl Loader<'_> {
 
 /// A host matrix on the candle path: its blocks as a quantized tensor on the device when it is
 /// quantized, otherwise its values in the load dtype.
-pub(crate) fn device_matrix(h: &HostMatrix, opts: &LoadOptions) -> Result<Matrix> {
+pub fn device_matrix(h: &HostMatrix, opts: &LoadOptions) -> Result<Matrix> {
     if let Some(q) = crate::upload_quant(&[h], &[h.rows(), h.cols()], &opts.device)? {
         return Ok(Matrix::Quant(Arc::new(q)));
     }
@@ -423,8 +451,9 @@ pub(crate) fn device_experts(
     })
 }
 
-/// Bytes the weights of a model of `config` take when loaded with `opts` (linear layers in
-/// `opts.quantize`'s type when given, the rest in the load dtype).
+/// Bytes the weights of a model of `config` take on its device when loaded with `opts` (linear
+/// layers in `opts.quantize`'s type when given, the rest in the load dtype; the experts of
+/// layers kept in host memory beside a device not counted).
 pub fn weight_bytes(config: &ModelConfig, opts: &LoadOptions) -> u64 {
     let c = config;
     let (h, v, e, im) = (
@@ -447,13 +476,11 @@ pub fn weight_bytes(config: &ModelConfig, opts: &LoadOptions) -> u64 {
         None => rows * cols * dense,
     };
     let heads = if c.tie_word_embeddings { 1 } else { 2 };
-    let layer = linear(q, h)
-        + 2 * linear(kv, h)
-        + linear(h, q)
-        + e * h * dense
-        + e * (2 * linear(im, h) + linear(h, im))
-        + 2 * h * norm;
-    heads * linear(v, h) + c.num_hidden_layers as u64 * layer + h * norm
+    let experts = e * (2 * linear(im, h) + linear(h, im));
+    let layer = linear(q, h) + 2 * linear(kv, h) + linear(h, q) + e * h * dense + 2 * h * norm;
+    let layers = c.num_hidden_layers as u64;
+    let device_experts = layers - opts.host_expert_layers(c.num_hidden_layers) as u64;
+    heads * linear(v, h) + layers * layer + device_experts * experts + h * norm
 }
 
 /// On a device that reports its free memory (CUDA), an error saying how much is needed and

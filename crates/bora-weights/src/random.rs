@@ -150,7 +150,7 @@ pub fn random_weights(
     let embed = maker.matrix(v, h)?;
     let lm_head = maker.matrix(v, h)?;
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
-    for _ in 0..config.num_hidden_layers {
+    for l in 0..config.num_hidden_layers {
         layers.push(LayerWeights {
             attn_norm: maker.ones(h)?,
             q: maker.matrix(qd, h)?,
@@ -159,7 +159,7 @@ pub fn random_weights(
             o: maker.matrix(h, qd)?,
             moe_norm: maker.ones(h)?,
             router: maker.dense_matrix(e, h)?,
-            experts: maker.experts(e, im, h)?,
+            experts: maker.experts(l, e, im, h)?,
         });
     }
     let final_norm = maker.ones(h)?;
@@ -243,20 +243,23 @@ impl Maker<'_> {
         })
     }
 
-    fn experts(&mut self, e: usize, im: usize, h: usize) -> Result<Experts> {
+    fn experts(&mut self, l: usize, e: usize, im: usize, h: usize) -> Result<Experts> {
+        let host = self.opts.backend == Backend::Host || self.opts.experts_on_host(l);
         match (self.opts.quantize, self.opts.backend) {
-            (None, Backend::Candle) => Ok(Experts::Tensor {
+            (None, Backend::Candle) if !host => Ok(Experts::Tensor {
                 gate: self.dense(&[e, im, h])?,
                 up: self.dense(&[e, im, h])?,
                 down: self.dense(&[e, h, im])?,
             }),
-            (Some(q), Backend::Candle) if self.opts.device.is_cuda() => Ok(Experts::Quant {
-                gate: self.device_blocks(q, &[e, im, h])?,
-                up: self.device_blocks(q, &[e, im, h])?,
-                down: self.device_blocks(q, &[e, h, im])?,
-            }),
+            (Some(q), Backend::Candle) if self.opts.device.is_cuda() && !host => {
+                Ok(Experts::Quant {
+                    gate: self.device_blocks(q, &[e, im, h])?,
+                    up: self.device_blocks(q, &[e, im, h])?,
+                    down: self.device_blocks(q, &[e, h, im])?,
+                })
+            }
             (q, _) => {
-                let pack = self.opts.pack && self.opts.backend == Backend::Host;
+                let pack = self.opts.pack && host;
                 let mut one = |rows, cols| -> Result<HostMatrix> {
                     match q {
                         Some(q) => host_blocks(q, rows, cols, self.rng, pack),
@@ -271,9 +274,10 @@ impl Maker<'_> {
                     up.push(one(im, h)?);
                     down.push(one(h, im)?);
                 }
-                match self.opts.backend {
-                    Backend::Host => Ok(Experts::Host { gate, up, down }),
-                    Backend::Candle => crate::mixtral::device_experts(&gate, &up, &down, self.opts),
+                if host {
+                    Ok(Experts::Host { gate, up, down })
+                } else {
+                    crate::mixtral::device_experts(&gate, &up, &down, self.opts)
                 }
             }
         }

@@ -6,6 +6,7 @@
 
 mod download;
 mod inspect;
+mod plan;
 mod source;
 
 use std::path::{Path, PathBuf};
@@ -18,8 +19,14 @@ use bora_weights::{
 };
 
 pub use bora_core::{DTypeSpec, DeviceSpec};
+pub use bora_model::CachePolicy;
 pub use bora_weights::QType;
 pub use inspect::{inspect, ModelInfo, TensorInfo};
+use plan::{capped, formula_sizes, gguf_sizes, place};
+pub use plan::{
+    copy_bandwidth, kv_bytes_per_position, plan_for, read_bandwidth, ExpertPlacement, Plan,
+    PlanInput,
+};
 pub use source::ModelSource;
 
 use crate::tokenizer::Tokenizer;
@@ -50,8 +57,23 @@ pub struct ModelOptions {
     /// `HF_HUB_OFFLINE` is set). Off by default: a load opens no socket.
     pub allow_download: bool,
     /// Run the model on candle's kernels even on the CPU (`check-device` compares the two
-    /// paths); by default bora's own CPU kernels.
+    /// paths, and the CPU stands in for a GPU in the placement's tests); by default bora's own
+    /// CPU kernels.
     pub candle_on_cpu: bool,
+    /// Where the experts go beside a model on a device ([`ExpertPlacement`]; by default the
+    /// fit). Nothing changes where every weight is on the host anyway (the CPU).
+    pub expert_placement: ExpertPlacement,
+    /// Device memory the placement may use at most, in bytes (default: the free memory).
+    pub device_memory_limit: Option<u64>,
+    /// Device memory the placement keeps for the KV cache, in bytes (default: `max_model_len`
+    /// positions, or 4096, of the KV dtype).
+    pub kv_reserve: Option<u64>,
+    /// The longest sequence: the context is capped to it (default: the model's).
+    pub max_model_len: Option<usize>,
+    /// Copies of host-placed experts on the device, chosen by this policy as steps run.
+    pub expert_cache: Option<CachePolicy>,
+    /// The expert cache's memory in bytes (default: what the placement leaves).
+    pub expert_cache_bytes: Option<u64>,
 }
 
 impl Default for ModelOptions {
@@ -66,6 +88,12 @@ impl Default for ModelOptions {
             threads: None,
             allow_download: false,
             candle_on_cpu: false,
+            expert_placement: ExpertPlacement::Fit,
+            device_memory_limit: None,
+            kv_reserve: None,
+            max_model_len: None,
+            expert_cache: None,
+            expert_cache_bytes: None,
         }
     }
 }
@@ -105,6 +133,8 @@ pub enum LoadError {
         tokens: usize,
         vocab: usize,
     },
+    #[error("the model does not fit on {device} even with every expert in host memory:\n{plan}")]
+    DoesNotFit { device: String, plan: String },
     #[error("{0}")]
     Weights(#[from] bora_weights::WeightsError),
     #[error("{0}")]
@@ -199,6 +229,8 @@ pub struct LoadInfo {
     pub weights: String,
     /// The device.
     pub device: DeviceSpec,
+    /// Where the tensors went, on a device.
+    pub plan: Option<Plan>,
     /// The process's resident memory once loaded (0 where it cannot be read).
     pub resident_bytes: u64,
     /// Time the load took.
@@ -221,7 +253,11 @@ impl std::fmt::Display for LoadInfo {
         } else {
             write!(f, "{} resident", bytes(self.resident_bytes))?;
         }
-        write!(f, ", in {:.1} s", self.elapsed.as_secs_f64())
+        write!(f, ", in {:.1} s", self.elapsed.as_secs_f64())?;
+        if let Some(p) = &self.plan {
+            write!(f, "\n{p}")?;
+        }
+        Ok(())
     }
 }
 
@@ -252,14 +288,26 @@ pub fn load_model(
     let started = Instant::now();
     set_threads(opts.threads)?;
     let source = source.resolve(opts.allow_download, progress)?;
-    let (weights, weights_desc, tokenizer) = match &source {
+    let (built, tokenizer) = match &source {
         ModelSource::Random(name) => random(name, opts, progress)?,
         ModelSource::Gguf(path) => gguf(path, opts, progress)?,
         ModelSource::Dir(dir) => checkpoint(dir, opts, progress)?,
         other => unreachable!("resolve gives files or a random shape, not {other:?}"),
     };
+    let Built {
+        weights,
+        desc: weights_desc,
+        plan,
+    } = built;
     let config = weights.config.clone();
-    let model = Model::new(weights)?;
+    let mut model = Model::new(weights)?;
+    if let Some(policy) = opts.expert_cache {
+        let budget = opts
+            .expert_cache_bytes
+            .or_else(|| plan.as_ref().map(|p| p.left))
+            .unwrap_or(0);
+        model.set_expert_cache(policy, budget);
+    }
     Ok(LoadedModel {
         model,
         tokenizer,
@@ -270,6 +318,7 @@ pub fn load_model(
             active_params: config.active_param_count(),
             weights: weights_desc,
             device: opts.device,
+            plan,
             resident_bytes: resident_bytes(),
             elapsed: started.elapsed(),
         },
@@ -289,17 +338,24 @@ pub fn load_weights(
     set_threads(opts.threads)?;
     let source = source.resolve(opts.allow_download, progress)?;
     Ok(match &source {
-        ModelSource::Random(name) => random_only(name, opts, progress)?.0,
+        ModelSource::Random(name) => random_only(name, opts, progress)?.weights,
         ModelSource::Gguf(path) => {
             let store = GgufStore::open(path)?;
-            gguf_weights(&store, opts, read_ahead, progress)?.0
+            gguf_weights(&store, opts, read_ahead, progress)?.weights
         }
-        ModelSource::Dir(dir) => checkpoint_weights(dir, opts, read_ahead, progress)?.0,
+        ModelSource::Dir(dir) => checkpoint_weights(dir, opts, read_ahead, progress)?.weights,
         other => unreachable!("resolve gives files or a random shape, not {other:?}"),
     })
 }
 
-type Parts = (MixtralWeights, String, Tokenizer);
+/// Weights, how they are kept in words, and where they went.
+struct Built {
+    weights: MixtralWeights,
+    desc: String,
+    plan: Option<Plan>,
+}
+
+type Parts = (Built, Tokenizer);
 
 /// `random:NAME`, with the demo models' tokenizer of its vocabulary.
 fn random(
@@ -307,8 +363,8 @@ fn random(
     opts: &ModelOptions,
     progress: &mut dyn FnMut(LoadProgress),
 ) -> Result<Parts, LoadError> {
-    let (weights, desc) = random_only(name, opts, progress)?;
-    let vocab = weights.config.vocab_size;
+    let built = random_only(name, opts, progress)?;
+    let vocab = built.weights.config.vocab_size;
     let path = match &opts.tokenizer {
         Some(p) => p.clone(),
         None if vocab == 32768 => Tokenizer::find_in_dir(&crate::demo_v3_model_dir()?)?,
@@ -322,14 +378,14 @@ fn random(
             vocab,
         });
     }
-    Ok((weights, desc, tokenizer))
+    Ok((built, tokenizer))
 }
 
 fn random_only(
     name: &str,
     opts: &ModelOptions,
     progress: &mut dyn FnMut(LoadProgress),
-) -> Result<(MixtralWeights, String), LoadError> {
+) -> Result<Built, LoadError> {
     let config = source::random_config(name)?;
     let device = opts.device.open()?;
     // Activations in f32 next to quantized weights, as llama.cpp keeps them (no conversion
@@ -339,7 +395,10 @@ fn random_only(
     } else {
         WeightDType::BF16
     });
-    let lo = weight_options(opts, dtype, device)?;
+    let config = capped(config, opts)?;
+    let mut lo = weight_options(opts, dtype, device)?;
+    let sizes = formula_sizes(&config, &lo);
+    let plan = place(opts, &mut lo, &config, sizes)?;
     let phase = Phase::start(progress, LoadPhase::Random, 0);
     let weights = bora_weights::random_weights(config, &lo, 0x5eed)?;
     phase.finish(progress);
@@ -347,7 +406,11 @@ fn random_only(
         Some(q) => q.to_string(),
         None => dtype_name(dtype).to_string(),
     };
-    Ok((weights, desc))
+    Ok(Built {
+        weights,
+        desc,
+        plan,
+    })
 }
 
 /// A GGUF file (or split set) and its vocabulary.
@@ -357,7 +420,7 @@ fn gguf(
     progress: &mut dyn FnMut(LoadProgress),
 ) -> Result<Parts, LoadError> {
     let store = GgufStore::open(path)?;
-    let (weights, desc) = gguf_weights(&store, opts, true, progress)?;
+    let built = gguf_weights(&store, opts, true, progress)?;
     let tokenizer = match &opts.tokenizer {
         Some(p) => Tokenizer::from_file(p)?,
         None => Tokenizer::from_gguf(&store).map_err(|e| LoadError::Tokenizer {
@@ -365,7 +428,7 @@ fn gguf(
             reason: format!("the GGUF file's tokenizer cannot be read ({e}): give a tokenizer"),
         })?,
     };
-    Ok((weights, desc, tokenizer))
+    Ok((built, tokenizer))
 }
 
 /// A GGUF file's weights; `read_ahead`: every page read first, with progress.
@@ -374,9 +437,9 @@ fn gguf_weights(
     opts: &ModelOptions,
     read_ahead: bool,
     progress: &mut dyn FnMut(LoadProgress),
-) -> Result<(MixtralWeights, String), LoadError> {
+) -> Result<Built, LoadError> {
     let device = opts.device.open()?;
-    let config = gguf_config(store)?;
+    let config = capped(gguf_config(store)?, opts)?;
     if read_ahead {
         let phase = Phase::start(progress, LoadPhase::Reading, store.data_bytes());
         store.prefault(|done, _| progress(LoadProgress::Done { bytes: done }));
@@ -396,7 +459,13 @@ fn gguf_weights(
             WeightDType::F16
         },
     );
-    let lo = weight_options(opts, dtype, device)?;
+    let mut lo = weight_options(opts, dtype, device)?;
+    let sizes = if opts.quantize.is_some() {
+        formula_sizes(&config, &lo)
+    } else {
+        gguf_sizes(store, &config)
+    };
+    let plan = place(opts, &mut lo, &config, sizes)?;
     let phase = Phase::start(
         progress,
         if opts.quantize.is_some() {
@@ -416,7 +485,11 @@ fn gguf_weights(
     if let Some(q) = opts.quantize {
         desc.push_str(&format!(" (float tensors quantized to {q} at load)"));
     }
-    Ok((weights, desc))
+    Ok(Built {
+        weights,
+        desc,
+        plan,
+    })
 }
 
 /// A checkpoint directory and its tokenizer.
@@ -425,7 +498,7 @@ fn checkpoint(
     opts: &ModelOptions,
     progress: &mut dyn FnMut(LoadProgress),
 ) -> Result<Parts, LoadError> {
-    let (weights, desc) = checkpoint_weights(dir, opts, true, progress)?;
+    let built = checkpoint_weights(dir, opts, true, progress)?;
     let path = match &opts.tokenizer {
         Some(p) => p.clone(),
         None => Tokenizer::find_in_dir(dir).map_err(|_| LoadError::Tokenizer {
@@ -436,7 +509,7 @@ fn checkpoint(
         })?,
     };
     let tokenizer = Tokenizer::from_file(&path)?;
-    Ok((weights, desc, tokenizer))
+    Ok((built, tokenizer))
 }
 
 /// A checkpoint's weights; `read_ahead`: every page read first, with progress, unless the
@@ -446,9 +519,12 @@ fn checkpoint_weights(
     opts: &ModelOptions,
     read_ahead: bool,
     progress: &mut dyn FnMut(LoadProgress),
-) -> Result<(MixtralWeights, String), LoadError> {
+) -> Result<Built, LoadError> {
     let device = opts.device.open()?;
-    let config = bora_core::ModelConfig::from_file(&dir.join("config.json"))?;
+    let config = capped(
+        bora_core::ModelConfig::from_file(&dir.join("config.json"))?,
+        opts,
+    )?;
     let store = SafetensorsStore::open_dir(dir, MapMode::Lazy)?;
     // Quantizing reads each tensor as it goes and lets its pages go (peak memory near the
     // quantized size); otherwise the pages are read first, with progress.
@@ -459,7 +535,9 @@ fn checkpoint_weights(
     }
     let kept = store.weight_dtype(&TensorName::Embed.hf(ExpertLayout::PerExpert))?;
     let dtype = dtype_of(opts.dtype).unwrap_or(kept);
-    let lo = weight_options(opts, dtype, device)?;
+    let mut lo = weight_options(opts, dtype, device)?;
+    let sizes = formula_sizes(&config, &lo);
+    let plan = place(opts, &mut lo, &config, sizes)?;
     let phase = Phase::start(
         progress,
         if opts.quantize.is_some() {
@@ -477,7 +555,11 @@ fn checkpoint_weights(
         Some(q) => format!("{q} (quantized at load)"),
         None => dtype_name(dtype).to_string(),
     };
-    Ok((weights, desc))
+    Ok(Built {
+        weights,
+        desc,
+        plan,
+    })
 }
 
 /// The weights layer's options for `opts`.

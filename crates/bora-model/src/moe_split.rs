@@ -1,0 +1,86 @@
+//! The MoE step of a layer whose experts stay in host memory while the rest of the model is on
+//! a device (`--cpu-moe`, `--n-cpu-moe`, the fit): the router runs on the device, the step's
+//! routing comes to the host once, the assignments of experts that have a device copy
+//! ([`crate::ExpertCache`]) run there, the rest run on bora's CPU kernels over the blocks as
+//! mapped, and the two sums meet on the device. The device's work is queued first, so that a
+//! GPU computes its experts while the CPU computes the others.
+
+use bora_weights::{with_cpu_f32, Matrix};
+use candle_core::{DType, Device, Tensor};
+
+use crate::expert_cache::{LayerUsage, Resident};
+use crate::moe::{HostExperts, RoutingStats};
+use crate::router::route_tensor;
+use crate::Result;
+
+/// `x` `[T, H]` on the device → `[T, H]` on the device.
+pub(crate) fn moe_split(
+    router: &Matrix,
+    experts: &HostExperts<'_>,
+    x: &Tensor,
+    layer: usize,
+    stats: Option<&mut RoutingStats>,
+    cache: Option<(&Resident, &mut LayerUsage)>,
+) -> Result<Tensor> {
+    let (t, h) = x.dims2()?;
+    let a = experts.a;
+    let logits = router.forward(x)?; // [T, E]
+    let (idx, w) = route_tensor(&logits, a)?; // [T, A] each
+                                              // The routing's one trip to the host in this layer.
+    let chosen = idx.flatten_all()?.to_vec1::<u32>()?; // [T·A]
+    let weights = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?; // [T·A]
+    if let Some(s) = stats {
+        s.add(layer, &chosen);
+    }
+    let (resident, usage) = match cache {
+        Some((r, u)) => (Some(r), Some(u)),
+        None => (None, None),
+    };
+    let on_device =
+        |e: u32| resident.is_some_and(|r| r.get(e as usize).is_some_and(|slot| slot.is_some()));
+    if let Some(u) = usage {
+        u.record(&chosen, &on_device);
+    }
+
+    // The device's share first: queued before the CPU starts on its own.
+    let mut out = x.zeros_like()?;
+    if let Some(resident) = resident {
+        let mut by_expert: Vec<Vec<u32>> = vec![Vec::new(); resident.len()];
+        for (i, &c) in chosen.iter().enumerate() {
+            if on_device(c) {
+                by_expert[c as usize].push(i as u32);
+            }
+        }
+        let w_dev = Tensor::from_slice(&weights, weights.len(), x.device())?.to_dtype(x.dtype())?;
+        for (ex, assigned) in by_expert.iter().enumerate() {
+            let Some(Some(dev)) = resident.get(ex).filter(|_| !assigned.is_empty()) else {
+                continue;
+            };
+            let slots = Tensor::new(assigned.as_slice(), x.device())?;
+            let toks: Vec<u32> = assigned.iter().map(|&i| i / a as u32).collect();
+            let toks = Tensor::new(toks.as_slice(), x.device())?;
+            let xe = x.index_select(&toks, 0)?; // [n, H]
+            let g = dev.gate.forward(&xe)?; // [n, I]
+            let u = dev.up.forward(&xe)?;
+            let y = dev.down.forward(&(candle_nn::ops::silu(&g)? * u)?)?; // [n, H]
+            let y = y.broadcast_mul(&w_dev.index_select(&slots, 0)?.unsqueeze(1)?)?;
+            out = out.index_add(&toks, &y, 0)?;
+        }
+    }
+
+    // The host's share: the step's rows to the host once, bora's kernels, the sum back.
+    if chosen.iter().any(|&c| !on_device(c)) {
+        let xs = x
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        let y = with_cpu_f32(&xs, |xs| {
+            experts.run_routed(xs, t, h, &chosen, &weights, &|c| !on_device(c))
+        })?;
+        let y = Tensor::from_vec(y, (t, h), &Device::Cpu)?
+            .to_dtype(x.dtype())?
+            .to_device(x.device())?;
+        out = (out + y)?;
+    }
+    Ok(out)
+}
