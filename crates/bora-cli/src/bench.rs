@@ -63,6 +63,15 @@ pub fn main(a: Args) -> Result<()> {
     let max_batch = a.batch.iter().copied().max().unwrap_or(1);
     let device = loaded.model.device().clone();
     let mut bound = MemoryBound::measure(&loaded.model)?;
+    let host_layers: Vec<bool> = (0..cfg.num_hidden_layers)
+        .map(|l| loaded.model.experts_on_host(l))
+        .collect();
+    let expert_bytes = loaded
+        .model
+        .weights()
+        .layers
+        .first()
+        .map_or(0, |l| l.experts.expert_bytes());
     let engine = Engine::new(
         loaded.model,
         loaded.tokenizer,
@@ -121,7 +130,10 @@ pub fn main(a: Args) -> Result<()> {
         });
     }
 
-    let routed_after = engine.stats().expert_tokens;
+    let stats_after = engine.stats();
+    let routed_after = stats_after.expert_tokens.clone();
+    let mut placement = Placement::of(&host_layers, &routed_after, stats_after.expert_cache);
+    placement.expert_bytes = expert_bytes;
     let experts: Vec<(Vec<f64>, f64)> = routed_after
         .iter()
         .zip(routed_before.iter().chain(std::iter::repeat(&Vec::new())))
@@ -166,6 +178,7 @@ pub fn main(a: Args) -> Result<()> {
             "experts": experts.iter().enumerate().map(|(l, (share, imb))| json!({
                 "layer": l, "share": share, "imbalance": imb,
             })).collect::<Vec<Value>>(),
+            "placement": placement.json(),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -214,7 +227,87 @@ pub fn main(a: Args) -> Result<()> {
             .collect();
         println!("  layer {l:>2}: {}  imbalance {imb:.2}", cells.join(" "));
     }
+    if let Some(line) = placement.line() {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// Where the routed tokens were computed, on a model whose experts are split between a
+/// device and the host.
+struct Placement {
+    host_layers: Vec<usize>,
+    /// Routed tokens over the whole run, and of them those computed on the device (the
+    /// device-placed layers' and the expert cache's hits).
+    routed: u64,
+    on_device: u64,
+    cache: Option<bora_engine::CacheStats>,
+    /// Bytes of one expert.
+    expert_bytes: usize,
+}
+
+impl Placement {
+    fn of(host: &[bool], routed: &[Vec<u64>], cache: Option<bora_engine::CacheStats>) -> Self {
+        let per_layer: Vec<u64> = routed.iter().map(|l| l.iter().sum()).collect();
+        let device_layers: u64 = per_layer
+            .iter()
+            .zip(host)
+            .filter(|(_, &h)| !h)
+            .map(|(n, _)| n)
+            .sum();
+        Self {
+            host_layers: host
+                .iter()
+                .enumerate()
+                .filter(|(_, &h)| h)
+                .map(|(l, _)| l)
+                .collect(),
+            routed: per_layer.iter().sum(),
+            on_device: device_layers + cache.map_or(0, |c| c.hits),
+            cache,
+            expert_bytes: 0,
+        }
+    }
+
+    fn share(&self) -> f64 {
+        self.on_device as f64 / self.routed.max(1) as f64
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "host_expert_layers": self.host_layers,
+            "expert_bytes": self.expert_bytes,
+            "routed_on_device_share": self.share(),
+            "expert_cache": self.cache.map(|c| json!({
+                "hit_rate": c.hit_rate(), "hits": c.hits, "lookups": c.lookups,
+                "moves": c.moves, "resident": c.resident, "capacity": c.capacity,
+            })),
+        })
+    }
+
+    /// A line for the table, where some experts are on the host.
+    fn line(&self) -> Option<String> {
+        if self.host_layers.is_empty() {
+            return None;
+        }
+        let mut line = format!(
+            "experts of {} layers in host memory: {:.1}% of routed tokens computed on the device",
+            self.host_layers.len(),
+            100.0 * self.share()
+        );
+        if let Some(c) = self.cache {
+            line.push_str(&format!(
+                "; expert cache hit rate {:.1}% ({} of {} host-layer tokens), {} copies made, {} of {} resident",
+                100.0 * c.hit_rate(),
+                c.hits,
+                c.lookups,
+                c.moves,
+                c.resident,
+                c.capacity
+            ));
+        }
+        Some(line)
+    }
 }
 
 /// Reads a stream to its end: tokens generated and when the first one came.

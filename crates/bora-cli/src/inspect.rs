@@ -18,10 +18,21 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also print where a load onto this device would put each tensor (cuda, cuda:N, metal),
+    /// without loading: the fit from its free memory, or what the placement flags say. With
+    /// `--device cpu` and `--device-memory-mib`, the plan for a GPU of that size.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Dtype of dense weights on the device (default: f32 beside quantized weights).
+    #[arg(long)]
+    dtype: Option<String>,
+    #[command(flatten)]
+    placement: crate::load::PlacementArgs,
 }
 
 pub fn main(a: Args) -> Result<()> {
     let path = crate::load::ModelArgs::source_only(a.model.clone()).dir()?;
+    let plan = plan(&a, &path)?;
     let info = bora_engine::load::inspect(&ModelSource::Named(path.display().to_string()))
         .with_context(|| format!("{} is not a model", shown(&path)))?;
     let (cfg, layout, dtypes, size, files) = (
@@ -56,6 +67,7 @@ pub fn main(a: Args) -> Result<()> {
             "parameters": cfg.param_count(), "active_parameters": cfg.active_param_count(),
             "dtypes": dtypes, "size_bytes": size, "files": files, "format": info.format,
             "tensors": rows.iter().map(|(n, d, s)| json!({"name": n, "dtype": d, "shape": s})).collect::<Vec<_>>(),
+            "plan": plan.as_ref().map(plan_json),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -104,7 +116,53 @@ pub fn main(a: Args) -> Result<()> {
     for (n, d, s) in rows {
         println!("  {n:width$}  {d:5}  {s:?}");
     }
+    if let Some(p) = plan {
+        println!("{p}");
+    }
     Ok(())
+}
+
+/// The plan of a load onto `--device` (or, on the CPU with `--device-memory-mib`, onto a GPU
+/// of that size, candle's CPU device standing in for it).
+fn plan(a: &Args, path: &std::path::Path) -> Result<Option<bora_engine::load::Plan>> {
+    let device: bora_engine::load::DeviceSpec = a.device.parse()?;
+    let stand_in = matches!(device, bora_engine::load::DeviceSpec::Cpu);
+    if stand_in && a.placement.device_memory_mib.is_none() {
+        return Ok(None);
+    }
+    let mut o = bora_engine::ModelOptions {
+        device,
+        dtype: a
+            .dtype
+            .as_deref()
+            .map(str::parse::<bora_engine::load::DTypeSpec>)
+            .transpose()?,
+        candle_on_cpu: stand_in,
+        ..bora_engine::ModelOptions::default()
+    };
+    a.placement.apply(&mut o)?;
+    let source = ModelSource::Named(path.display().to_string());
+    let mut plan = bora_engine::load::plan_for(&source, &o)?;
+    if let (Some(p), true) = (&mut plan, stand_in) {
+        p.input.device = format!(
+            "a GPU of {} MiB",
+            a.placement.device_memory_mib.unwrap_or(0)
+        );
+    }
+    Ok(plan)
+}
+
+fn plan_json(p: &bora_engine::load::Plan) -> serde_json::Value {
+    let (dev, host) = p.bytes();
+    let (read_dev, read_host) = p.read_per_token();
+    json!({
+        "device": p.input.device, "usable_bytes": p.input.available,
+        "host_expert_layers": p.host_experts.iter().enumerate().filter(|(_, &h)| h).map(|(l, _)| l).collect::<Vec<_>>(),
+        "device_bytes": dev, "host_bytes": host, "kv_reserve_bytes": p.input.kv_reserve,
+        "margin_bytes": p.margin, "left_bytes": p.left,
+        "read_per_token_device_bytes": read_dev, "read_per_token_host_bytes": read_host,
+        "expected_tokens_per_s": p.expected_tokens_per_s(),
+    })
 }
 
 fn count(n: u64) -> String {

@@ -79,9 +79,16 @@ pub struct PlacementArgs {
     /// off (the default).
     #[arg(long, value_name = "POLICY")]
     pub expert_cache: Option<String>,
+    /// The expert cache's memory in MiB (default: what the placement leaves).
+    #[arg(long, value_name = "MIB")]
+    pub expert_cache_mib: Option<f64>,
     /// Cap the context to this many positions (default: the model's).
     #[arg(long, value_name = "N")]
     pub max_model_len: Option<usize>,
+    /// Run on candle's kernels on the CPU, standing in for a GPU, so that the placement flags
+    /// above act there (dry runs of benches/cuda.sh, the expert cache's hit rates).
+    #[arg(long, hide = true)]
+    pub stand_in: bool,
 }
 
 impl PlacementArgs {
@@ -94,6 +101,11 @@ impl PlacementArgs {
             Some(p) => CachePolicy::parse(p).map_err(|e| anyhow::anyhow!("--expert-cache {e}"))?,
         };
         o.max_model_len = self.max_model_len;
+        o.candle_on_cpu |= self.stand_in;
+        o.expert_cache_bytes = match self.expert_cache_mib {
+            Some(m) if !(m.is_finite() && m >= 0.0) => bail!("--expert-cache-mib {m}: not a size"),
+            m => m.map(|m| (m * (1u64 << 20) as f64) as u64),
+        };
         Ok(())
     }
 }

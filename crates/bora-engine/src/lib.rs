@@ -19,6 +19,7 @@ mod sampler;
 pub mod serve;
 mod tokenizer;
 
+pub use bora_model::{CachePolicy, CacheStats};
 pub use constrain::ToolChoice;
 pub use demo::{demo_model_dir, demo_v3_model_dir, DEMO_MODEL_NAME, DEMO_SEED, DEMO_V3_MODEL_NAME};
 pub use error::EngineError;

@@ -75,7 +75,7 @@ impl LayerUsage {
 }
 
 /// What the cache has done so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
     /// Routed tokens of host-placed layers computed on the device.
     pub hits: u64,

@@ -31,7 +31,7 @@ pub use error::ModelError;
 pub use expert_cache::{CachePolicy, CacheStats, DeviceExpert, ExpertCache, LayerUsage, HOT_DECAY};
 pub use kv_cache::KvCache;
 pub use model::{Model, DEFAULT_BLOCK_SIZE};
-pub use moe::{moe_block, RoutingStats};
+pub use moe::{gemv_fits, gemv_shared_bytes, moe_block, RoutingStats, DEFAULT_SHARED_BYTES};
 
 /// Result with [`ModelError`].
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -47,6 +47,9 @@ impl Model {
                  f16, candle's the activations' dtype ({dtype:?})"
             )));
         }
+        // The weights were made on the loading thread's stream (CUDA's per-thread default
+        // stream); forward passes run on the engine's thread: nothing else orders the two.
+        device.synchronize()?;
         Ok(Self {
             weights,
             rope,
@@ -78,14 +81,17 @@ impl Model {
 
     /// Layers whose experts are in host memory beside a model on a device.
     pub fn host_expert_layers(&self) -> usize {
-        self.weights
-            .layers
-            .iter()
-            .filter(|l| {
-                matches!(l.experts, bora_weights::Experts::Host { .. })
-                    && !matches!(l.router, Matrix::Host(_))
-            })
+        (0..self.weights.layers.len())
+            .filter(|&l| self.experts_on_host(l))
             .count()
+    }
+
+    /// Whether layer `l`'s experts are in host memory beside a model on a device.
+    pub fn experts_on_host(&self, l: usize) -> bool {
+        self.weights.layers.get(l).is_some_and(|l| {
+            matches!(l.experts, bora_weights::Experts::Host { .. })
+                && !matches!(l.router, Matrix::Host(_))
+        })
     }
 
     /// Batch-invariant numerics: a sequence's logits are the same bits whatever else is in the
@@ -127,27 +133,32 @@ impl Model {
 
     /// A KV cache of `num_blocks` blocks of `block_size` positions, in [`Model::kv_dtype`].
     pub fn new_block_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
-        KvCache::new(
+        let cache = KvCache::new(
             self.config(),
             num_blocks,
             block_size,
             self.kv_dtype,
             &self.device,
-        )
+        )?;
+        // Zeroed on this thread's stream: done before another thread's forward pass reads it.
+        self.device.synchronize()?;
+        Ok(cache)
     }
 
     /// A KV cache for `slots` sequences of up to `max_len` positions (at most the model's
     /// context); [`KvCache::slot`] gives each one's block table.
     pub fn new_cache(&self, slots: usize, max_len: usize) -> Result<KvCache> {
         let max_len = max_len.min(self.config().context());
-        KvCache::with_slots(
+        let cache = KvCache::with_slots(
             self.config(),
             slots,
             max_len,
             DEFAULT_BLOCK_SIZE,
             self.kv_dtype,
             &self.device,
-        )
+        )?;
+        self.device.synchronize()?;
+        Ok(cache)
     }
 
     /// One step over `batch`: logits `[R, V]` (f32) for the rows of `batch.logit_rows()`.
@@ -215,6 +226,9 @@ impl Model {
             };
             let m = moe_layer(&lw.router, &lw.experts, &h, &mut step)?;
             x = (x + m)?;
+        }
+        if let Some(s) = stats {
+            s.flush()?;
         }
         // Between steps: the cache's moves for the next one.
         if let Some(c) = &self.expert_cache {

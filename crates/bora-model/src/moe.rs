@@ -12,16 +12,26 @@ use crate::router::{route, route_tensor};
 use crate::{ModelError, Result};
 
 /// Tokens routed to each expert of each layer, accumulated over forward steps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct RoutingStats {
     /// `[layer][expert]` token counts.
     pub counts: Vec<Vec<u64>>,
+    /// Counts still on a device: `(layer, [E] f32 counts)`, read by [`RoutingStats::flush`]
+    /// once per step rather than with a device sync in every layer.
+    pending: Vec<(usize, Tensor)>,
+}
+
+impl PartialEq for RoutingStats {
+    fn eq(&self, other: &Self) -> bool {
+        self.counts == other.counts
+    }
 }
 
 impl RoutingStats {
     pub fn new(layers: usize, experts: usize) -> Self {
         Self {
             counts: vec![vec![0; experts]; layers],
+            pending: Vec::new(),
         }
     }
 
@@ -33,6 +43,42 @@ impl RoutingStats {
                 }
             }
         }
+    }
+
+    /// Counts the experts of `ids` (u32, any shape, on any device) for `layer` on their device,
+    /// without reading them back: [`RoutingStats::flush`] does, once.
+    pub fn add_on_device(&mut self, layer: usize, ids: &Tensor) -> candle_core::Result<()> {
+        let Some(e) = self.counts.get(layer).map(Vec::len) else {
+            return Ok(());
+        };
+        let ids = ids.flatten_all()?;
+        let ones = Tensor::ones(ids.elem_count(), candle_core::DType::F32, ids.device())?;
+        let counts =
+            Tensor::zeros(e, candle_core::DType::F32, ids.device())?.index_add(&ids, &ones, 0)?;
+        self.pending.push((layer, counts));
+        Ok(())
+    }
+
+    /// Reads the counts [`RoutingStats::add_on_device`] left on a device into `counts`: one
+    /// copy to the host for all layers of a step.
+    pub fn flush(&mut self) -> candle_core::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let all = Tensor::stack(
+            &pending.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(),
+            0,
+        )?
+        .to_vec2::<f32>()?;
+        for ((layer, _), row) in pending.iter().zip(all) {
+            if let Some(counts) = self.counts.get_mut(*layer) {
+                for (c, n) in counts.iter_mut().zip(row) {
+                    *c += n as u64;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -155,11 +201,19 @@ mod cuda {
         let logits = router.forward(x)?; // [T, E]
         let (ids, w) = route_topk(&logits, a)?; // [T, A] each
         if let Some(s) = stats {
-            s.add(layer, &ids.flatten_all()?.to_vec1::<u32>()?);
+            // Counted on the device: no sync in the layer.
+            s.add_on_device(layer, &ids)?;
         }
         let (expert_ids, slots) = sort_by_expert(&ids, experts.count())?; // [T·A] each
         let w = Some(own(&w.flatten_all()?)?);
         let prefill = t > GEMV_MAX_TOKENS;
+        // The GEMV keeps a row of weight blocks per warp in shared memory: where one would not
+        // fit, the grouped GEMM runs instead (decode of 8x7B's Q8_0 down projection).
+        let gemv = |q: &candle_core::quantized::QTensor| {
+            let k = q.shape().dims().last().copied().unwrap_or(0);
+            let dt = q.dtype();
+            !prefill && super::gemv_fits(dt.block_size(), dt.type_size(), k)
+        };
         let y = match experts {
             Experts::Tensor { gate, up, down } => {
                 let xs = own(x)?;
@@ -169,15 +223,17 @@ mod cuda {
                 moe_gemm(&act, down, &w, &slots, &expert_ids, a, prefill)? // [T·A, H]
             }
             Experts::Quant { gate, up, down } => {
-                // f32 activations in and out; the GEMM tiles take them in 16 bits
-                let half = if x.dtype() == DType::F16 {
-                    DType::F16
-                } else {
+                // f32 activations in and out; the GEMM tiles take them in 16 bits: f16, which
+                // keeps 3 more bits of mantissa than bf16 (normed activations and SwiGLU
+                // products stay far inside its range), unless the model runs in bf16.
+                let half = if x.dtype() == DType::BF16 {
                     DType::BF16
+                } else {
+                    DType::F16
                 };
                 let xs = own(&x.to_dtype(DType::F32)?)?;
-                let gemm = |x: &Tensor, q, w: &Option<Tensor>| {
-                    moe_gemm_gguf(x, q, w, &slots, &expert_ids, a, prefill, half)
+                let gemm = |x: &Tensor, q: &candle_core::quantized::QTensor, w: &Option<Tensor>| {
+                    moe_gemm_gguf(x, q, w, &slots, &expert_ids, a, !gemv(q), half)
                 };
                 let g = gemm(&xs, gate, &None)?;
                 let u = gemm(&xs, up, &None)?;
@@ -192,6 +248,22 @@ mod cuda {
         };
         Ok(y.reshape((t, a, h))?.sum(1)?.to_dtype(x.dtype())?)
     }
+}
+
+/// Dynamic shared memory that candle's quantized MoE GEMV asks for at launch: one row of
+/// weight blocks for each of its 4 warps, and 1 KiB (`LAUNCH_MOE_GGUF` in candle-kernels'
+/// `moe_gguf.cu`), for rows of `k` values in blocks of `block_size` values and `type_size` bytes.
+pub fn gemv_shared_bytes(block_size: usize, type_size: usize, k: usize) -> usize {
+    k / block_size.max(1) * type_size * 4 + 1024
+}
+
+/// Shared memory a kernel may take without raising its limit (48 KiB on every CUDA GPU).
+pub const DEFAULT_SHARED_BYTES: usize = 48 << 10;
+
+/// Whether candle's quantized MoE GEMV can launch for rows of `k` values (see
+/// [`gemv_shared_bytes`]); it does not raise the limit, and a launch over it fails silently.
+pub fn gemv_fits(block_size: usize, type_size: usize, k: usize) -> bool {
+    gemv_shared_bytes(block_size, type_size, k) <= DEFAULT_SHARED_BYTES
 }
 
 /// bora's CPU path: routing, grouping and SwiGLU over host matrices in their stored dtype.
@@ -376,4 +448,44 @@ fn moe_tensor(
         out = out.index_add(&toks, &y, 0)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    #[test]
+    fn the_gemv_is_chosen_where_its_shared_memory_fits() {
+        let fits = |t: GgmlDType, k: usize| gemv_fits(t.block_size(), t.type_size(), k);
+        // 8x7B: hidden 4096, intermediate 14336 (the down projection's rows).
+        assert!(fits(GgmlDType::Q4K, 14336) && fits(GgmlDType::Q6K, 14336));
+        assert!(fits(GgmlDType::Q8_0, 4096));
+        assert!(
+            !fits(GgmlDType::Q8_0, 14336),
+            "{}",
+            gemv_shared_bytes(32, 34, 14336)
+        );
+        // 8x22B: hidden 6144, intermediate 16384.
+        assert!(fits(GgmlDType::Q4K, 16384) && fits(GgmlDType::Q5K, 16384));
+        assert!(!fits(GgmlDType::Q6K, 16384));
+        assert!(!fits(GgmlDType::Q8_0, 16384) && fits(GgmlDType::Q8_0, 6144));
+    }
+
+    #[test]
+    fn counts_on_the_device_equal_counts_on_the_host() {
+        let ids: Vec<u32> = vec![0, 3, 3, 7, 1, 3, 0, 0];
+        let mut host = RoutingStats::new(2, 8);
+        host.add(1, &ids);
+        host.add(0, &ids[..4]);
+        let mut dev = RoutingStats::new(2, 8);
+        let t = Tensor::from_slice(&ids, (4, 2), &Device::Cpu).unwrap();
+        dev.add_on_device(1, &t).unwrap();
+        dev.add_on_device(0, &t.narrow(0, 0, 2).unwrap()).unwrap();
+        assert_ne!(dev.counts, host.counts);
+        dev.flush().unwrap();
+        assert_eq!(dev, host);
+        dev.flush().unwrap();
+        assert_eq!(dev, host);
+    }
 }

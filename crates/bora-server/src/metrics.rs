@@ -38,6 +38,10 @@ pub struct Metrics {
     prefix_lookups: Counter,
     prefix_hits: Counter,
     expert_tokens: Family<ExpertLabel, Counter>,
+    cache_lookups: Counter,
+    cache_hits: Counter,
+    cache_moves: Counter,
+    cache_resident: Gauge,
 }
 
 impl Default for Metrics {
@@ -121,6 +125,31 @@ impl Metrics {
             "Tokens routed to each expert of each layer",
             expert_tokens.clone(),
         );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let cache_lookups = counter(
+            &mut registry,
+            "expert_cache_lookups",
+            "Routed tokens of the layers whose experts are in host memory (--expert-cache)",
+        );
+        let cache_hits = counter(
+            &mut registry,
+            "expert_cache_hits",
+            "Of them, those computed on the GPU by a cached copy of their expert",
+        );
+        let cache_moves = counter(
+            &mut registry,
+            "expert_cache_moves",
+            "Experts copied to the GPU by the expert cache",
+        );
+        let cache_resident = gauge(
+            &mut registry,
+            "expert_cache_resident",
+            "Experts with a copy on the GPU in the expert cache",
+        );
         Self {
             registry,
             requests,
@@ -135,6 +164,10 @@ impl Metrics {
             prefix_lookups,
             prefix_hits,
             expert_tokens,
+            cache_lookups,
+            cache_hits,
+            cache_moves,
+            cache_resident,
         }
     }
 
@@ -172,6 +205,12 @@ impl Metrics {
             self.blocks_free.set(st.blocks_free as i64);
             advance(&self.prefix_lookups, st.prefix_lookups);
             advance(&self.prefix_hits, st.prefix_hits);
+            if let Some(c) = &st.expert_cache {
+                advance(&self.cache_lookups, c.lookups);
+                advance(&self.cache_hits, c.hits);
+                advance(&self.cache_moves, c.moves);
+                self.cache_resident.set(c.resident as i64);
+            }
             for (layer, experts) in st.expert_tokens.iter().enumerate() {
                 for (expert, &count) in experts.iter().enumerate() {
                     let c = self.expert_tokens.get_or_create(&ExpertLabel {

@@ -221,7 +221,11 @@ fn layer_ranges(layers: &[bool], want: bool) -> String {
 }
 
 fn gb(n: u64) -> String {
-    format!("{:.2} GB", n as f64 / 1e9)
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2} GB", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        n => format!("{:.1} KB", n as f64 / 1e3),
+    }
 }
 
 impl std::fmt::Display for Plan {
@@ -371,7 +375,11 @@ pub(super) fn place(
         positions as u64 * kv_bytes_per_position(config, lo.kv_cache_dtype().size_in_bytes())
     });
     let input = PlanInput {
-        device: bora_core::device_name(&lo.device),
+        device: if lo.device.is_cpu() {
+            "the CPU standing in for a GPU".into()
+        } else {
+            bora_core::device_name(&lo.device)
+        },
         dense_bytes: sizes.dense,
         dense_read_bytes: sizes.dense_read,
         expert_bytes: sizes.experts,

@@ -423,6 +423,7 @@ impl Core {
             st.prefix_hits = self.alloc.hits;
             st.steps += 1;
             st.expert_tokens.clone_from(&self.routing.counts);
+            st.expert_cache = self.model.expert_cache_stats();
         }
     }
 }

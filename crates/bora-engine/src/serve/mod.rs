@@ -106,6 +106,8 @@ pub struct EngineStats {
     pub steps: u64,
     /// Tokens routed to each expert (`[layer][expert]`) since the start.
     pub expert_tokens: Vec<Vec<u64>>,
+    /// What the expert cache has done (`--expert-cache`), where there is one.
+    pub expert_cache: Option<bora_model::CacheStats>,
 }
 
 impl EngineStats {
