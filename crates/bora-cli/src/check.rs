@@ -50,6 +50,10 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Where the checked model's experts go (`--cpu-moe`, `--n-cpu-moe N`): the split step,
+    /// host experts beside a model on the device, checked against the CPU path too.
+    #[command(flatten)]
+    placement: crate::load::PlacementArgs,
 }
 
 /// Allowed differences, and the share of greedy tokens that must agree.
@@ -106,15 +110,14 @@ pub fn main(a: Args) -> Result<()> {
                 ..ModelOptions::default()
             },
         )?;
-        let checked = load(
-            m,
-            ModelOptions {
-                device: spec,
-                dtype: Some(dtype),
-                candle_on_cpu: true,
-                ..ModelOptions::default()
-            },
-        )?;
+        let mut opts = ModelOptions {
+            device: spec,
+            dtype: Some(dtype),
+            candle_on_cpu: true,
+            ..ModelOptions::default()
+        };
+        a.placement.apply(&mut opts)?;
+        let checked = load(m, opts)?;
         let quantized = checked.weights().layers.iter().any(|l| {
             matches!(&l.q, bora_weights::Matrix::Quant(_))
                 || matches!(&l.q, bora_weights::Matrix::Host(h) if matches!(h.format(), WeightFormat::Quant(_)))

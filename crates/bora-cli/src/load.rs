@@ -167,7 +167,18 @@ impl ModelArgs {
 
     /// [`ModelArgs::load`] of a source, e.g. one already resolved.
     pub fn load_source(&self, source: &ModelSource) -> Result<Loaded> {
-        let opts = self.options()?;
+        self.load_source_with(source, |_| {})
+    }
+
+    /// [`ModelArgs::load_source`] with the options changed by `edit` (a server's KV budget
+    /// as the placement's KV reserve).
+    pub fn load_source_with(
+        &self,
+        source: &ModelSource,
+        edit: impl FnOnce(&mut ModelOptions),
+    ) -> Result<Loaded> {
+        let mut opts = self.options()?;
+        edit(&mut opts);
         let mut bars = Bars::default();
         let loaded = bora_engine::load_model(source, &opts, &mut |e| bars.on(e));
         drop(bars);

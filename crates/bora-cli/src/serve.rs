@@ -49,6 +49,9 @@ pub struct Args {
     /// Memory for the KV cache in MiB (default: a quarter of the free memory).
     #[arg(long)]
     kv_cache_mib: Option<usize>,
+    /// Sequences running at once at most (vLLM's --max-num-seqs); more wait for admission.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_seqs: u64,
     /// Requests waiting for admission at most; beyond it, 429 with Retry-After.
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
@@ -129,6 +132,7 @@ pub fn main(a: Args) -> Result<()> {
             .kv_cache_mib
             .map_or(EngineConfig::default().kv_budget, KvBudget::Mib),
         max_queue: a.max_queue,
+        max_running: a.max_seqs as usize,
         chat_format,
         deterministic: a.deterministic,
         ..EngineConfig::default()
@@ -154,9 +158,11 @@ pub fn main(a: Args) -> Result<()> {
         println!("bora: listening on http://{local} (model `{name}`{demo}; loading)");
         let loading = state.clone();
         let model_args = a.model;
+        let kv_reserve = a.kv_cache_mib.map(|m| (m as u64).saturating_mul(1 << 20));
         let started = Instant::now();
         let load = tokio::task::spawn_blocking(move || -> Result<()> {
-            let loaded = model_args.load_source(&source)?;
+            // The placement on a GPU keeps the KV budget free beside the weights.
+            let loaded = model_args.load_source_with(&source, |o| o.kv_reserve = kv_reserve)?;
             let engine = Engine::new(loaded.model, loaded.tokenizer, engine_config)?;
             loading.set_engine(engine);
             Ok(())

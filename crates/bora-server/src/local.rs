@@ -133,6 +133,7 @@ impl LocalApi {
                 Some(p) => CachePolicy::parse(p).map_err(|e| bad_option("expert_cache", e))?,
             },
             max_model_len: o.max_model_len,
+            kv_reserve: o.kv_cache_mib.map(|m| (m as u64).saturating_mul(1 << 20)),
             ..ModelOptions::default()
         };
         if o.max_seqs == Some(0) {

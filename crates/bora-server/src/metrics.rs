@@ -235,3 +235,40 @@ fn advance(c: &Counter, total: u64) {
         c.inc_by(total - now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expert_cache_is_exported() {
+        let m = Metrics::new();
+        let mut st = EngineStats {
+            expert_cache: Some(bora_engine::CacheStats {
+                hits: 30,
+                lookups: 100,
+                moves: 7,
+                resident: 5,
+                capacity: 6,
+            }),
+            ..EngineStats::default()
+        };
+        let text = m.render(Some(&st));
+        for line in [
+            "bora_expert_cache_lookups_total 100",
+            "bora_expert_cache_hits_total 30",
+            "bora_expert_cache_moves_total 7",
+            "bora_expert_cache_resident 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // Totals advance with the engine's.
+        st.expert_cache = st
+            .expert_cache
+            .map(|c| bora_engine::CacheStats { hits: 45, ..c });
+        assert!(m
+            .render(Some(&st))
+            .lines()
+            .any(|l| l == "bora_expert_cache_hits_total 45"));
+    }
+}

@@ -405,7 +405,7 @@ fn dense(h: &HostMatrix, opts: &LoadOptions) -> Result<Tensor> {
 }
 
 /// Whether candle's MoE GEMM and GEMV over ggml blocks (CUDA only) take this type.
-fn moe_gguf_type(q: QType) -> bool {
+pub(crate) fn moe_gguf_type(q: QType) -> bool {
     matches!(
         q,
         QType::Q8_0 | QType::Q2K | QType::Q3K | QType::Q4K | QType::Q5K | QType::Q6K

@@ -251,7 +251,11 @@ impl Maker<'_> {
                 up: self.dense(&[e, im, h])?,
                 down: self.dense(&[e, h, im])?,
             }),
-            (Some(q), Backend::Candle) if self.opts.device.is_cuda() && !host => {
+            // Stacked blocks where candle's MoE kernels take the type (Q4_0 to Q5_1 they refuse:
+            // those are made on the host and stacked as values).
+            (Some(q), Backend::Candle)
+                if self.opts.device.is_cuda() && !host && crate::mixtral::moe_gguf_type(q) =>
+            {
                 Ok(Experts::Quant {
                     gate: self.device_blocks(q, &[e, im, h])?,
                     up: self.device_blocks(q, &[e, im, h])?,
