@@ -1,6 +1,7 @@
 //! Helpers for bora's integration tests: fixture paths, reference outputs, comparisons.
 
 pub mod fuzz;
+pub mod steps;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

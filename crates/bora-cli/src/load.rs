@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bora_core::{DTypeSpec, DeviceSpec};
+use bora_core::{DTypeSpec, DeviceSpec, KvDTypeSpec};
 use bora_engine::load::{CachePolicy, ExpertPlacement};
 use bora_engine::{LoadPhase, LoadProgress, ModelOptions, ModelSource};
 use bora_weights::{QType, WeightDType};
@@ -49,9 +49,10 @@ pub struct ModelArgs {
     /// llama.cpp's `--no-repack`.
     #[arg(long)]
     pub no_repack: bool,
-    /// The KV cache's dtype: f32 (the default) or f16 on the CPU (half the cache's memory and
-    /// the bytes long-context decode reads, as llama.cpp's default `--cache-type-k/-v f16`); on
-    /// a GPU the activations' dtype, the only one allowed there.
+    /// The KV cache's dtype: f32 (the default), f16 or bf16 on the CPU (half the cache's memory
+    /// and the bytes long-context decode reads, as llama.cpp's default `--cache-type-k/-v
+    /// f16`), or q8_0 (ggml's 8-bit blocks: about a quarter of f32's, llama.cpp's `-ctk q8_0
+    /// -ctv q8_0`); on a GPU the activations' dtype, the only one allowed there.
     #[arg(long, value_name = "DTYPE")]
     pub kv_cache_dtype: Option<String>,
     #[command(flatten)]
@@ -143,8 +144,10 @@ impl ModelArgs {
                 .kv_cache_dtype
                 .as_deref()
                 .map(|s| {
-                    s.parse::<DTypeSpec>().map_err(|_| {
-                        anyhow::anyhow!("--kv-cache-dtype {s}: expected f16 or f32 (bf16 on a GPU)")
+                    s.parse::<KvDTypeSpec>().map_err(|_| {
+                        anyhow::anyhow!(
+                            "--kv-cache-dtype {s}: expected f32, f16, bf16 or q8_0 (on a GPU, the activations' dtype)"
+                        )
                     })
                 })
                 .transpose()?,

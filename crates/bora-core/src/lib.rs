@@ -9,7 +9,7 @@ mod device;
 mod error;
 
 pub use config::{Architecture, ModelConfig, MAX_POSITIONS};
-pub use device::{device_memory, device_name, host_memory, DTypeSpec, DeviceSpec};
+pub use device::{device_memory, device_name, host_memory, DTypeSpec, DeviceSpec, KvDTypeSpec};
 pub use error::CoreError;
 
 /// Result with [`CoreError`].

@@ -1,5 +1,6 @@
-//! Attention on the CPU in f32 over an f32 or f16 KV pool (f16 rows are widened a block of
-//! [`SUB`] positions at a time), computed in place over the pool: no gather of a sequence's
+//! Attention on the CPU in f32 over an f32, f16, bf16 or q8_0 KV pool (other rows than f32 are
+//! widened a block of [`SUB`] positions at a time; a decode token reads f16 and bf16 rows in
+//! the kernel itself), computed in place over the pool: no gather of a sequence's
 //! keys and values and no score matrix, the softmax taken online over blocks of positions
 //! (flash attention's scheme). Decode steps attend one token per task, its keys split into
 //! fixed chunks; prefill chunks attend [`TOKENS`] consecutive tokens per task, each key row read
@@ -8,13 +9,14 @@
 //! prefilled, and whatever the chunking or the batch.
 
 use bora_kernels::cpu::attn::{attend_one, exp, max, sum, Heads};
+use bora_kernels::QType;
 use bora_weights::{with_cpu, with_cpu_f32};
 use candle_core::{DType, Tensor};
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::attention::AttentionCtx;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KV_Q8_0};
 use crate::rope::Rope;
 use crate::{ModelError, Result, SeqInput};
 
@@ -73,10 +75,11 @@ pub(crate) fn pool_attention(
     let dev = q.device();
     for (t, &(i, pos)) in toks.iter().enumerate() {
         let row = cache.row(&seqs[i].blocks, pos);
-        let kt = Tensor::from_slice(&kr[t * hkv * d..(t + 1) * hkv * d], (1, hkv, d), dev)?;
-        let vt = Tensor::from_slice(&va[t * hkv * d..(t + 1) * hkv * d], (1, hkv, d), dev)?;
-        kv.k.slice_set(&kt.to_dtype(kv.k.dtype())?, 0, row)?;
-        kv.v.slice_set(&vt.to_dtype(kv.v.dtype())?, 0, row)?;
+        let span = t * hkv * d..(t + 1) * hkv * d;
+        let kt = pool_row(&kr[span.clone()], hkv, d, kv.k.dtype(), dev)?;
+        let vt = pool_row(&va[span], hkv, d, kv.v.dtype(), dev)?;
+        kv.k.slice_set(&kt, 0, row)?;
+        kv.v.slice_set(&vt, 0, row)?;
     }
     let scale = 1.0 / (d as f32).sqrt();
     for x in qr.iter_mut() {
@@ -169,34 +172,62 @@ pub(crate) fn pool_attention(
     Ok(Tensor::from_vec(out, (n, hq * d), dev)?)
 }
 
-/// A layer's keys or values as the attention kernel reads them: `[rows, Hkv·D]`.
+/// A layer's keys or values as the attention kernel reads them: `[rows, Hkv·D]` values, or
+/// for q8_0 the same rows as blocks of 32 (`[rows, Hkv·D/32·34]` bytes).
 #[derive(Clone, Copy)]
 enum Pool<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
+    BF16(&'a [bf16]),
+    Q8(&'a [u8]),
 }
 
 impl Pool<'_> {
-    /// The `out.len()` values from offset `at`, widened to f32.
+    /// The `out.len()` values from value offset `at` (a whole number of q8_0 blocks), widened
+    /// to f32.
     fn widen(&self, at: usize, out: &mut [f32]) {
         match self {
             Pool::F32(p) => out.copy_from_slice(&p[at..at + out.len()]),
             Pool::F16(p) => bora_kernels::cpu::widen(&p[at..at + out.len()], out),
+            Pool::BF16(p) => bora_kernels::cpu::widen(&p[at..at + out.len()], out),
+            Pool::Q8(p) => {
+                let (from, len) = (at / 32 * 34, out.len() / 32 * 34);
+                bora_kernels::quant::dequantize(QType::Q8_0, &p[from..from + len], out)
+            }
         }
     }
 }
 
-/// Runs `f` on a contiguous CPU pool tensor's values (f32 or f16).
+/// Runs `f` on a contiguous CPU pool tensor's values (f32, f16, bf16 or q8_0 bytes).
 fn with_pool<R>(t: &Tensor, f: impl FnOnce(Pool<'_>) -> R) -> Result<R> {
     Ok(match t.dtype() {
         DType::F32 => with_cpu::<f32, _>(t, |p| f(Pool::F32(p)))?,
         DType::F16 => with_cpu::<f16, _>(t, |p| f(Pool::F16(p)))?,
+        DType::BF16 => with_cpu::<bf16, _>(t, |p| f(Pool::BF16(p)))?,
+        KV_Q8_0 => with_cpu::<u8, _>(t, |p| f(Pool::Q8(p)))?,
         other => {
             return Err(ModelError::Batch(format!(
-                "the CPU attention keeps an f32 or f16 KV cache, not {other:?}"
+                "the CPU attention keeps an f32, f16, bf16 or q8_0 KV cache, not {other:?}"
             )))
         }
     })
+}
+
+/// One position's keys or values `x` (`Hkv·D` f32 values) as a row of a pool of `dtype`:
+/// converted, or quantized to q8_0 blocks.
+fn pool_row(
+    x: &[f32],
+    hkv: usize,
+    d: usize,
+    dtype: DType,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    if dtype == KV_Q8_0 {
+        let mut bytes = vec![0u8; x.len() / 32 * 34];
+        bora_kernels::quant::quantize(QType::Q8_0, x, &mut bytes);
+        return Ok(Tensor::from_vec(bytes, (1, hkv, d / 32 * 34), dev)?);
+    }
+    Ok(Tensor::from_slice(x, (1, hkv, d), dev)?.to_dtype(dtype)?)
 }
 
 /// The given rows of a contiguous `[T, C]` f32 CPU tensor, concatenated.
@@ -304,6 +335,9 @@ impl Chunk<'_> {
                 (Pool::F16(k), Pool::F16(v)) => {
                     return attend_one(self.shape, self.q, k, v, &rows, part)
                 }
+                (Pool::BF16(k), Pool::BF16(v)) => {
+                    return attend_one(self.shape, self.q, k, v, &rows, part)
+                }
                 _ => {}
             }
         }
@@ -355,8 +389,8 @@ impl Chunk<'_> {
         // Keys of the block transposed: kt[(kv head · D + i) · SUB + j].
         let mut kt = vec![0f32; if nt >= TRANSPOSE_FROM { width * SUB } else { 0 }];
         let mut pool_rows = [0usize; SUB];
-        // An f16 pool's rows of a block, widened: the block's row j at j · width.
-        let widened = matches!(kpool, Pool::F16(_)) || matches!(vpool, Pool::F16(_));
+        // A 16-bit or q8_0 pool's rows of a block, widened: the block's row j at j · width.
+        let widened = !matches!(kpool, Pool::F32(_)) || !matches!(vpool, Pool::F32(_));
         let (mut kw, mut vw) = if widened {
             (vec![0f32; SUB * width], vec![0f32; SUB * width])
         } else {

@@ -8,6 +8,20 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::{ModelError, Result};
 
+/// The pool dtype of a q8_0 KV cache: each head's `D` values of a position are `D / 32` ggml
+/// `block_q8_0`s (an f16 scale, then 32 signed bytes), kept as bytes. Only bora's CPU
+/// attention reads it (`decode.rs`), quantizing rows as they are written.
+pub const KV_Q8_0: DType = DType::U8;
+
+/// Bytes of one head's `d` values of one position in a pool of `dtype`.
+fn head_bytes(d: usize, dtype: DType) -> usize {
+    if dtype == KV_Q8_0 {
+        d / 32 * 34
+    } else {
+        d * dtype.size_in_bytes()
+    }
+}
+
 /// Keys and values of one layer: `[num_blocks · block_size, Hkv, D]` each.
 #[derive(Debug)]
 pub(crate) struct LayerKv {
@@ -38,10 +52,21 @@ impl KvCache {
                 "a KV cache needs at least one block of at least one position".into(),
             ));
         }
+        if dtype == KV_Q8_0 && !cfg.head_dim.is_multiple_of(32) {
+            return Err(ModelError::Batch(format!(
+                "a q8_0 KV cache needs a head size that is a multiple of 32, not {}",
+                cfg.head_dim
+            )));
+        }
+        // A q8_0 pool holds each head's blocks as bytes.
         let shape = (
             num_blocks * block_size,
             cfg.num_key_value_heads,
-            cfg.head_dim,
+            if dtype == KV_Q8_0 {
+                head_bytes(cfg.head_dim, dtype)
+            } else {
+                cfg.head_dim
+            },
         );
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| {
@@ -102,8 +127,12 @@ impl KvCache {
         2 * cfg.num_hidden_layers
             * block_size
             * cfg.num_key_value_heads
-            * cfg.head_dim
-            * dtype.size_in_bytes()
+            * head_bytes(cfg.head_dim, dtype)
+    }
+
+    /// The pool's dtype ([`KV_Q8_0`] for q8_0 blocks).
+    pub fn dtype(&self) -> DType {
+        self.layers.first().map_or(DType::F32, |l| l.k.dtype())
     }
 
     /// Checks that positions `0..end` fit the table and that its blocks exist.

@@ -29,7 +29,7 @@ pub mod router;
 pub use batch::{Batch, Logits, SeqInput};
 pub use error::ModelError;
 pub use expert_cache::{CachePolicy, CacheStats, DeviceExpert, ExpertCache, LayerUsage, HOT_DECAY};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KV_Q8_0};
 pub use model::{Model, DEFAULT_BLOCK_SIZE};
 pub use moe::{gemv_fits, gemv_shared_bytes, moe_block, RoutingStats, DEFAULT_SHARED_BYTES};
 

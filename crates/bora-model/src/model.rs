@@ -38,13 +38,22 @@ impl Model {
         // bora's CPU attention reads f32 or f16 keys and values; candle's attention multiplies
         // the queries (in the activations' dtype) with them directly.
         let supported = match weights.options.backend {
-            Backend::Host => matches!(kv_dtype, DType::F32 | DType::F16),
+            Backend::Host => matches!(
+                kv_dtype,
+                DType::F32 | DType::F16 | DType::BF16 | crate::KV_Q8_0
+            ),
             Backend::Candle => kv_dtype == dtype,
         };
         if !supported {
+            let name = if kv_dtype == crate::KV_Q8_0 {
+                "q8_0".to_string()
+            } else {
+                format!("{kv_dtype:?}").to_lowercase()
+            };
             return Err(ModelError::Batch(format!(
-                "a {kv_dtype:?} KV cache is not supported here: bora's CPU kernels keep f32 or \
-                 f16, candle's the activations' dtype ({dtype:?})"
+                "a {name} KV cache is not supported here: bora's CPU kernels keep f32, f16, bf16 \
+                 or q8_0, a GPU the activations' dtype ({})",
+                format!("{dtype:?}").to_lowercase()
             )));
         }
         // The weights were made on the loading thread's stream (CUDA's per-thread default

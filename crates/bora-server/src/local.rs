@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use bora_engine::load::{CachePolicy, DTypeSpec, DeviceSpec, ExpertPlacement, QType};
+use bora_engine::load::{CachePolicy, DTypeSpec, DeviceSpec, ExpertPlacement, KvDTypeSpec, QType};
 use bora_engine::{
     CompletionStream, Engine, EngineConfig, EngineError, KvBudget, ModelOptions, ModelSource,
     Timeout,
@@ -39,7 +39,7 @@ pub struct EngineOptions {
     pub threads: Option<usize>,
     /// Repack quantized weights for bora's kernels (default true).
     pub repack: Option<bool>,
-    /// The KV cache's dtype.
+    /// The KV cache's dtype: `f32`, `f16`, `bf16` or `q8_0`.
     pub kv_cache_dtype: Option<String>,
     /// MiB of KV cache (default: a share of the free memory).
     pub kv_cache_mib: Option<usize>,
@@ -122,7 +122,12 @@ impl LocalApi {
                 .map(|q| QType::parse(q).ok_or_else(|| bad_option("quantize", "unknown type")))
                 .transpose()?,
             repack: o.repack.unwrap_or(true),
-            kv_cache_dtype: dtype("kv_cache_dtype", &o.kv_cache_dtype)?,
+            kv_cache_dtype: o
+                .kv_cache_dtype
+                .as_deref()
+                .map(str::parse::<KvDTypeSpec>)
+                .transpose()
+                .map_err(|e| bad_option("kv_cache_dtype", e))?,
             tokenizer: o.tokenizer,
             threads: o.threads,
             allow_download: o.allow_download.unwrap_or(false),

@@ -18,15 +18,12 @@ use bora_weights::{
     SafetensorsStore, TensorName, WeightDType,
 };
 
-pub use bora_core::{DTypeSpec, DeviceSpec};
+pub use bora_core::{DTypeSpec, DeviceSpec, KvDTypeSpec};
 pub use bora_model::CachePolicy;
 pub use bora_weights::QType;
 pub use inspect::{inspect, ModelInfo, TensorInfo};
 use plan::{capped, formula_sizes, gguf_sizes, place};
-pub use plan::{
-    copy_bandwidth, kv_bytes_per_position, plan_for, read_bandwidth, ExpertPlacement, Plan,
-    PlanInput,
-};
+pub use plan::{copy_bandwidth, plan_for, read_bandwidth, ExpertPlacement, Plan, PlanInput};
 pub use source::ModelSource;
 
 use crate::tokenizer::Tokenizer;
@@ -45,8 +42,9 @@ pub struct ModelOptions {
     /// Repack quantized weights into the tiles of bora's packed CPU kernels where the CPU has
     /// them (the same results, faster; off: llama.cpp's `--no-repack`).
     pub repack: bool,
-    /// The KV cache's dtype (default f32 on the CPU, the activations' on a GPU).
-    pub kv_cache_dtype: Option<DTypeSpec>,
+    /// The KV cache's dtype (default f32 on the CPU, the activations' on a GPU; bf16, f16 and
+    /// q8_0 on the CPU too).
+    pub kv_cache_dtype: Option<KvDTypeSpec>,
     /// A tokenizer instead of the model's: `tokenizer.json`, a sentencepiece model or a GGUF
     /// file's vocabulary.
     pub tokenizer: Option<PathBuf>,
@@ -572,7 +570,7 @@ fn weight_options(
     let mut lo = bora_weights::LoadOptions::new(dtype, device);
     lo.quantize = opts.quantize;
     lo.pack = opts.repack;
-    lo.kv_dtype = opts.kv_cache_dtype.map(DTypeSpec::dtype);
+    lo.kv_dtype = opts.kv_cache_dtype.map(KvDTypeSpec::dtype);
     if opts.candle_on_cpu {
         lo.backend = Backend::Candle;
     }

@@ -372,7 +372,7 @@ pub(super) fn place(
     };
     let kv_reserve = opts.kv_reserve.unwrap_or_else(|| {
         let positions = opts.max_model_len.unwrap_or(4096).min(config.context());
-        positions as u64 * kv_bytes_per_position(config, lo.kv_cache_dtype().size_in_bytes())
+        positions as u64 * bora_model::KvCache::block_bytes(config, 1, lo.kv_cache_dtype()) as u64
     });
     let input = PlanInput {
         device: if lo.device.is_cpu() {
@@ -450,12 +450,6 @@ pub fn plan_for(source: &ModelSource, opts: &ModelOptions) -> Result<Option<Plan
         }
     }
     Ok(plan)
-}
-
-/// KV bytes of one position: keys and values of every layer.
-pub fn kv_bytes_per_position(config: &ModelConfig, dtype_size: usize) -> u64 {
-    (config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * dtype_size)
-        as u64
 }
 
 /// Bytes per second that the worker threads read from memory together, as decode reads

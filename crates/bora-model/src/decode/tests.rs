@@ -78,8 +78,8 @@ fn reference(
 /// and for blocks (below and above TRANSPOSE_FROM tokens), spans across the SUB and CHUNK
 /// boundaries, causal and sliding windows, a scattered row map (as a block table makes) and
 /// grouped query heads, on every path this CPU can run (the one-token kernel of
-/// `bora_kernels::cpu::attn` as `attend` dispatches to it), over an f32 pool and an f16 one (whose
-/// reference takes the same values rounded to f16).
+/// `bora_kernels::cpu::attn` as `attend` dispatches to it), over f32, f16, bf16 and q8_0 pools
+/// (each reference takes the values as the pool stores them).
 #[test]
 fn chunked_attention_matches_the_plain_softmax() {
     // D = 40 takes the scalar one-token kernel, D = 64 the SIMD ones.
@@ -115,20 +115,38 @@ fn chunked_attention_matches_the_plain_softmax() {
                 k32.iter().map(|&x| f16::from_f32(x)).collect(),
                 v32.iter().map(|&x| f16::from_f32(x)).collect(),
             );
-            for half in [false, true] {
-                let (k, v): (Vec<f32>, Vec<f32>) = if half {
-                    (
-                        k16.iter().map(|x| x.to_f32()).collect(),
-                        v16.iter().map(|x| x.to_f32()).collect(),
-                    )
-                } else {
-                    (k32.clone(), v32.clone())
+            let (kb, vb): (Vec<bf16>, Vec<bf16>) = (
+                k32.iter().map(|&x| bf16::from_f32(x)).collect(),
+                v32.iter().map(|&x| bf16::from_f32(x)).collect(),
+            );
+            let q8 = |x: &[f32]| {
+                let mut b = vec![0u8; x.len() / 32 * 34];
+                bora_kernels::quant::quantize(QType::Q8_0, x, &mut b);
+                b
+            };
+            let (kq, vq) = if (hkv * d) % 32 == 0 {
+                (q8(&k32), q8(&v32))
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            // f32, f16, bf16 and (where rows are whole blocks) q8_0 pools; each reference takes
+            // the pool's values as stored.
+            for kind in 0..4 {
+                if kind == 3 && kq.is_empty() {
+                    continue;
+                }
+                let stored = |p: Pool<'_>, n: usize| {
+                    let mut out = vec![0f32; n];
+                    p.widen(0, &mut out);
+                    out
                 };
-                let (kp, vp) = if half {
-                    (Pool::F16(&k16), Pool::F16(&v16))
-                } else {
-                    (Pool::F32(&k), Pool::F32(&v))
+                let (kp, vp) = match kind {
+                    0 => (Pool::F32(&k32), Pool::F32(&v32)),
+                    1 => (Pool::F16(&k16), Pool::F16(&v16)),
+                    2 => (Pool::BF16(&kb), Pool::BF16(&vb)),
+                    _ => (Pool::Q8(&kq), Pool::Q8(&vq)),
                 };
+                let (k, v) = (stored(kp, k32.len()), stored(vp, v32.len()));
                 let q = noise(3, nt * hq * d);
                 let row = |j: usize| (j * 7 + 3) % pool; // a permutation: 7 does not divide pool
                 assert_eq!(
@@ -187,7 +205,7 @@ fn chunked_attention_matches_the_plain_softmax() {
                         .fold(0.0, f64::max);
                     assert!(
                 worst < 2e-5,
-                "{path}, f16 pool {half}, {nt} tokens from {pos0}, window {window:?}: off by {worst}"
+                "{path}, pool kind {kind} (f32, f16, bf16, q8_0), {nt} tokens from {pos0}, window {window:?}: off by {worst}"
             );
                 }
             }
