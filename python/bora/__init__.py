@@ -195,8 +195,10 @@ class Engine:
     id in the local Hugging Face cache, ``"bora-demo"``, ``"random:mixtral-8x7b"``); the
     demo model when omitted. Keywords: ``device`` ("cpu", "cuda", "cuda:N", "metal"),
     ``dtype``, ``quantize`` ("q4_k", "q8_0", ...), ``tokenizer``, ``threads``, ``repack``,
-    ``kv_cache_dtype``, ``kv_cache_mib``, ``chat_format`` ("v1", "v3"), ``deterministic``,
-    ``name`` (what answers carry as ``model``).
+    ``kv_cache_dtype`` ("f32", "f16", "bf16", "q8_0"), ``kv_cache_mib``, ``chat_format`` ("v1",
+    "v3"), ``deterministic``, ``name`` (what answers carry as ``model``), and on a GPU smaller
+    than the model ``cpu_moe``, ``n_cpu_moe``, ``device_memory_mib``, ``expert_cache`` ("auto",
+    "lru", "off"), ``max_model_len``, ``max_seqs``.
     """
 
     def __init__(self, model: Optional[str] = None, **options: Any):

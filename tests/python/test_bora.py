@@ -202,6 +202,22 @@ def test_errors_are_exceptions_with_the_api_fields(tiny):
     with pytest.raises(bora.BoraError) as e:
         bora.Engine(str(TINY), color="blue")
     assert "color" in e.value.message
+    for bad in [{"expert_cache": "fifo"}, {"kv_cache_dtype": "q4_0"}, {"max_seqs": 0}]:
+        with pytest.raises(bora.BoraError) as e:
+            bora.Engine(str(GGUF), **bad)
+        assert e.value.param == next(iter(bad)), bad
+
+
+def test_memory_options():
+    # A q8_0 KV cache (heads of whole blocks: the GGUF fixture's), two running sequences at
+    # most, the context capped; placement options load on the CPU, where they change nothing.
+    engine = bora.Engine(str(GGUF), kv_cache_dtype="q8_0", max_seqs=2, max_model_len=64,
+                         cpu_moe=True, expert_cache="auto", kv_cache_mib=8)
+    res = engine.chat.complete(messages=USER, max_tokens=4, temperature=0)
+    assert res.usage.completion_tokens == 4
+    with pytest.raises(bora.BoraError) as e:
+        engine.chat.complete(messages=USER, max_tokens=100)
+    assert "context" in e.value.message
 
 
 def test_a_dropped_stream_frees_its_blocks(tiny):

@@ -85,8 +85,9 @@ fn owned(s: String) -> *mut c_char {
 
 /// Loads a model and starts an engine. `options_json`: `{"model": ..., "device": "cpu",
 /// "dtype", "quantize", "tokenizer", "threads", "repack", "kv_cache_dtype", "kv_cache_mib",
-/// "chat_format", "deterministic", "name"}`, all optional (the demo model by default); `model`
-/// is anything `bora --model` takes. NULL on failure.
+/// "chat_format", "deterministic", "name", "cpu_moe", "n_cpu_moe", "device_memory_mib",
+/// "expert_cache", "max_model_len", "max_seqs"}`, all optional (the demo model by default);
+/// `model` is anything `bora --model` takes. NULL on failure.
 ///
 /// # Safety
 /// `options_json` is NULL or a NUL-terminated string.

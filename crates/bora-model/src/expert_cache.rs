@@ -103,13 +103,14 @@ impl CacheStats {
 #[derive(Debug)]
 pub struct ExpertCache {
     policy: CachePolicy,
-    capacity: usize,
     max_moves: usize,
     state: Mutex<State>,
 }
 
 #[derive(Debug)]
 struct State {
+    /// Experts that fit (lowered when a copy fails).
+    capacity: usize,
     /// `[layer]`: empty for layers whose experts are on the device by placement.
     resident: Vec<Resident>,
     /// `[layer][expert]`: the hot score, or the step last used.
@@ -149,9 +150,9 @@ impl ExpertCache {
         let score = vec![vec![0.0; e]; weights.layers.len()];
         Some(Self {
             policy,
-            capacity,
             max_moves: 2,
             state: Mutex::new(State {
+                capacity,
                 resident,
                 score,
                 step: 0,
@@ -232,8 +233,19 @@ impl ExpertCache {
             if let Some((vl, ve)) = evict {
                 st.resident[vl][ve] = None;
             }
-            st.resident[l][e] = Some(Arc::new(upload(weights, l, e)?));
-            st.stats.moves += 1;
+            match upload(weights, l, e) {
+                Ok(d) => {
+                    st.resident[l][e] = Some(Arc::new(d));
+                    st.stats.moves += 1;
+                }
+                // The device is fuller than the plan said (another process, the KV cache):
+                // keep what is there and copy no more, rather than fail the step.
+                Err(_) => {
+                    st.capacity = st.resident.iter().flatten().filter(|r| r.is_some()).count();
+                    st.stats.capacity = st.capacity;
+                    break;
+                }
+            }
         }
         st.stats.resident = st.resident.iter().flatten().filter(|r| r.is_some()).count();
         Ok(())
@@ -274,7 +286,7 @@ impl ExpertCache {
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
         // Victims: the coldest (or least recent) first.
         resident.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut free = self.capacity.saturating_sub(resident.len());
+        let mut free = st.capacity.saturating_sub(resident.len());
         let mut victims = resident.into_iter();
         let mut moves = Vec::new();
         for (s, l, e) in candidates {

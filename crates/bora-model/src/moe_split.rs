@@ -25,6 +25,14 @@ pub(crate) fn moe_split(
     let (t, h) = x.dims2()?;
     let a = experts.a;
     let logits = router.forward(x)?; // [T, E]
+                                     // The rule of `router.rs`: bora's kernel on a CUDA device, candle's ops elsewhere.
+    #[cfg(feature = "cuda")]
+    let (idx, w) = if x.device().is_cuda() {
+        bora_kernels::cuda::route_topk(&logits, a)?
+    } else {
+        route_tensor(&logits, a)?
+    };
+    #[cfg(not(feature = "cuda"))]
     let (idx, w) = route_tensor(&logits, a)?; // [T, A] each
                                               // The routing's one trip to the host in this layer.
     let chosen = idx.flatten_all()?.to_vec1::<u32>()?; // [T·A]
@@ -41,6 +49,17 @@ pub(crate) fn moe_split(
     if let Some(u) = usage {
         u.record(&chosen, &on_device);
     }
+    // The step's rows to the host now, while the stream is idle: a copy queued after the
+    // device's experts would wait for them, and the CPU's share with it.
+    let xs = if chosen.iter().any(|&c| !on_device(c)) {
+        Some(
+            x.to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .contiguous()?,
+        )
+    } else {
+        None
+    };
 
     // The device's share first: queued before the CPU starts on its own.
     let mut out = x.zeros_like()?;
@@ -68,12 +87,8 @@ pub(crate) fn moe_split(
         }
     }
 
-    // The host's share: the step's rows to the host once, bora's kernels, the sum back.
-    if chosen.iter().any(|&c| !on_device(c)) {
-        let xs = x
-            .to_device(&Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .contiguous()?;
+    // The host's share on bora's kernels while the device computes its own; the sum back.
+    if let Some(xs) = xs {
         let y = with_cpu_f32(&xs, |xs| {
             experts.run_routed(xs, t, h, &chosen, &weights, &|c| !on_device(c))
         })?;

@@ -229,6 +229,8 @@ pub struct LoadInfo {
     pub device: DeviceSpec,
     /// Where the tensors went, on a device.
     pub plan: Option<Plan>,
+    /// What the load could not do as asked, in words (printed after the load line).
+    pub notes: Vec<String>,
     /// The process's resident memory once loaded (0 where it cannot be read).
     pub resident_bytes: u64,
     /// Time the load took.
@@ -254,6 +256,9 @@ impl std::fmt::Display for LoadInfo {
         write!(f, ", in {:.1} s", self.elapsed.as_secs_f64())?;
         if let Some(p) = &self.plan {
             write!(f, "\n{p}")?;
+        }
+        for n in &self.notes {
+            write!(f, "\n{n}")?;
         }
         Ok(())
     }
@@ -299,12 +304,21 @@ pub fn load_model(
     } = built;
     let config = weights.config.clone();
     let mut model = Model::new(weights)?;
+    let mut notes = Vec::new();
     if let Some(policy) = opts.expert_cache {
         let budget = opts
             .expert_cache_bytes
             .or_else(|| plan.as_ref().map(|p| p.left))
             .unwrap_or(0);
-        model.set_expert_cache(policy, budget);
+        if !model.set_expert_cache(policy, budget) {
+            notes.push(if model.host_expert_layers() == 0 {
+                "no expert cache: every expert is on the device already (or the model runs on \
+                 the CPU)"
+                    .to_string()
+            } else {
+                format!("no expert cache: {budget} bytes hold no expert")
+            });
+        }
     }
     Ok(LoadedModel {
         model,
@@ -317,6 +331,7 @@ pub fn load_model(
             weights: weights_desc,
             device: opts.device,
             plan,
+            notes,
             resident_bytes: resident_bytes(),
             elapsed: started.elapsed(),
         },
