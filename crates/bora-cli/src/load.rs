@@ -52,7 +52,8 @@ pub struct ModelArgs {
     /// The KV cache's dtype: f32 (the default), f16 or bf16 on the CPU (half the cache's memory
     /// and the bytes long-context decode reads, as llama.cpp's default `--cache-type-k/-v
     /// f16`), or q8_0 (ggml's 8-bit blocks: about a quarter of f32's, llama.cpp's `-ctk q8_0
-    /// -ctv q8_0`); on a GPU the activations' dtype, the only one allowed there.
+    /// -ctv q8_0`); on a GPU f32, f16 or bf16 (default: the activations' dtype, which bora's
+    /// paged decode kernel reads; another one is converted as rows are read, by candle's ops).
     #[arg(long, value_name = "DTYPE")]
     pub kv_cache_dtype: Option<String>,
     #[command(flatten)]
@@ -146,7 +147,7 @@ impl ModelArgs {
                 .map(|s| {
                     s.parse::<KvDTypeSpec>().map_err(|_| {
                         anyhow::anyhow!(
-                            "--kv-cache-dtype {s}: expected f32, f16, bf16 or q8_0 (on a GPU, the activations' dtype)"
+                            "--kv-cache-dtype {s}: expected f32, f16, bf16 or q8_0 (q8_0 on the CPU only)"
                         )
                     })
                 })

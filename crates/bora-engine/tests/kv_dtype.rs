@@ -8,11 +8,17 @@ use bora_tests::fixture;
 use bora_tests::steps::{argmax, assert_close, greedy, run, Tolerance};
 
 fn load(model: &str, kv: Option<KvDTypeSpec>) -> Model {
+    load_with(
+        model,
+        ModelOptions {
+            kv_cache_dtype: kv,
+            ..ModelOptions::default()
+        },
+    )
+}
+
+fn load_with(model: &str, o: ModelOptions) -> Model {
     let source = ModelSource::Named(fixture(model).display().to_string());
-    let o = ModelOptions {
-        kv_cache_dtype: kv,
-        ..ModelOptions::default()
-    };
     Model::new(load_weights(&source, &o, true, &mut |_| {}).unwrap()).unwrap()
 }
 
@@ -128,4 +134,62 @@ fn q8_0_needs_a_head_size_of_whole_blocks() {
     let m = Model::new(load_weights(&source, &o, true, &mut |_| {}).unwrap()).unwrap();
     let e = m.new_block_cache(4, 16).unwrap_err().to_string();
     assert!(e.contains("multiple of 32"), "{e}");
+}
+
+/// candle's path (a GPU's; its CPU device standing in) keeps a cache in another dtype than its
+/// activations, converting rows as they are written and read: bf16 activations over an f32 or
+/// f16 cache, f32 activations over a bf16 one, each near the cache in the activations' dtype.
+#[test]
+fn candles_path_takes_a_cache_of_another_dtype() {
+    let model = "gguf/tiny-F16.gguf";
+    let on = |act: DTypeSpec, kv: Option<DTypeSpec>| {
+        load_with(
+            model,
+            ModelOptions {
+                dtype: Some(act),
+                candle_on_cpu: true,
+                kv_cache_dtype: kv.map(KvDTypeSpec::Float),
+                ..ModelOptions::default()
+            },
+        )
+    };
+    for (act, kvs) in [
+        (DTypeSpec::BF16, [DTypeSpec::F32, DTypeSpec::F16]),
+        (DTypeSpec::F32, [DTypeSpec::BF16, DTypeSpec::F16]),
+    ] {
+        let same = on(act, None);
+        assert_eq!(same.kv_dtype(), act.dtype());
+        let (want, feed) = greedy(&same, STEPS);
+        for kv in kvs {
+            let m = on(act, Some(kv));
+            assert_eq!(m.kv_dtype(), kv.dtype());
+            let got = run(&m, STEPS, &feed);
+            // bf16 activations round every product to 8 bits: their tolerance is check-device's.
+            let tol = if act == DTypeSpec::BF16 {
+                Tolerance {
+                    median: 0.1,
+                    max: 1.0,
+                }
+            } else {
+                DENSE[0]
+            };
+            assert_close(
+                &want,
+                &got,
+                tol,
+                &format!("{act:?} activations, {kv:?} cache"),
+            );
+        }
+    }
+    // q8_0 is bora's CPU kernels' alone.
+    let source = ModelSource::Named(fixture(model).display().to_string());
+    let o = ModelOptions {
+        candle_on_cpu: true,
+        kv_cache_dtype: Some(KvDTypeSpec::Q8_0),
+        ..ModelOptions::default()
+    };
+    let e = Model::new(load_weights(&source, &o, true, &mut |_| {}).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("q8_0 KV cache is not supported here"), "{e}");
 }

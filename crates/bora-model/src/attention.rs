@@ -104,8 +104,9 @@ pub(crate) fn attention(
         let end = s.start_pos + l;
         // The earliest key any of these queries may see.
         let lo = first_key(cfg.sliding_window, s.start_pos);
-        let keys = read_rows(cache, &s.blocks, lo, end, &kv.k)?; // [Hkv, S, D]
-        let vals = read_rows(cache, &s.blocks, lo, end, &kv.v)?; // [Hkv, S, D]
+        // In the activations' dtype whatever the pool's.
+        let keys = read_rows(cache, &s.blocks, lo, end, &kv.k)?.to_dtype(qs.dtype())?; // [Hkv, S, D]
+        let vals = read_rows(cache, &s.blocks, lo, end, &kv.v)?.to_dtype(qs.dtype())?; // [Hkv, S, D]
         let g = hq / hkv;
         let qg = qs.reshape((hkv, g * l, d))?; // heads h = kv·G + g share kv
         let scale = 1.0 / (d as f64).sqrt();
@@ -144,7 +145,7 @@ fn write_rows(
     x: &Tensor,
     pool: &Tensor,
 ) -> Result<()> {
-    let x = x.transpose(0, 1)?.contiguous()?; // [L, Hkv, D]
+    let x = x.transpose(0, 1)?.to_dtype(pool.dtype())?.contiguous()?; // [L, Hkv, D]
     let l = x.dim(0)?;
     let mut i = 0;
     while i < l {

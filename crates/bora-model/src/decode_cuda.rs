@@ -39,8 +39,11 @@ impl DeviceDecode {
         device: &Device,
         dtype: DType,
     ) -> Result<Option<Self>> {
+        // bora's kernels read the pool in the activations' dtype: another one takes candle's
+        // ops, which convert the rows.
         let fits = device.is_cuda()
             && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+            && cache.dtype() == dtype
             && cfg.head_dim <= 256
             && cfg.num_key_value_heads > 0
             && cfg

@@ -42,7 +42,8 @@ impl Model {
                 kv_dtype,
                 DType::F32 | DType::F16 | DType::BF16 | crate::KV_Q8_0
             ),
-            Backend::Candle => kv_dtype == dtype,
+            // Converted as rows are written and read where it differs from the activations'.
+            Backend::Candle => matches!(kv_dtype, DType::F32 | DType::F16 | DType::BF16),
         };
         if !supported {
             let name = if kv_dtype == crate::KV_Q8_0 {
@@ -52,7 +53,7 @@ impl Model {
             };
             return Err(ModelError::Batch(format!(
                 "a {name} KV cache is not supported here: bora's CPU kernels keep f32, f16, bf16 \
-                 or q8_0, a GPU the activations' dtype ({})",
+                 or q8_0, a GPU f32, f16 or bf16 (activations in {})",
                 format!("{dtype:?}").to_lowercase()
             )));
         }
