@@ -182,6 +182,29 @@ fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
         }
     };
     let presence_penalty = penalty("presence_penalty", req.presence_penalty)?;
+    let repetition_penalty = req.repetition_penalty.unwrap_or(1.0);
+    if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
+        return Err(range_error(
+            "repetition_penalty",
+            "Input should be greater than 0",
+            repetition_penalty,
+        ));
+    }
+    let min_tokens = req.min_tokens.unwrap_or(0);
+    if min_tokens < 0 {
+        return Err(range_error(
+            "min_tokens",
+            "Input should be greater than or equal to 0",
+            min_tokens,
+        ));
+    }
+    if let Some(m) = max_tokens.filter(|&m| min_tokens > m) {
+        return Err(range_error(
+            "min_tokens",
+            &format!("Input should be at most max_tokens ({m})"),
+            min_tokens,
+        ));
+    }
     let frequency_penalty = penalty("frequency_penalty", req.frequency_penalty)?;
     let stop = match req.stop.clone() {
         None => Vec::new(),
@@ -266,6 +289,8 @@ fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
     completion.n = n as usize;
     completion.presence_penalty = presence_penalty;
     completion.frequency_penalty = frequency_penalty;
+    completion.repetition_penalty = repetition_penalty as f32;
+    completion.min_tokens = min_tokens as usize;
     completion.tool_choice = tool_choice;
     completion.parallel_tool_calls = req.parallel_tool_calls.unwrap_or(true);
     completion.response_format = text_json;
@@ -487,6 +512,9 @@ mod tests {
             ("n", json!(0)),
             ("presence_penalty", json!(3)),
             ("stop", json!([""])),
+            ("repetition_penalty", json!(0)),
+            ("repetition_penalty", json!(-1.5)),
+            ("min_tokens", json!(-1)),
         ] {
             let mut body = json!({"model": "m", "messages": []});
             body[field] = value;
@@ -494,6 +522,26 @@ mod tests {
             assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
             assert_eq!(e.param.as_deref(), Some(field));
         }
+    }
+
+    #[test]
+    fn vllms_sampling_fields_are_taken() {
+        let body = json!({"model": "m", "messages": [], "min_tokens": 3,
+                          "repetition_penalty": 1.2, "max_tokens": 8});
+        let r = parse_request(body.to_string().as_bytes(), true).unwrap();
+        assert_eq!(r.completion.min_tokens, 3);
+        assert!((r.completion.repetition_penalty - 1.2).abs() < 1e-6);
+        // null is unset, as the SDK sends it.
+        let body = json!({"model": "m", "messages": [], "min_tokens": null,
+                          "repetition_penalty": null});
+        let r = parse_request(body.to_string().as_bytes(), true).unwrap();
+        assert_eq!(
+            (r.completion.min_tokens, r.completion.repetition_penalty),
+            (0, 1.0)
+        );
+        let e = parse(json!({"model": "m", "messages": [], "min_tokens": 9, "max_tokens": 8}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("min_tokens"));
     }
 
     #[test]

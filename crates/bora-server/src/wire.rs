@@ -27,6 +27,8 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "safe_prompt",
     "parallel_tool_calls",
     "prediction",
+    "min_tokens",
+    "repetition_penalty",
     // Old clients' name of safe_prompt.
     "safe_mode",
     // OpenAI's names.
@@ -68,6 +70,12 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<WireTool>>,
     #[serde(default)]
     pub tool_choice: Option<ToolChoice>,
+    /// vLLM's `min_tokens`: no end of sequence before this many tokens.
+    #[serde(default)]
+    pub min_tokens: Option<i64>,
+    /// vLLM's `repetition_penalty` (1: none).
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
     #[serde(default)]
     pub presence_penalty: Option<f64>,
     #[serde(default)]

@@ -93,9 +93,110 @@ impl LogitsProcessor for Penalties {
     }
 }
 
+/// The repetition penalty of transformers and vLLM over the prompt and the output so far:
+/// a seen token's logit `l` becomes `l / p` where positive, `l · p` otherwise.
+pub struct RepetitionPenalty {
+    penalty: f32,
+    /// Tokens seen so far (the prompt's, then the generated ones), sorted and unique.
+    seen: Vec<u32>,
+    counted: usize,
+}
+
+impl RepetitionPenalty {
+    /// The penalty `penalty` (above 0) with the prompt's tokens already seen.
+    pub fn new(penalty: f32, prompt: &[u32]) -> Self {
+        let mut seen = prompt.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        Self {
+            penalty,
+            seen,
+            counted: 0,
+        }
+    }
+}
+
+impl LogitsProcessor for RepetitionPenalty {
+    fn process(&mut self, generated: &[u32], logits: &mut [f32]) {
+        for &t in &generated[self.counted.min(generated.len())..] {
+            if let Err(at) = self.seen.binary_search(&t) {
+                self.seen.insert(at, t);
+            }
+        }
+        self.counted = generated.len();
+        for &t in &self.seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 {
+                    *l / self.penalty
+                } else {
+                    *l * self.penalty
+                };
+            }
+        }
+    }
+}
+
+/// vLLM's `min_tokens`: the end-of-sequence tokens are masked until `min` tokens have been
+/// generated, where another token is left to sample (a grammar that allows only the end keeps
+/// it).
+pub struct MinTokens {
+    /// Tokens to generate before the end may be sampled.
+    pub min: usize,
+    /// The end-of-sequence tokens.
+    pub eos: Vec<u32>,
+}
+
+impl LogitsProcessor for MinTokens {
+    fn process(&mut self, generated: &[u32], logits: &mut [f32]) {
+        if generated.len() >= self.min {
+            return;
+        }
+        let other = logits
+            .iter()
+            .enumerate()
+            .any(|(i, l)| *l > f32::NEG_INFINITY && !self.eos.contains(&(i as u32)));
+        if other {
+            for &t in &self.eos {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
+        let mut p = RepetitionPenalty::new(2.0, &[1, 1, 3]);
+        let mut logits = vec![1.0, 4.0, 1.0, -3.0, 5.0];
+        p.process(&[], &mut logits);
+        assert_eq!(logits, vec![1.0, 2.0, 1.0, -6.0, 5.0]);
+        // A generated token joins the prompt's, once however often it repeats.
+        let mut logits = vec![1.0, 4.0, 1.0, -3.0, 5.0];
+        p.process(&[4, 4], &mut logits);
+        assert_eq!(logits, vec![1.0, 2.0, 1.0, -6.0, 2.5]);
+    }
+
+    #[test]
+    fn min_tokens_holds_the_end_unless_nothing_else_is_left() {
+        let mut m = MinTokens {
+            min: 2,
+            eos: vec![2],
+        };
+        let mut logits = vec![0.0, 1.0, 9.0];
+        m.process(&[7], &mut logits);
+        assert_eq!(logits[2], f32::NEG_INFINITY);
+        let mut logits = vec![0.0, 1.0, 9.0];
+        m.process(&[7, 7], &mut logits);
+        assert_eq!(logits[2], 9.0);
+        let mut only_end = vec![f32::NEG_INFINITY, f32::NEG_INFINITY, 9.0];
+        m.process(&[], &mut only_end);
+        assert_eq!(only_end[2], 9.0);
+    }
 
     #[test]
     fn penalties_count_generated_tokens() {

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use bora_model::Model;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-pub use logits::{ForbidTokens, LogitsProcessor, Penalties, ProcessorFactory};
+pub use logits::{
+    ForbidTokens, LogitsProcessor, MinTokens, Penalties, ProcessorFactory, RepetitionPenalty,
+};
 pub use request::{Choice, Completion, CompletionResult, Event, FinishReason, Usage};
 
 use self::core::{Command, Core, Submitted};
@@ -126,6 +128,8 @@ impl EngineStats {
 pub struct Engine {
     tx: Sender<Command>,
     tok: Arc<Tokenizer>,
+    /// End-of-sequence tokens (the model's and the tokenizer's).
+    eos: Arc<Vec<u32>>,
     grammars: Arc<crate::constrain::Grammars>,
     model_config: Arc<bora_core::ModelConfig>,
     format: ChatFormat,
@@ -203,6 +207,7 @@ impl Engine {
             ..Default::default()
         }));
         let (tx, rx) = std::sync::mpsc::channel();
+        let eos_ids = Arc::new(eos.clone());
         let core = Core::new(
             model,
             cache,
@@ -229,6 +234,7 @@ impl Engine {
         Ok(Self {
             tx,
             tok,
+            eos: eos_ids,
             grammars,
             model_config: Arc::new(cfg.clone()),
             format,
@@ -293,6 +299,22 @@ impl Engine {
             return Err(EngineError::Sampling {
                 name: "max_tokens",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if !(req.repetition_penalty.is_finite() && req.repetition_penalty > 0.0) {
+            return Err(EngineError::Sampling {
+                name: "repetition_penalty",
+                reason: format!("must be above 0, not {}", req.repetition_penalty),
+            });
+        }
+        if req.max_tokens.is_some_and(|m| req.min_tokens > m) {
+            return Err(EngineError::Sampling {
+                name: "min_tokens",
+                reason: format!(
+                    "{} is more than max_tokens ({})",
+                    req.min_tokens,
+                    req.max_tokens.unwrap_or(0)
+                ),
             });
         }
         let room = self.context;
@@ -360,7 +382,13 @@ impl Engine {
                 max_tokens: req.max_tokens.unwrap_or(room - prompt.len()),
                 context: room,
                 sampler,
-                processors: processors(req, grammar.as_ref(), forbid.as_deref()),
+                processors: processors(
+                    req,
+                    &prompt,
+                    &self.eos,
+                    grammar.as_ref(),
+                    forbid.as_deref(),
+                ),
                 stop: req.stop.clone(),
                 calls: match (&req.tool_choice, req.parallel_tool_calls) {
                     (ToolChoice::None, _) => Some(0),
@@ -392,13 +420,21 @@ impl Engine {
 }
 
 /// The chain of one choice: penalties (when set), the request's own processors, the tokens
-/// the request forbids, then the grammar.
+/// the request forbids, the grammar, then `min_tokens`' hold on the end of the sequence.
 fn processors(
     req: &Completion,
+    prompt: &[u32],
+    eos: &[u32],
     grammar: Option<&ProcessorFactory>,
     forbid: Option<&[u32]>,
 ) -> Vec<Box<dyn LogitsProcessor>> {
     let mut chain: Vec<Box<dyn LogitsProcessor>> = Vec::new();
+    if req.repetition_penalty != 1.0 {
+        chain.push(Box::new(RepetitionPenalty::new(
+            req.repetition_penalty,
+            prompt,
+        )));
+    }
     if req.presence_penalty != 0.0 || req.frequency_penalty != 0.0 {
         chain.push(Box::new(Penalties::new(
             req.presence_penalty,
@@ -411,6 +447,13 @@ fn processors(
     }
     // The grammar's mask comes last, so that nothing re-allows what it forbids.
     chain.extend(grammar.map(|g| g.make()));
+    // After it: the end is held back only where the grammar leaves another token.
+    if req.min_tokens > 0 {
+        chain.push(Box::new(MinTokens {
+            min: req.min_tokens,
+            eos: eos.to_vec(),
+        }));
+    }
     chain
 }
 

@@ -26,6 +26,13 @@ pub struct Completion {
     pub presence_penalty: f32,
     /// Subtracted from a token's logit once per time it was generated.
     pub frequency_penalty: f32,
+    /// vLLM's (and transformers') repetition penalty: the logit of every token of the prompt
+    /// or the output so far is divided by it where positive, multiplied where negative (1:
+    /// none; above 1 discourages repeats).
+    pub repetition_penalty: f32,
+    /// End-of-sequence is not sampled before this many tokens (vLLM's `min_tokens`; stop
+    /// strings still end the output).
+    pub min_tokens: usize,
     /// More logits processors, run after the penalties (one instance per choice).
     pub processors: Vec<ProcessorFactory>,
     /// Whether and which of `chat.tools` the model may call (default `Auto`). Under `None`
@@ -52,6 +59,8 @@ impl Completion {
             n: 1,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            min_tokens: 0,
             processors: Vec::new(),
             tool_choice: ToolChoice::Auto,
             parallel_tool_calls: true,
