@@ -182,7 +182,7 @@ if phase == "hybrid":
               f"{runs.get(1, {}).get('decode_tokens_per_s', nan):10.1f} "
               f"{runs.get(8, {}).get('decode_tokens_per_s', nan):10.1f} "
               f"{100 * p.get('routed_on_device_share', nan):6.1f}% "
-              f"{100 * c.get('hit_rate', nan):8.1f}%")
+              + (f"{100 * c['hit_rate']:8.1f}%" if c else f"{'-':>9}"))
     print("  (the plan each load made is in hybrid.log, after the load line)")
 summary = {os.path.basename(f)[:-5]: load(os.path.basename(f)[:-5])
            for f in sorted(glob.glob(os.path.join(res, "*.json")))}
