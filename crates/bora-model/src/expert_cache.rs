@@ -123,9 +123,7 @@ impl ExpertCache {
     /// A cache of `budget_bytes` on the weights' device for their host-placed layers' experts;
     /// `None` where no layer's experts are on the host or not one expert fits.
     pub fn new(weights: &MixtralWeights, policy: CachePolicy, budget_bytes: u64) -> Option<Self> {
-        let host_layer = |l: &bora_weights::LayerWeights| {
-            matches!(l.experts, Experts::Host { .. }) && !matches!(l.router, Matrix::Host(_))
-        };
+        let host_layer = |l: &bora_weights::LayerWeights| l.experts_on_host();
         let per_expert = weights
             .layers
             .iter()
@@ -259,30 +257,27 @@ impl ExpertCache {
         used: &[(f64, usize, usize)],
         step: f64,
     ) -> Vec<(usize, usize, Option<(usize, usize)>)> {
-        let is_resident = |l: usize, e: usize| st.resident[l].get(e).is_some_and(|r| r.is_some());
         let mut resident: Vec<(f64, usize, usize)> = Vec::new();
-        let mut candidates: Vec<(f64, usize, usize)> = Vec::new();
+        let mut hot: Vec<(f64, usize, usize)> = Vec::new();
         for (l, row) in st.resident.iter().enumerate() {
             for (e, r) in row.iter().enumerate() {
                 let s = st.score[l][e];
                 if r.is_some() {
                     resident.push((s, l, e));
-                } else if match self.policy {
-                    CachePolicy::Hot => s > 0.0,
-                    CachePolicy::Lru => s == step,
-                } {
-                    candidates.push((s, l, e));
+                } else if s > 0.0 {
+                    hot.push((s, l, e));
                 }
             }
         }
-        if self.policy == CachePolicy::Lru {
+        let mut candidates = match self.policy {
+            CachePolicy::Hot => hot,
             // Missed in this step: the most used first.
-            candidates = used
+            CachePolicy::Lru => used
                 .iter()
-                .filter(|&&(_, l, e)| !is_resident(l, e))
+                .filter(|&&(_, l, e)| st.resident[l].get(e).is_some_and(|r| r.is_none()))
                 .copied()
-                .collect();
-        }
+                .collect(),
+        };
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
         // Victims: the coldest (or least recent) first.
         resident.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -98,10 +98,10 @@ impl Model {
 
     /// Whether layer `l`'s experts are in host memory beside a model on a device.
     pub fn experts_on_host(&self, l: usize) -> bool {
-        self.weights.layers.get(l).is_some_and(|l| {
-            matches!(l.experts, bora_weights::Experts::Host { .. })
-                && !matches!(l.router, Matrix::Host(_))
-        })
+        self.weights
+            .layers
+            .get(l)
+            .is_some_and(|l| l.experts_on_host())
     }
 
     /// Batch-invariant numerics: a sequence's logits are the same bits whatever else is in the

@@ -114,6 +114,12 @@ pub struct LayerWeights {
 }
 
 impl LayerWeights {
+    /// Whether the experts are kept in host memory beside a router on a device
+    /// ([`LoadOptions::host_experts`]): the split step runs them.
+    pub fn experts_on_host(&self) -> bool {
+        matches!(self.experts, Experts::Host { .. }) && !matches!(self.router, Matrix::Host(_))
+    }
+
     /// Bytes of the attention projections and the router: what every token of the layer
     /// reads besides its experts.
     pub fn attention_and_router_bytes(&self) -> usize {
