@@ -202,7 +202,8 @@ def test_errors_are_exceptions_with_the_api_fields(tiny):
     with pytest.raises(bora.BoraError) as e:
         bora.Engine(str(TINY), color="blue")
     assert "color" in e.value.message
-    for bad in [{"expert_cache": "fifo"}, {"kv_cache_dtype": "q4_0"}, {"max_seqs": 0}]:
+    for bad in [{"expert_cache": "fifo"}, {"kv_cache_dtype": "q4_0"}, {"max_seqs": 0},
+                {"max_seqs": 2**62}]:
         with pytest.raises(bora.BoraError) as e:
             bora.Engine(str(GGUF), **bad)
         assert e.value.param == next(iter(bad)), bad

@@ -66,6 +66,9 @@ pub struct EngineOptions {
     pub max_seqs: Option<usize>,
 }
 
+/// Sequences running at once at most, as `bora serve --max-seqs` allows.
+const MAX_SEQS: usize = 65536;
+
 /// A 400 naming the option at fault.
 fn bad_option(name: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("invalid option `{name}`: {e}")).with_param(name)
@@ -141,8 +144,11 @@ impl LocalApi {
             kv_reserve: o.kv_cache_mib.map(|m| (m as u64).saturating_mul(1 << 20)),
             ..ModelOptions::default()
         };
-        if o.max_seqs == Some(0) {
-            return Err(bad_option("max_seqs", "must be at least 1"));
+        if o.max_seqs.is_some_and(|n| !(1..=MAX_SEQS).contains(&n)) {
+            return Err(bad_option(
+                "max_seqs",
+                format!("must be from 1 to {MAX_SEQS}"),
+            ));
         }
         let config = EngineConfig {
             kv_budget: o

@@ -180,8 +180,11 @@ impl Engine {
             }
         };
         // Enough for one full-context sequence needs no more than the model's context.
-        let blocks = blocks
-            .min(cfg.context().div_ceil(config.block_size.max(1)) * config.max_running.max(1));
+        let blocks = blocks.min(
+            cfg.context()
+                .div_ceil(config.block_size.max(1))
+                .saturating_mul(config.max_running.max(1)),
+        );
         if blocks < 2 {
             return Err(EngineError::Config(format!(
                 "the KV cache budget {:?} holds {blocks} blocks of {block_bytes} bytes; at least 2 are needed",
