@@ -101,7 +101,7 @@ def chunks(*texts):
     return [{"type": "text", "text": t} for t in texts]
 
 
-# (name, messages, tools, versions)
+# (name, messages, tools, versions[, more request fields])
 BOTH, V3 = ("v1", "v3"), ("v3",)
 CASES = [
     ("single_turn", [u("Hello, who are you?")], None, BOTH),
@@ -197,6 +197,19 @@ CASES = [
         [WEATHER], V3,
     ),
     ("tools_empty_list", [u("no tools")], [], V3),
+    # tool_choice does not change the prompt: the tools are rendered whatever it says.
+    ("tool_choice_none", [u("What's the weather in Paris?")], [WEATHER], V3, {"tool_choice": "none"}),
+    ("tool_choice_auto", [u("What's the weather in Paris?")], [WEATHER], V3, {"tool_choice": "auto"}),
+    ("tool_choice_any", [u("What's the weather in Paris?")], [WEATHER], V3, {"tool_choice": "any"}),
+    (
+        "tool_choice_named",
+        [u("What's the weather in Paris?")],
+        [WEATHER, NO_PARAMS],
+        V3,
+        {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    ),
+    ("tool_choice_none_multi_turn", [s("Be brief."), u("Hi"), a("Hello!"), u("Weather?")], [WEATHER], V3,
+     {"tool_choice": "none", "parallel_tool_calls": False}),
     # Invalid requests: mistral-common's exception class and message.
     ("err_empty", [], None, BOTH),
     ("err_last_assistant", [u("hi"), a("hello")], None, BOTH),
@@ -259,8 +272,8 @@ CASES = [
 ]
 
 
-def render(tok, messages, tools):
-    body = {"model": "mixtral", "messages": messages}
+def render(tok, messages, tools, extra=None):
+    body = {"model": "mixtral", "messages": messages, **(extra or {})}
     if tools is not None:
         body["tools"] = tools
     req = ChatCompletionRequest.model_validate(wire_to_mistral_common(body))
@@ -303,12 +316,13 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     toks = {v: MistralTokenizer.from_file(os.path.join(DATA, f), mode=ValidationMode.serving) for v, f in FILES.items()}
     vectors = []
-    for name, messages, tools, versions in CASES:
+    for name, messages, tools, versions, *extra in CASES:
+        extra = extra[0] if extra else {}
         for v in versions:
-            vec = {"name": f"{name}/{v}", "format": v, "request": {"model": "mixtral", "messages": messages}}
+            vec = {"name": f"{name}/{v}", "format": v, "request": {"model": "mixtral", "messages": messages, **extra}}
             if tools is not None:
                 vec["request"]["tools"] = tools
-            vec["expect"] = render(toks[v], messages, tools)
+            vec["expect"] = render(toks[v], messages, tools, extra)
             vectors.append(vec)
     with open(os.path.join(out_dir, "vectors.json"), "w") as f:
         json.dump(vectors, f, ensure_ascii=False, indent=1)

@@ -171,7 +171,7 @@ fn answer(
             }
             Ok(Event::Error { message }) => return Err(anyhow!(message)),
             Ok(Event::Done { .. }) => break,
-            Ok(Event::Finish { .. }) => {}
+            Ok(Event::Finish { .. } | Event::Logprobs { .. } | Event::PromptLogprobs { .. }) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if stop.swap(false, Ordering::SeqCst) {
                     write!(out, " [stopped]")?;

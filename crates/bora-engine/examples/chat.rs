@@ -64,6 +64,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 usage.prompt_tokens, usage.completion_tokens
             ),
             Event::Error { message } => return Err(message.into()),
+            // Log-probabilities, when the request asks for them.
+            _ => {}
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ mod error;
 mod generate;
 pub mod hub;
 pub mod load;
+mod logprobs;
 mod perplexity;
 mod sampler;
 pub mod serve;
@@ -28,6 +29,7 @@ pub use load::{
     load_model, LoadError, LoadInfo, LoadPhase, LoadProgress, LoadedModel, ModelOptions,
     ModelSource,
 };
+pub use logprobs::{Logprob, TokenLogprobs, LOGPROB_FLOOR, MAX_TOP_LOGPROBS};
 pub use perplexity::{perplexity, Perplexity};
 pub use sampler::{Sampler, SamplingParams};
 pub use serve::{

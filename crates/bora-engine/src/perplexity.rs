@@ -7,15 +7,18 @@
 use bora_model::{Batch, Logits, Model};
 
 use crate::generate::PREFILL_CHUNK;
+use crate::logprobs::{log_sum_exp, logprob_of};
 use crate::{EngineError, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 /// The score of a text.
 pub struct Perplexity {
     /// Tokens predicted: all but the first.
     pub tokens: usize,
     /// Sum of their negative log-likelihoods (natural log).
     pub nll: f64,
+    /// Each predicted token's negative log-likelihood, in order (`tokens` of them).
+    pub token_nll: Vec<f64>,
 }
 
 impl Perplexity {
@@ -39,7 +42,7 @@ pub fn perplexity(model: &Model, ids: &[u32], context: usize) -> Result<Perplexi
     }
     let stride = (context / 2).max(1);
     let mut cache = model.new_cache(1, context)?;
-    let mut nll = 0.0;
+    let mut token_nll = vec![0.0; ids.len() - 1];
     // `scored`: tokens 1..scored already have their NLL.
     let mut scored = 1;
     let mut begin = 0;
@@ -63,7 +66,7 @@ pub fn perplexity(model: &Model, ids: &[u32], context: usize) -> Result<Perplexi
                 if target < scored || target >= end {
                     continue;
                 }
-                nll += nll_of(row, ids[target]);
+                token_nll[target - 1] = -logprob_of(row, log_sum_exp(row), ids[target]);
             }
         }
         scored = end;
@@ -71,18 +74,7 @@ pub fn perplexity(model: &Model, ids: &[u32], context: usize) -> Result<Perplexi
     }
     Ok(Perplexity {
         tokens: ids.len() - 1,
-        nll,
+        nll: token_nll.iter().sum(),
+        token_nll,
     })
-}
-
-/// `-log softmax(row)[target]`, in f64.
-fn nll_of(row: &[f32], target: u32) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = row
-        .iter()
-        .map(|&v| (v as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    lse - row[target as usize] as f64
 }

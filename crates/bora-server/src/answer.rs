@@ -5,10 +5,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bora_engine::chat::ToolCall;
-use bora_engine::{Event, FinishReason, Usage};
+use bora_engine::{Completion, Event, FinishReason, TokenLogprobs, Usage};
 use serde_json::{json, Value};
 
-use crate::api::{choice_json, chunk_choice, chunk_json, completion_json, tool_calls_json};
+use crate::api::{
+    choice_json, chunk_choice, chunk_json, completion_json, logprobs_json, tool_calls_json,
+    ChoiceBody,
+};
 
 /// What every body of one answer shares.
 #[derive(Debug, Clone)]
@@ -21,16 +24,22 @@ pub struct AnswerMeta {
     pub model: String,
     /// Choices in the answer.
     pub n: usize,
+    /// Whether the generated tokens' log-probabilities were asked for.
+    pub logprobs: bool,
+    /// Whether the prompt's log-probabilities were asked for.
+    pub prompt_logprobs: bool,
 }
 
 impl AnswerMeta {
-    /// A fresh id, created now.
-    pub fn new(model: &str, n: usize) -> Self {
+    /// A fresh id, created now, for the answer to `req`.
+    pub fn new(model: &str, req: &Completion) -> Self {
         Self {
             id: format!("cmpl-{:032x}", rand::random::<u128>()),
             created: unix_now(),
             model: model.to_string(),
-            n,
+            n: req.n,
+            logprobs: req.logprobs.is_some(),
+            prompt_logprobs: req.prompt_logprobs.is_some(),
         }
     }
 }
@@ -50,6 +59,8 @@ pub struct Whole {
     text: Vec<String>,
     calls: Vec<Vec<ToolCall>>,
     reasons: Vec<Option<FinishReason>>,
+    logprobs: Vec<Vec<TokenLogprobs>>,
+    prompt_logprobs: Vec<Vec<TokenLogprobs>>,
     usage: Usage,
     error: Option<String>,
 }
@@ -63,6 +74,8 @@ impl Whole {
             text: vec![String::new(); n],
             calls: vec![Vec::new(); n],
             reasons: vec![None; n],
+            logprobs: vec![Vec::new(); n],
+            prompt_logprobs: vec![Vec::new(); n],
             usage: Usage::default(),
             error: None,
         }
@@ -74,6 +87,10 @@ impl Whole {
             Some(Event::Delta { choice, text }) => self.text[choice].push_str(&text),
             Some(Event::ToolCalls { choice, calls }) => self.calls[choice] = calls,
             Some(Event::Finish { choice, reason }) => self.reasons[choice] = Some(reason),
+            Some(Event::Logprobs { choice, content }) => self.logprobs[choice].extend(content),
+            Some(Event::PromptLogprobs { choice, content }) => {
+                self.prompt_logprobs[choice] = content
+            }
             Some(Event::Done { usage }) => {
                 self.usage = usage;
                 return true;
@@ -103,7 +120,19 @@ impl Whole {
     /// The completion body.
     pub fn json(&self) -> Value {
         let choices = (0..self.meta.n)
-            .map(|i| choice_json(i, &self.text[i], &self.calls[i], self.reasons[i]))
+            .map(|i| {
+                choice_json(ChoiceBody {
+                    index: i,
+                    text: &self.text[i],
+                    calls: &self.calls[i],
+                    reason: self.reasons[i],
+                    logprobs: self.meta.logprobs.then_some(&self.logprobs[i][..]),
+                    prompt_logprobs: self
+                        .meta
+                        .prompt_logprobs
+                        .then_some(&self.prompt_logprobs[i][..]),
+                })
+            })
             .collect();
         completion_json(
             &self.meta.id,
@@ -117,11 +146,14 @@ impl Whole {
 
 /// The chunks of a streamed answer. A choice's tool calls wait for its finish, and the last
 /// finish waits for the usage, which rides on it; choices the engine did not finish end with
-/// `error`.
+/// `error`. Generated tokens' log-probabilities ride on the chunk that carries their text (or
+/// on the choice's finish); the prompt's, on the choice's first chunk (its role), which then
+/// waits for them.
 #[derive(Debug)]
 pub struct Chunks {
     meta: AnswerMeta,
     calls: Vec<Option<Vec<ToolCall>>>,
+    logprobs: Vec<Vec<TokenLogprobs>>,
     held: Option<Value>,
     finished: Vec<bool>,
     ended: bool,
@@ -134,6 +166,7 @@ impl Chunks {
         Self {
             meta,
             calls: vec![None; n],
+            logprobs: vec![Vec::new(); n],
             held: None,
             finished: vec![false; n],
             ended: false,
@@ -150,20 +183,31 @@ impl Chunks {
         )
     }
 
-    /// The first chunks: each choice's role.
+    /// The first chunks: each choice's role (unless it waits for the prompt's
+    /// log-probabilities).
     pub fn start(&self) -> Vec<Value> {
-        (0..self.meta.n)
-            .map(|i| {
-                self.chunk(
-                    vec![chunk_choice(
-                        i,
-                        json!({"role": "assistant", "content": ""}),
-                        None,
-                    )],
-                    None,
-                )
-            })
-            .collect()
+        if self.meta.prompt_logprobs {
+            return Vec::new();
+        }
+        (0..self.meta.n).map(|i| self.role(i, None)).collect()
+    }
+
+    fn role(&self, choice: usize, prompt_logprobs: Option<&[TokenLogprobs]>) -> Value {
+        let mut c = chunk_choice(choice, json!({"role": "assistant", "content": ""}), None);
+        if let Some(p) = prompt_logprobs {
+            c["prompt_logprobs"] = logprobs_json(p);
+        }
+        self.chunk(vec![c], None)
+    }
+
+    /// A choice of a chunk with the log-probabilities of the tokens it releases (when asked;
+    /// `null` on a finish that releases none).
+    fn with_logprobs(&mut self, mut c: Value, choice: usize, finish: bool) -> Value {
+        let pending = std::mem::take(&mut self.logprobs[choice]);
+        if self.meta.logprobs && !(finish && pending.is_empty()) {
+            c["logprobs"] = logprobs_json(&pending);
+        }
+        c
     }
 
     /// The chunks an event releases (`None`: the engine's stream ended).
@@ -183,10 +227,17 @@ impl Chunks {
             None => {}
         }
         match event {
-            Some(Event::Delta { choice, text }) => out.push(self.chunk(
-                vec![chunk_choice(*choice, json!({"content": text}), None)],
-                None,
-            )),
+            Some(Event::PromptLogprobs { choice, content }) => {
+                out.push(self.role(*choice, Some(content)))
+            }
+            Some(Event::Logprobs { choice, content }) => {
+                self.logprobs[*choice].extend(content.iter().cloned())
+            }
+            Some(Event::Delta { choice, text }) => {
+                let c = chunk_choice(*choice, json!({"content": text}), None);
+                let c = self.with_logprobs(c, *choice, false);
+                out.push(self.chunk(vec![c], None))
+            }
             Some(Event::ToolCalls { choice, calls }) => self.calls[*choice] = Some(calls.clone()),
             Some(Event::Finish { choice, reason }) => {
                 self.finished[*choice] = true;
@@ -194,7 +245,8 @@ impl Chunks {
                     Some(c) => json!({"content": "", "tool_calls": tool_calls_json(&c)}),
                     None => json!({"content": ""}),
                 };
-                self.held = Some(chunk_choice(*choice, delta, Some(*reason)));
+                let c = chunk_choice(*choice, delta, Some(*reason));
+                self.held = Some(self.with_logprobs(c, *choice, true));
             }
             _ => {}
         }

@@ -2,7 +2,7 @@
 //! (../shared/design/mistral-api.md §2, §3, §5).
 
 use bora_engine::chat::ToolCall;
-use bora_engine::{FinishReason, Usage};
+use bora_engine::{FinishReason, Logprob, TokenLogprobs, Usage};
 use serde_json::{json, Value};
 
 /// The tool calls of a message: `arguments` as a JSON string, `index` in order.
@@ -32,29 +32,64 @@ pub fn usage_json(u: &Usage) -> Value {
     })
 }
 
-/// One choice of a whole completion.
-pub fn choice_json(
-    index: usize,
-    text: &str,
-    calls: &[ToolCall],
-    reason: Option<FinishReason>,
-) -> Value {
-    let (content, tool_calls) = if calls.is_empty() {
-        (text.to_string(), Value::Null)
-    } else {
-        (String::new(), tool_calls_json(calls))
+/// A `logprobs` or `prompt_logprobs` object: `{"content": [TokenLogprob]}`, each item
+/// `{token, logprob, bytes, token_id, top_logprobs}` (../shared/design/mistral-api-more.md
+/// §1.3); `top_logprobs` is always a list.
+pub fn logprobs_json(content: &[TokenLogprobs]) -> Value {
+    let one = |l: &Logprob| {
+        json!({
+            "token": l.token,
+            "logprob": l.logprob,
+            "bytes": l.bytes,
+            "token_id": l.token_id,
+        })
     };
-    json!({
-        "index": index,
+    let items: Vec<Value> = content
+        .iter()
+        .map(|t| {
+            let mut item = one(&t.chosen);
+            item["top_logprobs"] = t.top.iter().map(one).collect();
+            item
+        })
+        .collect();
+    json!({ "content": items })
+}
+
+/// One choice of a whole completion, as [`choice_json`] writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChoiceBody<'a> {
+    pub index: usize,
+    pub text: &'a str,
+    pub calls: &'a [ToolCall],
+    pub reason: Option<FinishReason>,
+    /// The generated tokens' log-probabilities, when asked.
+    pub logprobs: Option<&'a [TokenLogprobs]>,
+    /// The prompt's log-probabilities, when asked.
+    pub prompt_logprobs: Option<&'a [TokenLogprobs]>,
+}
+
+/// One choice of a whole completion.
+pub fn choice_json(c: ChoiceBody<'_>) -> Value {
+    let (content, tool_calls) = if c.calls.is_empty() {
+        (c.text.to_string(), Value::Null)
+    } else {
+        (String::new(), tool_calls_json(c.calls))
+    };
+    let mut choice = json!({
+        "index": c.index,
         "message": {
             "role": "assistant",
             "content": content,
             "tool_calls": tool_calls,
             "prefix": false,
         },
-        "finish_reason": reason.unwrap_or(FinishReason::Error).as_str(),
-        "logprobs": null,
-    })
+        "finish_reason": c.reason.unwrap_or(FinishReason::Error).as_str(),
+        "logprobs": c.logprobs.map_or(Value::Null, logprobs_json),
+    });
+    if let Some(p) = c.prompt_logprobs {
+        choice["prompt_logprobs"] = logprobs_json(p);
+    }
+    choice
 }
 
 /// A whole completion.

@@ -3,13 +3,13 @@
 
 use bora_engine::chat::{ChatRequest, Content, Message, Tool, ToolCall};
 use bora_engine::ToolChoice as EngineToolChoice;
-use bora_engine::{Completion, SamplingParams};
+use bora_engine::{Completion, SamplingParams, MAX_TOP_LOGPROBS};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::wire::{
-    ChatCompletionRequest, ResponseFormat, Stop, ToolChoice, ToolChoiceMode, WireChunk,
-    WireContent, WireMessage, WireTool, WireToolCall, KNOWN_FIELDS,
+    ChatCompletionRequest, PromptLogprobs, ResponseFormat, Stop, ToolChoice, ToolChoiceMode,
+    WireChunk, WireContent, WireMessage, WireTool, WireToolCall, KNOWN_FIELDS,
 };
 
 /// Mistral's guardrail system prompt, prepended when `safe_prompt` is true.
@@ -98,7 +98,7 @@ pub fn parse_request(body: &[u8], strict: bool) -> Result<ParsedRequest, ApiErro
             let input = lookup(&value, &loc);
             ApiError::invalid_field(&loc, "type_error", &e.inner().to_string(), input)
         })?;
-    convert(req)
+    convert(req, strict)
 }
 
 /// The value at `loc` in `v`.
@@ -114,7 +114,7 @@ fn range_error(field: &str, msg: &str, input: impl Into<Value>) -> ApiError {
     ApiError::invalid_field(&[json!(field)], "value_error", msg, Some(&input.into()))
 }
 
-fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
+fn convert(req: ChatCompletionRequest, strict: bool) -> Result<ParsedRequest, ApiError> {
     let model = req.model.clone().ok_or_else(|| {
         ApiError::invalid_field(&[json!("model")], "missing", "Field required", None)
     })?;
@@ -206,6 +206,8 @@ fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
         ));
     }
     let frequency_penalty = penalty("frequency_penalty", req.frequency_penalty)?;
+    let (logprobs, prompt_logprobs) = logprobs(&req)?;
+    unsupported(&req, strict)?;
     let stop = match req.stop.clone() {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s],
@@ -291,6 +293,8 @@ fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
     completion.frequency_penalty = frequency_penalty;
     completion.repetition_penalty = repetition_penalty as f32;
     completion.min_tokens = min_tokens as usize;
+    completion.logprobs = logprobs;
+    completion.prompt_logprobs = prompt_logprobs;
     completion.tool_choice = tool_choice;
     completion.parallel_tool_calls = req.parallel_tool_calls.unwrap_or(true);
     completion.response_format = text_json;
@@ -299,6 +303,102 @@ fn convert(req: ChatCompletionRequest) -> Result<ParsedRequest, ApiError> {
         stream: req.stream.unwrap_or(false),
         completion,
     })
+}
+
+/// `logprobs`/`top_logprobs` and `prompt_logprobs`/`top_prompt_logprobs`: the alternatives per
+/// generated and per prompt token, where their log-probabilities are asked for.
+fn logprobs(req: &ChatCompletionRequest) -> Result<(Option<usize>, Option<usize>), ApiError> {
+    let count = |field: &str, k: i64| -> Result<usize, ApiError> {
+        if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) {
+            Ok(k as usize)
+        } else {
+            Err(range_error(
+                field,
+                &format!("Input should be between 0 and {MAX_TOP_LOGPROBS}"),
+                k,
+            ))
+        }
+    };
+    let top = req
+        .top_logprobs
+        .map(|k| count("top_logprobs", k))
+        .transpose()?;
+    let generated = match (req.logprobs, top) {
+        (Some(true), top) => Some(top.unwrap_or(0)),
+        (_, Some(k)) if k > 0 => {
+            return Err(range_error(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+                k as i64,
+            ))
+        }
+        _ => None,
+    };
+    let top_prompt = req
+        .top_prompt_logprobs
+        .map(|k| count("top_prompt_logprobs", k))
+        .transpose()?;
+    let prompt = match (req.prompt_logprobs, top_prompt) {
+        (Some(PromptLogprobs::Flag(true)), top) => Some(top.unwrap_or(0)),
+        (Some(PromptLogprobs::Top(k)), top) => Some(top.unwrap_or(count("prompt_logprobs", k)?)),
+        (_, Some(k)) if k > 0 => {
+            return Err(range_error(
+                "top_prompt_logprobs",
+                "top_prompt_logprobs needs prompt_logprobs: true",
+                k as i64,
+            ))
+        }
+        _ => None,
+    };
+    Ok((generated, prompt))
+}
+
+/// Fields of the SDK that ask for what bora has not (a reasoning mode, a moderation model):
+/// ignored, or under `--strict-api` refused with a 422 naming them. A guardrail that would
+/// block is refused in any mode: content must not pass as if it had been checked.
+fn unsupported(req: &ChatCompletionRequest, strict: bool) -> Result<(), ApiError> {
+    let refuse = |field: &str, msg: &str, input: &Value| {
+        Err(ApiError::invalid_field(
+            &[json!(field)],
+            "value_error",
+            msg,
+            Some(input),
+        ))
+    };
+    for (i, g) in req.guardrails.iter().flatten().enumerate() {
+        let blocks = ["moderation_llm_v1", "moderation_llm_v2"]
+            .iter()
+            .any(|m| g[m]["action"] == "block");
+        if blocks
+            || (strict
+                && g.as_object()
+                    .is_some_and(|o| o.values().any(Value::is_object)))
+        {
+            return refuse(
+                &format!("guardrails[{i}]"),
+                "bora has no moderation model: a guardrail cannot be applied",
+                g,
+            );
+        }
+    }
+    if !strict {
+        return Ok(());
+    }
+    if let Some(e) = req.reasoning_effort.as_deref().filter(|&e| e != "none") {
+        return refuse(
+            "reasoning_effort",
+            "Mixtral has no reasoning mode: only \"none\" is taken",
+            &json!(e),
+        );
+    }
+    if let Some(m) = &req.prompt_mode {
+        return refuse(
+            "prompt_mode",
+            "Mixtral has no reasoning system prompt",
+            &json!(m),
+        );
+    }
+    Ok(())
 }
 
 fn message(m: &WireMessage, at: &str) -> Result<Message, ApiError> {

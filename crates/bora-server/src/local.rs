@@ -219,9 +219,12 @@ impl LocalApi {
     /// Parses `body` and submits it: the request's events and what its bodies share.
     fn submit(&self, body: &str) -> Result<(CompletionStream, AnswerMeta, bool), ApiError> {
         let parsed = self.parse(body)?;
-        let n = parsed.completion.n;
         let events = self.engine.chat(&parsed.completion)?;
-        Ok((events, AnswerMeta::new(&parsed.model, n), parsed.stream))
+        Ok((
+            events,
+            AnswerMeta::new(&parsed.model, &parsed.completion),
+            parsed.stream,
+        ))
     }
 
     /// The prompt a request renders to: its token ids, as the engine would run them.

@@ -320,7 +320,7 @@ async fn chat(
     if model != st.config.model_name {
         return Err(ApiError::invalid_model(&model));
     }
-    let n = completion.n;
+    let meta = AnswerMeta::new(&model, &completion);
     // Rendering and tokenizing a long conversation is CPU work: off the async workers.
     let events = tokio::task::spawn_blocking(move || engine.chat(&completion))
         .await
@@ -332,7 +332,7 @@ async fn chat(
             )
         })??;
     let reply = Reply {
-        meta: AnswerMeta::new(&model, n),
+        meta,
         arrived,
         last_token: None,
     };
@@ -443,7 +443,9 @@ impl Reply {
                     tracing::error!(id = %self.meta.id, "generation failed: {message}")
                 }
                 None => tracing::error!(id = %self.meta.id, "the engine stopped mid-request"),
-                Some(Event::Finish { .. }) => {}
+                Some(
+                    Event::Finish { .. } | Event::Logprobs { .. } | Event::PromptLogprobs { .. },
+                ) => {}
             }
             out.extend(chunks.on(event.as_ref()).iter().map(data));
         }
@@ -463,6 +465,8 @@ mod tests {
                 created: 1,
                 model: "m".into(),
                 n,
+                logprobs: false,
+                prompt_logprobs: false,
             },
             arrived: Instant::now(),
             last_token: None,

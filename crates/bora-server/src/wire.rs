@@ -29,6 +29,15 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "prediction",
     "min_tokens",
     "repetition_penalty",
+    "logprobs",
+    "top_logprobs",
+    "prompt_logprobs",
+    "top_prompt_logprobs",
+    "prompt_cache_key",
+    "service_tier",
+    "reasoning_effort",
+    "prompt_mode",
+    "guardrails",
     // Old clients' name of safe_prompt.
     "safe_mode",
     // OpenAI's names.
@@ -88,9 +97,38 @@ pub struct ChatCompletionRequest {
     pub safe_mode: Option<bool>,
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
+    /// Report each generated token's log-probability.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// Alternatives per generated token (with `logprobs`).
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    /// Report the prompt tokens' log-probabilities (Mistral: a bool; vLLM: the number of
+    /// alternatives).
+    #[serde(default)]
+    pub prompt_logprobs: Option<PromptLogprobs>,
+    /// Alternatives per prompt token (with `prompt_logprobs`).
+    #[serde(default)]
+    pub top_prompt_logprobs: Option<i64>,
     /// A speculative-decoding hint: accepted and ignored.
     #[serde(default)]
     pub prediction: Option<Value>,
+    /// A hint for routing to a server that holds the prefix: bora's prefix cache finds shared
+    /// prefixes by itself.
+    #[serde(default)]
+    pub prompt_cache_key: Option<String>,
+    /// `auto` or `standard_only`: one tier here.
+    #[serde(default)]
+    pub service_tier: Option<ServiceTier>,
+    /// For reasoning models: Mixtral has no reasoning mode (`none` is what it does).
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+    /// `reasoning`: the reasoning system prompt, which Mixtral has not.
+    #[serde(default)]
+    pub prompt_mode: Option<String>,
+    /// Moderation by a guardrail model, which bora has not.
+    #[serde(default)]
+    pub guardrails: Option<Vec<Value>>,
     /// Usage is always in the last chunk: accepted and ignored.
     #[serde(default)]
     pub stream_options: Option<Value>,
@@ -98,6 +136,22 @@ pub struct ChatCompletionRequest {
     pub user: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Value>,
+}
+
+/// `prompt_logprobs`: Mistral's bool, or vLLM's number of alternatives.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum PromptLogprobs {
+    Flag(bool),
+    Top(i64),
+}
+
+/// `service_tier` (a closed enum in the SDK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceTier {
+    Auto,
+    StandardOnly,
 }
 
 /// `stop`: one string or several.

@@ -224,7 +224,12 @@ impl Core {
     /// of its tokens' blocks, or gives the sequence back when they do not fit.
     fn admit(&mut self, seq: &mut Seq) -> bool {
         let bs = self.alloc.block_size();
-        let hits = self.alloc.lookup_prefix(&seq.tokens);
+        // A prompt to score is computed whole: its positions' logits are wanted.
+        let hits = if seq.scores_prompt() {
+            Vec::new()
+        } else {
+            self.alloc.lookup_prefix(&seq.tokens)
+        };
         let need = seq.tokens.len().div_ceil(bs) - hits.len();
         if need > self.alloc.available() {
             let blocks: Vec<u32> = hits.iter().map(|h| h.0).collect();
@@ -246,15 +251,24 @@ impl Core {
     }
 
     fn forward(&mut self, plan: Vec<(usize, usize)>) {
-        let seqs: Vec<SeqInput> = plan
+        let modes: Vec<Logits> = plan
             .iter()
             .map(|&(i, n)| {
                 let s = &self.running[i];
-                let logits = if s.computed + n == s.tokens.len() {
+                if s.scores_prompt() {
+                    Logits::All
+                } else if s.computed + n == s.tokens.len() {
                     Logits::Last
                 } else {
                     Logits::None
-                };
+                }
+            })
+            .collect();
+        let seqs: Vec<SeqInput> = plan
+            .iter()
+            .zip(&modes)
+            .map(|(&(i, n), &logits)| {
+                let s = &self.running[i];
                 SeqInput {
                     tokens: s.tokens[s.computed..s.computed + n].to_vec(),
                     start_pos: s.computed,
@@ -263,7 +277,14 @@ impl Core {
                 }
             })
             .collect();
-        let wants: Vec<bool> = seqs.iter().map(|s| s.logits == Logits::Last).collect();
+        // Whether the step samples each sequence's next token (its last row).
+        let wants: Vec<bool> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                s.computed + n == s.tokens.len()
+            })
+            .collect();
         // Grammar masks depend only on the tokens so far: they are computed on a thread of their
         // own while the forward pass runs.
         let to_prepare: Vec<usize> = plan
@@ -317,8 +338,17 @@ impl Core {
             }
         };
         let mut done: Vec<(usize, FinishReason)> = Vec::new();
-        for (&(i, n), want) in plan.iter().zip(wants) {
+        for ((&(i, n), want), mode) in plan.iter().zip(wants).zip(modes) {
             let s = &mut self.running[i];
+            let start = s.computed;
+            let mut mine: Vec<Vec<f32>> = match mode {
+                Logits::None => Vec::new(),
+                Logits::Last => rows.next().into_iter().collect(),
+                Logits::All => rows.by_ref().take(n).collect(),
+            };
+            if mode == Logits::All {
+                s.score_prompt(start, &mine, &self.tok);
+            }
             s.computed += n;
             // Register the sequence's newly computed full blocks for prefix reuse.
             let bs = self.alloc.block_size();
@@ -332,7 +362,7 @@ impl Core {
             if !want {
                 continue;
             }
-            let Some(mut row) = rows.next() else { continue };
+            let Some(mut row) = mine.pop() else { continue };
             let t = s.choose(&mut row);
             if let Some(reason) = s.accept(t, &self.eos, self.format, &self.tok) {
                 done.push((i, reason));

@@ -30,6 +30,7 @@ use self::sequence::{Seq, SeqInit};
 use crate::chat::{render, ChatFormat};
 use crate::constrain::ToolChoice;
 use crate::load::{ModelOptions, ModelSource};
+use crate::logprobs::MAX_TOP_LOGPROBS;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use crate::{EngineError, Result};
@@ -310,6 +311,20 @@ impl Engine {
                 reason: format!("must be above 0, not {}", req.repetition_penalty),
             });
         }
+        for (name, k) in [
+            ("top_logprobs", req.logprobs),
+            ("top_prompt_logprobs", req.prompt_logprobs),
+        ] {
+            if k.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+                return Err(EngineError::Sampling {
+                    name,
+                    reason: format!(
+                        "{} alternatives asked, at most {MAX_TOP_LOGPROBS}",
+                        k.unwrap_or(0)
+                    ),
+                });
+            }
+        }
         if req.max_tokens.is_some_and(|m| req.min_tokens > m) {
             return Err(EngineError::Sampling {
                 name: "min_tokens",
@@ -398,6 +413,8 @@ impl Engine {
                     (_, false) => Some(1),
                     (_, true) => None,
                 },
+                logprobs: req.logprobs,
+                prompt_logprobs: req.prompt_logprobs,
             }));
         }
         let prompt_tokens = prompt.len();
@@ -565,6 +582,8 @@ impl Accumulator {
             text: String::new(),
             tool_calls: Vec::new(),
             finish_reason: None,
+            logprobs: None,
+            prompt_logprobs: None,
         };
         Self {
             result: CompletionResult {
@@ -585,6 +604,16 @@ impl Accumulator {
             Event::ToolCalls { choice, calls } => {
                 if let Some(c) = self.result.choices.get_mut(choice) {
                     c.tool_calls.extend(calls);
+                }
+            }
+            Event::Logprobs { choice, content } => {
+                if let Some(c) = self.result.choices.get_mut(choice) {
+                    c.logprobs.get_or_insert_with(Vec::new).extend(content);
+                }
+            }
+            Event::PromptLogprobs { choice, content } => {
+                if let Some(c) = self.result.choices.get_mut(choice) {
+                    c.prompt_logprobs = Some(content);
                 }
             }
             Event::Finish { choice, reason } => {

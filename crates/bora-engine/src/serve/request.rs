@@ -5,6 +5,7 @@ use serde_json::Value;
 use super::logits::ProcessorFactory;
 use crate::chat::{ChatRequest, ToolCall};
 use crate::constrain::{Constraint, ToolChoice};
+use crate::logprobs::TokenLogprobs;
 use crate::sampler::SamplingParams;
 
 /// A chat completion request, as the library takes it.
@@ -33,6 +34,15 @@ pub struct Completion {
     /// End-of-sequence is not sampled before this many tokens (vLLM's `min_tokens`; stop
     /// strings still end the output).
     pub min_tokens: usize,
+    /// Report each generated token's log-probability, with this many of the most likely
+    /// tokens at its position (at most [`crate::MAX_TOP_LOGPROBS`]). The log-probabilities are
+    /// the model's, before any logits processor or constraint mask; the end-of-sequence
+    /// token is not reported.
+    pub logprobs: Option<usize>,
+    /// Report the prompt tokens' log-probabilities (all but the first, which has no context),
+    /// with this many alternatives each. Such a request computes its whole prompt (no prefix
+    /// cache reuse).
+    pub prompt_logprobs: Option<usize>,
     /// More logits processors, run after the penalties (one instance per choice).
     pub processors: Vec<ProcessorFactory>,
     /// Whether and which of `chat.tools` the model may call (default `Auto`). Under `None`
@@ -61,6 +71,8 @@ impl Completion {
             frequency_penalty: 0.0,
             repetition_penalty: 1.0,
             min_tokens: 0,
+            logprobs: None,
+            prompt_logprobs: None,
             processors: Vec::new(),
             tool_choice: ToolChoice::Auto,
             parallel_tool_calls: true,
@@ -133,8 +145,9 @@ impl Usage {
     }
 }
 
-/// What the engine sends back for a request, in order: deltas and tool calls per choice, a
-/// `Finish` per choice, then one `Done`.
+/// What the engine sends back for a request, in order: per choice its prompt's
+/// log-probabilities (when asked), deltas and tool calls each preceded by the log-probabilities
+/// of the tokens they release (when asked), a `Finish`; then one `Done`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// New text of a choice.
@@ -150,6 +163,22 @@ pub enum Event {
         choice: usize,
         /// The calls.
         calls: Vec<ToolCall>,
+    },
+    /// Log-probabilities of a choice's next generated tokens, sent before the text (or the
+    /// tool calls, or the `Finish`) that they release.
+    Logprobs {
+        /// The choice.
+        choice: usize,
+        /// One per token, in order.
+        content: Vec<TokenLogprobs>,
+    },
+    /// Log-probabilities of the prompt's tokens after the first, sent once before anything
+    /// else of the choice.
+    PromptLogprobs {
+        /// The choice.
+        choice: usize,
+        /// One per prompt token after the first.
+        content: Vec<TokenLogprobs>,
     },
     /// A choice ended.
     Finish {
@@ -188,4 +217,8 @@ pub struct Choice {
     pub tool_calls: Vec<ToolCall>,
     /// Why it ended.
     pub finish_reason: Option<FinishReason>,
+    /// Its generated tokens' log-probabilities, when asked.
+    pub logprobs: Option<Vec<TokenLogprobs>>,
+    /// Its prompt's log-probabilities, when asked.
+    pub prompt_logprobs: Option<Vec<TokenLogprobs>>,
 }

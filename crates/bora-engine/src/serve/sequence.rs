@@ -7,6 +7,7 @@ use super::logits::LogitsProcessor;
 use super::request::{Event, FinishReason};
 use super::stop::StopText;
 use crate::chat::{parse_output, ChatFormat, ParsedOutput};
+use crate::logprobs::{RawLogprobs, TokenLogprobs};
 use crate::sampler::Sampler;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
@@ -48,6 +49,16 @@ pub(crate) struct Seq {
     stopped: bool,
     /// Tool calls reported at most (`None`: any number).
     calls: Option<usize>,
+    /// Alternatives per generated token when its log-probability is reported.
+    logprobs: Option<usize>,
+    /// The last sampled token's log-probabilities, until `accept` takes it.
+    sampled: Option<RawLogprobs>,
+    /// Generated tokens' log-probabilities not yet sent (sent before the text they release).
+    pending: Vec<TokenLogprobs>,
+    /// Alternatives per prompt token while the prompt's log-probabilities are still to send.
+    prompt_logprobs: Option<usize>,
+    /// The prompt's log-probabilities gathered so far (positions 1.. of the prompt).
+    prompt_scores: Vec<TokenLogprobs>,
 }
 
 pub(crate) struct SeqInit {
@@ -62,6 +73,10 @@ pub(crate) struct SeqInit {
     pub stop: Vec<String>,
     /// Tool calls reported at most (`Some(0)`: none, the answer is text; `None`: any number).
     pub calls: Option<usize>,
+    /// Report each generated token's log-probability with this many alternatives.
+    pub logprobs: Option<usize>,
+    /// Report the prompt tokens' log-probabilities with this many alternatives.
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Seq {
@@ -86,6 +101,40 @@ impl Seq {
             held: String::new(),
             stopped: false,
             calls: i.calls,
+            logprobs: i.logprobs,
+            sampled: None,
+            pending: Vec::new(),
+            prompt_logprobs: i.prompt_logprobs,
+            prompt_scores: Vec::new(),
+        }
+    }
+
+    /// Whether the prompt's positions are still to be scored: then every prompt position's
+    /// logits are wanted, and none of its blocks may come from the prefix cache.
+    pub fn scores_prompt(&self) -> bool {
+        self.prompt_logprobs.is_some()
+    }
+
+    /// Scores prompt positions from their logits (`rows[j]` at position `start + j` predicts
+    /// the token after it); once the prompt is scored, sends its log-probabilities.
+    pub fn score_prompt(&mut self, start: usize, rows: &[Vec<f32>], tok: &Tokenizer) {
+        let Some(k) = self.prompt_logprobs else {
+            return;
+        };
+        for (j, row) in rows.iter().enumerate() {
+            let next = start + j + 1;
+            // (A sequence preempted while scoring computes its first positions again.)
+            if next < self.prompt_len && next == self.prompt_scores.len() + 1 {
+                let raw = RawLogprobs::of(row, self.tokens[next], k);
+                self.prompt_scores.push(raw.named(tok));
+            }
+        }
+        if start + rows.len() >= self.prompt_len {
+            self.prompt_logprobs = None;
+            let _ = self.events.send(Event::PromptLogprobs {
+                choice: self.choice,
+                content: std::mem::take(&mut self.prompt_scores),
+            });
         }
     }
 
@@ -112,12 +161,19 @@ impl Seq {
     }
 
     /// The logits processors, in order, then the sampler: the next token.
+    /// The log-probabilities reported are the model's own, from the logits before the
+    /// processors.
     pub fn choose(&mut self, logits: &mut [f32]) -> u32 {
+        let raw = self.logprobs.map(|_| logits.to_vec());
         let generated = &self.tokens[self.prompt_len..];
         for p in &mut self.processors {
             p.process(generated, logits);
         }
-        self.sampler.sample(logits)
+        let t = self.sampler.sample(logits);
+        self.sampled = raw
+            .zip(self.logprobs)
+            .map(|(row, k)| RawLogprobs::of(&row, t, k));
+        t
     }
 
     /// Takes a sampled token: sends what it releases; returns the finish reason if it ends the
@@ -129,10 +185,12 @@ impl Seq {
         format: ChatFormat,
         tok: &Tokenizer,
     ) -> Option<FinishReason> {
+        let scored = self.sampled.take();
         if eos.contains(&t) {
             return Some(FinishReason::Stop);
         }
         self.tokens.push(t);
+        self.pending.extend(scored.map(|s| s.named(tok)));
         let first = self.generated().len() == 1;
         let calls_allowed = self.calls != Some(0);
         if first
@@ -186,8 +244,9 @@ impl Seq {
         stopped
     }
 
-    fn delta(&self, text: String) {
+    fn delta(&mut self, text: String) {
         if !text.is_empty() {
+            self.send_logprobs();
             let _ = self.events.send(Event::Delta {
                 choice: self.choice,
                 text,
@@ -204,6 +263,7 @@ impl Seq {
                     if let Some(max) = self.calls {
                         calls.truncate(max);
                     }
+                    self.send_logprobs();
                     let _ = self.events.send(Event::ToolCalls {
                         choice: self.choice,
                         calls,
@@ -226,9 +286,20 @@ impl Seq {
             };
             self.delta(text + &rest);
         }
+        self.send_logprobs();
         let _ = self.events.send(Event::Finish {
             choice: self.choice,
             reason,
         });
+    }
+
+    /// Sends the generated tokens' log-probabilities not yet sent.
+    fn send_logprobs(&mut self) {
+        if !self.pending.is_empty() {
+            let _ = self.events.send(Event::Logprobs {
+                choice: self.choice,
+                content: std::mem::take(&mut self.pending),
+            });
+        }
     }
 }

@@ -162,6 +162,24 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The UTF-8 bytes a token stands for: a byte-fallback piece (`<0x0A>`) its byte,
+    /// sentencepiece's `▁` a space, a control token (`</s>`, `[INST]`) its spelling; empty for
+    /// an id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(piece) = self.piece(id) else {
+            return Vec::new();
+        };
+        let byte = piece
+            .strip_prefix("<0x")
+            .and_then(|h| h.strip_suffix('>'))
+            .filter(|h| h.len() == 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match byte {
+            Some(b) => vec![b],
+            None => piece.replace('\u{2581}', " ").into_bytes(),
+        }
+    }
+
     /// Ids of the special (control) tokens: `<s>`, `</s>`, `[INST]`, ...
     pub fn special_ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = self
