@@ -266,3 +266,18 @@ def test_tokenize(tiny):
     assert tiny.detokenize(ids) == "Hello world"
     res = tiny.chat.complete(messages=USER, max_tokens=1)
     assert len(tiny.tokenize(messages=USER)) == res.usage.prompt_tokens
+
+
+def test_logprobs_and_predicted_outputs(tiny):
+    """The engine's logprobs and predicted outputs reach the package as they reach the server."""
+    args = dict(messages=USER, max_tokens=24, temperature=0)
+    plain = tiny.chat.complete(**args, logprobs=True, top_logprobs=2, prompt_logprobs=True)
+    content = plain.choices[0].logprobs.content
+    assert len(content) == 24
+    assert all(t.top_logprobs[0].token_id == t.token_id for t in content)
+    prompt = plain.choices[0].prompt_logprobs.content
+    assert len(prompt) == plain.usage.prompt_tokens - 1
+    answer = plain.choices[0].message.content
+    res = tiny.chat.complete(**args, prediction={"type": "content", "content": answer})
+    assert res.choices[0].message.content == answer
+    assert res.usage.completion_tokens_details.accepted_prediction_tokens > 0

@@ -206,3 +206,30 @@ def test_tool_choice_never_changes_the_prompt(demo, tmp_path):
     # The same tools and messages render one prompt under none, auto and any.
     same = {tuple(prompts[f"tool_choice_{c}/v3"]) for c in ("none", "auto", "any")}
     assert len(same) == 1
+
+
+def test_predicted_outputs_through_the_sdk(server):
+    """A prediction leaves a greedy answer as it is, streamed or whole; the drafts kept and
+    rejected are counted in OpenAI's completion_tokens_details (not in completion_tokens)."""
+    client = mistral(server)
+    args = dict(model=MODEL, messages=HELLO, max_tokens=48, temperature=0)
+    plain = client.chat.complete(**args)
+    answer = plain.choices[0].message.content
+    for prediction in (answer, answer[: len(answer) // 2] + " and now for something else",
+                       "nothing like it at all " * 5):
+        res = client.chat.complete(**args, prediction={"type": "content", "content": prediction})
+        assert res.choices[0].message.content == answer
+        assert res.usage.completion_tokens == plain.usage.completion_tokens
+        text = ""
+        with client.chat.stream(**args, prediction={"type": "content", "content": prediction}) as ev:
+            for e in ev:
+                for c in e.data.choices:
+                    text += c.delta.content or ""
+        assert text == answer
+    raw = openai.OpenAI(api_key="k", base_url=server.url + "/v1", max_retries=0)
+    res = raw.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=48, temperature=0,
+                                      prediction={"type": "content", "content": answer})
+    assert res.choices[0].message.content == answer
+    details = res.usage.completion_tokens_details
+    assert details.accepted_prediction_tokens > 0
+    assert details.rejected_prediction_tokens >= 0

@@ -11,6 +11,7 @@ use bora_engine::{
 use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
 
+use crate::bench_predict::PredictionBench;
 use crate::load::ModelArgs;
 
 #[derive(clap::Args, Debug)]
@@ -32,6 +33,10 @@ pub struct Args {
     /// Batch-invariant numerics, as `serve --deterministic` runs them (to measure their cost).
     #[arg(long)]
     deterministic: bool,
+    /// Also predicted outputs at batch 1: plain decoding against the answer itself as the
+    /// prediction and against a wrong one, interleaved, greedy.
+    #[arg(long)]
+    prediction: bool,
 }
 
 struct Run {
@@ -130,6 +135,13 @@ pub fn main(a: Args) -> Result<()> {
         });
     }
 
+    let prediction = if a.prediction {
+        let (p, other) = (prompt(a.prompt_len), prompt(a.prompt_len));
+        Some(PredictionBench::run(&engine, &p, &other, &request)?)
+    } else {
+        None
+    };
+
     let stats_after = engine.stats();
     let routed_after = stats_after.expert_tokens.clone();
     let mut placement = Placement::of(&host_layers, &routed_after, stats_after.expert_cache);
@@ -179,6 +191,7 @@ pub fn main(a: Args) -> Result<()> {
                 "layer": l, "share": share, "imbalance": imb,
             })).collect::<Vec<Value>>(),
             "placement": placement.json(),
+            "prediction": prediction.as_ref().map(PredictionBench::json),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -229,6 +242,9 @@ pub fn main(a: Args) -> Result<()> {
     }
     if let Some(line) = placement.line() {
         println!("{line}");
+    }
+    if let Some(p) = &prediction {
+        p.print();
     }
     Ok(())
 }

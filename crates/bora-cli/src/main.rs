@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_moe;
+mod bench_predict;
 mod chat;
 mod check;
 mod inspect;

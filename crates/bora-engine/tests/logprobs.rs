@@ -3,30 +3,17 @@
 //! decoding picks the top one; a token the request forbids still shows as the most likely),
 //! sent before the text they release.
 
-use bora_engine::chat::{render, ChatRequest, Content, Message};
+use bora_engine::chat::render;
 use bora_engine::{
-    load_model, perplexity, Completion, Engine, EngineConfig, Event, ForbidTokens, ModelOptions,
-    ModelSource, ProcessorFactory, TokenLogprobs,
+    load_model, perplexity, Completion, Event, ForbidTokens, ModelOptions, ModelSource,
+    ProcessorFactory, TokenLogprobs,
 };
 
-fn engine() -> Engine {
-    Engine::load(
-        &ModelSource::Demo,
-        &ModelOptions::default(),
-        EngineConfig::default(),
-    )
-    .expect("demo loads")
-}
+mod common;
+use common::{demo_engine as engine, user_request};
 
 fn request(text: &str) -> Completion {
-    let mut c = Completion::new(ChatRequest {
-        messages: vec![Message::User {
-            content: Some(Content::Text(text.into())),
-        }],
-        tools: Vec::new(),
-    });
-    c.max_tokens = Some(12);
-    c
+    user_request(text, 12)
 }
 
 const TEXT: &str = "The quick brown fox jumps over the lazy dog, twice.";

@@ -3,20 +3,13 @@
 //! seen in the prompt or the output is penalized (at a huge penalty, greedy decoding never
 //! repeats one).
 
-use bora_engine::chat::{ChatRequest, Content, Message};
 use bora_engine::{
-    Completion, CompletionResult, Engine, EngineConfig, EngineError, FinishReason, LogitsProcessor,
-    ModelOptions, ModelSource, ProcessorFactory,
+    Completion, CompletionResult, Engine, EngineError, FinishReason, LogitsProcessor,
+    ProcessorFactory,
 };
 
-fn engine() -> Engine {
-    Engine::load(
-        &ModelSource::Demo,
-        &ModelOptions::default(),
-        EngineConfig::default(),
-    )
-    .expect("demo loads")
-}
+mod common;
+use common::{demo_engine as engine, user_request};
 
 /// The request's whole answer, or the error of submitting it.
 fn complete(engine: &Engine, c: Completion) -> Result<CompletionResult, EngineError> {
@@ -24,14 +17,7 @@ fn complete(engine: &Engine, c: Completion) -> Result<CompletionResult, EngineEr
 }
 
 fn request(text: &str) -> Completion {
-    let mut c = Completion::new(ChatRequest {
-        messages: vec![Message::User {
-            content: Some(Content::Text(text.into())),
-        }],
-        tools: Vec::new(),
-    });
-    c.max_tokens = Some(24);
-    c
+    user_request(text, 24)
 }
 
 /// Makes the end of sequence the model's first choice at every step.

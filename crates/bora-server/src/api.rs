@@ -23,13 +23,22 @@ pub fn tool_calls_json(calls: &[ToolCall]) -> Value {
     )
 }
 
-/// `usage`, with `total_tokens` the sum of the others.
+/// `usage`, with `total_tokens` the sum of the others; where predicted tokens were verified,
+/// OpenAI's `completion_tokens_details` counts those kept and those rejected (the rejected are
+/// not in `completion_tokens`).
 pub fn usage_json(u: &Usage) -> Value {
-    json!({
+    let mut usage = json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens(),
-    })
+    });
+    if u.accepted_prediction_tokens + u.rejected_prediction_tokens > 0 {
+        usage["completion_tokens_details"] = json!({
+            "accepted_prediction_tokens": u.accepted_prediction_tokens,
+            "rejected_prediction_tokens": u.rejected_prediction_tokens,
+        });
+    }
+    usage
 }
 
 /// A `logprobs` or `prompt_logprobs` object: `{"content": [TokenLogprob]}`, each item

@@ -207,6 +207,7 @@ fn convert(req: ChatCompletionRequest, strict: bool) -> Result<ParsedRequest, Ap
     }
     let frequency_penalty = penalty("frequency_penalty", req.frequency_penalty)?;
     let (logprobs, prompt_logprobs) = logprobs(&req)?;
+    let prediction = prediction(&req)?;
     unsupported(&req, strict)?;
     let stop = match req.stop.clone() {
         None => Vec::new(),
@@ -295,6 +296,7 @@ fn convert(req: ChatCompletionRequest, strict: bool) -> Result<ParsedRequest, Ap
     completion.min_tokens = min_tokens as usize;
     completion.logprobs = logprobs;
     completion.prompt_logprobs = prompt_logprobs;
+    completion.prediction = prediction;
     completion.tool_choice = tool_choice;
     completion.parallel_tool_calls = req.parallel_tool_calls.unwrap_or(true);
     completion.response_format = text_json;
@@ -351,6 +353,29 @@ fn logprobs(req: &ChatCompletionRequest) -> Result<(Option<usize>, Option<usize>
         _ => None,
     };
     Ok((generated, prompt))
+}
+
+/// `prediction`'s text (`None` when empty).
+fn prediction(req: &ChatCompletionRequest) -> Result<Option<String>, ApiError> {
+    let Some(p) = &req.prediction else {
+        return Ok(None);
+    };
+    if p.kind.as_deref().is_some_and(|k| k != "content") {
+        return Err(ApiError::invalid_field(
+            &[json!("prediction"), json!("type")],
+            "literal_error",
+            "Input should be 'content'",
+            p.kind.as_ref().map(|k| json!(k)).as_ref(),
+        ));
+    }
+    let text = match &p.content {
+        None => String::new(),
+        Some(c) => match content(c, "prediction.content")? {
+            Content::Text(t) => t,
+            Content::Chunks(chunks) => chunks.concat(),
+        },
+    };
+    Ok((!text.is_empty()).then_some(text))
 }
 
 /// Fields of the SDK that ask for what bora has not (a reasoning mode, a moderation model):

@@ -570,6 +570,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 5,
                 completion_tokens: 7,
+                ..Usage::default()
             },
         })
         .unwrap();

@@ -110,9 +110,9 @@ pub struct ChatCompletionRequest {
     /// Alternatives per prompt token (with `prompt_logprobs`).
     #[serde(default)]
     pub top_prompt_logprobs: Option<i64>,
-    /// A speculative-decoding hint: accepted and ignored.
+    /// The expected answer, verified instead of generated where the answer follows it.
     #[serde(default)]
-    pub prediction: Option<Value>,
+    pub prediction: Option<Prediction>,
     /// A hint for routing to a server that holds the prefix: bora's prefix cache finds shared
     /// prefixes by itself.
     #[serde(default)]
@@ -136,6 +136,16 @@ pub struct ChatCompletionRequest {
     pub user: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Value>,
+}
+
+/// `prediction`: `{"type": "content", "content": "..."}` (OpenAI's content may be a list of
+/// text parts).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Prediction {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub content: Option<WireContent>,
 }
 
 /// `prompt_logprobs`: Mistral's bool, or vLLM's number of alternatives.

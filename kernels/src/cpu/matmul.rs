@@ -443,15 +443,21 @@ fn task<W: Element>(job: &Job<'_>, w: &[W], j0: usize, rows: usize) {
 fn gemv_task<W: Element>(job: &Job<'_>, sources: &[(&[W], OutPtr)], j0: usize, rows: usize) {
     let (m, k, n) = (job.m, job.k, job.n);
     let isa = Isa::get();
-    if m == 1 && !job.invariant {
+    if m == 1 || job.invariant {
         // One activation row (decode): each source's rows are one contiguous stream, read
         // front to back in one kernel call (row by row through `dot_block`, the dispatch per
         // row took about 5% of F16 decode, and the gate and up rows were read in turn).
-        for &(w, out) in sources {
-            // SAFETY: with one output row, this task's columns j0..j0 + rows of it are its own
-            // (no other task writes them) and lie inside the [1, n] output.
-            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(j0), rows) };
-            gemv_rows(isa, &w[j0 * k..(j0 + rows) * k], k, &job.x[..k], out);
+        // Batch-invariant: every activation row so, as decode computes it, so that a row's
+        // bits are a decode step's whatever the batch (a verified draft's, a prefill's).
+        for r in 0..m {
+            let x = &job.x[r * job.x_stride..r * job.x_stride + k];
+            for &(w, out) in sources {
+                // SAFETY: this task's columns j0..j0 + rows of output row r < m are its own (no
+                // other task writes them) and lie inside the [m, n] output.
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n + j0), rows) };
+                gemv_rows(isa, &w[j0 * k..(j0 + rows) * k], k, x, out);
+            }
         }
         return;
     }
@@ -483,7 +489,7 @@ fn gemv_task<W: Element>(job: &Job<'_>, sources: &[(&[W], OutPtr)], j0: usize, r
             *w = line.0;
         }
         for &(r0, xs) in &groups {
-            dot_block(isa, &ws[..block.len()], xs, &mut accs, job.invariant);
+            dot_block(isa, &ws[..block.len()], xs, &mut accs, false);
             for (acc, &(_, out, j)) in accs.iter().zip(block) {
                 for (r, &a) in acc[..xs.len()].iter().enumerate() {
                     // SAFETY: r0 + r < m and j < n, inside the output; column j belongs to

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use bora_model::{Batch, KvCache, Logits, Model, RoutingStats, SeqInput};
 
 use super::blocks::{chain_hash, BlockAllocator};
+use super::predict::{StepCosts, MAX_DRAFT};
 use super::request::{Event, FinishReason, Usage};
 use super::sequence::Seq;
 use super::{EngineConfig, EngineStats};
@@ -47,6 +48,9 @@ pub(crate) struct Core {
     requests: HashMap<u64, ReqState>,
     /// Tokens routed to each expert of each layer since the start.
     routing: RoutingStats,
+    /// What forward passes cost by their size (for choosing how many predicted tokens to
+    /// verify).
+    costs: StepCosts,
 }
 
 impl Core {
@@ -78,6 +82,7 @@ impl Core {
             running: Vec::new(),
             requests: HashMap::new(),
             routing,
+            costs: StepCosts::new(),
         }
     }
 
@@ -115,7 +120,7 @@ impl Core {
                 left: s.seqs.len(),
                 usage: Usage {
                     prompt_tokens: s.prompt_tokens,
-                    completion_tokens: 0,
+                    ..Usage::default()
                 },
             },
         );
@@ -130,6 +135,9 @@ impl Core {
         let mut plan: Vec<(usize, usize)> = Vec::new();
         // 1. One token for every sequence that is decoding, preempting the latest admitted
         //    sequences when a block is needed and none is left.
+        //    A sequence with a predicted output verifies drafts of it in the same step, as many
+        //    as pay off (and as fit in the budget and the free blocks, never preempting).
+        let decoding = self.running.iter().filter(|s| s.pending() == 1).count();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             if self.running[i].pending() == 1 {
@@ -137,8 +145,9 @@ impl Core {
                 if !self.grow(i, need) {
                     continue; // running[i] left (preempted or finished); the next one is at i
                 }
-                plan.push((i, 1));
-                budget -= 1;
+                let k = self.drafts(i, decoding, budget - 1);
+                plan.push((i, 1 + k));
+                budget -= 1 + k;
             }
             i += 1;
         }
@@ -220,6 +229,32 @@ impl Core {
         true
     }
 
+    /// Sets running sequence `i`'s drafts for this step (its pending token computed, `base`
+    /// tokens decoded in the step besides it, `budget` tokens left): how many its prediction's
+    /// cost model picks, within the context, `max_tokens` and the free blocks. Their number.
+    fn drafts(&mut self, i: usize, base: usize, budget: usize) -> usize {
+        let bs = self.alloc.block_size();
+        let free = self.alloc.available();
+        let s = &mut self.running[i];
+        let Some(p) = &s.prediction else {
+            return 0;
+        };
+        let room = (s.context.saturating_sub(s.tokens.len()))
+            .min(s.max_tokens.saturating_sub(s.generated().len() + 1))
+            .min(s.blocks.len() * bs + free * bs - s.computed - 1)
+            .min(budget)
+            .min(MAX_DRAFT);
+        let k = p.choose(base.saturating_sub(1), &self.costs, room, &self.tok);
+        s.draft = p.draft(k, &self.tok);
+        while s.blocks.len() * bs < s.computed + 1 + s.draft.len() {
+            match self.alloc.allocate() {
+                Some(b) => s.blocks.push(b),
+                None => unreachable!("the free blocks were counted"),
+            }
+        }
+        s.draft.len()
+    }
+
     /// Takes the prefix cache's blocks for a sequence's leading tokens and allocates the rest
     /// of its tokens' blocks, or gives the sequence back when they do not fit.
     fn admit(&mut self, seq: &mut Seq) -> bool {
@@ -255,7 +290,7 @@ impl Core {
             .iter()
             .map(|&(i, n)| {
                 let s = &self.running[i];
-                if s.scores_prompt() {
+                if s.scores_prompt() || !s.draft.is_empty() {
                     Logits::All
                 } else if s.computed + n == s.tokens.len() {
                     Logits::Last
@@ -269,8 +304,11 @@ impl Core {
             .zip(&modes)
             .map(|(&(i, n), &logits)| {
                 let s = &self.running[i];
+                let real = n - s.draft.len();
+                let mut tokens = s.tokens[s.computed..s.computed + real].to_vec();
+                tokens.extend_from_slice(&s.draft);
                 SeqInput {
-                    tokens: s.tokens[s.computed..s.computed + n].to_vec(),
+                    tokens,
                     start_pos: s.computed,
                     blocks: s.blocks.clone(),
                     logits,
@@ -282,7 +320,7 @@ impl Core {
             .iter()
             .map(|&(i, n)| {
                 let s = &self.running[i];
-                s.computed + n == s.tokens.len()
+                s.computed + n - s.draft.len() == s.tokens.len()
             })
             .collect();
         // Grammar masks depend only on the tokens so far: they are computed on a thread of their
@@ -293,6 +331,13 @@ impl Core {
             .filter(|&(&(i, _), &want)| want && self.running[i].needs_prepare())
             .map(|(&(i, _), _)| i)
             .collect();
+        // Drafts are verified with batch-invariant numerics: each of their rows is then what a
+        // decode step of that token alone would compute, so that the tokens kept are the ones
+        // plain decoding would choose (bit for bit where the products are invariant anyway:
+        // packed quantized and AVX512-BF16 ones).
+        let verifying = plan.iter().any(|&(i, _)| !self.running[i].draft.is_empty());
+        self.model
+            .set_batch_invariant(self.config.deterministic || verifying);
         let (model, cache, routing, running) = (
             &self.model,
             &mut self.cache,
@@ -310,9 +355,11 @@ impl Core {
                 scope.spawn(move || seqs.iter_mut().for_each(|s| s.prepare()));
             }
             let pass = || {
-                model
+                let started = std::time::Instant::now();
+                let rows = model
                     .forward_observed(&Batch { seqs }, cache, routing)
-                    .and_then(|l| Ok(l.to_vec2::<f32>()?))
+                    .and_then(|l| Ok(l.to_vec2::<f32>()?));
+                (rows, started.elapsed())
             };
             // The pool's workers poll through the pass (a decode step forks some 50 regions);
             // not while a grammar thread needs one of the cores.
@@ -322,6 +369,16 @@ impl Core {
                 pass()
             }
         });
+        let (result, took) = result;
+        // Steps that only decode (and verify drafts) are the ones whose cost a choice of drafts
+        // weighs: a prefill chunk computes one row of logits for many tokens.
+        let decode_only = plan.iter().all(|&(i, n)| {
+            let s = &self.running[i];
+            n == 1 + s.draft.len() && s.computed + 1 == s.tokens.len()
+        });
+        if decode_only {
+            self.costs.record(plan.iter().map(|p| p.1).sum(), took);
+        }
         let mut rows = match result {
             Ok(rows) => rows.into_iter(),
             Err(e) => {
@@ -346,22 +403,22 @@ impl Core {
                 Logits::Last => rows.next().into_iter().collect(),
                 Logits::All => rows.by_ref().take(n).collect(),
             };
+            if !s.draft.is_empty() {
+                if let Some(reason) = self.verify(i, mine) {
+                    done.push((i, reason));
+                }
+                self.register_blocks(i);
+                continue;
+            }
             if mode == Logits::All {
                 s.score_prompt(start, &mine, &self.tok);
             }
             s.computed += n;
-            // Register the sequence's newly computed full blocks for prefix reuse.
-            let bs = self.alloc.block_size();
-            while s.hashes.len() < s.computed / bs {
-                let k = s.hashes.len();
-                let prev = s.hashes.last().copied().unwrap_or(0);
-                let h = chain_hash(prev, &s.tokens[k * bs..(k + 1) * bs]);
-                self.alloc.register(s.blocks[k], h);
-                s.hashes.push(h);
-            }
+            self.register_blocks(i);
             if !want {
                 continue;
             }
+            let s = &mut self.running[i];
             let Some(mut row) = mine.pop() else { continue };
             let t = s.choose(&mut row);
             if let Some(reason) = s.accept(t, &self.eos, self.format, &self.tok) {
@@ -376,6 +433,45 @@ impl Core {
         }
     }
 
+    /// Samples running sequence `i`'s next tokens from the rows of its pending token and its
+    /// drafts, as plain decoding would, keeping drafts while they equal the token sampled
+    /// before them: their keys and values are then computed, and the next row is valid.
+    /// Returns the finish reason if a token ends the choice.
+    fn verify(&mut self, i: usize, rows: Vec<Vec<f32>>) -> Option<FinishReason> {
+        let s = &mut self.running[i];
+        let draft = std::mem::take(&mut s.draft);
+        // The pending token's keys and values are in the cache now.
+        s.computed += 1;
+        let mut kept = 0;
+        let mut finish = None;
+        for (j, mut row) in rows.into_iter().enumerate() {
+            let t = s.choose(&mut row);
+            finish = s.accept(t, &self.eos, self.format, &self.tok);
+            if finish.is_some() || draft.get(j) != Some(&t) {
+                break;
+            }
+            kept += 1;
+            s.computed += 1;
+        }
+        if let Some(p) = &mut s.prediction {
+            p.record(draft.len(), kept);
+        }
+        finish
+    }
+
+    /// Registers running sequence `i`'s newly computed full blocks for prefix reuse.
+    fn register_blocks(&mut self, i: usize) {
+        let s = &mut self.running[i];
+        let bs = self.alloc.block_size();
+        while s.hashes.len() < s.computed / bs {
+            let k = s.hashes.len();
+            let prev = s.hashes.last().copied().unwrap_or(0);
+            let h = chain_hash(prev, &s.tokens[k * bs..(k + 1) * bs]);
+            self.alloc.register(s.blocks[k], h);
+            s.hashes.push(h);
+        }
+    }
+
     /// Frees a finished sequence; after a request's last choice, sends `Done`.
     fn end(&mut self, seq: &mut Seq) {
         self.alloc.release(&seq.blocks);
@@ -384,6 +480,10 @@ impl Core {
             return;
         };
         r.usage.completion_tokens += seq.generated().len();
+        if let Some(p) = &seq.prediction {
+            r.usage.accepted_prediction_tokens += p.accepted;
+            r.usage.rejected_prediction_tokens += p.rejected;
+        }
         r.left -= 1;
         if r.left == 0 {
             let usage = r.usage;

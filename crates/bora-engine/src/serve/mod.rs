@@ -9,6 +9,7 @@
 mod blocks;
 mod core;
 mod logits;
+mod predict;
 mod request;
 mod sequence;
 mod stop;
@@ -376,6 +377,7 @@ impl Engine {
             .then(|| self.tok.specials().tool_calls)
             .flatten()
             .map(|id| vec![id]);
+        let prediction = req.prediction.clone().filter(|p| !p.is_empty());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let seed = req.seed.unwrap_or_else(rand::random);
         let (etx, erx) = unbounded_channel();
@@ -415,6 +417,7 @@ impl Engine {
                 },
                 logprobs: req.logprobs,
                 prompt_logprobs: req.prompt_logprobs,
+                prediction: prediction.clone(),
             }));
         }
         let prompt_tokens = prompt.len();

@@ -45,6 +45,10 @@ pub struct Completion {
     pub prompt_logprobs: Option<usize>,
     /// More logits processors, run after the penalties (one instance per choice).
     pub processors: Vec<ProcessorFactory>,
+    /// The expected answer (Mistral's `prediction`): its tokens are verified several at a time
+    /// instead of generated one by one, where the answer follows it. The output is what it
+    /// would be without it (greedy: the same tokens; sampling: the same distribution).
+    pub prediction: Option<String>,
     /// Whether and which of `chat.tools` the model may call (default `Auto`). Under `None`
     /// the tools are still rendered into the prompt, as mistral-common renders them (an
     /// agent that alternates `auto` and `none` keeps its cached prefix), and the answer is
@@ -73,6 +77,7 @@ impl Completion {
             min_tokens: 0,
             logprobs: None,
             prompt_logprobs: None,
+            prediction: None,
             processors: Vec::new(),
             tool_choice: ToolChoice::Auto,
             parallel_tool_calls: true,
@@ -134,8 +139,13 @@ impl FinishReason {
 pub struct Usage {
     /// Tokens of the prompt (BOS included), counted once for all choices.
     pub prompt_tokens: usize,
-    /// Tokens generated over all choices (end-of-sequence excluded).
+    /// Tokens generated over all choices (end-of-sequence excluded; predicted tokens that
+    /// were rejected are not in it).
     pub completion_tokens: usize,
+    /// Predicted tokens verified and kept (they are in `completion_tokens`).
+    pub accepted_prediction_tokens: usize,
+    /// Predicted tokens verified and rejected (computed, but not part of the answer).
+    pub rejected_prediction_tokens: usize,
 }
 
 impl Usage {

@@ -4,6 +4,7 @@
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::logits::LogitsProcessor;
+use super::predict::Prediction;
 use super::request::{Event, FinishReason};
 use super::stop::StopText;
 use crate::chat::{parse_output, ChatFormat, ParsedOutput};
@@ -59,6 +60,10 @@ pub(crate) struct Seq {
     prompt_logprobs: Option<usize>,
     /// The prompt's log-probabilities gathered so far (positions 1.. of the prompt).
     prompt_scores: Vec<TokenLogprobs>,
+    /// The predicted output, when the request gave one.
+    pub prediction: Option<Prediction>,
+    /// Predicted tokens this step verifies after the pending one (not in `tokens`).
+    pub draft: Vec<u32>,
 }
 
 pub(crate) struct SeqInit {
@@ -77,6 +82,8 @@ pub(crate) struct SeqInit {
     pub logprobs: Option<usize>,
     /// Report the prompt tokens' log-probabilities with this many alternatives.
     pub prompt_logprobs: Option<usize>,
+    /// The predicted output.
+    pub prediction: Option<String>,
 }
 
 impl Seq {
@@ -106,6 +113,8 @@ impl Seq {
             pending: Vec::new(),
             prompt_logprobs: i.prompt_logprobs,
             prompt_scores: Vec::new(),
+            prediction: i.prediction.as_deref().map(Prediction::new),
+            draft: Vec::new(),
         }
     }
 
@@ -191,6 +200,9 @@ impl Seq {
         }
         self.tokens.push(t);
         self.pending.extend(scored.map(|s| s.named(tok)));
+        if let Some(p) = &mut self.prediction {
+            p.advance(t, tok);
+        }
         let first = self.generated().len() == 1;
         let calls_allowed = self.calls != Some(0);
         if first
