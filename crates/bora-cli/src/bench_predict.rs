@@ -50,6 +50,8 @@ pub struct PredictionBench {
     right: (f64, Usage),
     wrong: (f64, Usage),
     same_output: bool,
+    /// The engine's measured decode-step seconds by tokens computed.
+    step_seconds: Vec<(usize, f64)>,
 }
 
 impl PredictionBench {
@@ -77,6 +79,7 @@ impl PredictionBench {
             right: (0.0, Usage::default()),
             wrong: (0.0, Usage::default()),
             same_output: true,
+            step_seconds: Vec::new(),
         };
         for case in ["plain", "right", "wrong", "wrong", "right", "plain"] {
             let req = match case {
@@ -98,6 +101,7 @@ impl PredictionBench {
                 *slot = (d.tokens_per_s, d.usage);
             }
         }
+        best.step_seconds = engine.stats().step_seconds;
         Ok(best)
     }
 
@@ -115,6 +119,9 @@ impl PredictionBench {
             "right": case(&self.right),
             "wrong": case(&self.wrong),
             "same_output": self.same_output,
+            "step_ms_by_tokens": self.step_seconds.iter()
+                .map(|&(n, s)| json!({"tokens": n, "ms": s * 1e3}))
+                .collect::<Vec<Value>>(),
         })
     }
 

@@ -163,3 +163,15 @@ fn batched_with_other_requests_the_answers_are_unchanged() {
         assert_eq!(texts(&got), texts(p));
     }
 }
+
+#[test]
+fn a_huge_prediction_is_cut_to_what_the_context_can_use() {
+    let engine = engine();
+    let c = request("Say something.", 16);
+    let plain = engine.chat_blocking(&c).unwrap();
+    let huge = "no match here, ".repeat(400_000); // 6 MB
+    let started = std::time::Instant::now();
+    let got = engine.chat_blocking(&with_prediction(&c, &huge)).unwrap();
+    assert_eq!(texts(&got), texts(&plain));
+    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+}

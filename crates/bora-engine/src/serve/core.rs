@@ -440,6 +440,9 @@ impl Core {
     fn verify(&mut self, i: usize, rows: Vec<Vec<f32>>) -> Option<FinishReason> {
         let s = &mut self.running[i];
         let draft = std::mem::take(&mut s.draft);
+        if rows.is_empty() {
+            return None;
+        }
         // The pending token's keys and values are in the cache now.
         s.computed += 1;
         let mut kept = 0;
@@ -554,6 +557,7 @@ impl Core {
             st.steps += 1;
             st.expert_tokens.clone_from(&self.routing.counts);
             st.expert_cache = self.model.expert_cache_stats();
+            st.step_seconds = self.costs.measured();
         }
     }
 }

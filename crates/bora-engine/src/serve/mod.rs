@@ -90,7 +90,7 @@ impl Default for EngineConfig {
 }
 
 /// What the engine is doing, as of its last step.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineStats {
     /// Sequences running.
     pub running: usize,
@@ -112,6 +112,9 @@ pub struct EngineStats {
     pub expert_tokens: Vec<Vec<u64>>,
     /// What the expert cache has done (`--expert-cache`), where there is one.
     pub expert_cache: Option<bora_model::CacheStats>,
+    /// Measured seconds of a step that only decodes (and verifies predicted tokens), by the
+    /// tokens it computes: `(tokens, seconds)`, moving averages (what predicted outputs weigh).
+    pub step_seconds: Vec<(usize, f64)>,
 }
 
 impl EngineStats {

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use crate::tokenizer::Tokenizer;
 
+/// Bytes of prediction used per token of context.
+pub const PREDICTION_BYTES_PER_TOKEN: usize = 16;
+
 /// Drafts verified in one step at most.
 pub const MAX_DRAFT: usize = 32;
 
@@ -55,6 +58,15 @@ impl StepCosts {
             Some(old) => old + COST_STEP * (t - old),
             None => t,
         });
+    }
+
+    /// The sizes measured and their costs.
+    pub fn measured(&self) -> Vec<(usize, f64)> {
+        self.secs
+            .iter()
+            .enumerate()
+            .filter_map(|(n, c)| c.map(|c| (n, c)))
+            .collect()
     }
 
     /// The cost of a step of `tokens` tokens: measured, or interpolated between measured sizes;
@@ -112,10 +124,17 @@ const REJOIN_BYTES: usize = 12;
 const BYTES_PER_DRAFT: usize = 8;
 
 impl Prediction {
-    pub fn new(text: &str) -> Self {
-        let mut bytes = Vec::with_capacity(text.len() + 1);
+    /// The prediction `text`, of which at most `max_bytes` are used (an answer of the
+    /// context's tokens is at most some bytes a token; a longer prediction would only make
+    /// each look-up longer).
+    pub fn new(text: &str, max_bytes: usize) -> Self {
+        let mut end = text.len().min(max_bytes);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = Vec::with_capacity(end + 1);
         bytes.push(b' ');
-        bytes.extend_from_slice(text.as_bytes());
+        bytes.extend_from_slice(&text.as_bytes()[..end]);
         Self {
             text: bytes,
             cursor: Some(0),
@@ -320,7 +339,7 @@ mod tests {
     #[test]
     fn the_cursor_follows_the_text_and_rejoins_it() {
         let tok = tok();
-        let mut p = Prediction::new("The cat sat on the mat, and the dog lay by the door.");
+        let mut p = Prediction::new("The cat sat on the mat, and the dog lay by the door.", 1000);
         assert_eq!(text(&tok, &p.draft(3, &tok)), "The cat sat");
         feed(&mut p, &tok, "The cat");
         assert_eq!(text(&tok, &p.draft(3, &tok)), "sat on the");
@@ -335,7 +354,7 @@ mod tests {
     #[test]
     fn a_word_split_otherwise_stays_aligned() {
         let tok = tok();
-        let mut p = Prediction::new("numerocreen terms apply");
+        let mut p = Prediction::new("numerocreen terms apply", 1000);
         // The model writes the first word in single letters; the cursor follows the bytes.
         let word: Vec<u32> = "numerocreen"
             .chars()
@@ -354,7 +373,7 @@ mod tests {
         }
         assert_eq!(text(&tok, &p.draft(2, &tok)), "terms apply");
         // Mid-word, where a token of the tokenizer's split ends: the rest of the word.
-        let mut q = Prediction::new("foo(bar) baz");
+        let mut q = Prediction::new("foo(bar) baz", 1000);
         q.advance(tok_id(&tok, "\u{2581}foo"), &tok);
         assert_eq!(text(&tok, &q.draft(3, &tok)), "(bar)");
     }
@@ -368,7 +387,7 @@ mod tests {
     #[test]
     fn an_output_in_a_loop_drafts_the_loop() {
         let tok = tok();
-        let mut p = Prediction::new("zzz");
+        let mut p = Prediction::new("zzz", 1000);
         for t in [5000, 6000, 8000, 9000, 8000, 9000, 8000, 9000] {
             p.advance(t, &tok);
         }
@@ -379,7 +398,7 @@ mod tests {
     fn drafts_are_chosen_from_costs_and_the_acceptance_rate() {
         let tok = tok();
         let mut costs = StepCosts::new();
-        let p = Prediction::new(&"word ".repeat(60));
+        let p = Prediction::new(&"word ".repeat(60), 1000);
         // Nothing measured: all it may.
         assert_eq!(p.choose(0, &costs, 8, &tok), 8);
         // Cheap extra tokens: many drafts pay off.

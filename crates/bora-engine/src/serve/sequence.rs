@@ -4,7 +4,7 @@
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::logits::LogitsProcessor;
-use super::predict::Prediction;
+use super::predict::{Prediction, PREDICTION_BYTES_PER_TOKEN};
 use super::request::{Event, FinishReason};
 use super::stop::StopText;
 use crate::chat::{parse_output, ChatFormat, ParsedOutput};
@@ -113,7 +113,10 @@ impl Seq {
             pending: Vec::new(),
             prompt_logprobs: i.prompt_logprobs,
             prompt_scores: Vec::new(),
-            prediction: i.prediction.as_deref().map(Prediction::new),
+            prediction: i
+                .prediction
+                .as_deref()
+                .map(|p| Prediction::new(p, i.context.saturating_mul(PREDICTION_BYTES_PER_TOKEN))),
             draft: Vec::new(),
         }
     }
