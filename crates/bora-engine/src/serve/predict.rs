@@ -421,6 +421,30 @@ mod tests {
     }
 
     #[test]
+    fn any_output_against_any_text_never_panics() {
+        use rand::{RngExt, SeedableRng};
+        let tok = tok();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let vocab = tok.vocab_size() as u32;
+        for case in 0..50 {
+            let text: String = (0..rng.random_range(0..200))
+                .map(|_| ['a', ' ', 'é', '日', '\n', '🙂', 'x'][rng.random_range(0..7)])
+                .collect();
+            let mut p = Prediction::new(&text, 64 + case * 8);
+            for _ in 0..60 {
+                // Sometimes the text's own next tokens, sometimes anything (byte pieces too).
+                let t = match p.draft(4, &tok).first() {
+                    Some(&d) if rng.random_range(0..3) > 0 => d,
+                    _ => rng.random_range(0..vocab),
+                };
+                p.advance(t, &tok);
+                let d = p.draft(rng.random_range(0..40), &tok);
+                assert!(d.len() <= 40);
+            }
+        }
+    }
+
+    #[test]
     fn costs_interpolate() {
         let mut c = StepCosts::new();
         assert_eq!(c.cost(3), None);
