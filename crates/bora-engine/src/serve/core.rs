@@ -174,8 +174,9 @@ impl Core {
         // While other sequences wait on this step (decoding, or a prompt that finishes in it),
         // long prompts advance by small chunks, so that the step stays short.
         let chunk = self.config.max_prefill_chunk.max(1);
-        let interactive = plan.iter().any(|p| p.1 == 1)
-            || prefill.iter().any(|&i| self.running[i].pending() <= chunk);
+        // (Every entry of the plan so far decodes, with drafts or not.)
+        let interactive =
+            !plan.is_empty() || prefill.iter().any(|&i| self.running[i].pending() <= chunk);
         for i in prefill {
             if budget == 0 {
                 break;
