@@ -140,5 +140,11 @@ impl PredictionBench {
             "  outputs identical to plain decoding: {}",
             self.same_output
         );
+        let costs: Vec<String> = self
+            .step_seconds
+            .iter()
+            .map(|&(n, s)| format!("{n}: {:.1}", s * 1e3))
+            .collect();
+        println!("  decode step ms by tokens computed: {}", costs.join(", "));
     }
 }
