@@ -34,8 +34,8 @@ pub use perplexity::{perplexity, Perplexity};
 pub use sampler::{Sampler, SamplingParams};
 pub use serve::{
     Choice, Completion, CompletionResult, CompletionStream, Engine, EngineConfig, EngineStats,
-    Event, FinishReason, ForbidTokens, KvBudget, LogitsProcessor, Penalties, ProcessorFactory,
-    Timeout, Usage,
+    Event, FinishReason, ForbidTokens, KvBudget, LogitsProcessor, Penalties, Priority,
+    ProcessorFactory, Timeout, Usage,
 };
 pub use tokenizer::{IncrementalDecoder, PieceKind, SpecialTokens, SpmPiece, SpmVocab, Tokenizer};
 

@@ -11,7 +11,7 @@ use bora_model::{Batch, KvCache, Logits, Model, RoutingStats, SeqInput};
 
 use super::blocks::{chain_hash, BlockAllocator};
 use super::predict::{StepCosts, MAX_DRAFT};
-use super::request::{Event, FinishReason, Usage};
+use super::request::{Event, FinishReason, Priority, Usage};
 use super::sequence::Seq;
 use super::{EngineConfig, EngineStats};
 use crate::chat::ChatFormat;
@@ -124,12 +124,24 @@ impl Core {
                 },
             },
         );
-        self.waiting.extend(s.seqs);
+        for seq in s.seqs {
+            // Interactive sequences queue ahead of batch ones.
+            let at = match seq.priority {
+                Priority::Interactive => self
+                    .waiting
+                    .iter()
+                    .position(|w| w.priority == Priority::Batch)
+                    .unwrap_or(self.waiting.len()),
+                Priority::Batch => self.waiting.len(),
+            };
+            self.waiting.insert(at, seq);
+        }
     }
 
     /// One scheduling step and forward pass.
     pub fn step(&mut self) {
         self.drop_cancelled();
+        self.yield_batch();
         let mut budget = self.config.max_batch_tokens.max(1);
         // (index in running, tokens to compute)
         let mut plan: Vec<(usize, usize)> = Vec::new();
@@ -170,7 +182,7 @@ impl Core {
         let mut prefill: Vec<usize> = (0..self.running.len())
             .filter(|&i| self.running[i].pending() > 1)
             .collect();
-        prefill.sort_by_key(|&i| self.running[i].pending());
+        prefill.sort_by_key(|&i| (self.running[i].priority, self.running[i].pending()));
         // While other sequences wait on this step (decoding, or a prompt that finishes in it),
         // long prompts advance by small chunks, so that the step stays short.
         let chunk = self.config.max_prefill_chunk.max(1);
@@ -254,6 +266,34 @@ impl Core {
             }
         }
         s.draft.len()
+    }
+
+    /// Makes room for the interactive sequence first in the queue, where the running set or
+    /// the free blocks have none: the latest admitted batch sequences go back to the queue
+    /// (behind the interactive ones; they are recomputed when readmitted).
+    fn yield_batch(&mut self) {
+        let Some(front) = self.waiting.front() else {
+            return;
+        };
+        if front.priority != Priority::Interactive {
+            return;
+        }
+        let need = front.tokens.len().div_ceil(self.alloc.block_size());
+        while self.running.len() >= self.config.max_running || self.alloc.available() < need {
+            let Some(i) = (0..self.running.len())
+                .rev()
+                .find(|&i| self.running[i].priority == Priority::Batch)
+            else {
+                return;
+            };
+            let mut victim = self.running.remove(i);
+            self.alloc.release(&victim.blocks);
+            victim.blocks.clear();
+            victim.hashes.clear();
+            victim.computed = 0;
+            victim.draft.clear();
+            self.waiting.push_back(victim);
+        }
     }
 
     /// Takes the prefix cache's blocks for a sequence's leading tokens and allocates the rest

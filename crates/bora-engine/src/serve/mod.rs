@@ -24,7 +24,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 pub use logits::{
     ForbidTokens, LogitsProcessor, MinTokens, Penalties, ProcessorFactory, RepetitionPenalty,
 };
-pub use request::{Choice, Completion, CompletionResult, Event, FinishReason, Usage};
+pub use request::{Choice, Completion, CompletionResult, Event, FinishReason, Priority, Usage};
 
 use self::core::{Command, Core, Submitted};
 use self::sequence::{Seq, SeqInit};
@@ -421,6 +421,7 @@ impl Engine {
                 logprobs: req.logprobs,
                 prompt_logprobs: req.prompt_logprobs,
                 prediction: prediction.clone(),
+                priority: req.priority,
             }));
         }
         let prompt_tokens = prompt.len();

@@ -8,6 +8,17 @@ use crate::constrain::{Constraint, ToolChoice};
 use crate::logprobs::TokenLogprobs;
 use crate::sampler::SamplingParams;
 
+/// How a request's sequences are scheduled against others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// Someone is waiting for it (the default): admitted before batch work, and a batch
+    /// sequence is preempted to make room for it.
+    #[default]
+    Interactive,
+    /// Bulk work (batch jobs): runs in what interactive requests leave.
+    Batch,
+}
+
 /// A chat completion request, as the library takes it.
 #[derive(Debug, Clone)]
 pub struct Completion {
@@ -43,6 +54,8 @@ pub struct Completion {
     /// with this many alternatives each. Such a request computes its whole prompt (no prefix
     /// cache reuse).
     pub prompt_logprobs: Option<usize>,
+    /// Interactive (default) or batch work.
+    pub priority: Priority,
     /// More logits processors, run after the penalties (one instance per choice).
     pub processors: Vec<ProcessorFactory>,
     /// The expected answer (Mistral's `prediction`): its tokens are verified several at a time
@@ -78,6 +91,7 @@ impl Completion {
             logprobs: None,
             prompt_logprobs: None,
             prediction: None,
+            priority: Priority::Interactive,
             processors: Vec::new(),
             tool_choice: ToolChoice::Auto,
             parallel_tool_calls: true,

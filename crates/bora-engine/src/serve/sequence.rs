@@ -5,7 +5,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::logits::LogitsProcessor;
 use super::predict::{Prediction, PREDICTION_BYTES_PER_TOKEN};
-use super::request::{Event, FinishReason};
+use super::request::{Event, FinishReason, Priority};
 use super::stop::StopText;
 use crate::chat::{parse_output, ChatFormat, ParsedOutput};
 use crate::logprobs::{RawLogprobs, TokenLogprobs};
@@ -26,6 +26,7 @@ pub(crate) struct Seq {
     pub req: u64,
     pub choice: usize,
     pub events: UnboundedSender<Event>,
+    pub priority: Priority,
     /// Counted in the engine's queue length until first admitted.
     pub queued: bool,
     /// Prompt and generated tokens.
@@ -84,6 +85,8 @@ pub(crate) struct SeqInit {
     pub prompt_logprobs: Option<usize>,
     /// The predicted output.
     pub prediction: Option<String>,
+    /// Interactive or batch.
+    pub priority: Priority,
 }
 
 impl Seq {
@@ -92,6 +95,7 @@ impl Seq {
             req: i.req,
             choice: i.choice,
             events: i.events,
+            priority: i.priority,
             queued: i.choice == 0,
             prompt_len: i.prompt.len(),
             tokens: i.prompt,
