@@ -5,8 +5,10 @@
 //! line committed on its own, so that a server stopped or killed mid-job resumes it without
 //! redoing or losing a line.
 
+mod runner;
 mod store;
 
+pub use runner::Runner;
 pub use store::{
     FileRecord, JobRecord, JobStatus, LineOutcome, NewFile, NewJob, PendingLine, Store, StoreError,
 };

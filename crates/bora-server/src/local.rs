@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use bora_engine::load::{CachePolicy, DTypeSpec, DeviceSpec, ExpertPlacement, KvDTypeSpec, QType};
 use bora_engine::{
     CompletionStream, Engine, EngineConfig, EngineError, KvBudget, ModelOptions, ModelSource,
-    Timeout,
+    Priority, Timeout,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -218,7 +218,16 @@ impl LocalApi {
 
     /// Parses `body` and submits it: the request's events and what its bodies share.
     fn submit(&self, body: &str) -> Result<(CompletionStream, AnswerMeta, bool), ApiError> {
-        let parsed = self.parse(body)?;
+        self.submit_as(body, Priority::Interactive)
+    }
+
+    fn submit_as(
+        &self,
+        body: &str,
+        priority: Priority,
+    ) -> Result<(CompletionStream, AnswerMeta, bool), ApiError> {
+        let mut parsed = self.parse(body)?;
+        parsed.completion.priority = priority;
         let events = self.engine.chat(&parsed.completion)?;
         Ok((
             events,
@@ -237,6 +246,16 @@ impl LocalApi {
             &parsed.completion.chat,
         )
         .map_err(bora_engine::EngineError::from)?)
+    }
+
+    /// Submits a request for a whole answer as batch work (scheduled after interactive
+    /// requests; `stream` is ignored).
+    pub fn complete_batch(&self, body: &str) -> Result<Pending, ApiError> {
+        let (events, meta, _) = self.submit_as(body, Priority::Batch)?;
+        Ok(Pending {
+            events,
+            whole: Whole::new(meta),
+        })
     }
 
     /// Submits a request for a whole answer (`stream` is ignored).
