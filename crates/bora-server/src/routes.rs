@@ -126,15 +126,24 @@ impl AppState {
 
 /// The whole API.
 pub fn router(state: Arc<AppState>) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] with more `/v1` routes (files and batch jobs, say), which get the same key check,
+/// limits and counting.
+pub fn router_with(state: Arc<AppState>, more_v1: Router) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
+        .with_state(state.clone())
+        .merge(more_v1)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
-        .merge(v1)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .with_state(state.clone())
+        .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -144,8 +153,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), head_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), count))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, count))
 }
 
 /// 431 for a request head over the limit: the request line and every header counted.
