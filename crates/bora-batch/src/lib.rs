@@ -5,6 +5,7 @@
 //! line committed on its own, so that a server stopped or killed mid-job resumes it without
 //! redoing or losing a line.
 
+pub mod http;
 mod runner;
 mod store;
 
