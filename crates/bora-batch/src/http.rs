@@ -93,6 +93,8 @@ impl BatchService {
 
 /// The routes, with their state applied.
 pub fn routes(svc: Arc<BatchService>) -> Router {
+    // Uploads are read whole, up to the limit and some room for the form around the file.
+    let body_limit = svc.max_upload.saturating_add(1 << 20);
     Router::new()
         .route("/v1/files", post(upload).get(list_files))
         .route("/v1/files/{id}", get(get_file).delete(delete_file))
@@ -100,6 +102,7 @@ pub fn routes(svc: Arc<BatchService>) -> Router {
         .route("/v1/batch/jobs", post(create_job).get(list_jobs))
         .route("/v1/batch/jobs/{id}", get(get_job))
         .route("/v1/batch/jobs/{id}/cancel", post(cancel_job))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(svc)
 }
 
@@ -190,7 +193,8 @@ fn number(q: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, A
     match q.get(key) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| {
-            ApiError::bad_request(format!("{key} must be a whole number, not {v:?}")).with_param(key)
+            ApiError::bad_request(format!("{key} must be a whole number, not {v:?}"))
+                .with_param(key)
         }),
     }
 }
@@ -243,11 +247,7 @@ async fn file_content(
     let bytes = tokio::fs::read(svc.store.content_path(&id))
         .await
         .map_err(|e| ApiError::internal(format!("the file's content cannot be read: {e}")))?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        bytes,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 /// A JSONL file's lines as a job's: `(custom_id, body)`, a line that is not a request an error.
@@ -289,14 +289,21 @@ async fn create_job(
     }
     let files: Vec<String> = body["input_files"]
         .as_array()
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let inline = body["requests"].as_array();
     let lines = match (files.is_empty(), inline) {
         (false, None) => {
             let mut lines = Vec::new();
             for f in &files {
-                found(svc.store.file(f).map_err(store_error)?, "no such input file")?;
+                found(
+                    svc.store.file(f).map_err(store_error)?,
+                    "no such input file",
+                )?;
                 let text = std::fs::read_to_string(svc.store.content_path(f)).map_err(|e| {
                     ApiError::bad_request(format!("input file {f} is not UTF-8 text: {e}"))
                 })?;
@@ -353,7 +360,10 @@ async fn get_job(
     State(svc): State<Arc<BatchService>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let j = found(svc.store.job(&id).map_err(store_error)?, "no such batch job")?;
+    let j = found(
+        svc.store.job(&id).map_err(store_error)?,
+        "no such batch job",
+    )?;
     Ok(Json(job_json(&j)))
 }
 
@@ -361,7 +371,10 @@ async fn cancel_job(
     State(svc): State<Arc<BatchService>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let j = found(svc.store.job(&id).map_err(store_error)?, "no such batch job")?;
+    let j = found(
+        svc.store.job(&id).map_err(store_error)?,
+        "no such batch job",
+    )?;
     if j.status.in_flight() {
         let next = if j.status == JobStatus::Queued {
             JobStatus::Cancelled
@@ -370,6 +383,9 @@ async fn cancel_job(
         };
         svc.store.set_status(&id, next).map_err(store_error)?;
     }
-    let j = found(svc.store.job(&id).map_err(store_error)?, "no such batch job")?;
+    let j = found(
+        svc.store.job(&id).map_err(store_error)?,
+        "no such batch job",
+    )?;
     Ok(Json(job_json(&j)))
 }

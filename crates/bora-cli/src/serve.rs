@@ -62,6 +62,23 @@ pub struct Args {
     /// and under load, bit for bit; prefill is slower.
     #[arg(long)]
     deterministic: bool,
+    /// Where uploaded files, batch jobs and their outputs are kept (default: bora/ in the
+    /// user's data directory, $XDG_DATA_HOME or ~/.local/share).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Uploaded files over this many MiB get 413.
+    #[arg(long, default_value_t = 512)]
+    max_upload_mib: usize,
+}
+
+/// `$XDG_DATA_HOME/bora`, else `~/.local/share/bora`.
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("bora")
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -167,9 +184,29 @@ pub fn main(a: Args) -> Result<()> {
             loading.set_engine(engine);
             Ok(())
         });
-        let server = tokio::spawn(bora_server::serve(
+        // Files and batch jobs: their store, and the worker that runs jobs once the model is in.
+        let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+        let store = bora_batch::Store::open(&data_dir)
+            .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+        let batch = bora_batch::http::BatchService::new(
+            std::sync::Arc::new(store),
+            a.max_upload_mib.saturating_mul(1 << 20),
+        );
+        let (st, served) = (state.clone(), name.clone());
+        // Lines in flight: enough to fill the running set, with room for interactive requests.
+        let window = (a.max_seqs as usize).clamp(1, 64);
+        batch.start_worker(
+            move || {
+                st.engine()
+                    .ok()
+                    .map(|e| bora_server::local::LocalApi::new(e.clone(), &served))
+            },
+            window,
+        );
+        let server = tokio::spawn(bora_server::serve_with(
             listener,
             state,
+            bora_batch::http::routes(batch),
             bora_server::shutdown_signal(),
         ));
         load.await.context("the loading task failed")??;

@@ -23,7 +23,7 @@ pub mod wire;
 
 pub use convert::{parse_chat_request, parse_request, ParsedRequest, WireError};
 pub use error::ApiError;
-pub use listen::serve;
+pub use listen::{serve, serve_with};
 pub use routes::{router, router_with, AppState, ServerConfig};
 
 /// The name a model is served under by default: the cloud's name for the two Mixtral shapes

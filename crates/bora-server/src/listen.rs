@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
-use crate::routes::{router, AppState};
+use crate::routes::AppState;
 
 /// hyper's read buffer, the largest request head it parses (it answers 431 with no body past
 /// it).
@@ -37,8 +37,18 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, axum::Router::new(), shutdown).await
+}
+
+/// [`serve`] with more `/v1` routes (see [`crate::router_with`]).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    more_v1: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let config = state.config().clone();
-    let app = router(state);
+    let app = crate::router_with(state, more_v1);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
