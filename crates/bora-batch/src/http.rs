@@ -251,7 +251,7 @@ async fn file_content(
 }
 
 /// A JSONL file's lines as a job's: `(custom_id, body)`, a line that is not a request an error.
-fn jsonl_lines(text: &str) -> Vec<(Option<String>, Result<Value, Value>)> {
+pub fn jsonl_lines(text: &str) -> Vec<(Option<String>, Result<Value, Value>)> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -43,12 +43,10 @@ impl Runner {
                 json!({"message": "the line's body is not a JSON object", "code": 400}),
             ));
         };
-        let model = job
-            .model
-            .clone()
-            .unwrap_or_else(|| self.api.model().to_string());
-        match obj.get("model").and_then(Value::as_str) {
-            Some(m) if m != model => {
+        // A job without a model runs every line on this one, whatever the line names.
+        let model = job.model.clone();
+        match (obj.get("model").and_then(Value::as_str), model) {
+            (Some(m), Some(model)) if m != model => {
                 return Err(LineOutcome::Err(
                     400,
                     json!({"message": format!("the line asks for model {m:?}, the job runs {model:?}"),

@@ -1,5 +1,6 @@
 //! `bora`: run Mixtral offline. One binary; each command is a module.
 
+mod batch;
 mod bench;
 mod bench_moe;
 mod bench_predict;
@@ -82,6 +83,11 @@ enum Command {
         after_help = "Example:\n  bora perplexity --model models/fixtures/tiny-mixtral --file README.md --json"
     )]
     Perplexity(perplexity::Args),
+    /// Run a JSONL file of chat requests (Mistral's batch input) with no server.
+    #[command(
+        after_help = "Example:\n  bora batch --model models/fixtures/tiny-mixtral requests.jsonl answers.jsonl"
+    )]
+    Batch(batch::Args),
     /// Write a model as a GGUF file of one quantized type (llama.cpp's tools read it).
     #[command(
         after_help = "Examples:\n  bora quantize --model ~/models/Mixtral-8x7B-Instruct-v0.1 --out mixtral-q4_k.gguf --type q4_k\n  bora quantize --model mixtral-F16.gguf --out mixtral-Q8_0.gguf --type q8_0"
@@ -113,6 +119,7 @@ fn main() {
         Command::Inspect(a) => inspect::main(a),
         Command::Run(a) => run::main(a),
         Command::Perplexity(a) => perplexity::main(a),
+        Command::Batch(a) => batch::main(a),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Quantize(a) => quantize::main(a),
     };
