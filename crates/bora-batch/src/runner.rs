@@ -120,6 +120,9 @@ impl Runner {
                 break;
             }
         }
+        // A cancellation that came after the last line is one still.
+        cancelled |=
+            self.store.job(id)?.map(|j| j.status) == Some(JobStatus::CancellationRequested);
         if let Err(e) = self.write_outputs(id) {
             self.store.add_job_error(id, &e.to_string())?;
             self.store.set_status(id, JobStatus::Failed)?;

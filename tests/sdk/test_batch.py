@@ -1,0 +1,122 @@
+"""Files and batch jobs through the unchanged mistralai SDK: a JSONL of 50 requests uploaded,
+a job created and polled to SUCCESS, its output downloaded, each line equal to the same request
+sent to /v1/chat/completions at temperature 0; a running job cancelled; a server killed
+(SIGKILL) mid-job and restarted on the same data directory finishes the job with each line
+exactly once."""
+
+import json
+import os
+import signal
+import time
+
+from mistralai.client import Mistral
+
+from conftest import MODEL, ROOT, Server
+
+IN_FLIGHT = ("QUEUED", "RUNNING", "CANCELLATION_REQUESTED")
+
+
+def client(s):
+    return Mistral(api_key="k", server_url=s.url)
+
+
+def request(i, max_tokens=12):
+    r = {"messages": [{"role": "user", "content": f"Request number {i}: answer it."}],
+         "max_tokens": max_tokens, "temperature": 0}
+    if max_tokens > 100:
+        r["min_tokens"] = max_tokens  # long answers: the job runs long enough to stop it
+    return r
+
+
+def upload(c, lines):
+    data = "\n".join(json.dumps(l) for l in lines).encode()
+    return c.files.upload(file={"file_name": "batch.jsonl", "content": data}, purpose="batch")
+
+
+def wait(c, job_id, timeout=300):
+    deadline = time.time() + timeout
+    while True:
+        j = c.batch.jobs.get(job_id=job_id)
+        if j.status not in IN_FLIGHT:
+            return j
+        assert time.time() < deadline, f"job still {j.status}"
+        time.sleep(0.2)
+
+
+def lines_of(c, file_id):
+    text = c.files.download(file_id=file_id).read().decode()
+    return [json.loads(l) for l in text.splitlines() if l.strip()]
+
+
+def test_a_job_of_50_requests_equals_the_requests_sent_alone(tmp_path):
+    s = Server("--data-dir", str(tmp_path / "data"))
+    try:
+        c = client(s)
+        f = upload(c, [{"custom_id": f"r{i}", "body": request(i)} for i in range(50)])
+        job = c.batch.jobs.create(input_files=[f.id], model=MODEL, endpoint="/v1/chat/completions")
+        assert job.status in IN_FLIGHT and job.total_requests == 50
+        done = wait(c, job.id)
+        assert done.status == "SUCCESS"
+        assert (done.succeeded_requests, done.failed_requests) == (50, 0)
+        assert done.error_file is None
+        out = lines_of(c, done.output_file)
+        assert [l["custom_id"] for l in out] == [f"r{i}" for i in range(50)]
+        for i, line in enumerate(out):
+            alone = c.chat.complete(model=MODEL, **request(i))
+            body = line["response"]["body"]
+            assert line["response"]["status_code"] == 200
+            assert body["choices"][0]["message"]["content"] == alone.choices[0].message.content
+            assert body["usage"]["completion_tokens"] == alone.usage.completion_tokens
+    finally:
+        assert s.stop() == 0
+
+
+DEMO = "bora-demo"  # long answers need more context than the tiny fixture's 128 tokens
+RELEASE = os.environ.get("BORA_RELEASE_BIN", str(ROOT / "target" / "release" / "bora"))
+
+
+def demo_server(data, *extra):
+    """The demo model on the optimized binary (tests/run builds it), four sequences at once,
+    so that a job's lines finish in waves."""
+    return Server("--data-dir", data, "--max-seqs", "4", *extra, model=DEMO, binary=RELEASE)
+
+
+def test_a_running_job_is_cancelled(tmp_path):
+    s = demo_server(str(tmp_path / "data"))
+    try:
+        c = client(s)
+        f = upload(c, [{"custom_id": f"r{i}", "body": request(i, 300)} for i in range(64)])
+        job = c.batch.jobs.create(input_files=[f.id], model=DEMO, endpoint="/v1/chat/completions")
+        while c.batch.jobs.get(job_id=job.id).status == "QUEUED":
+            time.sleep(0.05)
+        cancelling = c.batch.jobs.cancel(job_id=job.id)
+        assert cancelling.status in ("CANCELLATION_REQUESTED", "CANCELLED")
+        done = wait(c, job.id)
+        assert done.status == "CANCELLED"
+        assert done.completed_requests < 64
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_killed_server_finishes_the_job_after_a_restart(tmp_path):
+    data = str(tmp_path / "data")
+    s = demo_server(data)
+    c = client(s)
+    f = upload(c, [{"custom_id": f"r{i}", "body": request(i, 200)} for i in range(40)])
+    job = c.batch.jobs.create(input_files=[f.id], model=DEMO, endpoint="/v1/chat/completions")
+    deadline = time.time() + 120
+    while c.batch.jobs.get(job_id=job.id).completed_requests < 3:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    s.proc.send_signal(signal.SIGKILL)
+    s.proc.wait()
+    s = demo_server(data)
+    try:
+        c = client(s)
+        done = wait(c, job.id)
+        assert done.status == "SUCCESS"
+        assert (done.total_requests, done.succeeded_requests) == (40, 40)
+        out = lines_of(c, done.output_file)
+        assert sorted(l["custom_id"] for l in out) == sorted(f"r{i}" for i in range(40))
+    finally:
+        assert s.stop() == 0
