@@ -120,3 +120,59 @@ def test_a_killed_server_finishes_the_job_after_a_restart(tmp_path):
         assert sorted(l["custom_id"] for l in out) == sorted(f"r{i}" for i in range(40))
     finally:
         assert s.stop() == 0
+
+
+def test_list_filters_inline_outputs_delete_and_refusals(tmp_path):
+    import datetime
+
+    from mistralai.client.errors import SDKError
+
+    s = Server("--data-dir", str(tmp_path / "data"))
+    try:
+        c = client(s)
+        reqs = [{"custom_id": f"q{i}", "body": request(i, 4)} for i in range(3)]
+        a = c.batch.jobs.create(requests=reqs, model=MODEL, endpoint="/v1/chat/completions",
+                                metadata={"team": "x"})
+        b = c.batch.jobs.create(requests=reqs[:1], endpoint="/v1/chat/completions",
+                                metadata={"team": "y", "night": "1"}, timeout_hours=2)
+        a, b = wait(c, a.id), wait(c, b.id)
+        assert (a.status, b.status) == ("SUCCESS", "SUCCESS")
+        ids = lambda page: [j.id for j in page.data]
+        # Newest first unless asked; metadata goes out exploded into the query, unnamed.
+        assert ids(c.batch.jobs.list()) == [b.id, a.id]
+        assert ids(c.batch.jobs.list(order_by="created")) == [a.id, b.id]
+        assert ids(c.batch.jobs.list(metadata={"team": "y", "night": "1"})) == [b.id]
+        assert ids(c.batch.jobs.list(model=MODEL)) == [a.id]
+        assert ids(c.batch.jobs.list(status=["SUCCESS", "FAILED"])) == [b.id, a.id]
+        assert ids(c.batch.jobs.list(status=["RUNNING"])) == []
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        assert c.batch.jobs.list(created_after=later).total == 0
+        assert c.batch.jobs.list(page=1, page_size=1).data[0].id == a.id
+        # inline=true: the finished lines in the output envelope, in order.
+        full = c.batch.jobs.get(job_id=a.id, inline=True)
+        assert [o["custom_id"] for o in full.outputs] == ["q0", "q1", "q2"]
+        assert full.outputs[0]["response"]["body"]["choices"]
+        # Refused with the field named: another model, an agent, no hours, both inputs.
+        for bad in ({"model": "gpt-4o"}, {"agent_id": "ag"}, {"timeout_hours": 0}):
+            try:
+                c.batch.jobs.create(requests=reqs, endpoint="/v1/chat/completions", **bad)
+                raise AssertionError(f"{bad} was accepted")
+            except SDKError as e:
+                assert e.status_code == 400 and list(bad)[0] in e.body, e.body
+        # Deleted: gone from get and list; its output file stays until deleted itself.
+        assert c.batch.jobs.delete(job_id=a.id).deleted
+        try:
+            c.batch.jobs.get(job_id=a.id)
+            raise AssertionError("a deleted job is still there")
+        except SDKError as e:
+            assert e.status_code == 404
+        assert ids(c.batch.jobs.list()) == [b.id]
+        assert lines_of(c, a.output_file)
+        # Files: filtered by purpose, sample type and name, with their total.
+        f = upload(c, reqs)
+        page = c.files.list(sample_type=["batch_request"])
+        assert [x.id for x in page.data] == [f.id] and page.total == 1
+        assert len(c.files.list(purpose="batch").data) == 3  # the upload and two outputs
+        assert c.files.list(search="no-such-name").data == []
+    finally:
+        assert s.stop() == 0

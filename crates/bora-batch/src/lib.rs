@@ -6,10 +6,13 @@
 //! redoing or losing a line.
 
 pub mod http;
+mod records;
 mod runner;
 mod store;
 
-pub use runner::Runner;
-pub use store::{
-    FileRecord, JobRecord, JobStatus, LineOutcome, NewFile, NewJob, PendingLine, Store, StoreError,
+pub use records::{
+    FileFilter, FileRecord, JobFilter, JobRecord, JobStatus, LineOutcome, NewFile, NewJob,
+    PendingLine, StoreError,
 };
+pub use runner::{job_for_input, Runner};
+pub use store::Store;

@@ -11,10 +11,43 @@ use std::time::Duration;
 use bora_server::local::{LocalApi, Pending};
 use serde_json::{json, Value};
 
-use crate::store::{JobRecord, JobStatus, LineOutcome, NewFile, PendingLine, Store, StoreError};
+use crate::records::{
+    JobFilter, JobRecord, JobStatus, LineOutcome, NewFile, NewJob, PendingLine, StoreError,
+};
+use crate::store::Store;
 
 /// How often a running job looks for a cancellation and for finished lines.
 const POLL: Duration = Duration::from_millis(5);
+
+/// The job of a JSONL input run with no server (`bora batch`, the Python package): the
+/// unfinished job that `store` holds for the same bytes (a run that was stopped), or else a new
+/// one; its lines run on whatever model runs it. A job of the same bytes that failed (a full
+/// disk) is queued again, its finished lines kept. The job's metadata records the input's
+/// SHA-256 as `input_sha256`.
+pub fn job_for_input(store: &Store, text: &str) -> Result<JobRecord, StoreError> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let same = JobFilter {
+        statuses: vec![JobStatus::Queued, JobStatus::Running, JobStatus::Failed],
+        metadata: vec![("input_sha256".into(), hex.clone())],
+        ..JobFilter::default()
+    };
+    if let Some(job) = store.jobs(0, 1, &same)?.0.pop() {
+        if job.status == JobStatus::Failed {
+            store.set_status(&job.id, JobStatus::Queued)?;
+        }
+        return Ok(job);
+    }
+    store.create_job(NewJob {
+        endpoint: "/v1/chat/completions".into(),
+        model: None,
+        input_files: Vec::new(),
+        metadata: Some(json!({ "input_sha256": hex })),
+        timeout_hours: 24 * 365,
+        lines: crate::http::jsonl_lines(text),
+    })
+}
 
 /// Runs jobs of one store on one model.
 pub struct Runner {
@@ -60,24 +93,70 @@ impl Runner {
         Ok(body.to_string())
     }
 
-    /// Runs job `id` until every line has its outcome or it is cancelled; `progress` is told
-    /// the job's record after each committed line. Returns the final record.
+    /// Runs job `id` until every line has its outcome, it is cancelled or its time is up;
+    /// `progress` is told the job's record after each committed line. Returns the final
+    /// record. Where the store fails (a full disk), the job ends `FAILED` with the reason
+    /// among its errors and the lines finished so far kept; the error comes back only when
+    /// even that could not be recorded.
     pub fn run(
         &self,
         id: &str,
         progress: &mut dyn FnMut(&JobRecord),
     ) -> Result<JobRecord, StoreError> {
-        let Some(job) = self.store.job(id)? else {
-            return Err(StoreError::Corrupt(format!("no job {id}")));
-        };
-        if !job.status.in_flight() {
-            return Ok(job);
+        match self.run_lines(id, progress) {
+            Ok(end) => self.finish(id, end),
+            Err(e) => {
+                self.store
+                    .add_job_error(id, &e.explain())
+                    .and_then(|_| self.store.set_status(id, JobStatus::Failed))
+                    .map_err(|_| e)?;
+                self.record(id)
+            }
         }
-        self.store.set_status(id, JobStatus::Running)?;
+    }
+
+    fn record(&self, id: &str) -> Result<JobRecord, StoreError> {
+        self.store
+            .job(id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("no job {id}")))
+    }
+
+    /// Writes the files of a job whose lines ended in `end` and sets its final status.
+    fn finish(&self, id: &str, end: JobStatus) -> Result<JobRecord, StoreError> {
+        if !self.record(id)?.status.in_flight() {
+            return self.record(id);
+        }
+        self.write_outputs(id)?;
+        self.store.set_status(id, end)?;
+        self.record(id)
+    }
+
+    /// Runs the job's lines; returns how they ended (`Success`, `Cancelled` or
+    /// `TimeoutExceeded`).
+    fn run_lines(
+        &self,
+        id: &str,
+        progress: &mut dyn FnMut(&JobRecord),
+    ) -> Result<JobStatus, StoreError> {
+        let job = self.record(id)?;
+        if !job.status.in_flight() {
+            return Ok(job.status);
+        }
+        let deadline = job
+            .created_at
+            .saturating_add(job.timeout_hours.max(0).saturating_mul(3600));
+        let timed_out = || unix_now() >= deadline;
+        if job.status == JobStatus::Queued {
+            self.store.set_status(id, JobStatus::Running)?;
+        }
         let mut todo: VecDeque<PendingLine> = self.store.pending_lines(id)?.into();
         let mut flight: Vec<(u64, Pending)> = Vec::new();
-        let mut cancelled = false;
+        let mut end = JobStatus::Success;
         loop {
+            if timed_out() {
+                end = JobStatus::TimeoutExceeded;
+                break;
+            }
             while flight.len() < self.window {
                 let Some(line) = todo.pop_front() else { break };
                 let outcome = match self.request(&job, &line) {
@@ -113,30 +192,17 @@ impl Runner {
             } else {
                 std::thread::sleep(POLL);
             }
-            if self.store.job(id)?.map(|j| j.status) == Some(JobStatus::CancellationRequested) {
-                // Dropping the answers in flight cancels their generation.
-                flight.clear();
-                cancelled = true;
+            if self.record(id)?.status == JobStatus::CancellationRequested {
                 break;
             }
         }
-        // A cancellation that came after the last line is one still.
-        cancelled |=
-            self.store.job(id)?.map(|j| j.status) == Some(JobStatus::CancellationRequested);
-        if let Err(e) = self.write_outputs(id) {
-            self.store.add_job_error(id, &e.to_string())?;
-            self.store.set_status(id, JobStatus::Failed)?;
-        } else {
-            let end = if cancelled {
-                JobStatus::Cancelled
-            } else {
-                JobStatus::Success
-            };
-            self.store.set_status(id, end)?;
+        // Dropping the answers in flight cancels their generation. A cancellation that came
+        // after the last line is one still.
+        drop(flight);
+        if self.record(id)?.status == JobStatus::CancellationRequested {
+            end = JobStatus::Cancelled;
         }
-        self.store
-            .job(id)?
-            .ok_or_else(|| StoreError::Corrupt(format!("no job {id}")))
+        Ok(end)
     }
 
     /// Writes the output file (and the error file where a line failed) and records them.
@@ -150,27 +216,30 @@ impl Runner {
             }
             s
         };
-        let out = self.store.add_file(NewFile {
-            filename: &format!("batch-{id}-output.jsonl"),
-            purpose: "batch",
-            sample_type: "batch_result",
-            source: "mistral",
-            content: jsonl(&ok).as_bytes(),
-        })?;
+        let out = self.store.add_file(NewFile::made(
+            &format!("batch-{id}-output.jsonl"),
+            "batch_result",
+            jsonl(&ok).as_bytes(),
+        ))?;
         let err = if bad.is_empty() {
             None
         } else {
-            Some(self.store.add_file(NewFile {
-                filename: &format!("batch-{id}-error.jsonl"),
-                purpose: "batch",
-                sample_type: "batch_error",
-                source: "mistral",
-                content: jsonl(&bad).as_bytes(),
-            })?)
+            Some(self.store.add_file(NewFile::made(
+                &format!("batch-{id}-error.jsonl"),
+                "batch_error",
+                jsonl(&bad).as_bytes(),
+            ))?)
         };
         self.store
             .set_outputs(id, &out.id, err.as_ref().map(|f| f.id.as_str()))
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A finished answer's outcome: a completion, or the error its choices ended with.

@@ -10,24 +10,10 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-/// What can go wrong with the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database failed (a full disk among others).
-    #[error("the batch database: {0}")]
-    Db(#[from] rusqlite::Error),
-    /// A file could not be read or written (a full disk among others).
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-    /// A stored value does not parse (a database written by something else).
-    #[error("the batch database holds a bad value: {0}")]
-    Corrupt(String),
-}
+use crate::records::{
+    FileFilter, FileRecord, JobFilter, JobRecord, JobStatus, LineOutcome, NewFile, NewJob,
+    PendingLine, StoreError,
+};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -35,181 +21,6 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     let what = what.into();
     move |source| StoreError::Io { what, source }
 }
-
-/// A job's status, as Mistral's API names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobStatus {
-    /// Waiting to run.
-    Queued,
-    /// Running.
-    Running,
-    /// Every line has its outcome (each succeeded or failed on its own).
-    Success,
-    /// The job itself could not run (its output could not be written, say).
-    Failed,
-    /// `timeout_hours` passed first.
-    TimeoutExceeded,
-    /// Cancel was asked; lines in flight finish.
-    CancellationRequested,
-    /// Cancelled.
-    Cancelled,
-}
-
-impl JobStatus {
-    /// The API's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "QUEUED",
-            JobStatus::Running => "RUNNING",
-            JobStatus::Success => "SUCCESS",
-            JobStatus::Failed => "FAILED",
-            JobStatus::TimeoutExceeded => "TIMEOUT_EXCEEDED",
-            JobStatus::CancellationRequested => "CANCELLATION_REQUESTED",
-            JobStatus::Cancelled => "CANCELLED",
-        }
-    }
-
-    /// From the API's name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "QUEUED" => JobStatus::Queued,
-            "RUNNING" => JobStatus::Running,
-            "SUCCESS" => JobStatus::Success,
-            "FAILED" => JobStatus::Failed,
-            "TIMEOUT_EXCEEDED" => JobStatus::TimeoutExceeded,
-            "CANCELLATION_REQUESTED" => JobStatus::CancellationRequested,
-            "CANCELLED" => JobStatus::Cancelled,
-            _ => return None,
-        })
-    }
-
-    /// Whether the job is still to run or running (the SDK's "in flight").
-    pub fn in_flight(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Queued | JobStatus::Running | JobStatus::CancellationRequested
-        )
-    }
-}
-
-/// A stored file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileRecord {
-    /// A UUID.
-    pub id: String,
-    /// The name it was uploaded (or made) with.
-    pub filename: String,
-    /// `batch`, `fine-tune`, ...
-    pub purpose: String,
-    /// `batch_request`, `batch_result`, `batch_error`, ...
-    pub sample_type: String,
-    /// `upload` or `mistral` (made by a job).
-    pub source: String,
-    /// Its size.
-    pub bytes: u64,
-    /// Its lines (for JSONL).
-    pub num_lines: Option<u64>,
-    /// Unix seconds.
-    pub created_at: i64,
-}
-
-/// A file to store.
-#[derive(Debug, Clone)]
-pub struct NewFile<'a> {
-    /// Its name.
-    pub filename: &'a str,
-    /// Its purpose.
-    pub purpose: &'a str,
-    /// Its sample type.
-    pub sample_type: &'a str,
-    /// Its source.
-    pub source: &'a str,
-    /// Its bytes.
-    pub content: &'a [u8],
-}
-
-/// A job's record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobRecord {
-    /// A UUID.
-    pub id: String,
-    /// `/v1/chat/completions`.
-    pub endpoint: String,
-    /// The model every line runs on.
-    pub model: Option<String>,
-    /// The input files (empty for inline requests).
-    pub input_files: Vec<String>,
-    /// The caller's metadata.
-    pub metadata: Option<Value>,
-    /// Its status.
-    pub status: JobStatus,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// When it started running.
-    pub started_at: Option<i64>,
-    /// When it ended.
-    pub completed_at: Option<i64>,
-    /// Hours it may take.
-    pub timeout_hours: i64,
-    /// Lines in the job.
-    pub total: u64,
-    /// Lines that succeeded.
-    pub succeeded: u64,
-    /// Lines that failed.
-    pub failed: u64,
-    /// The output file, once written.
-    pub output_file: Option<String>,
-    /// The error file, once written (only where a line failed).
-    pub error_file: Option<String>,
-    /// Errors of the job itself (not of its lines).
-    pub errors: Vec<String>,
-}
-
-impl JobRecord {
-    /// Lines with an outcome.
-    pub fn completed(&self) -> u64 {
-        self.succeeded + self.failed
-    }
-}
-
-/// A job to create: its lines are `(custom_id, body)`, the body already checked or an error
-/// (a bad input line becomes an error line, never a failed job).
-#[derive(Debug, Clone)]
-pub struct NewJob {
-    /// `/v1/chat/completions`.
-    pub endpoint: String,
-    /// The model.
-    pub model: Option<String>,
-    /// The input files.
-    pub input_files: Vec<String>,
-    /// The caller's metadata.
-    pub metadata: Option<Value>,
-    /// Hours it may take.
-    pub timeout_hours: i64,
-    /// `(custom_id, body or the error that the line is)`.
-    pub lines: Vec<(Option<String>, std::result::Result<Value, Value>)>,
-}
-
-/// A line still to run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingLine {
-    /// Its place in the job.
-    pub index: u64,
-    /// The caller's id.
-    pub custom_id: Option<String>,
-    /// The request.
-    pub body: Value,
-}
-
-/// A line's outcome: the response body, or an error with its HTTP status.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LineOutcome {
-    /// The response body.
-    Ok(Value),
-    /// `(status_code, error)`.
-    Err(u16, Value),
-}
-
 /// The data directory's store.
 pub struct Store {
     dir: PathBuf,
@@ -220,7 +31,8 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL,
     sample_type TEXT NOT NULL, source TEXT NOT NULL, bytes INTEGER NOT NULL,
-    num_lines INTEGER, created_at INTEGER NOT NULL);
+    num_lines INTEGER, created_at INTEGER NOT NULL, mimetype TEXT, expires_at INTEGER,
+    visibility TEXT NOT NULL DEFAULT 'workspace');
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, endpoint TEXT NOT NULL, model TEXT, input_files TEXT NOT NULL,
     metadata TEXT, status TEXT NOT NULL, created_at INTEGER NOT NULL, started_at INTEGER,
@@ -286,9 +98,14 @@ impl Store {
                     .count() as u64,
             ),
             created_at: now(),
+            mimetype: f.mimetype.map(str::to_string),
+            expires_at: f
+                .expiry_hours
+                .map(|h| now().saturating_add(h.saturating_mul(3600).min(i64::MAX as u64) as i64)),
+            visibility: f.visibility.to_string(),
         };
         let res = self.db().execute(
-            "INSERT INTO files VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO files VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 rec.id,
                 rec.filename,
@@ -297,7 +114,10 @@ impl Store {
                 rec.source,
                 rec.bytes as i64,
                 rec.num_lines.map(|n| n as i64),
-                rec.created_at
+                rec.created_at,
+                rec.mimetype,
+                rec.expires_at,
+                rec.visibility
             ],
         );
         if let Err(e) = res {
@@ -311,45 +131,45 @@ impl Store {
     pub fn file(&self, id: &str) -> Result<Option<FileRecord>> {
         Ok(self
             .db()
-            .query_row(
-                "SELECT id, filename, purpose, sample_type, source, bytes, num_lines, created_at
-                 FROM files WHERE id = ?1",
-                [id],
-                file_row,
-            )
+            .query_row(&format!("{FILE_SELECT} WHERE id = ?1"), [id], file_row)
             .optional()?)
     }
 
-    /// Files newest first, `page_size` from `page · page_size`, with `purpose` when given; and
-    /// how many there are in all.
+    /// Files newest first that pass `filter`, `page_size` from `page · page_size`; and how
+    /// many pass in all.
     pub fn files(
         &self,
         page: u64,
         page_size: u64,
-        purpose: Option<&str>,
+        filter: &FileFilter,
     ) -> Result<(Vec<FileRecord>, u64)> {
-        let db = self.db();
-        let total: i64 = db.query_row(
-            "SELECT COUNT(*) FROM files WHERE ?1 IS NULL OR purpose = ?1",
-            [purpose],
-            |r| r.get(0),
-        )?;
-        let mut st = db.prepare(
-            "SELECT id, filename, purpose, sample_type, source, bytes, num_lines, created_at
-             FROM files WHERE ?1 IS NULL OR purpose = ?1
-             ORDER BY created_at DESC, rowid DESC LIMIT ?2 OFFSET ?3",
-        )?;
-        let rows = st
-            .query_map(
-                params![
-                    purpose,
-                    page_size.min(i64::MAX as u64) as i64,
-                    page.saturating_mul(page_size).min(i64::MAX as u64) as i64
-                ],
-                file_row,
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok((rows, total as u64))
+        let all = {
+            let db = self.db();
+            let mut st = db.prepare(&format!(
+                "{FILE_SELECT} ORDER BY created_at DESC, rowid DESC"
+            ))?;
+            let rows = st.query_map([], file_row)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        Ok(paged(
+            all.into_iter().filter(|f| filter.matches(f)),
+            page,
+            page_size,
+        ))
+    }
+
+    /// Deletes the files whose expiry has passed; how many.
+    pub fn delete_expired(&self) -> Result<usize> {
+        let ids: Vec<String> = {
+            let db = self.db();
+            let mut st = db.prepare("SELECT id FROM files WHERE expires_at <= ?1")?;
+            let rows = st.query_map([now()], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        for id in &ids {
+            self.delete_file(id)?;
+        }
+        Ok(ids.len())
     }
 
     /// Deletes a file (record and bytes); false if there was none.
@@ -432,15 +252,15 @@ impl Store {
             .transpose()
     }
 
-    /// Jobs newest first (`page_size` from `page · page_size`) with one of `statuses` (all
-    /// when empty), and how many match in all.
+    /// Jobs that pass `filter` in its order (newest first by default), `page_size` from
+    /// `page · page_size`, and how many pass in all.
     pub fn jobs(
         &self,
         page: u64,
         page_size: u64,
-        statuses: &[JobStatus],
+        filter: &JobFilter,
     ) -> Result<(Vec<JobRecord>, u64)> {
-        let all: Vec<JobRecord> = {
+        let mut all: Vec<JobRecord> = {
             let db = self.db();
             let mut st = db.prepare(&format!(
                 "{JOB_SELECT} ORDER BY created_at DESC, rowid DESC"
@@ -452,25 +272,41 @@ impl Store {
             }
             v
         };
-        let matching: Vec<JobRecord> = all
-            .into_iter()
-            .filter(|j| statuses.is_empty() || statuses.contains(&j.status))
-            .collect();
-        let total = matching.len() as u64;
-        let from = page.saturating_mul(page_size).min(total) as usize;
-        let page: Vec<JobRecord> = matching
-            .into_iter()
-            .skip(from)
-            .take(page_size.min(usize::MAX as u64) as usize)
-            .collect();
-        Ok((page, total))
+        if filter.oldest_first {
+            all.reverse();
+        }
+        Ok(paged(
+            all.into_iter().filter(|j| filter.matches(j)),
+            page,
+            page_size,
+        ))
+    }
+
+    /// Deletes a job that is no longer in flight, with its lines (its files stay); `None` if
+    /// there is no such job, `Some(false)` if it is still in flight.
+    pub fn delete_job(&self, id: &str) -> Result<Option<bool>> {
+        let Some(job) = self.job(id)? else {
+            return Ok(None);
+        };
+        if job.status.in_flight() {
+            return Ok(Some(false));
+        }
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM lines WHERE job = ?1", [id])?;
+        tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(Some(true))
     }
 
     /// Jobs to resume: queued, running or cancelling, oldest first.
     pub fn unfinished_jobs(&self) -> Result<Vec<JobRecord>> {
-        let (mut jobs, _) = self.jobs(0, u64::MAX, &[])?;
+        let oldest = JobFilter {
+            oldest_first: true,
+            ..JobFilter::default()
+        };
+        let (mut jobs, _) = self.jobs(0, u64::MAX, &oldest)?;
         jobs.retain(|j| j.status.in_flight());
-        jobs.reverse();
         Ok(jobs)
     }
 
@@ -609,6 +445,18 @@ impl Store {
     }
 }
 
+/// One page of `items` and how many there are in all.
+fn paged<T>(items: impl Iterator<Item = T>, page: u64, page_size: u64) -> (Vec<T>, u64) {
+    let all: Vec<T> = items.collect();
+    let total = all.len() as u64;
+    let from = page.saturating_mul(page_size).min(total) as usize;
+    let size = page_size.min(usize::MAX as u64) as usize;
+    (all.into_iter().skip(from).take(size).collect(), total)
+}
+
+const FILE_SELECT: &str = "SELECT id, filename, purpose, sample_type, source, bytes, num_lines,
+    created_at, mimetype, expires_at, visibility FROM files";
+
 const JOB_SELECT: &str = "SELECT id, endpoint, model, input_files, metadata, status, created_at,
     started_at, completed_at, timeout_hours, total, succeeded, failed, output_file, error_file,
     errors FROM jobs";
@@ -623,6 +471,9 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
         bytes: r.get::<_, i64>(5)? as u64,
         num_lines: r.get::<_, Option<i64>>(6)?.map(|n| n as u64),
         created_at: r.get(7)?,
+        mimetype: r.get(8)?,
+        expires_at: r.get(9)?,
+        visibility: r.get(10)?,
     })
 }
 
@@ -681,89 +532,4 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn store() -> (Store, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("bora-batch-{}", uuid::Uuid::new_v4()));
-        (Store::open(&dir).unwrap(), dir)
-    }
-
-    #[test]
-    fn files_are_stored_listed_and_deleted() {
-        let (s, dir) = store();
-        let f = s
-            .add_file(NewFile {
-                filename: "in.jsonl",
-                purpose: "batch",
-                sample_type: "batch_request",
-                source: "upload",
-                content: b"{\"a\": 1}\n{\"b\": 2}\n",
-            })
-            .unwrap();
-        assert_eq!((f.bytes, f.num_lines), (18, Some(2)));
-        assert_eq!(s.file(&f.id).unwrap(), Some(f.clone()));
-        assert_eq!(std::fs::read(s.content_path(&f.id)).unwrap().len(), 18);
-        let (list, total) = s.files(0, 10, Some("batch")).unwrap();
-        assert_eq!((list.len(), total), (1, 1));
-        assert_eq!(s.files(0, 10, Some("fine-tune")).unwrap().1, 0);
-        assert!(s.delete_file(&f.id).unwrap());
-        assert!(!s.delete_file(&f.id).unwrap());
-        assert!(!s.content_path(&f.id).exists());
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn a_job_resumes_where_it_stopped_and_counts_each_line_once() {
-        let (s, dir) = store();
-        let job = s
-            .create_job(NewJob {
-                endpoint: "/v1/chat/completions".into(),
-                model: Some("m".into()),
-                input_files: vec![],
-                metadata: Some(json!({"k": "v"})),
-                timeout_hours: 24,
-                lines: vec![
-                    (Some("a".into()), Ok(json!({"messages": []}))),
-                    (Some("b".into()), Err(json!("line 2 is not JSON"))),
-                    (None, Ok(json!({"messages": [1]}))),
-                ],
-            })
-            .unwrap();
-        assert_eq!(
-            (job.total, job.failed, job.status),
-            (3, 1, JobStatus::Queued)
-        );
-        let pending = s.pending_lines(&job.id).unwrap();
-        assert_eq!(pending.iter().map(|l| l.index).collect::<Vec<_>>(), [0, 2]);
-        s.set_status(&job.id, JobStatus::Running).unwrap();
-        s.finish_line(&job.id, 0, &LineOutcome::Ok(json!({"x": 1})))
-            .unwrap();
-        // Reopened (a restart): the finished line stays finished, a second outcome is ignored.
-        drop(s);
-        let s = Store::open(&dir).unwrap();
-        assert_eq!(s.unfinished_jobs().unwrap().len(), 1);
-        assert_eq!(s.pending_lines(&job.id).unwrap().len(), 1);
-        s.finish_line(&job.id, 0, &LineOutcome::Ok(json!({"x": 2})))
-            .unwrap();
-        s.finish_line(&job.id, 2, &LineOutcome::Err(500, json!("boom")))
-            .unwrap();
-        let j = s.job(&job.id).unwrap().unwrap();
-        assert_eq!((j.succeeded, j.failed, j.completed()), (1, 2, 3));
-        let (ok, bad) = s.results(&job.id).unwrap();
-        assert_eq!(ok.len(), 1);
-        assert_eq!(ok[0]["response"]["body"]["x"], 1);
-        assert_eq!(ok[0]["custom_id"], "a");
-        assert_eq!(bad.len(), 2);
-        assert_eq!(bad[1]["custom_id"], "2");
-        s.set_status(&job.id, JobStatus::Success).unwrap();
-        let j = s.job(&job.id).unwrap().unwrap();
-        assert!(j.completed_at.is_some() && j.started_at.is_some());
-        assert!(s.unfinished_jobs().unwrap().is_empty());
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }

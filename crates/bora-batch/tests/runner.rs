@@ -28,6 +28,18 @@ fn body(i: usize) -> Value {
            "max_tokens": 8, "temperature": 0})
 }
 
+/// A job of `n` plain lines with no model named.
+fn plain_job(n: usize, timeout_hours: i64) -> NewJob {
+    NewJob {
+        endpoint: "/v1/chat/completions".into(),
+        model: None,
+        input_files: vec![],
+        metadata: None,
+        timeout_hours,
+        lines: (0..n).map(|i| (None, Ok(body(i)))).collect(),
+    }
+}
+
 /// The parts of a completion that do not change between runs.
 fn stable(v: &Value) -> Value {
     json!({"choices": v["choices"], "usage": v["usage"]})
@@ -93,16 +105,7 @@ fn every_line_is_answered_as_alone_and_bad_lines_are_error_lines() {
 #[test]
 fn a_resumed_job_runs_only_what_it_had_not_finished() {
     let (store, runner, _api, dir) = setup("resume");
-    let job = store
-        .create_job(NewJob {
-            endpoint: "/v1/chat/completions".into(),
-            model: None,
-            input_files: vec![],
-            metadata: None,
-            timeout_hours: 24,
-            lines: (0..4).map(|i| (None, Ok(body(i)))).collect(),
-        })
-        .unwrap();
+    let job = store.create_job(plain_job(4, 24)).unwrap();
     // As if a server had finished two lines before it was killed.
     store.set_status(&job.id, JobStatus::Running).unwrap();
     for i in [0, 2] {
@@ -124,5 +127,26 @@ fn a_resumed_job_runs_only_what_it_had_not_finished() {
     assert_eq!(out[0]["response"]["body"], json!({"before": 0}));
     assert_eq!(out[2]["response"]["body"], json!({"before": 2}));
     assert!(out[1]["response"]["body"]["choices"].is_array());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_job_past_its_time_ends_timeout_exceeded_with_what_it_finished() {
+    let (store, runner, _api, dir) = setup("timeout");
+    // No hours at all (the API takes 1 or more): its time is up before the first line.
+    let job = store.create_job(plain_job(3, 0)).unwrap();
+    store
+        .finish_line(&job.id, 1, &LineOutcome::Ok(json!({"before": 1})))
+        .unwrap();
+    let done = runner.run(&job.id, &mut |_| {}).unwrap();
+    assert_eq!(
+        (done.status, done.total, done.completed()),
+        (JobStatus::TimeoutExceeded, 3, 1)
+    );
+    assert!(done.completed_at.is_some());
+    let out =
+        std::fs::read_to_string(store.content_path(done.output_file.as_ref().unwrap())).unwrap();
+    assert_eq!(out.lines().count(), 1);
+    assert!(store.unfinished_jobs().unwrap().is_empty());
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bora_batch::{NewJob, Runner, Store};
+use bora_batch::{job_for_input, JobStatus, Runner, Store};
 use bora_engine::{Engine, EngineConfig};
 use bora_server::local::LocalApi;
 
@@ -20,7 +20,9 @@ pub struct Args {
     /// Where the answers go, one line each in Mistral's batch output shape; lines that failed
     /// go to OUTPUT.errors.jsonl.
     output: PathBuf,
-    /// Where the job is kept while it runs (default: OUTPUT with the extension bora-batch).
+    /// Where the job is kept while it runs (default: OUTPUT with the extension bora-batch,
+    /// removed once the job is done). A run stopped midway and started again with the same
+    /// input goes on where it was.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Requests in flight at once.
@@ -31,7 +33,6 @@ pub struct Args {
 pub fn main(a: Args) -> Result<()> {
     let text = std::fs::read_to_string(&a.input)
         .with_context(|| format!("cannot read {} as UTF-8 text", shown(&a.input)))?;
-    let lines = bora_batch::http::jsonl_lines(&text);
     let data_dir = a
         .data_dir
         .clone()
@@ -43,14 +44,15 @@ pub fn main(a: Args) -> Result<()> {
     let loaded = a.model.load()?;
     let engine = Engine::new(loaded.model, loaded.tokenizer, EngineConfig::default())?;
     let api = LocalApi::new(engine, "bora");
-    let job = store.create_job(NewJob {
-        endpoint: "/v1/chat/completions".into(),
-        model: None,
-        input_files: Vec::new(),
-        metadata: None,
-        timeout_hours: 24,
-        lines,
-    })?;
+    let job = job_for_input(&store, &text)?;
+    if job.completed() > 0 {
+        println!(
+            "bora: going on with the job of {} stopped at {} of {} requests",
+            shown(&a.input),
+            job.completed(),
+            job.total
+        );
+    }
     let bar = indicatif::ProgressBar::new(job.total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -59,8 +61,24 @@ pub fn main(a: Args) -> Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let runner = Runner::new(store.clone(), api, a.window);
-    let done = runner.run(&job.id, &mut |j| bar.set_position(j.completed()))?;
+    let ran = runner.run(&job.id, &mut |j| bar.set_position(j.completed()));
     bar.finish();
+    // A failure the store could not even record (its disk full) is said all the same.
+    let failed = match &ran {
+        Ok(done) if done.status == JobStatus::Failed => Some(done.errors.join("; ")),
+        Ok(_) => None,
+        Err(e) => Some(e.explain()),
+    };
+    if let Some(why) = failed {
+        let job = store.job(&job.id)?.unwrap_or(job);
+        anyhow::bail!(
+            "the job failed: {why} ({} of {} requests were answered; run the same command \
+             again to go on)",
+            job.completed(),
+            job.total
+        );
+    }
+    let done = ran?;
     let copy = |id: &Option<String>, to: &PathBuf| -> Result<()> {
         if let Some(id) = id {
             std::fs::copy(store.content_path(id), to)
@@ -71,6 +89,9 @@ pub fn main(a: Args) -> Result<()> {
     copy(&done.output_file, &a.output)?;
     let errors = a.output.with_extension("errors.jsonl");
     copy(&done.error_file, &errors)?;
+    if a.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
     println!(
         "{} of {} requests answered into {}{}",
         done.succeeded,

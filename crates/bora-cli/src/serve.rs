@@ -191,6 +191,7 @@ pub fn main(a: Args) -> Result<()> {
         let batch = bora_batch::http::BatchService::new(
             std::sync::Arc::new(store),
             a.max_upload_mib.saturating_mul(1 << 20),
+            &name,
         );
         let (st, served) = (state.clone(), name.clone());
         // Lines in flight: enough to fill the running set, with room for interactive requests.
