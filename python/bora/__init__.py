@@ -223,6 +223,20 @@ class Engine:
     def detokenize(self, ids: list) -> str:
         return self._engine.detokenize(list(ids))
 
+    def batch(self, input: str, output: str, *, data_dir: Optional[str] = None,
+              window: int = 64, progress: Any = None) -> Response:
+        """Runs a JSONL file of requests (``{"custom_id": ..., "body": {chat request}}`` a
+        line, Mistral's batch input) as a batch job, as ``bora batch`` does: answers to
+        ``output`` in Mistral's batch output lines, failed lines to ``output`` with the
+        extension ``errors.jsonl``. The job is kept in ``data_dir`` (by default ``output`` with
+        the extension ``bora-batch``, removed at the end) so that a run stopped midway goes on
+        where it was when called again with the same input. ``progress(completed, total)`` is
+        called as lines finish. Returns the job: ``id``, ``status``, ``total_requests``,
+        ``succeeded_requests``, ``failed_requests``, ``resumed_at``, ``output``, ``errors``."""
+        return Response(json.loads(self._engine.batch(
+            str(input), str(output), None if data_dir is None else str(data_dir), window,
+            progress)))
+
     def stats(self) -> dict:
         """Running and waiting sequences, KV blocks used and free, prefix-cache hits, steps."""
         return self._engine.stats()

@@ -281,3 +281,29 @@ def test_logprobs_and_predicted_outputs(tiny):
     res = tiny.chat.complete(**args, prediction={"type": "content", "content": answer})
     assert res.choices[0].message.content == answer
     assert res.usage.completion_tokens_details.accepted_prediction_tokens > 0
+
+
+def test_batch_runs_a_jsonl_file_as_bora_batch_does(tiny, tmp_path):
+    reqs = [{"custom_id": f"r{i}", "body": {"messages": [{"role": "user", "content": f"Line {i}"}],
+                                            "max_tokens": 6, "temperature": 0}}
+            for i in range(12)]
+    lines = [json.dumps(r) for r in reqs] + ['{"custom_id": "bad", "no body": 1}']
+    (tmp_path / "in.jsonl").write_text("\n".join(lines))
+    seen = []
+    job = tiny.batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl",
+                     progress=lambda done, total: seen.append((done, total)))
+    assert job.status == "SUCCESS"
+    assert (job.total_requests, job.succeeded_requests, job.failed_requests) == (13, 12, 1)
+    assert seen and seen[-1] == (13, 13)
+    out = [json.loads(l) for l in open(tmp_path / "out.jsonl")]
+    assert [l["custom_id"] for l in out] == [f"r{i}" for i in range(12)]
+    for line in out[:3]:
+        alone = tiny.chat.complete(model="x", **reqs[int(line["custom_id"][1:])]["body"])
+        assert line["response"]["body"]["choices"][0]["message"]["content"] == \
+            alone.choices[0].message.content
+    errors = [json.loads(l) for l in open(job.errors)]
+    assert errors[0]["custom_id"] == "bad" and errors[0]["error"]
+    # The default job directory is gone once the job is done.
+    assert not (tmp_path / "out.bora-batch").exists()
+    with pytest.raises(bora.BoraError, match="cannot read"):
+        tiny.batch(tmp_path / "missing.jsonl", tmp_path / "x.jsonl")

@@ -176,3 +176,39 @@ def test_list_filters_inline_outputs_delete_and_refusals(tmp_path):
         assert c.files.list(search="no-such-name").data == []
     finally:
         assert s.stop() == 0
+
+
+def test_files_and_jobs_sit_behind_the_key_and_uploads_are_bounded(tmp_path):
+    from mistralai.client.errors import SDKError
+
+    s = Server("--data-dir", str(tmp_path / "data"), "--api-key", "sesame", "--max-upload-mib", "1")
+    try:
+        for key in ("wrong", None):
+            c = Mistral(api_key=key, server_url=s.url) if key else Mistral(server_url=s.url)
+            for call in (lambda: c.files.list(), lambda: c.batch.jobs.list(),
+                         lambda: upload(c, [{"body": request(0)}])):
+                try:
+                    call()
+                    raise AssertionError("answered without the key")
+                except SDKError as e:
+                    assert e.status_code == 401, e
+        c = Mistral(api_key="sesame", server_url=s.url)
+        assert c.batch.jobs.list().total == 0
+        small = upload(c, [{"body": request(0)}])
+        assert c.files.retrieve(file_id=small.id).size_bytes == small.size_bytes
+        big = [{"custom_id": "x" * 1000, "body": request(i)} for i in range(1200)]  # > 1 MiB
+        try:
+            upload(c, big)
+            raise AssertionError("an upload over --max-upload-mib was taken")
+        except SDKError as e:
+            assert e.status_code == 413, e
+            assert "--max-upload-mib" in e.body, e.body
+        # Far over it: refused while it is read, the same way.
+        try:
+            upload(c, big * 3)
+            raise AssertionError("an upload far over --max-upload-mib was taken")
+        except SDKError as e:
+            assert e.status_code == 413 and "--max-upload-mib" in e.body, e.body
+        assert [f.id for f in c.files.list().data] == [small.id]
+    finally:
+        assert s.stop() == 0

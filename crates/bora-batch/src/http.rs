@@ -175,11 +175,7 @@ async fn upload(
 ) -> Result<Json<Value>, ApiError> {
     let (mut purpose, mut visibility, mut expiry) = (None, None, None);
     let mut file: Option<(String, Option<String>, Bytes)> = None;
-    while let Some(field) = form
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("the upload is not a valid form: {e}")))?
-    {
+    while let Some(field) = form.next_field().await.map_err(|e| form_error(&svc, e))? {
         match field.name() {
             Some("purpose") => purpose = field.text().await.ok(),
             Some("visibility") => visibility = field.text().await.ok(),
@@ -196,9 +192,7 @@ async fn upload(
             Some("file") => {
                 let name = field.file_name().unwrap_or("upload.jsonl").to_string();
                 let mimetype = field.content_type().map(str::to_string);
-                let bytes = field.bytes().await.map_err(|e| {
-                    ApiError::bad_request(format!("the file part could not be read: {e}"))
-                })?;
+                let bytes = field.bytes().await.map_err(|e| form_error(&svc, e))?;
                 if bytes.len() > svc.max_upload {
                     return Err(ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -242,6 +236,22 @@ async fn upload(
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(store_error)?;
     Ok(Json(file_json(&rec)))
+}
+
+/// A form that could not be read: over the body limit (413, naming the upload limit) or
+/// malformed (400).
+fn form_error(svc: &BatchService, e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "the upload is over the limit of {} bytes (--max-upload-mib)",
+                svc.max_upload
+            ),
+        );
+    }
+    ApiError::bad_request(format!("the upload is not a valid form: {e}"))
 }
 
 fn number(q: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, ApiError> {

@@ -5,11 +5,13 @@
 //! line committed on its own, so that a server stopped or killed mid-job resumes it without
 //! redoing or losing a line.
 
+mod file;
 pub mod http;
 mod records;
 mod runner;
 mod store;
 
+pub use file::{FileError, FileJob, FileRun};
 pub use records::{
     FileFilter, FileRecord, JobFilter, JobRecord, JobStatus, LineOutcome, NewFile, NewJob,
     PendingLine, StoreError,

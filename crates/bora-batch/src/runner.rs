@@ -157,6 +157,9 @@ impl Runner {
                 end = JobStatus::TimeoutExceeded;
                 break;
             }
+            // New lines go in before anything is committed, so that the engine never waits on
+            // the disk.
+            let mut outcomes = Vec::new();
             while flight.len() < self.window {
                 let Some(line) = todo.pop_front() else { break };
                 let outcome = match self.request(&job, &line) {
@@ -169,28 +172,24 @@ impl Runner {
                     },
                     Err(o) => o,
                 };
-                self.store.finish_line(id, line.index, &outcome)?;
+                outcomes.push((line.index, outcome));
             }
-            if flight.is_empty() {
-                break;
-            }
-            let mut finished = Vec::new();
-            for (k, (_, p)) in flight.iter_mut().enumerate() {
-                if let Ok(body) = p.wait(Duration::ZERO) {
-                    finished.push((k, body));
+            let mut k = 0;
+            while k < flight.len() {
+                match flight[k].1.wait(Duration::ZERO) {
+                    Ok(body) => outcomes.push((flight.swap_remove(k).0, outcome_of(body))),
+                    Err(_) => k += 1,
                 }
             }
-            let progressed = !finished.is_empty();
-            for (k, body) in finished.into_iter().rev() {
-                let (index, _) = flight.swap_remove(k);
-                self.store.finish_line(id, index, &outcome_of(body))?;
-            }
-            if progressed {
-                if let Some(j) = self.store.job(id)? {
-                    progress(&j);
+            if outcomes.is_empty() {
+                if flight.is_empty() {
+                    break;
                 }
-            } else {
                 std::thread::sleep(POLL);
+            } else {
+                // The lines that finished together are committed together (one disk sync).
+                self.store.finish_lines(id, &outcomes)?;
+                progress(&self.record(id)?);
             }
             if self.record(id)?.status == JobStatus::CancellationRequested {
                 break;

@@ -375,22 +375,30 @@ impl Store {
     /// Records a line's outcome and counts it, in one transaction; a line already finished
     /// (a second outcome after a restart) is left as it was.
     pub fn finish_line(&self, job: &str, index: u64, outcome: &LineOutcome) -> Result<()> {
-        let (code, result, column) = match outcome {
-            LineOutcome::Ok(v) => (200i64, v.to_string(), "succeeded"),
-            LineOutcome::Err(code, e) => (*code as i64, e.to_string(), "failed"),
-        };
+        self.finish_lines(job, &[(index, outcome.clone())])
+    }
+
+    /// Records the outcomes of several lines in one transaction (one sync of the disk): all of
+    /// them or, where it fails, none.
+    pub fn finish_lines(&self, job: &str, lines: &[(u64, LineOutcome)]) -> Result<()> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let n = tx.execute(
-            "UPDATE lines SET done = 1, status_code = ?3, result = ?4
-             WHERE job = ?1 AND idx = ?2 AND done = 0",
-            params![job, index as i64, code, result],
-        )?;
-        if n > 0 {
-            tx.execute(
-                &format!("UPDATE jobs SET {column} = {column} + 1 WHERE id = ?1"),
-                [job],
+        for (index, outcome) in lines {
+            let (code, result, column) = match outcome {
+                LineOutcome::Ok(v) => (200i64, v.to_string(), "succeeded"),
+                LineOutcome::Err(code, e) => (*code as i64, e.to_string(), "failed"),
+            };
+            let n = tx.execute(
+                "UPDATE lines SET done = 1, status_code = ?3, result = ?4
+                 WHERE job = ?1 AND idx = ?2 AND done = 0",
+                params![job, *index as i64, code, result],
             )?;
+            if n > 0 {
+                tx.execute(
+                    &format!("UPDATE jobs SET {column} = {column} + 1 WHERE id = ?1"),
+                    [job],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(())

@@ -1,11 +1,11 @@
 //! `bora batch`: a JSONL file of chat requests through the engine with no server, as a batch
-//! job of `bora serve` runs them (the same runner, the same store), with a progress bar.
+//! job of `bora serve` runs them (`bora_batch::FileJob`: the same runner, the same store), with
+//! a progress bar.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use bora_batch::{job_for_input, JobStatus, Runner, Store};
+use anyhow::Result;
+use bora_batch::FileJob;
 use bora_engine::{Engine, EngineConfig};
 use bora_server::local::LocalApi;
 
@@ -31,76 +31,49 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let text = std::fs::read_to_string(&a.input)
-        .with_context(|| format!("cannot read {} as UTF-8 text", shown(&a.input)))?;
-    let data_dir = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| a.output.with_extension("bora-batch"));
-    let store = Arc::new(
-        Store::open(&data_dir)
-            .with_context(|| format!("cannot open the job directory {}", shown(&data_dir)))?,
-    );
+    let job = FileJob {
+        input: a.input.clone(),
+        output: a.output.clone(),
+        data_dir: a.data_dir.clone(),
+        window: a.window,
+    };
+    // The input is read before the model loads, so that a wrong path fails at once.
+    std::fs::metadata(&job.input)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", shown(&job.input)))?;
     let loaded = a.model.load()?;
     let engine = Engine::new(loaded.model, loaded.tokenizer, EngineConfig::default())?;
     let api = LocalApi::new(engine, "bora");
-    let job = job_for_input(&store, &text)?;
-    if job.completed() > 0 {
-        println!(
-            "bora: going on with the job of {} stopped at {} of {} requests",
-            shown(&a.input),
-            job.completed(),
-            job.total
-        );
-    }
-    let bar = indicatif::ProgressBar::new(job.total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} requests  {elapsed_precise}  eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let runner = Runner::new(store.clone(), api, a.window);
-    let ran = runner.run(&job.id, &mut |j| bar.set_position(j.completed()));
-    bar.finish();
-    // A failure the store could not even record (its disk full) is said all the same.
-    let failed = match &ran {
-        Ok(done) if done.status == JobStatus::Failed => Some(done.errors.join("; ")),
-        Ok(_) => None,
-        Err(e) => Some(e.explain()),
-    };
-    if let Some(why) = failed {
-        let job = store.job(&job.id)?.unwrap_or(job);
-        anyhow::bail!(
-            "the job failed: {why} ({} of {} requests were answered; run the same command \
-             again to go on)",
-            job.completed(),
-            job.total
-        );
-    }
-    let done = ran?;
-    let copy = |id: &Option<String>, to: &PathBuf| -> Result<()> {
-        if let Some(id) = id {
-            std::fs::copy(store.content_path(id), to)
-                .with_context(|| format!("cannot write {}", shown(to)))?;
+    let bar = indicatif::ProgressBar::hidden();
+    let mut started = |j: &bora_batch::JobRecord| {
+        if j.completed() > 0 {
+            println!(
+                "bora: going on with the job of {} stopped at {} of {} requests",
+                shown(&a.input),
+                j.completed(),
+                j.total
+            );
         }
-        Ok(())
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_length(j.total);
+        bar.set_position(j.completed());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} requests  {elapsed_precise}  eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
     };
-    copy(&done.output_file, &a.output)?;
-    let errors = a.output.with_extension("errors.jsonl");
-    copy(&done.error_file, &errors)?;
-    if a.data_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&data_dir);
-    }
+    let ran = job.run(api, &mut started, &mut |j| bar.set_position(j.completed()));
+    bar.finish();
+    let done = ran?;
     println!(
         "{} of {} requests answered into {}{}",
-        done.succeeded,
-        done.total,
+        done.job.succeeded,
+        done.job.total,
         shown(&a.output),
-        if done.failed > 0 {
-            format!("; {} failed, in {}", done.failed, shown(&errors))
-        } else {
-            String::new()
+        match &done.errors {
+            Some(path) => format!("; {} failed, in {}", done.job.failed, shown(path)),
+            None => String::new(),
         }
     );
     Ok(())

@@ -112,6 +112,51 @@ impl Engine {
         })
     }
 
+    /// Runs a JSONL file of requests as a batch job (`bora_batch::FileJob`, as `bora batch`
+    /// does) at batch priority; `progress(completed, total)` is called as lines finish. Returns
+    /// the job (JSON: `id`, `status`, the request counts, `resumed_at`, `output`, `errors`).
+    #[pyo3(signature = (input, output, data_dir=None, window=64, progress=None))]
+    fn batch(
+        &self,
+        py: Python<'_>,
+        input: std::path::PathBuf,
+        output: std::path::PathBuf,
+        data_dir: Option<std::path::PathBuf>,
+        window: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let job = bora_batch::FileJob {
+            input,
+            output,
+            data_dir,
+            window,
+        };
+        let api = self.api.clone();
+        let tell = |j: &bora_batch::JobRecord| {
+            if let Some(f) = &progress {
+                Python::attach(|py| {
+                    if let Err(e) = f.call1(py, (j.completed(), j.total)) {
+                        e.print(py);
+                    }
+                });
+            }
+        };
+        let ran = py.detach(|| job.run(api, &mut |j| tell(j), &mut |j| tell(j)));
+        let done = ran.map_err(|e| api_error(&ApiError::internal(e.to_string())))?;
+        Ok(serde_json::json!({
+            "id": done.job.id,
+            "status": done.job.status.as_str(),
+            "total_requests": done.job.total,
+            "completed_requests": done.job.completed(),
+            "succeeded_requests": done.job.succeeded,
+            "failed_requests": done.job.failed,
+            "resumed_at": done.resumed_at,
+            "output": job.output,
+            "errors": done.errors,
+        })
+        .to_string())
+    }
+
     /// The engine's state as of its last step: running and waiting sequences, KV blocks,
     /// prefix-cache lookups and hits, steps.
     fn stats(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {

@@ -37,6 +37,7 @@ pub struct Metrics {
     blocks_free: Gauge,
     prefix_lookups: Counter,
     prefix_hits: Counter,
+    steps: Counter,
     expert_tokens: Family<ExpertLabel, Counter>,
     cache_lookups: Counter,
     cache_hits: Counter,
@@ -119,6 +120,12 @@ impl Metrics {
             "Prompt blocks found in the prefix cache",
             prefix_hits.clone(),
         );
+        let steps = Counter::default();
+        registry.register(
+            "engine_steps",
+            "Engine steps run (a step: one forward pass over the running sequences)",
+            steps.clone(),
+        );
         let expert_tokens = Family::<ExpertLabel, Counter>::default();
         registry.register(
             "expert_tokens",
@@ -163,6 +170,7 @@ impl Metrics {
             blocks_free,
             prefix_lookups,
             prefix_hits,
+            steps,
             expert_tokens,
             cache_lookups,
             cache_hits,
@@ -205,6 +213,7 @@ impl Metrics {
             self.blocks_free.set(st.blocks_free as i64);
             advance(&self.prefix_lookups, st.prefix_lookups);
             advance(&self.prefix_hits, st.prefix_hits);
+            advance(&self.steps, st.steps);
             if let Some(c) = &st.expert_cache {
                 advance(&self.cache_lookups, c.lookups);
                 advance(&self.cache_hits, c.hits);

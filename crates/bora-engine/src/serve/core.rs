@@ -206,6 +206,10 @@ impl Core {
         if plan.is_empty() {
             return;
         }
+        // Counted as it begins: a token's event never comes before its step is counted.
+        if let Ok(mut st) = self.stats.lock() {
+            st.steps += 1;
+        }
         self.forward(plan);
         self.publish_stats();
     }
@@ -595,7 +599,6 @@ impl Core {
             st.blocks_free = self.alloc.available();
             st.prefix_lookups = self.alloc.lookups;
             st.prefix_hits = self.alloc.hits;
-            st.steps += 1;
             st.expert_tokens.clone_from(&self.routing.counts);
             st.expert_cache = self.model.expert_cache_stats();
             st.step_seconds = self.costs.measured();
