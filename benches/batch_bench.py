@@ -8,10 +8,11 @@ flight), interleaved ABBA; the best of each counts. Aggregate tokens/s = complet
 wall seconds (from the job's creation to SUCCESS; from the first send to the last answer).
 
 Interactive latency: while a further job runs, P streamed requests of one token are sent one
-after another; for each, the engine's step counter (/metrics bora_engine_steps_total, counted as
-a step begins) is read just before the request goes out and again when its token arrives: the
-difference is the steps begun from its arrival through the one that gave its token (1 when
-the step that follows its arrival serves it, 2 when one step passed without it)."""
+after another; for each, the engine's step counter (/metrics bora_engine_steps_total, counted
+when a step's forward pass is done, before its tokens are sent) is read just before the request
+goes out and again when its token arrives: the difference is the steps that ended from its
+arrival through the one that gave its token (1 when no step was running as it arrived and the
+next one served it; 2 when it arrived during a step and the step after that served it)."""
 
 import http.client
 import json
@@ -145,7 +146,7 @@ def main():
     print(f"idle server: first token in {statistics.median([p[0] for p in idle]) * 1000:.0f} ms "
           f"(steps {[p[1] for p in idle]})")
     print(f"during a job ({W} lines in flight): first token in median {statistics.median(secs) * 1000:.0f} ms, "
-          f"max {max(secs) * 1000:.0f} ms; steps begun from arrival through its token: {st}, "
+          f"max {max(secs) * 1000:.0f} ms; steps ended from arrival through its token: {st}, "
           f"max {max(st)}")
     print(json.dumps({"job_tok_s": best["job"][0], "concurrent_tok_s": best["concurrent"][0],
                       "ratio": ratio, "probe_steps": st, "probe_ms": [round(s * 1000) for s in secs]}))

@@ -206,10 +206,6 @@ impl Core {
         if plan.is_empty() {
             return;
         }
-        // Counted as it begins: a token's event never comes before its step is counted.
-        if let Ok(mut st) = self.stats.lock() {
-            st.steps += 1;
-        }
         self.forward(plan);
         self.publish_stats();
     }
@@ -415,6 +411,11 @@ impl Core {
             }
         });
         let (result, took) = result;
+        // Counted once its pass is done and before its tokens are sent: a token's event never
+        // comes before its step is counted, nor is a step counted before it has computed.
+        if let Ok(mut st) = self.stats.lock() {
+            st.steps += 1;
+        }
         // Steps that only decode (and verify drafts) are the ones whose cost a choice of drafts
         // weighs: a prefill chunk computes one row of logits for many tokens.
         let decode_only = plan.iter().all(|&(i, n)| {

@@ -106,7 +106,8 @@ pub struct EngineStats {
     pub prefix_lookups: u64,
     /// Prompt blocks found in the prefix cache.
     pub prefix_hits: u64,
-    /// Steps begun so far (a step is counted as it begins, before its tokens are sent).
+    /// Steps run so far (a step is counted once its forward pass is done, before its tokens
+    /// are sent).
     pub steps: u64,
     /// Tokens routed to each expert (`[layer][expert]`) since the start.
     pub expert_tokens: Vec<Vec<u64>>,
