@@ -103,8 +103,12 @@ impl Runner {
         id: &str,
         progress: &mut dyn FnMut(&JobRecord),
     ) -> Result<JobRecord, StoreError> {
-        match self.run_lines(id, progress) {
-            Ok(end) => self.finish(id, end),
+        // Writing the output files fails the job the same way as committing a line does.
+        match self
+            .run_lines(id, progress)
+            .and_then(|end| self.finish(id, end))
+        {
+            Ok(done) => Ok(done),
             Err(e) => {
                 self.store
                     .add_job_error(id, &e.explain())
