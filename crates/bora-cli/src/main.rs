@@ -10,6 +10,7 @@ mod inspect;
 mod load;
 mod perplexity;
 mod quantize;
+mod routes;
 mod run;
 mod serve;
 mod tokenize;
@@ -88,6 +89,8 @@ enum Command {
         after_help = "Example:\n  bora batch --model models/fixtures/tiny-mixtral requests.jsonl answers.jsonl"
     )]
     Batch(batch::Args),
+    /// Write each token's routing (layer, rank, expert, weight) to a Parquet file.
+    Routes(routes::Args),
     /// Write a model as a GGUF file of one quantized type (llama.cpp's tools read it).
     #[command(
         after_help = "Examples:\n  bora quantize --model ~/models/Mixtral-8x7B-Instruct-v0.1 --out mixtral-q4_k.gguf --type q4_k\n  bora quantize --model mixtral-F16.gguf --out mixtral-Q8_0.gguf --type q8_0"
@@ -120,6 +123,7 @@ fn main() {
         Command::Run(a) => run::main(a),
         Command::Perplexity(a) => perplexity::main(a),
         Command::Batch(a) => batch::main(a),
+        Command::Routes(a) => routes::main(a),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Quantize(a) => quantize::main(a),
     };

@@ -16,6 +16,7 @@ pub mod hub;
 pub mod load;
 mod logprobs;
 mod perplexity;
+mod routes;
 mod sampler;
 pub mod serve;
 mod tokenizer;
@@ -31,6 +32,7 @@ pub use load::{
 };
 pub use logprobs::{Logprob, TokenLogprobs, LOGPROB_FLOOR, MAX_TOP_LOGPROBS};
 pub use perplexity::{perplexity, Perplexity};
+pub use routes::{trace_routes, RouteOptions, StepRoutes};
 pub use sampler::{Sampler, SamplingParams};
 pub use serve::{
     Choice, Completion, CompletionResult, CompletionStream, Engine, EngineConfig, EngineStats,

@@ -31,7 +31,9 @@ pub use error::ModelError;
 pub use expert_cache::{CachePolicy, CacheStats, DeviceExpert, ExpertCache, LayerUsage, HOT_DECAY};
 pub use kv_cache::{KvCache, KV_Q8_0};
 pub use model::{Model, DEFAULT_BLOCK_SIZE};
-pub use moe::{gemv_fits, gemv_shared_bytes, moe_block, RoutingStats, DEFAULT_SHARED_BYTES};
+pub use moe::{
+    gemv_fits, gemv_shared_bytes, moe_block, LayerRoutes, RoutingStats, DEFAULT_SHARED_BYTES,
+};
 
 /// Result with [`ModelError`].
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -6,12 +6,13 @@ use bora_kernels::{matmul_many, matmul_xwt, silu_mul, Product, Twin};
 use bora_weights::{with_cpu_f32, Experts, HostMatrix, Matrix};
 
 use crate::expert_cache::{LayerUsage, Resident};
-use candle_core::{Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 
 use crate::router::{route, route_tensor};
 use crate::{ModelError, Result};
 
-/// Tokens routed to each expert of each layer, accumulated over forward steps.
+/// Tokens routed to each expert of each layer, accumulated over forward steps; and, when
+/// tracing ([`RoutingStats::with_trace`]), each token's routing in each layer.
 #[derive(Debug, Clone, Default)]
 pub struct RoutingStats {
     /// `[layer][expert]` token counts.
@@ -19,6 +20,27 @@ pub struct RoutingStats {
     /// Counts still on a device: `(layer, [E] f32 counts)`, read by [`RoutingStats::flush`]
     /// once per step rather than with a device sync in every layer.
     pending: Vec<(usize, Tensor)>,
+    /// The routing of the steps since the last [`RoutingStats::take_trace`], when tracing.
+    trace: Option<Trace>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Trace {
+    probs: bool,
+    layers: Vec<LayerRoutes>,
+}
+
+/// One layer's routing of one step's `T` tokens (rows in the step's order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerRoutes {
+    /// The layer.
+    pub layer: usize,
+    /// `[T, A]`: each token's experts, most probable first.
+    pub experts: Vec<u32>,
+    /// `[T, A]`: their weights, renormalized (a token's sum to 1).
+    pub weights: Vec<f32>,
+    /// `[T, E]`: the router's full softmax, when asked for; empty otherwise.
+    pub probs: Vec<f32>,
 }
 
 impl PartialEq for RoutingStats {
@@ -32,10 +54,116 @@ impl RoutingStats {
         Self {
             counts: vec![vec![0; experts]; layers],
             pending: Vec::new(),
+            trace: None,
         }
     }
 
-    pub(crate) fn add(&mut self, layer: usize, experts: &[u32]) {
+    /// Also keeps each token's routing (and the router's softmax when `probs`), for
+    /// [`RoutingStats::take_trace`]. On a device this reads the routing back in every layer.
+    pub fn with_trace(mut self, probs: bool) -> Self {
+        self.trace = Some(Trace {
+            probs,
+            layers: Vec::new(),
+        });
+        self
+    }
+
+    /// Whether routing is kept token by token.
+    pub fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// The routing kept since the last call, layer by layer in the order the steps ran them.
+    pub fn take_trace(&mut self) -> Vec<LayerRoutes> {
+        self.trace
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.layers))
+            .unwrap_or_default()
+    }
+
+    /// Whether a trace keeps the router's softmax (so that [`RoutingStats::record`] needs
+    /// the logits).
+    fn wants_probs(&self) -> bool {
+        self.trace.as_ref().is_some_and(|t| t.probs)
+    }
+
+    /// Counts a layer's routing of a step and keeps it when tracing; `logits` (`[T, E]`) is
+    /// asked for only when the softmax is kept.
+    pub(crate) fn record(
+        &mut self,
+        layer: usize,
+        experts: &[u32],
+        weights: &[f32],
+        logits: impl FnOnce() -> candle_core::Result<Vec<f32>>,
+    ) -> candle_core::Result<()> {
+        let logits = if self.wants_probs() {
+            Some(logits()?)
+        } else {
+            None
+        };
+        self.record_host(layer, experts, weights, logits.as_deref());
+        Ok(())
+    }
+
+    /// [`RoutingStats::record`] with the logits at hand (on the host).
+    pub(crate) fn record_host(
+        &mut self,
+        layer: usize,
+        experts: &[u32],
+        weights: &[f32],
+        logits: Option<&[f32]>,
+    ) {
+        self.add(layer, experts);
+        let e = self.counts.get(layer).map_or(0, Vec::len);
+        let Some(trace) = self.trace.as_mut() else {
+            return;
+        };
+        let mut probs = Vec::new();
+        if let (true, Some(logits)) = (trace.probs && e > 0, logits) {
+            probs = logits.to_vec();
+            for row in probs.chunks_exact_mut(e) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for v in row.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                for v in row.iter_mut() {
+                    *v /= sum;
+                }
+            }
+        }
+        trace.layers.push(LayerRoutes {
+            layer,
+            experts: experts.to_vec(),
+            weights: weights.to_vec(),
+            probs,
+        });
+    }
+
+    /// [`RoutingStats::record`] of a routing on a device: counted there, or read back to the
+    /// host when tracing.
+    pub fn record_tensors(
+        &mut self,
+        layer: usize,
+        ids: &Tensor,
+        weights: &Tensor,
+        logits: &Tensor,
+    ) -> candle_core::Result<()> {
+        if !self.tracing() {
+            return self.add_on_device(layer, ids);
+        }
+        let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+        let w = weights
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        self.record(layer, &ids, &w, || {
+            logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+        })
+    }
+
+    fn add(&mut self, layer: usize, experts: &[u32]) {
         if let Some(row) = self.counts.get_mut(layer) {
             for &e in experts {
                 if let Some(c) = row.get_mut(e as usize) {
@@ -52,9 +180,8 @@ impl RoutingStats {
             return Ok(());
         };
         let ids = ids.flatten_all()?;
-        let ones = Tensor::ones(ids.elem_count(), candle_core::DType::F32, ids.device())?;
-        let counts =
-            Tensor::zeros(e, candle_core::DType::F32, ids.device())?.index_add(&ids, &ones, 0)?;
+        let ones = Tensor::ones(ids.elem_count(), DType::F32, ids.device())?;
+        let counts = Tensor::zeros(e, DType::F32, ids.device())?.index_add(&ids, &ones, 0)?;
         self.pending.push((layer, counts));
         Ok(())
     }
@@ -201,8 +328,8 @@ mod cuda {
         let logits = router.forward(x)?; // [T, E]
         let (ids, w) = route_topk(&logits, a)?; // [T, A] each
         if let Some(s) = stats {
-            // Counted on the device: no sync in the layer.
-            s.add_on_device(layer, &ids)?;
+            // Counted on the device: no sync in the layer (unless tracing).
+            s.record_tensors(layer, &ids, &w, &logits)?;
         }
         let (expert_ids, slots) = sort_by_expert(&ids, experts.count())?; // [T·A] each
         let w = Some(own(&w.flatten_all()?)?);
@@ -296,7 +423,7 @@ fn moe_host(
             route(l, c, w);
         }
         if let Some(s) = stats {
-            s.add(layer, &chosen);
+            s.record_host(layer, &chosen, &weights, Some(&logits));
         }
         experts.run_routed(xs, t, h, &chosen, &weights, &|_| true)
     })?;
@@ -424,7 +551,10 @@ fn moe_tensor(
     let (idx, w) = route_tensor(&logits, a)?; // [T, A] each
     let chosen = idx.flatten_all()?.to_vec1::<u32>()?;
     if let Some(s) = stats {
-        s.add(layer, &chosen);
+        let weights = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        s.record(layer, &chosen, &weights, || {
+            logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+        })?;
     }
     let e = gate.dim(0)?;
     let mut by_expert: Vec<Vec<u32>> = vec![Vec::new(); e];

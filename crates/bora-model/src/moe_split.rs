@@ -38,7 +38,9 @@ pub(crate) fn moe_split(
     let chosen = idx.flatten_all()?.to_vec1::<u32>()?; // [T·A]
     let weights = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?; // [T·A]
     if let Some(s) = stats {
-        s.add(layer, &chosen);
+        s.record(layer, &chosen, &weights, || {
+            logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+        })?;
     }
     let (resident, usage) = match cache {
         Some((r, u)) => (Some(r), Some(u)),

@@ -1,0 +1,202 @@
+//! `bora routes`: each token's routing to a Parquet file, written step by step
+//! (`bora_engine::trace_routes`), with a progress bar.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+use arrow_array::{ArrayRef, Float32Array, RecordBatch, UInt16Array, UInt32Array, UInt8Array};
+use arrow_schema::{DataType, Field, Schema};
+use bora_engine::chat::{render, ChatFormat};
+use bora_engine::{trace_routes, RouteOptions, StepRoutes};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::load::{shown, ModelArgs};
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Columns of the Parquet file (one row per chosen expert):
+  sequence  uint32   the input sequence: 0 for --file, the line's index for --requests
+  position  uint32   the token's place in its sequence (0: its first token)
+  token_id  uint32   the token
+  layer     uint16   the layer
+  rank      uint8    0 for the most probable expert, then 1, ...
+  expert    uint16   the expert chosen
+  weight    float32  its weight, renormalized: a token's weights in a layer sum to 1
+  probs     fixed-size list of float32 (with --probs): the router's softmax over every expert
+
+A sequence longer than --context is cut into windows, each run from position 0. Read it with
+pandas.read_parquet or polars.read_parquet as it is.
+
+Examples:
+  bora routes --model models/fixtures/tiny-mixtral --file README.md --out trace.parquet
+  bora routes --model mixtral-Q4_K_M.gguf --requests requests.jsonl --out trace.parquet --probs")]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A UTF-8 text, traced as one sequence (BOS first).
+    #[arg(
+        long,
+        conflicts_with = "requests",
+        required_unless_present = "requests"
+    )]
+    file: Option<PathBuf>,
+    /// A JSONL of chat requests (`{"custom_id", "body": {...}}` as a batch job takes them, or
+    /// bare bodies): each one's prompt, rendered as the chat API renders it, is a sequence.
+    #[arg(long)]
+    requests: Option<PathBuf>,
+    /// The Parquet file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the router's full softmax (column `probs`).
+    #[arg(long)]
+    probs: bool,
+    /// Window length in tokens (bounded by the model's context).
+    #[arg(long, default_value_t = 4096)]
+    context: usize,
+    /// Windows run in one step.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let loaded = a.model.load()?;
+    let (model, tok) = (&loaded.model, &loaded.tokenizer);
+    let sequences: Vec<Vec<u32>> = match (&a.file, &a.requests) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {} as UTF-8 text", shown(file)))?;
+            vec![model
+                .config()
+                .bos_token_id
+                .into_iter()
+                .chain(tok.encode(&text)?)
+                .collect()]
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {} as UTF-8 text", shown(path)))?;
+            let format = ChatFormat::detect(tok);
+            let mut out = Vec::new();
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .with_context(|| format!("{} line {}: not JSON", shown(path), n + 1))?;
+                let body = v.get("body").unwrap_or(&v);
+                let mut body = body.clone();
+                if let Some(o) = body.as_object_mut() {
+                    o.entry("model").or_insert("bora".into());
+                }
+                let parsed = bora_server::parse_request(body.to_string().as_bytes(), false)
+                    .map_err(|e| {
+                        anyhow::anyhow!("{} line {}: {}", shown(path), n + 1, e.message)
+                    })?;
+                out.push(render(format, tok, &parsed.completion.chat).map_err(|e| {
+                    anyhow::anyhow!("{} line {}: {}: {e}", shown(path), n + 1, e.class())
+                })?);
+            }
+            out
+        }
+        (None, None) => anyhow::bail!("give --file or --requests"),
+    };
+    let total: u64 = sequences.iter().map(|s| s.len() as u64).sum();
+    let cfg = model.config();
+    let schema = Arc::new(schema(a.probs, cfg.num_local_experts));
+    let file = std::fs::File::create(&a.out)
+        .with_context(|| format!("cannot create {}", shown(&a.out)))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} tokens  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let opts = RouteOptions {
+        context: a.context,
+        parallel: a.parallel,
+        probs: a.probs,
+    };
+    let mut failure: Option<anyhow::Error> = None;
+    let traced = trace_routes(model, &sequences, &opts, &mut |step| {
+        let tokens = step.len() / (cfg.num_hidden_layers * cfg.num_experts_per_tok).max(1);
+        let res = batch(&schema, step).and_then(|b| Ok(writer.write(&b)?));
+        if let Err(e) = res {
+            let msg = e.to_string();
+            failure = Some(e);
+            return Err(bora_engine::EngineError::Generation(msg));
+        }
+        bar.inc(tokens as u64);
+        Ok(())
+    });
+    bar.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e.context(format!("writing {}", shown(&a.out))));
+    }
+    let traced = traced?;
+    writer
+        .close()
+        .with_context(|| format!("cannot finish {}", shown(&a.out)))?;
+    println!(
+        "{traced} tokens of {} sequence(s) traced into {} ({} layers, top-{} of {} experts)",
+        sequences.len(),
+        shown(&a.out),
+        cfg.num_hidden_layers,
+        cfg.num_experts_per_tok,
+        cfg.num_local_experts
+    );
+    Ok(())
+}
+
+fn schema(probs: bool, experts: usize) -> Schema {
+    let mut fields = vec![
+        Field::new("sequence", DataType::UInt32, false),
+        Field::new("position", DataType::UInt32, false),
+        Field::new("token_id", DataType::UInt32, false),
+        Field::new("layer", DataType::UInt16, false),
+        Field::new("rank", DataType::UInt8, false),
+        Field::new("expert", DataType::UInt16, false),
+        Field::new("weight", DataType::Float32, false),
+    ];
+    if probs {
+        fields.push(Field::new(
+            "probs",
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                experts as i32,
+            ),
+            false,
+        ));
+    }
+    Schema::new(fields)
+}
+
+fn batch(schema: &Arc<Schema>, s: StepRoutes) -> Result<RecordBatch> {
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from(s.sequence)),
+        Arc::new(UInt32Array::from(s.position)),
+        Arc::new(UInt32Array::from(s.token_id)),
+        Arc::new(UInt16Array::from(s.layer)),
+        Arc::new(UInt8Array::from(s.rank)),
+        Arc::new(UInt16Array::from(s.expert)),
+        Arc::new(Float32Array::from(s.weight)),
+    ];
+    if schema.fields().len() > 7 {
+        let e = s.experts as i32;
+        let mut b = FixedSizeListBuilder::new(Float32Builder::new(), e)
+            .with_field(Arc::new(Field::new("item", DataType::Float32, false)));
+        for row in s.probs.chunks_exact(s.experts.max(1)) {
+            b.values().append_slice(row);
+            b.append(true);
+        }
+        cols.push(Arc::new(b.finish()));
+    }
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
