@@ -137,3 +137,45 @@ def test_a_trace_matches_the_router_computed_directly(tmp_path):
         np.testing.assert_allclose(np.stack(g.probs.to_numpy())[0], pr, atol=1e-5)
         assert abs(g.weight.sum() - 1) < 1e-5
     assert checked >= len(ids) * layers * 0.95
+
+
+def test_the_report_numbers_equal_pandas_on_the_trace(tmp_path):
+    out, rep = tmp_path / "trace.parquet", tmp_path / "report"
+    subprocess.run([BORA, "routes", "--model", str(TINY), "--file", str(ROOT / "README.md"),
+                    "--out", str(out), "--probs", "--report", str(rep)],
+                   check=True, capture_output=True)
+    s = json.loads((rep / "summary.json").read_text())
+    t = pq.read_table(out).to_pandas()
+    e = CFG["num_local_experts"]
+    assert s["tokens"] == t[["sequence", "position"]].drop_duplicates().shape[0]
+    for layer, g in t.groupby("layer"):
+        shares = g.expert.value_counts(normalize=True).reindex(range(e), fill_value=0)
+        np.testing.assert_allclose(s["shares"][layer], shares.to_numpy(), atol=1e-12)
+        assert abs(s["imbalance"][layer] - shares.max() * e) < 1e-9
+        p = shares[shares > 0]
+        assert abs(s["load_entropy_bits"][layer] + (p * np.log2(p)).sum()) < 1e-9
+        probs = np.stack(g[g["rank"] == 0].probs.to_numpy()).astype(np.float64)
+        h = -(probs * np.log2(np.where(probs > 0, probs, 1))).sum(1).mean()
+        assert abs(s["router_entropy_bits"][layer] - h) < 1e-5
+        # Co-activation: tokens that chose both i and j.
+        sets = g.groupby(["sequence", "position"]).expert.apply(lambda x: tuple(sorted(x)))
+        co = np.zeros((e, e))
+        for st in sets:
+            for i in st:
+                for j in st:
+                    if i != j:
+                        co[i, j] += 1
+        np.testing.assert_allclose(s["coactivation"][layer], co / len(sets), atol=1e-12)
+        # Change rate: consecutive tokens of a sequence with other experts.
+        ordered = sets.sort_index()
+        prev = ordered.groupby(level=0).shift(1)
+        pos = ordered.index.get_level_values(1).to_numpy()
+        has_prev = prev.notna().to_numpy() & (np.diff(pos, prepend=-2) == 1)
+        changed = (ordered.to_numpy() != prev.to_numpy()) & has_prev
+        assert abs(s["change_rate"][layer] - changed.sum() / has_prev.sum()) < 1e-12
+    # The page: self-contained (no URL outside it) and every figure inline.
+    page = (rep / "report.html").read_text()
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
+    for stem in ("shares", "coactivation", "per_layer", "load_series"):
+        assert f'<figure id="{stem}">' in page and (rep / f"{stem}.png").stat().st_size > 1000
+        assert (rep / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"

@@ -10,6 +10,7 @@ mod inspect;
 mod load;
 mod perplexity;
 mod quantize;
+mod report;
 mod routes;
 mod run;
 mod serve;

@@ -9,7 +9,7 @@ use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
 use arrow_array::{ArrayRef, Float32Array, RecordBatch, UInt16Array, UInt32Array, UInt8Array};
 use arrow_schema::{DataType, Field, Schema};
 use bora_engine::chat::{render, ChatFormat};
-use bora_engine::{trace_routes, RouteOptions, StepRoutes};
+use bora_engine::{trace_routes, RouteOptions, RouteSummary, StepRoutes};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -59,6 +59,10 @@ pub struct Args {
     /// Windows run in one step.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
+    /// Also write a report of the trace into this directory: summary.json, figures as PNG and
+    /// SVG, and report.html (self-contained; opens in a browser with no network).
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -125,8 +129,18 @@ pub fn main(a: Args) -> Result<()> {
         probs: a.probs,
     };
     let mut failure: Option<anyhow::Error> = None;
+    let mut summary = a.report.as_ref().map(|_| {
+        RouteSummary::new(
+            cfg.num_hidden_layers,
+            cfg.num_local_experts,
+            (total / 100).max(16),
+        )
+    });
     let traced = trace_routes(model, &sequences, &opts, &mut |step| {
         let tokens = step.len() / (cfg.num_hidden_layers * cfg.num_experts_per_tok).max(1);
+        if let Some(s) = summary.as_mut() {
+            s.add(&step);
+        }
         let res = batch(&schema, step).and_then(|b| Ok(writer.write(&b)?));
         if let Err(e) = res {
             let msg = e.to_string();
@@ -144,6 +158,16 @@ pub fn main(a: Args) -> Result<()> {
     writer
         .close()
         .with_context(|| format!("cannot finish {}", shown(&a.out)))?;
+    if let (Some(dir), Some(s)) = (&a.report, &summary) {
+        let source = a.file.as_ref().or(a.requests.as_ref()).map(|p| shown(p));
+        crate::report::write_report(
+            dir,
+            &format!("Expert routing of {}", source.unwrap_or_default()),
+            &s.numbers(),
+        )
+        .with_context(|| format!("writing the report into {}", shown(dir)))?;
+        println!("report: {}", shown(&dir.join("report.html")));
+    }
     println!(
         "{traced} tokens of {} sequence(s) traced into {} ({} layers, top-{} of {} experts)",
         sequences.len(),

@@ -17,6 +17,7 @@ pub mod load;
 mod logprobs;
 mod perplexity;
 mod routes;
+mod routes_summary;
 mod sampler;
 pub mod serve;
 mod tokenizer;
@@ -33,6 +34,7 @@ pub use load::{
 pub use logprobs::{Logprob, TokenLogprobs, LOGPROB_FLOOR, MAX_TOP_LOGPROBS};
 pub use perplexity::{perplexity, Perplexity};
 pub use routes::{trace_routes, RouteOptions, StepRoutes};
+pub use routes_summary::{RouteSummary, SummaryNumbers};
 pub use sampler::{Sampler, SamplingParams};
 pub use serve::{
     Choice, Completion, CompletionResult, CompletionStream, Engine, EngineConfig, EngineStats,
