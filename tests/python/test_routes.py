@@ -10,6 +10,9 @@ import subprocess
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
+
+import browser
 
 from conftest import ROOT, TINY
 
@@ -179,3 +182,25 @@ def test_the_report_numbers_equal_pandas_on_the_trace(tmp_path):
     for stem in ("shares", "coactivation", "per_layer", "load_series"):
         assert f'<figure id="{stem}">' in page and (rep / f"{stem}.png").stat().st_size > 1000
         assert (rep / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(browser.chromium() is None, reason="no chromium (Debian's package) here")
+def test_the_report_page_loads_in_headless_chromium_with_every_figure(tmp_path):
+    rep = tmp_path / "report"
+    subprocess.run([BORA, "routes", "--model", str(TINY), "--file", str(ROOT / "README.md"),
+                    "--out", str(tmp_path / "t.parquet"), "--report", str(rep)],
+                   check=True, capture_output=True)
+    b = browser.Browser()
+    try:
+        b.open((rep / "report.html").as_uri())
+        sizes = b.eval("""[...document.querySelectorAll('figure')].map(f => {
+            const s = f.querySelector('svg').getBoundingClientRect();
+            return [f.id, Math.round(s.width), Math.round(s.height),
+                    f.querySelectorAll('svg rect, svg path, svg polyline').length];
+        })""")
+        assert [s[0] for s in sizes] == ["shares", "coactivation", "per_layer", "load_series"]
+        for name, w, h, marks in sizes:
+            assert w > 300 and h > 200 and marks > 5, (name, w, h, marks)
+        assert b.errors() == []
+    finally:
+        b.close()
