@@ -18,6 +18,7 @@ pub mod error;
 pub mod listen;
 pub mod local;
 pub mod metrics;
+mod page;
 pub mod routes;
 pub mod wire;
 

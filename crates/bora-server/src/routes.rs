@@ -140,6 +140,8 @@ pub fn router_with(state: Arc<AppState>, more_v1: Router) -> Router {
         .merge(more_v1)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
+        .route("/", get(crate::page::index))
+        .route("/stats", get(crate::page::stats))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(state.clone())

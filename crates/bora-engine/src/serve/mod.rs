@@ -213,6 +213,11 @@ impl Engine {
         let stats = Arc::new(Mutex::new(EngineStats {
             blocks_total: blocks,
             blocks_free: blocks,
+            // Zeros until the first step: every (layer, expert) is there from the start.
+            expert_tokens: vec![
+                vec![0; model.config().num_local_experts];
+                model.config().num_hidden_layers
+            ],
             ..Default::default()
         }));
         let (tx, rx) = std::sync::mpsc::channel();
