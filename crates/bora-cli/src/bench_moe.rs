@@ -37,6 +37,11 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Time the block under these routing distributions instead of its router's: uniform,
+    /// hot (one expert in every token's choice), trace:PATH (the expert sets of the most
+    /// imbalanced layer of a `bora routes` trace, with their frequencies).
+    #[arg(long, value_delimiter = ',')]
+    skew: Vec<String>,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -75,6 +80,15 @@ pub fn main(a: Args) -> Result<()> {
         Some(q) => q.name().to_string(),
         None => format!("{dtype:?}").to_lowercase(),
     };
+    if !a.skew.is_empty() {
+        let skews = a
+            .skew
+            .iter()
+            .map(|s| crate::bench_skew::Skew::parse(s, k))
+            .collect::<Result<Vec<_>>>()?;
+        let runs = crate::bench_skew::run(&w, &skews, &a.tokens, a.iters, act, &device)?;
+        return print_skew(&a, &weights, e, k, &runs);
+    }
     let mut rows = Vec::new();
     for &t in &a.tokens {
         let x = Tensor::randn(0f32, 1.0, (t, h), &candle_core::Device::Cpu)?
@@ -121,6 +135,58 @@ pub fn main(a: Args) -> Result<()> {
             step * 1e6,
             t as f64 / step,
             bw / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// The skew runs: each size's step time under each distribution, against uniform's.
+fn print_skew(
+    a: &Args,
+    weights: &str,
+    e: usize,
+    k: usize,
+    runs: &[crate::bench_skew::SkewRun],
+) -> Result<()> {
+    let uniform = |t: usize| {
+        runs.iter()
+            .find(|r| r.tokens == t && r.skew == "uniform")
+            .map(|r| r.step)
+    };
+    if a.json {
+        let v: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                json!({"skew": r.skew, "tokens": r.tokens, "step_us": r.step * 1e6,
+                       "tokens_per_s": r.tokens as f64 / r.step, "experts_hit": r.hit,
+                       "hottest_expert_tokens": r.hottest,
+                       "vs_uniform": uniform(r.tokens).map(|u| u / r.step)})
+            })
+            .collect();
+        let report = json!({"shape": a.shape, "device": a.device, "weights": weights, "runs": v});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "MoE block of {} ({e} experts, top {k}), {weights} weights, on {}, routing imposed",
+        a.shape, a.device
+    );
+    println!(
+        "{:<28}  {:>6}  {:>10}  {:>12}  {:>4}  {:>8}  {:>10}",
+        "routing", "tokens", "step µs", "tokens/s", "hit", "hottest", "vs uniform"
+    );
+    for r in runs {
+        println!(
+            "{:<28}  {:>6}  {:>10.1}  {:>12.1}  {:>4}  {:>8}  {:>10}",
+            r.skew,
+            r.tokens,
+            r.step * 1e6,
+            r.tokens as f64 / r.step,
+            r.hit,
+            r.hottest,
+            uniform(r.tokens)
+                .map(|u| format!("{:.2}x", u / r.step))
+                .unwrap_or_default()
         );
     }
     Ok(())

@@ -4,6 +4,7 @@ mod batch;
 mod bench;
 mod bench_moe;
 mod bench_predict;
+mod bench_skew;
 mod chat;
 mod check;
 mod inspect;
