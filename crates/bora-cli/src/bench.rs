@@ -37,6 +37,10 @@ pub struct Args {
     /// prediction and against a wrong one, interleaved, greedy.
     #[arg(long)]
     prediction: bool,
+    /// Also a routing report of the bench's tokens in this directory (as `bora routes
+    /// --report` writes one): summary.json, figures as PNG and SVG, report.html.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
 }
 
 struct Run {
@@ -77,12 +81,30 @@ pub fn main(a: Args) -> Result<()> {
         .layers
         .first()
         .map_or(0, |l| l.experts.expert_bytes());
+    // With --report, every step's routing goes to a summary on a thread of its own.
+    let (route_trace, summary) = match &a.report {
+        Some(_) => {
+            let (tx, rx) = std::sync::mpsc::channel::<bora_engine::StepRoutes>();
+            let (layers, experts) = (cfg.num_hidden_layers, cfg.num_local_experts);
+            let window = (a.batch.iter().sum::<usize>() * (a.prompt_len + a.gen_len) / 100).max(16);
+            let t = std::thread::spawn(move || {
+                let mut s = bora_engine::RouteSummary::new(layers, experts, window as u64);
+                for step in rx {
+                    s.add(&step);
+                }
+                s
+            });
+            (Some(tx), Some(t))
+        }
+        None => (None, None),
+    };
     let engine = Engine::new(
         loaded.model,
         loaded.tokenizer,
         EngineConfig {
             max_running: max_batch.max(EngineConfig::default().max_running),
             deterministic: a.deterministic,
+            route_trace,
             ..EngineConfig::default()
         },
     )?;
@@ -143,6 +165,25 @@ pub fn main(a: Args) -> Result<()> {
     };
 
     let stats_after = engine.stats();
+    // The engine's end closes the trace: the summary has every step.
+    drop(engine);
+    if let (Some(dir), Some(summary)) = (&a.report, summary) {
+        let summary = summary
+            .join()
+            .map_err(|_| anyhow::anyhow!("the routing summary failed"))?;
+        let name = a
+            .model
+            .model
+            .clone()
+            .unwrap_or_else(|| bora_engine::DEMO_MODEL_NAME.into());
+        crate::report::write_report(
+            dir,
+            &format!("Expert routing of bora bench on {name}"),
+            &summary.numbers(),
+        )
+        .with_context(|| format!("writing the report into {}", dir.display()))?;
+        eprintln!("report: {}", dir.join("report.html").display());
+    }
     let routed_after = stats_after.expert_tokens.clone();
     let mut placement = Placement::of(&host_layers, &routed_after, stats_after.expert_cache);
     placement.expert_bytes = expert_bytes;

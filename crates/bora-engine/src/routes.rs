@@ -157,7 +157,7 @@ pub fn trace_routes(
 }
 
 /// A step's layer-by-layer routing as rows, `rows` naming each token of the step.
-fn step_routes(
+pub(crate) fn step_routes(
     rows: &[(usize, usize, u32)],
     trace: Vec<bora_model::LayerRoutes>,
     experts: usize,

@@ -67,7 +67,10 @@ impl Core {
     ) -> Self {
         let alloc = BlockAllocator::new(cache.num_blocks(), cache.block_size());
         let cfg = model.config();
-        let routing = RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts);
+        let mut routing = RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts);
+        if config.route_trace.is_some() {
+            routing = routing.with_trace(false);
+        }
         Self {
             model,
             cache,
@@ -356,6 +359,18 @@ impl Core {
                 }
             })
             .collect();
+        // (request, position, token) of each row, when the routing is traced.
+        let trace_rows: Option<Vec<(usize, usize, u32)>> =
+            self.config.route_trace.as_ref().map(|_| {
+                plan.iter()
+                    .zip(&seqs)
+                    .flat_map(|(&(i, _), si)| {
+                        let req = self.running[i].req as usize;
+                        (si.tokens.iter().enumerate())
+                            .map(move |(k, &t)| (req, si.start_pos + k, t))
+                    })
+                    .collect()
+            });
         // Whether the step samples each sequence's next token (its last row).
         let wants: Vec<bool> = plan
             .iter()
@@ -415,6 +430,14 @@ impl Core {
         // comes before its step is counted, nor is a step counted before it has computed.
         if let Ok(mut st) = self.stats.lock() {
             st.steps += 1;
+        }
+        if let (Some(tx), Some(rows)) = (&self.config.route_trace, trace_rows) {
+            let experts = self.model.config().num_local_experts;
+            if let Ok(step) = crate::routes::step_routes(&rows, self.routing.take_trace(), experts)
+            {
+                // A reader that went away only stops the trace.
+                let _ = tx.send(step);
+            }
         }
         // Steps that only decode (and verify drafts) are the ones whose cost a choice of drafts
         // weighs: a prefill chunk computes one row of logits for many tokens.

@@ -71,6 +71,10 @@ pub struct EngineConfig {
     /// Batch-invariant numerics ([`Model::set_batch_invariant`]): a seeded request gives the
     /// same answer alone and under load. Slower prefill.
     pub deterministic: bool,
+    /// Each step's routing, token by token, sent here as it is computed (`sequence`: the
+    /// request's id; `position`: the token's place in its sequence). For `bora bench
+    /// --report`; every step pays a copy of its routing.
+    pub route_trace: Option<std::sync::mpsc::Sender<crate::StepRoutes>>,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +89,7 @@ impl Default for EngineConfig {
             max_queue: 256,
             chat_format: None,
             deterministic: false,
+            route_trace: None,
         }
     }
 }
