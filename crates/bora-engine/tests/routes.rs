@@ -125,7 +125,7 @@ fn the_serving_trace_agrees_with_the_direct_one() {
     let mut direct = Vec::new();
     trace_routes(
         &loaded.model,
-        &[prompt.clone()],
+        std::slice::from_ref(&prompt),
         &RouteOptions::default(),
         &mut |s| {
             direct.push(s);
