@@ -145,17 +145,24 @@ fn heatmap<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0f64..w as f64, 0f64..h as f64)
+        .build_cartesian_2d(
+            (0..(w as u32).saturating_sub(1)).into_segmented(),
+            (0..(h as u32).saturating_sub(1)).into_segmented(),
+        )
         .map_err(err)?;
+    let label = |v: &SegmentValue<u32>| match v {
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => i.to_string(),
+        SegmentValue::Last => String::new(),
+    };
     chart
         .configure_mesh()
         .disable_mesh()
         .x_desc(x)
         .y_desc(y)
-        .x_labels(w.min(32) + 1)
-        .y_labels(h.min(32) + 1)
-        .x_label_formatter(&|v| format!("{}", v.floor() as i64))
-        .y_label_formatter(&|v| format!("{}", v.floor() as i64))
+        .x_labels(w.min(64))
+        .y_labels(h.min(64))
+        .x_label_formatter(&label)
+        .y_label_formatter(&label)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
@@ -163,7 +170,13 @@ fn heatmap<DB: DrawingBackend>(
         .draw_series(rows.iter().enumerate().flat_map(|(r, row)| {
             row.iter().enumerate().map(move |(c, &v)| {
                 Rectangle::new(
-                    [(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)],
+                    [
+                        (SegmentValue::Exact(c as u32), SegmentValue::Exact(r as u32)),
+                        (
+                            SegmentValue::Exact(c as u32 + 1),
+                            SegmentValue::Exact(r as u32 + 1),
+                        ),
+                    ],
                     shade(v / max).filled(),
                 )
             })
@@ -202,6 +215,8 @@ fn lines<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc(x)
+        .x_labels(len.min(24))
+        .x_label_formatter(&|v| format!("{}", v.round() as i64))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
