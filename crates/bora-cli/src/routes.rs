@@ -53,11 +53,12 @@ pub struct Args {
     /// Also write the router's full softmax (column `probs`).
     #[arg(long)]
     probs: bool,
-    /// Window length in tokens (bounded by the model's context).
-    #[arg(long, default_value_t = 4096)]
+    /// Window length in tokens (bounded by the model's context). The KV cache holds
+    /// `--parallel` windows of it.
+    #[arg(long, default_value_t = 2048)]
     context: usize,
     /// Windows run in one step.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     parallel: usize,
     /// Also write a report of the trace into this directory: summary.json, figures as PNG and
     /// SVG, and report.html (self-contained; opens in a browser with no network).
@@ -113,8 +114,11 @@ pub fn main(a: Args) -> Result<()> {
     let schema = Arc::new(schema(a.probs, cfg.num_local_experts));
     let file = std::fs::File::create(&a.out)
         .with_context(|| format!("cannot create {}", shown(&a.out)))?;
+    // Row groups of 64Ki rows: the writer holds one group's pages at a time, so memory stays
+    // flat however long the trace.
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(1 << 16))
         .build();
     let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
     let bar = indicatif::ProgressBar::new(total).with_style(

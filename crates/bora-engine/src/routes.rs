@@ -25,8 +25,8 @@ pub struct RouteOptions {
 impl Default for RouteOptions {
     fn default() -> Self {
         Self {
-            context: 4096,
-            parallel: 4,
+            context: 2048,
+            parallel: 2,
             probs: false,
         }
     }
