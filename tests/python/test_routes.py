@@ -116,8 +116,10 @@ def test_a_trace_matches_the_router_computed_directly(tmp_path):
             "model's one window of context: a hundred tokens or so, give or take a few.")
     (tmp_path / "t.txt").write_text(text)
     out = tmp_path / "trace.parquet"
-    # In float32, as the numpy forward (in float64) runs: the two agree to 1e-6.
-    subprocess.run([BORA, "routes", "--model", str(TINY), "--dtype", "f32", "--file",
+    # In float32 with an f32 KV cache (routes keeps f16 by default), as the numpy forward (in
+    # float64) runs: the two agree to 1e-6.
+    subprocess.run([BORA, "routes", "--model", str(TINY), "--dtype", "f32",
+                    "--kv-cache-dtype", "f32", "--file",
                     str(tmp_path / "t.txt"), "--out", str(out), "--probs"],
                    check=True, capture_output=True)
     t = pq.read_table(out).to_pandas()

@@ -52,7 +52,7 @@ pub fn main(a: Args) -> Result<()> {
     } else {
         cfg.bos_token_id
             .into_iter()
-            .chain(tok.encode(&text)?)
+            .chain(tok.encode_long(&text)?)
             .collect()
     };
     if ids.len() < 2 {

@@ -54,19 +54,31 @@ pub struct Args {
     #[arg(long)]
     probs: bool,
     /// Window length in tokens (bounded by the model's context). The KV cache holds
-    /// `--parallel` windows of it.
+    /// `--parallel` windows of it, on the CPU in f16 unless `--kv-cache-dtype` says otherwise
+    /// (`--kv-cache-dtype f32` for the numerics `bora serve` has by default).
     #[arg(long, default_value_t = 2048)]
     context: usize,
-    /// Windows run in one step.
-    #[arg(long, default_value_t = 2)]
-    parallel: usize,
+    /// Windows (sequences, or pieces of one longer than --context) run together in a step, as
+    /// serving batches them. Default: 1 with --file (one sequence: its windows in turn), 8 with
+    /// --requests.
+    #[arg(long)]
+    parallel: Option<usize>,
+    /// Tokens run in one step, shared among its windows: the step's working memory grows with
+    /// it, its speed hardly (a prefill step is compute-bound).
+    #[arg(long, default_value_t = 256)]
+    step_tokens: usize,
     /// Also write a report of the trace into this directory: summary.json, figures as PNG and
     /// SVG, and report.html (self-contained; opens in a browser with no network).
     #[arg(long)]
     report: Option<PathBuf>,
 }
 
-pub fn main(a: Args) -> Result<()> {
+pub fn main(mut a: Args) -> Result<()> {
+    // On the CPU, half the f32 cache's memory (llama.cpp's default too), so that a trace of any
+    // length runs in little more than the model's own memory.
+    if a.model.device == "cpu" {
+        a.model.kv_cache_dtype.get_or_insert_with(|| "f16".into());
+    }
     let loaded = a.model.load()?;
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
     let sequences: Vec<Vec<u32>> = match (&a.file, &a.requests) {
@@ -77,7 +89,7 @@ pub fn main(a: Args) -> Result<()> {
                 .config()
                 .bos_token_id
                 .into_iter()
-                .chain(tok.encode(&text)?)
+                .chain(tok.encode_long(&text)?)
                 .collect()]
         }
         (None, Some(path)) => {
@@ -129,8 +141,9 @@ pub fn main(a: Args) -> Result<()> {
     );
     let opts = RouteOptions {
         context: a.context,
-        parallel: a.parallel,
+        parallel: a.parallel.unwrap_or(if a.file.is_some() { 1 } else { 8 }),
         probs: a.probs,
+        step_tokens: a.step_tokens.max(1),
     };
     let mut failure: Option<anyhow::Error> = None;
     let mut summary = a.report.as_ref().map(|_| {

@@ -8,7 +8,6 @@
 
 use bora_model::{Batch, Logits, Model, RoutingStats, SeqInput};
 
-use crate::generate::PREFILL_CHUNK;
 use crate::{EngineError, Result};
 
 /// How to trace.
@@ -20,6 +19,10 @@ pub struct RouteOptions {
     pub parallel: usize,
     /// Keep the router's full softmax too (`E` values per token and layer).
     pub probs: bool,
+    /// Tokens run in one step, shared among the active windows. A prefill step is
+    /// compute-bound, so a smaller one costs little time and bounds the step's working memory
+    /// (the MoE block's activations grow with it).
+    pub step_tokens: usize,
 }
 
 impl Default for RouteOptions {
@@ -28,6 +31,7 @@ impl Default for RouteOptions {
             context: 2048,
             parallel: 2,
             probs: false,
+            step_tokens: 256,
         }
     }
 }
@@ -86,7 +90,9 @@ pub fn trace_routes(
     sink: &mut dyn FnMut(StepRoutes) -> Result<()>,
 ) -> Result<u64> {
     let cfg = model.config();
-    let context = opts.context.min(cfg.context()).max(1);
+    // No longer than the longest sequence: a JSONL of short requests keeps a small cache.
+    let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
+    let context = opts.context.min(cfg.context()).min(longest).max(1);
     let parallel = opts.parallel.max(1);
     let (layers, experts) = (cfg.num_hidden_layers, cfg.num_local_experts);
     let mut windows = sequences.iter().enumerate().flat_map(|(s, ids)| {
@@ -103,8 +109,6 @@ pub fn trace_routes(
     let mut active: Vec<Window> = Vec::new();
     let mut free: Vec<usize> = (0..parallel).rev().collect();
     let mut traced = 0u64;
-    // Each step gives every active window an equal share of a prefill chunk.
-    let share = (PREFILL_CHUNK / parallel).max(16);
     loop {
         while let Some(slot) = free.pop() {
             match windows.next() {
@@ -118,6 +122,8 @@ pub fn trace_routes(
         if active.is_empty() {
             break;
         }
+        // Each step gives every active window an equal share of the step's tokens.
+        let share = (opts.step_tokens / active.len()).max(16);
         let mut rows: Vec<(usize, usize, u32)> = Vec::new(); // (sequence, position, token)
         let seqs: Vec<SeqInput> = active
             .iter()

@@ -43,6 +43,7 @@ fn windows_and_parallel_sequences_cover_every_token_once() {
         context: 48,
         parallel: 2,
         probs: true,
+        step_tokens: 40,
     };
     let n = trace_routes(model, &seqs, &opts, &mut |s| {
         steps.push(s);
@@ -77,6 +78,7 @@ fn windows_and_parallel_sequences_cover_every_token_once() {
             context: 48,
             parallel: 1,
             probs: false,
+            step_tokens: 256,
         },
         &mut |s| {
             restart.push(s);

@@ -71,4 +71,52 @@ proptest! {
             prop_assert_eq!(streamed(t, &ids), whole, "{} stream", v);
         }
     }
+
+    #[test]
+    fn a_text_encoded_in_pieces_is_encoded_as_a_whole(
+        parts in proptest::collection::vec(text(), 1..40),
+        piece in 1usize..64,
+    ) {
+        let s = parts.join(" ");
+        for v in ["v1", "v3"] {
+            let t = tok(v);
+            prop_assert_eq!(t.encode_in_pieces(&s, piece).unwrap(), t.encode(&s).unwrap(), "{}", v);
+        }
+    }
+}
+
+#[test]
+fn a_long_text_is_encoded_in_pieces_as_a_whole() {
+    // Prose with runs of spaces, lines and non-ASCII text, 300 KB: cut into about 5 pieces.
+    let mut s = String::new();
+    let words = [
+        "the",
+        "expert",
+        "  routing",
+        "é",
+        "\n",
+        "一二",
+        "x,",
+        "\t",
+        "🙂",
+        "[INST]",
+    ];
+    for i in 0..60_000 {
+        s.push_str(words[(i * 7 + i / 3) % words.len()]);
+        s.push(' ');
+    }
+    for t in [tok("v1"), tok("v3"), fixture()] {
+        assert!(t.cuts_at_spaces().unwrap());
+        assert_eq!(t.encode_long(&s).unwrap(), t.encode(&s).unwrap());
+    }
+}
+
+/// The tiny fixture's `tokenizer.json` (Hugging Face's format).
+fn fixture() -> &'static Tokenizer {
+    static T: OnceLock<Tokenizer> = OnceLock::new();
+    T.get_or_init(|| {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/fixtures/tiny-mixtral/tokenizer.json");
+        Tokenizer::from_file(&p).unwrap()
+    })
 }

@@ -38,6 +38,17 @@ pub struct SpecialTokens {
 /// Words (pieces of text between pre-tokenizer splits) whose tokens a tokenizer remembers.
 pub const TOKENIZER_CACHE_WORDS: usize = 256;
 
+/// Bytes of text [`Tokenizer::encode_long`] encodes at once (about 15,000 tokens of English).
+pub const LONG_TEXT_PIECE: usize = 1 << 16;
+
+/// The first byte at or after `from` of a space with another character, not a space, on either
+/// side; `None` if there is none.
+fn cut_at_space(text: &str, from: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    (from.max(1)..b.len().saturating_sub(1))
+        .find(|&i| b[i] == b' ' && b[i - 1] != b' ' && b[i + 1] != b' ')
+}
+
 /// A tokenizer that encodes all input as plain text.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -148,6 +159,58 @@ impl Tokenizer {
             .encode_fast(text, false)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of a long `text` (a book for `perplexity` or `routes`), equal to
+    /// [`Tokenizer::encode`]'s, in memory proportional to the ids rather than to the tokenizer's
+    /// working state over the whole text (hundreds of MB for a million tokens): the text is
+    /// encoded in pieces of about [`LONG_TEXT_PIECE`] bytes ([`Tokenizer::encode_in_pieces`]).
+    pub fn encode_long(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_in_pieces(text, LONG_TEXT_PIECE)
+    }
+
+    /// [`Tokenizer::encode`] in pieces of at least `piece_bytes`, each cut at a single space
+    /// between two other characters; the space is left out and the next piece's dummy prefix
+    /// stands for it. Equal to encoding the whole text wherever no token can span such a space:
+    /// where the tokenizer writes a space as the `▁` that begins a word (sentencepiece) and no
+    /// piece of its vocabulary holds a `▁` after another character. Any other tokenizer (or a
+    /// text with no such space) is encoded whole.
+    pub fn encode_in_pieces(&self, text: &str, piece_bytes: usize) -> Result<Vec<u32>> {
+        let piece_bytes = piece_bytes.max(1);
+        if text.len() <= piece_bytes || !self.cuts_at_spaces()? {
+            return self.encode(text);
+        }
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while let Some(at) = cut_at_space(rest, piece_bytes) {
+            ids.extend(self.encode(&rest[..at])?);
+            rest = &rest[at + 1..];
+        }
+        ids.extend(self.encode(rest)?);
+        Ok(ids)
+    }
+
+    /// Whether a text may be encoded in pieces cut at single spaces
+    /// ([`Tokenizer::encode_in_pieces`]); where not, it is encoded whole.
+    pub fn cuts_at_spaces(&self) -> Result<bool> {
+        // A space inside a piece: `a▁b`, or a `▁` that follows other text.
+        let spans = self.inner.get_vocab(false).keys().any(|piece| {
+            piece
+                .trim_start_matches('\u{2581}')
+                .contains(['\u{2581}', ' '])
+        });
+        if spans {
+            return Ok(false);
+        }
+        // The space is the dummy prefix of the word after it.
+        for (left, right) in [("a", "b"), ("Hello,", "world"), ("x\n", "y")] {
+            let mut parts = self.encode(left)?;
+            parts.extend(self.encode(right)?);
+            if parts != self.encode(&format!("{left} {right}"))? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The text of `ids`, special tokens left out.
