@@ -164,7 +164,7 @@ impl Tokenizer {
     /// Token ids of a long `text` (a book for `perplexity` or `routes`), equal to
     /// [`Tokenizer::encode`]'s, in memory proportional to the ids rather than to the tokenizer's
     /// working state over the whole text (hundreds of MB for a million tokens): the text is
-    /// encoded in pieces of about [`LONG_TEXT_PIECE`] bytes ([`Tokenizer::encode_in_pieces`]).
+    /// encoded in pieces of about 64 KiB ([`Tokenizer::encode_in_pieces`]).
     pub fn encode_long(&self, text: &str) -> Result<Vec<u32>> {
         self.encode_in_pieces(text, LONG_TEXT_PIECE)
     }
