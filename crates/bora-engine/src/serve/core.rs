@@ -514,6 +514,9 @@ impl Core {
         }
         // The pending token's keys and values are in the cache now.
         s.computed += 1;
+        if let Some(p) = &mut s.prediction {
+            p.verifying(draft.len());
+        }
         let mut kept = 0;
         let mut finish = None;
         for (j, mut row) in rows.into_iter().enumerate() {

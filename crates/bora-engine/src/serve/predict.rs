@@ -112,6 +112,9 @@ pub(crate) struct Prediction {
     out_ids: Vec<u32>,
     /// Moving average of whether a verified draft was accepted.
     rate: f64,
+    /// Positions ahead whose tokens are being verified as drafts (their outcome reaches the
+    /// rate through `record`); the others are trials of the one-token draft in `advance`.
+    verifying: usize,
     /// Drafts accepted and rejected so far.
     pub accepted: usize,
     pub rejected: usize,
@@ -142,6 +145,7 @@ impl Prediction {
             out: Vec::new(),
             out_ids: Vec::new(),
             rate: PRIOR_RATE,
+            verifying: 0,
             accepted: 0,
             rejected: 0,
         }
@@ -150,7 +154,17 @@ impl Prediction {
     /// Follows the output after it grew by token `t`: the cursor moves over the token's bytes
     /// where the prediction has them; otherwise the output's last bytes are looked up in the
     /// prediction, nearest after the old place first.
+    ///
+    /// A token no draft was verified for still tells whether a draft would have been right:
+    /// the rate learns from it, so a prediction whose drafts stopped paying off is tried again
+    /// once the output follows it (a rate learnt only from verified drafts would stay where
+    /// the last rejections left it).
     pub fn advance(&mut self, t: u32, tok: &Tokenizer) {
+        if self.verifying > 0 {
+            self.verifying -= 1;
+        } else if let Some(&d) = self.draft(1, tok).first() {
+            self.learn(d == t);
+        }
         let bytes = tok.token_bytes(t);
         self.out.extend_from_slice(&bytes);
         self.out_ids.push(t);
@@ -271,15 +285,26 @@ impl Prediction {
         (0..k).map(|i| out[start + i % period]).collect()
     }
 
+    /// The next `proposed` tokens are verified against drafts (`record` says how it went).
+    pub fn verifying(&mut self, proposed: usize) {
+        self.verifying = proposed;
+    }
+
     /// A verification of `proposed` drafts kept the first `kept`.
     pub fn record(&mut self, proposed: usize, kept: usize) {
+        self.verifying = 0;
         self.accepted += kept;
         self.rejected += proposed - kept;
         // Positions verified: the kept ones and the first rejected one.
         for i in 0..(kept + 1).min(proposed) {
-            let hit = if i < kept { 1.0 } else { 0.0 };
-            self.rate += RATE_STEP * (hit - self.rate);
+            self.learn(i < kept);
         }
+    }
+
+    /// One position's draft was right or wrong.
+    fn learn(&mut self, hit: bool) {
+        let hit = if hit { 1.0 } else { 0.0 };
+        self.rate += RATE_STEP * (hit - self.rate);
     }
 
     /// How many drafts to verify in a step that computes `base` other tokens: the number that
@@ -418,6 +443,28 @@ mod tests {
         }
         assert_eq!(wrong.choose(0, &costs, 32, &tok), 0);
         assert_eq!((wrong.accepted, wrong.rejected), (0, 80));
+        // No draft is verified now, but the output follows the prediction: the rate learns
+        // that from each token, and drafts are tried again.
+        for _ in 0..10 {
+            let next = wrong.draft(1, &tok)[0];
+            wrong.advance(next, &tok);
+        }
+        assert!(wrong.choose(0, &costs, 32, &tok) >= 8);
+        // Tokens that were verified as drafts teach the rate once, through `record`.
+        let mut once = wrong.clone();
+        let before = once.rate;
+        let d = once.draft(2, &tok);
+        once.verifying(2);
+        once.advance(d[0], &tok);
+        once.advance(d[1], &tok);
+        assert_eq!(once.rate, before);
+        once.record(2, 2);
+        assert!(once.rate > before);
+        // An output that departs from it lowers it again.
+        for t in tok.encode("quite unlike the text").unwrap() {
+            wrong.advance(t, &tok);
+        }
+        assert!(wrong.rate < PRIOR_RATE);
     }
 
     #[test]
