@@ -56,7 +56,8 @@ pub struct SummaryNumbers {
     pub coactivation: Vec<Vec<Vec<f64>>>,
     /// `[layer]`: the share of tokens whose experts differ from the token before them.
     pub change_rate: Vec<f64>,
-    /// Tokens per point of `load_series`.
+    /// Tokens per point of `load_series` (the last point also holds a remainder of under half
+    /// a window).
     pub series_window: u64,
     /// `[point][layer][expert]`: the experts' shares over each window of tokens.
     pub load_series: Vec<Vec<Vec<f64>>>,
@@ -213,12 +214,33 @@ impl RouteSummary {
                 .collect(),
             series_window: self.window,
             load_series: self
-                .series
+                .series_points()
                 .iter()
                 .map(|p| p.iter().map(|r| share(r)).collect())
                 .collect(),
             shares,
         }
+    }
+}
+
+impl RouteSummary {
+    /// The load's time series by window: a last window of under half a window's tokens joins
+    /// the one before it (a handful of tokens' shares would be noise in the plot).
+    fn series_points(&self) -> Vec<Vec<Vec<u64>>> {
+        let mut points = self.series.clone();
+        let before_last = points.len().saturating_sub(1) as u64 * self.window;
+        if points.len() > 1 && (self.tokens - before_last) * 2 < self.window {
+            if let Some(last) = points.pop() {
+                if let Some(prev) = points.last_mut() {
+                    for (row, add) in prev.iter_mut().zip(last) {
+                        for (c, a) in row.iter_mut().zip(add) {
+                            *c += a;
+                        }
+                    }
+                }
+            }
+        }
+        points
     }
 }
 
