@@ -2,6 +2,7 @@
 //! latency histograms are kept by the server; the engine's own state (queue, running sequences,
 //! KV blocks, prefix cache, expert routing) is read from its stats snapshot at each scrape.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bora_engine::EngineStats;
@@ -43,6 +44,12 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_moves: Counter,
     cache_resident: Gauge,
+    /// vLLM's names for the load signals that routers read from a worker's `/metrics`
+    /// (vllm-router's load-aware policies, llm-d, Dynamo), unprefixed.
+    compat: Registry,
+    vllm_running: Gauge,
+    vllm_waiting: Gauge,
+    vllm_kv_usage: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -157,8 +164,29 @@ impl Metrics {
             "expert_cache_resident",
             "Experts with a copy on the GPU in the expert cache",
         );
+        let mut compat = Registry::default();
+        let vllm_running = gauge(
+            &mut compat,
+            "vllm:num_requests_running",
+            "Requests running (vLLM's name, for routers)",
+        );
+        let vllm_waiting = gauge(
+            &mut compat,
+            "vllm:num_requests_waiting",
+            "Requests waiting (vLLM's name, for routers)",
+        );
+        let vllm_kv_usage = Gauge::<f64, AtomicU64>::default();
+        compat.register(
+            "vllm:kv_cache_usage_perc",
+            "KV cache blocks held, a fraction of all (vLLM's name, for routers)",
+            vllm_kv_usage.clone(),
+        );
         Self {
             registry,
+            compat,
+            vllm_running,
+            vllm_waiting,
+            vllm_kv_usage,
             requests,
             prompt_tokens,
             generated_tokens,
@@ -230,9 +258,22 @@ impl Metrics {
                 }
             }
         }
+        if let Some(st) = stats {
+            self.vllm_running.set(st.running as i64);
+            self.vllm_waiting.set(st.waiting as i64);
+            let total = st.blocks_used + st.blocks_free;
+            self.vllm_kv_usage.set(if total == 0 {
+                0.0
+            } else {
+                st.blocks_used as f64 / total as f64
+            });
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.compat);
+        let _ = encode_eof(&mut out);
         out
     }
 }
@@ -279,5 +320,28 @@ mod tests {
             .render(Some(&st))
             .lines()
             .any(|l| l == "bora_expert_cache_hits_total 45"));
+    }
+
+    #[test]
+    fn the_load_signals_have_vllms_names_for_routers() {
+        let m = Metrics::new();
+        let st = EngineStats {
+            running: 3,
+            waiting: 2,
+            blocks_used: 25,
+            blocks_free: 75,
+            ..EngineStats::default()
+        };
+        let text = m.render(Some(&st));
+        for line in [
+            "vllm:num_requests_running 3",
+            "vllm:num_requests_waiting 2",
+            "vllm:kv_cache_usage_perc 0.25",
+            "bora_running_sequences 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("# EOF\n"));
     }
 }
