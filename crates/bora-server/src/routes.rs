@@ -134,6 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub fn router_with(state: Arc<AppState>, more_v1: Router) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/chat/completions/render", post(render_chat))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .with_state(state.clone())
@@ -312,15 +313,7 @@ async fn chat(
     body: Body,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    // A declared length over the limit is refused before any of the body is awaited.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u128>().ok());
-    if let Some(n) = declared.filter(|&n| n > st.config.body_limit as u128) {
-        return Err(too_large(n, st.config.body_limit));
-    }
-    let bytes = read_body(body, st.config.body_limit, st.config.body_timeout).await?;
+    let bytes = read_request(&st, &headers, body).await?;
     let ParsedRequest {
         model,
         stream,
@@ -351,6 +344,52 @@ async fn chat(
     } else {
         Ok(reply.whole(&st, events).await.into_response())
     }
+}
+
+/// A request's body within `--max-body` (a declared length over it is refused before any of the
+/// body is awaited).
+async fn read_request(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u128>().ok());
+    if let Some(n) = declared.filter(|&n| n > st.config.body_limit as u128) {
+        return Err(too_large(n, st.config.body_limit));
+    }
+    read_body(body, st.config.body_limit, st.config.body_timeout).await
+}
+
+/// `POST /v1/chat/completions/render`, as vLLM serves it: the prompt's token ids as bora renders
+/// a chat request (`token_ids`), nothing run. KV-aware routers (vllm-router's `kv_aware`) ask a
+/// worker for them to find which replica's cache holds the longest prefix.
+async fn render_chat(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = read_request(&st, &headers, body).await?;
+    let ParsedRequest {
+        model, completion, ..
+    } = parse_request(&bytes, st.config.strict_api)?;
+    let engine = st.engine()?.clone();
+    if model != st.config.model_name {
+        return Err(ApiError::invalid_model(&model));
+    }
+    let ids = tokio::task::spawn_blocking(move || {
+        bora_engine::chat::render(engine.chat_format(), engine.tokenizer(), &completion.chat)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("request task failed: {e}"),
+        )
+    })?
+    .map_err(|e| ApiError::from(bora_engine::EngineError::from(e)))?;
+    Ok(Json(
+        json!({"model": model, "token_ids": ids, "features": null}),
+    ))
 }
 
 /// `v` as one line of JSON for an SSE `data:` field, with the characters that some line

@@ -644,3 +644,58 @@ async fn a_body_that_never_arrives_gets_408() {
     // The server still serves others.
     assert_eq!(post(&url, &chat_body(json!({}))).await.status(), 200);
 }
+
+/// vllm-router's `kv_aware` policy asks a worker for a chat request's prompt tokens at
+/// `/v1/chat/completions/render` and reads `token_ids`: the tokens bora runs for that request.
+#[tokio::test]
+async fn render_gives_the_prompt_tokens_the_chat_route_runs() {
+    let (url, state) = server().await;
+    let body = chat_body(json!({"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello, who are you?"},
+        {"role": "assistant", "content": "A model."},
+        {"role": "user", "content": "And what do you do?"},
+    ]}));
+    let r = client()
+        .post(format!("{url}/v1/chat/completions/render"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let ids: Vec<u32> = serde_json::from_value(v["token_ids"].clone()).unwrap();
+    let engine = state.engine().unwrap();
+    let req = bora_server::parse_request(body.to_string().as_bytes(), false).unwrap();
+    let expected = bora_engine::chat::render(
+        engine.chat_format(),
+        engine.tokenizer(),
+        &req.completion.chat,
+    )
+    .unwrap();
+    assert_eq!(ids, expected);
+    assert!(v["features"].is_null());
+    let usage = post(&url, &body).await.json::<Value>().await.unwrap()["usage"].clone();
+    assert_eq!(usage["prompt_tokens"].as_u64().unwrap(), ids.len() as u64);
+    // A bad request gets the chat route's error.
+    for bad in [
+        json!({"model": MODEL, "messages": []}),
+        chat_body(json!({"model": "other"})),
+        chat_body(json!({"messages": [{"role": "assistant", "content": "x"}]})),
+    ] {
+        let r = client()
+            .post(format!("{url}/v1/chat/completions/render"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        let chat = post(&url, &bad).await;
+        assert!(r.status().is_client_error(), "{bad}");
+        assert_eq!(r.status(), chat.status(), "{bad}");
+        let (a, b) = (
+            r.json::<Value>().await.unwrap(),
+            chat.json::<Value>().await.unwrap(),
+        );
+        assert_eq!(a, b, "{bad}");
+    }
+}
