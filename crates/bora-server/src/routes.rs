@@ -325,15 +325,7 @@ async fn chat(
     }
     let meta = AnswerMeta::new(&model, &completion);
     // Rendering and tokenizing a long conversation is CPU work: off the async workers.
-    let events = tokio::task::spawn_blocking(move || engine.chat(&completion))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                format!("request task failed: {e}"),
-            )
-        })??;
+    let events = off_workers(move || engine.chat(&completion)).await??;
     let reply = Reply {
         meta,
         arrived,
@@ -344,6 +336,19 @@ async fn chat(
     } else {
         Ok(reply.whole(&st, events).await.into_response())
     }
+}
+
+/// Runs `f` (CPU work: rendering and tokenizing a long conversation) off the async workers.
+async fn off_workers<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("request task failed: {e}"),
+        )
+    })
 }
 
 /// A request's body within `--max-body` (a declared length over it is refused before any of the
@@ -375,17 +380,10 @@ async fn render_chat(
     if model != st.config.model_name {
         return Err(ApiError::invalid_model(&model));
     }
-    let ids = tokio::task::spawn_blocking(move || {
+    let ids = off_workers(move || {
         bora_engine::chat::render(engine.chat_format(), engine.tokenizer(), &completion.chat)
     })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            format!("request task failed: {e}"),
-        )
-    })?
+    .await?
     .map_err(|e| ApiError::from(bora_engine::EngineError::from(e)))?;
     Ok(Json(
         json!({"model": model, "token_ids": ids, "features": null}),
