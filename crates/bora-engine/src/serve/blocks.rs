@@ -16,6 +16,29 @@ pub(crate) fn chain_hash(prev: u64, tokens: &[u32]) -> u64 {
     h.finish()
 }
 
+/// A change to the prefix cache, in the terms of vLLM's KV-cache events (which KV-aware routers
+/// consume): a full block stored under its chain hash, one evicted, or all of them dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEvent {
+    /// A block registered for reuse: its chain hash, the previous block's (none for a
+    /// sequence's first block), its tokens.
+    Stored {
+        /// The block's chain hash.
+        hash: u64,
+        /// The chain hash of the block before it.
+        parent: Option<u64>,
+        /// The block's tokens (a block's worth).
+        tokens: Vec<u32>,
+    },
+    /// A cached block evicted to make room.
+    Removed {
+        /// The block's chain hash.
+        hash: u64,
+    },
+    /// Every cached block dropped.
+    Cleared,
+}
+
 #[derive(Debug)]
 pub(crate) struct BlockAllocator {
     block_size: usize,
@@ -33,6 +56,8 @@ pub(crate) struct BlockAllocator {
     /// that waits and is looked up again counts once).
     pub lookups: u64,
     pub hits: u64,
+    /// The prefix cache's changes since they were last taken, when recorded.
+    events: Option<Vec<KvEvent>>,
 }
 
 impl BlockAllocator {
@@ -48,7 +73,18 @@ impl BlockAllocator {
             tick: 0,
             lookups: 0,
             hits: 0,
+            events: None,
         }
+    }
+
+    /// Records the prefix cache's changes from now on ([`BlockAllocator::take_events`]).
+    pub fn record_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes recorded since the last call (none when not recording).
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn block_size(&self) -> usize {
@@ -78,6 +114,9 @@ impl BlockAllocator {
                 let (_, b) = self.idle.pop_first()?;
                 if let Some(h) = self.hash_of[b as usize].take() {
                     self.by_hash.remove(&h);
+                    if let Some(ev) = &mut self.events {
+                        ev.push(KvEvent::Removed { hash: h });
+                    }
                 }
                 b
             }
@@ -103,14 +142,22 @@ impl BlockAllocator {
         }
     }
 
-    /// Registers a sequence's full block under its chain hash (a block with the same contents
-    /// already registered is kept instead).
-    pub fn register(&mut self, block: u32, hash: u64) {
+    /// Registers a sequence's full block, holding `tokens`, under its chain hash (a block with
+    /// the same contents already registered is kept instead); `parent` is the chain hash of the
+    /// block before it.
+    pub fn register(&mut self, block: u32, hash: u64, parent: Option<u64>, tokens: &[u32]) {
         if self.by_hash.contains_key(&hash) || self.hash_of[block as usize].is_some() {
             return;
         }
         self.by_hash.insert(hash, block);
         self.hash_of[block as usize] = Some(hash);
+        if let Some(ev) = &mut self.events {
+            ev.push(KvEvent::Stored {
+                hash,
+                parent,
+                tokens: tokens.to_vec(),
+            });
+        }
     }
 
     /// Counts an admitted prompt: its full blocks, and how many the prefix cache held.
@@ -151,9 +198,30 @@ mod tests {
         let mut a = BlockAllocator::new(4, 2);
         let b0 = a.allocate().unwrap();
         let b1 = a.allocate().unwrap();
+        a.record_events();
         let h0 = chain_hash(0, &[1, 2]);
-        a.register(b0, h0);
-        a.register(b1, chain_hash(h0, &[3, 4]));
+        let h1 = chain_hash(h0, &[3, 4]);
+        a.register(b0, h0, None, &[1, 2]);
+        a.register(b1, h1, Some(h0), &[3, 4]);
+        // The same contents again: the first block is kept, nothing stored.
+        let b2 = a.allocate().unwrap();
+        a.register(b2, h0, None, &[1, 2]);
+        a.release(&[b2]);
+        assert_eq!(
+            a.take_events(),
+            vec![
+                KvEvent::Stored {
+                    hash: h0,
+                    parent: None,
+                    tokens: vec![1, 2]
+                },
+                KvEvent::Stored {
+                    hash: h1,
+                    parent: Some(h0),
+                    tokens: vec![3, 4]
+                },
+            ]
+        );
         assert_eq!(a.used(), 2);
         a.release(&[b0, b1]);
         assert_eq!((a.used(), a.available()), (0, 4));
@@ -171,6 +239,12 @@ mod tests {
         assert!(
             a.lookup_prefix(&[1, 2, 3, 4, 5]).is_empty(),
             "evicted blocks are forgotten"
+        );
+        // Each eviction is an event, least recently used first (the second block: the last
+        // lookup used only the first).
+        assert_eq!(
+            a.take_events(),
+            vec![KvEvent::Removed { hash: h1 }, KvEvent::Removed { hash: h0 }]
         );
     }
 }

@@ -65,7 +65,10 @@ impl Core {
         queued: Arc<AtomicUsize>,
         stats: Arc<Mutex<EngineStats>>,
     ) -> Self {
-        let alloc = BlockAllocator::new(cache.num_blocks(), cache.block_size());
+        let mut alloc = BlockAllocator::new(cache.num_blocks(), cache.block_size());
+        if config.kv_events.is_some() {
+            alloc.record_events();
+        }
         let cfg = model.config();
         let mut routing = RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts);
         if config.route_trace.is_some() {
@@ -500,6 +503,13 @@ impl Core {
             seq.finish(reason, self.format, &self.tok);
             self.end(&mut seq);
         }
+        if let Some(tx) = &self.config.kv_events {
+            let events = self.alloc.take_events();
+            if !events.is_empty() {
+                // A publisher that went away only stops the events.
+                let _ = tx.send(events);
+            }
+        }
     }
 
     /// Samples running sequence `i`'s next tokens from the rows of its pending token and its
@@ -540,9 +550,10 @@ impl Core {
         let bs = self.alloc.block_size();
         while s.hashes.len() < s.computed / bs {
             let k = s.hashes.len();
-            let prev = s.hashes.last().copied().unwrap_or(0);
-            let h = chain_hash(prev, &s.tokens[k * bs..(k + 1) * bs]);
-            self.alloc.register(s.blocks[k], h);
+            let parent = s.hashes.last().copied();
+            let tokens = &s.tokens[k * bs..(k + 1) * bs];
+            let h = chain_hash(parent.unwrap_or(0), tokens);
+            self.alloc.register(s.blocks[k], h, parent, tokens);
             s.hashes.push(h);
         }
     }

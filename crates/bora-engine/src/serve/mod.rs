@@ -7,6 +7,7 @@
 //! happen on the caller's thread, in [`Engine::chat`].
 
 mod blocks;
+pub use blocks::KvEvent;
 mod core;
 mod logits;
 mod predict;
@@ -75,6 +76,9 @@ pub struct EngineConfig {
     /// request's id; `position`: the token's place in its sequence). For `bora bench
     /// --report`; every step pays a copy of its routing.
     pub route_trace: Option<std::sync::mpsc::Sender<crate::StepRoutes>>,
+    /// The prefix cache's changes (blocks stored, evicted), sent after each step that made
+    /// some: what `bora serve --kv-events` publishes for KV-aware routers.
+    pub kv_events: Option<std::sync::mpsc::Sender<Vec<KvEvent>>>,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +94,7 @@ impl Default for EngineConfig {
             chat_format: None,
             deterministic: false,
             route_trace: None,
+            kv_events: None,
         }
     }
 }
