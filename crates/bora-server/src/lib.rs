@@ -15,6 +15,7 @@ pub mod answer;
 pub mod api;
 pub mod convert;
 pub mod error;
+pub mod kv_events;
 pub mod listen;
 pub mod local;
 pub mod metrics;

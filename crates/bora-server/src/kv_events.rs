@@ -1,0 +1,181 @@
+//! KV-cache events in vLLM's wire format, for KV-aware routers (vllm-router's `kv_aware`,
+//! llm-d, Dynamo): a batch is a MessagePack array `[ts, [event, ...]]`, each event a map tagged
+//! with its class name under `type` (`BlockStored`, `BlockRemoved`, `AllBlocksCleared`). Block
+//! hashes are bora's chain hashes as unsigned integers; routers use them only to chain a block
+//! to its parent and to find it again when it is removed, and hash the tokens themselves.
+
+use bora_engine::KvEvent;
+use rmpv::Value;
+
+/// Where a block lives, in vLLM's words.
+const MEDIUM: &str = "GPU";
+
+/// A `BlockStored` being gathered: its hashes, its parent, its tokens, and its last hash.
+struct Run {
+    hashes: Vec<Value>,
+    parent: Option<u64>,
+    tokens: Vec<Value>,
+    last: u64,
+}
+
+/// One batch of events, encoded: `[ts, events]` with `ts` in seconds since the epoch.
+/// Consecutive stored blocks that chain (each the parent of the next) go in one `BlockStored`,
+/// as vLLM sends them.
+pub fn encode_batch(ts: f64, events: &[KvEvent], block_size: usize) -> Vec<u8> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut run: Option<Run> = None;
+    let flush = |run: &mut Option<Run>, out: &mut Vec<Value>| {
+        if let Some(Run {
+            hashes,
+            parent,
+            tokens,
+            ..
+        }) = run.take()
+        {
+            out.push(map(
+                "BlockStored",
+                vec![
+                    ("block_hashes", Value::Array(hashes)),
+                    ("parent_block_hash", parent.map_or(Value::Nil, Value::from)),
+                    ("token_ids", Value::Array(tokens)),
+                    ("block_size", Value::from(block_size as u64)),
+                    ("lora_id", Value::Nil),
+                    ("medium", Value::from(MEDIUM)),
+                    ("lora_name", Value::Nil),
+                ],
+            ));
+        }
+    };
+    for ev in events {
+        match ev {
+            KvEvent::Stored {
+                hash,
+                parent,
+                tokens,
+            } => {
+                let ids = tokens.iter().map(|&t| Value::from(t));
+                match &mut run {
+                    Some(r) if *parent == Some(r.last) => {
+                        r.hashes.push(Value::from(*hash));
+                        r.tokens.extend(ids);
+                        r.last = *hash;
+                    }
+                    _ => {
+                        flush(&mut run, &mut out);
+                        run = Some(Run {
+                            hashes: vec![Value::from(*hash)],
+                            parent: *parent,
+                            tokens: ids.collect(),
+                            last: *hash,
+                        });
+                    }
+                }
+            }
+            KvEvent::Removed { hash } => {
+                flush(&mut run, &mut out);
+                out.push(map(
+                    "BlockRemoved",
+                    vec![
+                        ("block_hashes", Value::Array(vec![Value::from(*hash)])),
+                        ("medium", Value::from(MEDIUM)),
+                    ],
+                ));
+            }
+            KvEvent::Cleared => {
+                flush(&mut run, &mut out);
+                out.push(map("AllBlocksCleared", Vec::new()));
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    let batch = Value::Array(vec![Value::F64(ts), Value::Array(out)]);
+    let mut buf = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut buf, &batch);
+    buf
+}
+
+/// An event: a map with its class name under `type`, then its fields.
+fn map(kind: &str, fields: Vec<(&str, Value)>) -> Value {
+    let mut pairs = vec![(Value::from("type"), Value::from(kind))];
+    pairs.extend(fields.into_iter().map(|(k, v)| (Value::from(k), v)));
+    Value::Map(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(buf: &[u8]) -> Value {
+        rmpv::decode::read_value(&mut &buf[..]).unwrap()
+    }
+
+    fn field<'a>(ev: &'a Value, key: &str) -> &'a Value {
+        ev.as_map()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no {key} in {ev}"))
+    }
+
+    #[test]
+    fn chained_blocks_are_one_stored_event_and_removals_their_own() {
+        let events = vec![
+            KvEvent::Stored {
+                hash: 10,
+                parent: None,
+                tokens: vec![1, 2],
+            },
+            KvEvent::Stored {
+                hash: 11,
+                parent: Some(10),
+                tokens: vec![3, 4],
+            },
+            // Another sequence's block, chained to a block stored earlier.
+            KvEvent::Stored {
+                hash: 20,
+                parent: Some(10),
+                tokens: vec![5, 6],
+            },
+            KvEvent::Removed { hash: 11 },
+            KvEvent::Cleared,
+        ];
+        let batch = decode(&encode_batch(1.5, &events, 2));
+        let batch = batch.as_array().unwrap();
+        assert_eq!(batch[0].as_f64(), Some(1.5));
+        let evs = batch[1].as_array().unwrap();
+        let kinds: Vec<&str> = evs
+            .iter()
+            .map(|e| field(e, "type").as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "BlockStored",
+                "BlockStored",
+                "BlockRemoved",
+                "AllBlocksCleared"
+            ]
+        );
+        let ints = |v: &Value| -> Vec<u64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(ints(field(&evs[0], "block_hashes")), [10, 11]);
+        assert!(field(&evs[0], "parent_block_hash").is_nil());
+        assert_eq!(ints(field(&evs[0], "token_ids")), [1, 2, 3, 4]);
+        assert_eq!(field(&evs[0], "block_size").as_u64(), Some(2));
+        assert_eq!(ints(field(&evs[1], "block_hashes")), [20]);
+        assert_eq!(field(&evs[1], "parent_block_hash").as_u64(), Some(10));
+        assert_eq!(ints(field(&evs[2], "block_hashes")), [11]);
+        // The fields vllm-router requires of each kind are all there.
+        for key in ["lora_id", "medium", "lora_name"] {
+            field(&evs[0], key);
+        }
+        field(&evs[2], "medium");
+    }
+}
