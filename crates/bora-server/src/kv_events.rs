@@ -102,6 +102,102 @@ fn map(kind: &str, fields: Vec<(&str, Value)>) -> Value {
     Value::Map(pairs)
 }
 
+/// Batches kept for replay: a subscriber that missed some asks for them again.
+const REPLAY_BATCHES: usize = 4096;
+
+/// The `seq` frame of the replay's end.
+const END_SEQ: i64 = -1;
+
+/// Where the events go: the PUB socket's endpoint and the replay ROUTER's, as bound.
+#[derive(Debug, Clone)]
+pub struct KvEventEndpoints {
+    /// Subscribers connect here (frames: topic, seq as 8 bytes big-endian, the batch).
+    pub publish: String,
+    /// A DEALER sends `["", first seq as 8 bytes big-endian]` here and gets every kept batch
+    /// from that one on (`["", topic, seq, batch]`), then `["", "", -1, ""]`.
+    pub replay: String,
+}
+
+/// Binds a PUB socket on `publish` and a replay ROUTER on `replay` (`tcp://HOST:PORT`; port 0
+/// picks one), then publishes each list of events from `rx` as one batch, as vLLM does.
+/// Returns the bound endpoints; the publishing runs on the current tokio runtime until `rx`
+/// closes.
+pub async fn start_publisher(
+    publish: &str,
+    replay: &str,
+    block_size: usize,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<KvEvent>>,
+) -> zeromq::ZmqResult<KvEventEndpoints> {
+    use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+    let mut pub_socket = zeromq::PubSocket::new();
+    let publish = pub_socket.bind(publish).await?.to_string();
+    let mut router = zeromq::RouterSocket::new();
+    let replay = router.bind(replay).await?.to_string();
+    let frames = |parts: Vec<bytes::Bytes>| ZmqMessage::try_from(parts).ok();
+    tokio::spawn(async move {
+        let mut kept: std::collections::VecDeque<(i64, bytes::Bytes)> =
+            std::collections::VecDeque::new();
+        let mut seq: i64 = 0;
+        loop {
+            tokio::select! {
+                events = rx.recv() => {
+                    let Some(events) = events else { break };
+                    let ts = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    let payload = bytes::Bytes::from(encode_batch(ts, &events, block_size));
+                    let msg = frames(vec![
+                        bytes::Bytes::new(),
+                        bytes::Bytes::copy_from_slice(&seq.to_be_bytes()),
+                        payload.clone(),
+                    ]);
+                    if let Some(msg) = msg {
+                        // No subscriber is not an error: the batch waits for a replay.
+                        let _ = pub_socket.send(msg).await;
+                    }
+                    kept.push_back((seq, payload));
+                    if kept.len() > REPLAY_BATCHES {
+                        kept.pop_front();
+                    }
+                    seq += 1;
+                }
+                asked = router.recv() => {
+                    let Ok(asked) = asked else { continue };
+                    let parts = asked.into_vec();
+                    // [identity, "", first seq]
+                    let (Some(id), Some(start)) = (parts.first(), parts.get(2)) else { continue };
+                    let Ok(start) = <[u8; 8]>::try_from(&start[..]) else { continue };
+                    let start = i64::from_be_bytes(start);
+                    let empty = bytes::Bytes::new;
+                    for (s, payload) in kept.iter().filter(|(s, _)| *s >= start) {
+                        let msg = frames(vec![
+                            id.clone(),
+                            empty(),
+                            empty(),
+                            bytes::Bytes::copy_from_slice(&s.to_be_bytes()),
+                            payload.clone(),
+                        ]);
+                        if let Some(msg) = msg {
+                            let _ = router.send(msg).await;
+                        }
+                    }
+                    let end = frames(vec![
+                        id.clone(),
+                        empty(),
+                        empty(),
+                        bytes::Bytes::copy_from_slice(&END_SEQ.to_be_bytes()),
+                        empty(),
+                    ]);
+                    if let Some(end) = end {
+                        let _ = router.send(end).await;
+                    }
+                }
+            }
+        }
+    });
+    Ok(KvEventEndpoints { publish, replay })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
