@@ -69,6 +69,27 @@ pub struct Args {
     /// Uploaded files over this many MiB get 413.
     #[arg(long, default_value_t = 512)]
     max_upload_mib: usize,
+    /// Publish the prefix cache's changes (blocks stored and evicted) as vLLM's KV-cache events
+    /// on this ZeroMQ endpoint (`tcp://HOST:PORT`, PUB), for KV-aware routers (vllm-router
+    /// `--policy kv_aware --kv-event-source http://THIS_SERVER=tcp://HOST:PORT`).
+    #[arg(long, value_name = "ENDPOINT")]
+    kv_events: Option<String>,
+    /// The replay socket (ROUTER) for subscribers that missed batches (default: the port after
+    /// --kv-events').
+    #[arg(long, value_name = "ENDPOINT", requires = "kv_events")]
+    kv_events_replay: Option<String>,
+}
+
+/// The endpoint on the port after `endpoint`'s (`tcp://*:5557` -> `tcp://*:5558`, vLLM's
+/// pair); port 0 (any) where it has none.
+fn next_port(endpoint: &str) -> String {
+    match endpoint.rsplit_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(p) if p > 0 && p < u16::MAX => format!("{host}:{}", p + 1),
+            _ => format!("{host}:0"),
+        },
+        None => format!("{endpoint}:0"),
+    }
 }
 
 /// `$XDG_DATA_HOME/bora`, else `~/.local/share/bora`.
@@ -144,7 +165,15 @@ pub fn main(a: Args) -> Result<()> {
     server.max_connections = a.max_connections;
     server.header_timeout = std::time::Duration::from_secs(a.header_timeout.max(1));
     server.drain_timeout = std::time::Duration::from_secs(a.drain_timeout);
+    let (kv_tx, kv_rx) = match a.kv_events {
+        Some(_) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let engine_config = EngineConfig {
+        kv_events: kv_tx,
         kv_budget: a
             .kv_cache_mib
             .map_or(EngineConfig::default().kv_budget, KvBudget::Mib),
@@ -165,6 +194,33 @@ pub fn main(a: Args) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
+        if let (Some(publish), Some(rx)) = (&a.kv_events, kv_rx) {
+            let replay = a
+                .kv_events_replay
+                .clone()
+                .unwrap_or_else(|| next_port(publish));
+            let (tx, trx) = tokio::sync::mpsc::unbounded_channel();
+            // The engine's thread sends on a std channel; this one hands its batches on.
+            std::thread::spawn(move || {
+                for events in rx {
+                    if tx.send(events).is_err() {
+                        break;
+                    }
+                }
+            });
+            let ends = bora_server::kv_events::start_publisher(
+                publish,
+                &replay,
+                engine_config.block_size,
+                trx,
+            )
+            .await
+            .with_context(|| format!("cannot publish KV events on {publish} (replay {replay})"))?;
+            println!(
+                "bora: KV events on {} (replay {}, blocks of {} tokens)",
+                ends.publish, ends.replay, engine_config.block_size
+            );
+        }
         let state = AppState::new(server);
         // Listening before the model is loaded: /health says 503 until it is.
         let demo = if a.model.is_demo() {
