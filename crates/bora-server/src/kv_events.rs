@@ -1,5 +1,6 @@
 //! KV-cache events in vLLM's wire format, for KV-aware routers (vllm-router's `kv_aware`,
-//! llm-d, Dynamo): a batch is a MessagePack array `[ts, [event, ...]]`, each event a map tagged
+//! llm-d, Dynamo): a batch is a MessagePack array `[ts, [event, ...], data_parallel_rank]` (the
+//! rank is 0: one engine a replica), each event a map tagged
 //! with its class name under `type` (`BlockStored`, `BlockRemoved`, `AllBlocksCleared`). Block
 //! hashes are bora's chain hashes as unsigned integers; routers use them only to chain a block
 //! to its parent and to find it again when it is removed, and hash the tokens themselves.
@@ -18,7 +19,7 @@ struct Run {
     last: u64,
 }
 
-/// One batch of events, encoded: `[ts, events]` with `ts` in seconds since the epoch.
+/// One batch of events, encoded: `[ts, events, 0]` with `ts` in seconds since the epoch.
 /// Consecutive stored blocks that chain (each the parent of the next) go in one `BlockStored`,
 /// as vLLM sends them.
 pub fn encode_batch(ts: f64, events: &[KvEvent], block_size: usize) -> Vec<u8> {
@@ -88,7 +89,7 @@ pub fn encode_batch(ts: f64, events: &[KvEvent], block_size: usize) -> Vec<u8> {
         }
     }
     flush(&mut run, &mut out);
-    let batch = Value::Array(vec![Value::F64(ts), Value::Array(out)]);
+    let batch = Value::Array(vec![Value::F64(ts), Value::Array(out), Value::from(0u32)]);
     let mut buf = Vec::new();
     // Writing to a Vec cannot fail.
     let _ = rmpv::encode::write_value(&mut buf, &batch);

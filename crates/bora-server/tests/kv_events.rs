@@ -31,6 +31,12 @@ fn first_hash(payload: &[u8]) -> u64 {
     hashes.as_array().unwrap()[0].as_u64().unwrap()
 }
 
+/// The next message within `wait` ms, if one comes.
+async fn recv(sub: &mut zeromq::SubSocket, wait: u64) -> Option<Vec<bytes::Bytes>> {
+    let msg = tokio::time::timeout(Duration::from_millis(wait), sub.recv()).await;
+    msg.ok().map(|m| m.unwrap().into_vec())
+}
+
 fn seq(frame: &[u8]) -> i64 {
     i64::from_be_bytes(frame.try_into().unwrap())
 }
@@ -44,23 +50,34 @@ async fn batches_are_published_in_order_and_replayed_on_request() {
     let mut sub = zeromq::SubSocket::new();
     sub.connect(&ends.publish).await.unwrap();
     sub.subscribe("").await.unwrap();
-    // A PUB socket drops what it sends before a subscriber has joined.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for h in 0..3u64 {
-        tx.send(stored(100 + h, h.checked_sub(1).map(|p| 100 + p)))
-            .unwrap();
+    // A PUB socket drops what it sends before a subscriber has joined: batches go out until
+    // one arrives (the ones missed are what replay is for).
+    let batch = |h: u64| stored(100 + h, h.checked_sub(1).map(|p| 100 + p));
+    let mut sent = 0u64;
+    let first = loop {
+        assert!(sent < 100, "no batch reached the subscriber in 10 s");
+        tx.send(batch(sent)).unwrap();
+        sent += 1;
+        if let Some(msg) = recv(&mut sub, 100).await {
+            break msg;
+        }
+    };
+    let mut got = vec![first];
+    for _ in 0..2 {
+        tx.send(batch(sent)).unwrap();
+        sent += 1;
     }
-    for want in 0..3i64 {
-        let msg = tokio::time::timeout(Duration::from_secs(5), sub.recv())
-            .await
-            .expect("a batch within 5 s")
-            .unwrap()
-            .into_vec();
+    while got.len() < 3 {
+        got.push(recv(&mut sub, 5000).await.expect("a batch within 5 s"));
+    }
+    let first_seq = seq(&got[0][1]);
+    for (i, msg) in got.iter().enumerate() {
         assert_eq!(msg.len(), 3);
         assert!(msg[0].is_empty(), "the topic is empty, as vLLM's default");
-        assert_eq!(seq(&msg[1]), want);
-        assert_eq!(first_hash(&msg[2]), 100 + want as u64);
+        assert_eq!(seq(&msg[1]), first_seq + i as i64, "seqs are contiguous");
+        assert_eq!(first_hash(&msg[2]), 100 + seq(&msg[1]) as u64);
     }
+    assert_eq!(seq(&got[2][1]), sent as i64 - 1, "seq counts from 0");
     // Replay from seq 1: batches 1 and 2, then the end marker.
     let mut dealer = zeromq::DealerSocket::new();
     dealer.connect(&ends.replay).await.unwrap();
@@ -85,5 +102,6 @@ async fn batches_are_published_in_order_and_replayed_on_request() {
         }
         got.push((seq(&msg[2]), first_hash(&msg[3])));
     }
-    assert_eq!(got, vec![(1, 101), (2, 102)]);
+    let want: Vec<(i64, u64)> = (1..sent as i64).map(|s| (s, 100 + s as u64)).collect();
+    assert_eq!(got, want);
 }
