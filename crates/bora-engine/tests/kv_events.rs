@@ -108,3 +108,27 @@ fn stored_blocks_chain_with_their_tokens_and_evictions_are_removed() {
     }
     assert!(!removed.is_empty(), "a full pool evicts cached blocks");
 }
+
+#[test]
+fn an_answer_ends_after_its_blocks_were_sent() {
+    // A client's next turn may reach a KV-aware router as soon as its answer ends: the blocks
+    // of the step that ended it were already sent. One token: the step that computes the
+    // prompt also ends the answer.
+    let (tx, rx) = mpsc::channel();
+    let e = engine(16, tx);
+    let a = prompt(&e, "A prompt of a few blocks, answered in one token.");
+    let req = Completion {
+        max_tokens: Some(1),
+        ..Completion::new(ChatRequest::default())
+    };
+    e.submit(a.clone(), &req)
+        .unwrap()
+        .collect_blocking(req.n)
+        .unwrap();
+    let stored = rx
+        .try_iter()
+        .flatten()
+        .filter(|ev| matches!(ev, KvEvent::Stored { .. }))
+        .count();
+    assert_eq!(stored, a.len() / BLOCK);
+}

@@ -497,18 +497,20 @@ impl Core {
                 done.push((i, reason));
             }
         }
-        done.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));
-        for (i, reason) in done {
-            let mut seq = self.running.remove(i);
-            seq.finish(reason, self.format, &self.tok);
-            self.end(&mut seq);
-        }
+        // The step's stored blocks are published before any answer ends: a client's next turn
+        // then finds its blocks known to a KV-aware router.
         if let Some(tx) = &self.config.kv_events {
             let events = self.alloc.take_events();
             if !events.is_empty() {
                 // A publisher that went away only stops the events.
                 let _ = tx.send(events);
             }
+        }
+        done.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));
+        for (i, reason) in done {
+            let mut seq = self.running.remove(i);
+            seq.finish(reason, self.format, &self.tok);
+            self.end(&mut seq);
         }
     }
 
