@@ -145,6 +145,7 @@ pub fn router_with(state: Arc<AppState>, more_v1: Router) -> Router {
         .route("/stats", get(crate::page::stats))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/get_load", get(get_load))
         .with_state(state.clone())
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -245,6 +246,25 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         st.metrics.render(stats.as_ref()),
     )
         .into_response()
+}
+
+/// The load vllm-router's `power_of_two` policy polls: requests running and waiting (`load`, their
+/// sum), and the KV cache's blocks held as a fraction of all; 503 while the model loads.
+async fn get_load(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let s = st.engine()?.stats();
+    let total = s.blocks_used + s.blocks_free;
+    let kv = if total == 0 {
+        0.0
+    } else {
+        s.blocks_used as f64 / total as f64
+    };
+    Ok(Json(json!({
+        "load": s.running + s.waiting,
+        "num_requests_running": s.running,
+        "num_requests_waiting": s.waiting,
+        "kv_cache_usage_perc": kv,
+    }))
+    .into_response())
 }
 
 async fn models(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {

@@ -699,3 +699,56 @@ async fn render_gives_the_prompt_tokens_the_chat_route_runs() {
         assert_eq!(a, b, "{bad}");
     }
 }
+
+/// vllm-router's `power_of_two` policy polls a worker's `/get_load` and reads `load`: the
+/// requests running and waiting.
+#[tokio::test]
+async fn get_load_counts_the_requests_in_flight() {
+    let (url, _state) = server().await;
+    let load = |url: String| async move {
+        let r = client()
+            .get(format!("{url}/get_load"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    assert_eq!(load(url.clone()).await["load"], 0);
+    // Eight requests at once; the load is polled while they run.
+    let body = chat_body(json!({"max_tokens": 100, "temperature": 0}));
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            tokio::spawn(async move { post(&url, &body).await.status() })
+        })
+        .collect();
+    let mut most = 0;
+    while !requests.iter().all(|r| r.is_finished()) {
+        let l = load(url.clone()).await;
+        let n = l["load"].as_u64().unwrap();
+        let (running, waiting) = (
+            l["num_requests_running"].as_u64().unwrap(),
+            l["num_requests_waiting"].as_u64().unwrap(),
+        );
+        assert_eq!(n, running + waiting, "{l}");
+        most = most.max(n);
+    }
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    assert!(
+        most >= 2,
+        "the load never showed the requests in flight (at most {most})"
+    );
+    // The engine's figures are taken at the end of a step: back to 0 within moments.
+    let mut idle = false;
+    for _ in 0..100 {
+        if load(url.clone()).await["load"] == 0 {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(idle, "the load stayed above 0 after every request ended");
+}
