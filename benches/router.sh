@@ -6,6 +6,7 @@
 # (hits / lookups, in blocks, over the replicas) and how the requests spread; then the same with
 # KV caches too small to hold every conversation (KV_SMALL MiB a replica).
 # Usage: benches/router.sh [-- ARGS FOR bora serve]   env: N (replicas, 2), AGENTS (16), TURNS (6),
+#   THINK (seconds an agent works between calls, MIN,MAX; 0.2,1.0), POLICIES (the three),
 #   REPS (runs of each policy, interleaved ABC CBA; 2), KV_SMALL (MiB, 4; 0 skips it),
 #   BIN (target/release/bora, built first)
 set -euo pipefail
@@ -15,7 +16,7 @@ bin=${BIN:-target/release/bora}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 port=${PORT:-18400}
-policies=(round_robin cache_aware kv_aware)
+read -r -a policies <<< "${POLICIES:-round_robin cache_aware kv_aware}"
 run() { # policy label [serve args...]
     local policy=$1 label=$2
     shift 2
@@ -31,7 +32,8 @@ run() { # policy label [serve args...]
     model=$(grep -o 'model `[^`]*`' "$out/replicas.out" | tr -d '`' | cut -d' ' -f2)
     mapfile -t urls < <(grep -oE '^replica [0-9]+: \S+' "$out/replicas.out" | cut -d' ' -f3)
     python3 benches/router_agents.py "http://127.0.0.1:$port" "${urls[@]}" --model "$model" \
-        --agents "${AGENTS:-16}" --turns "${TURNS:-6}" --label "$policy $label" | tee -a "$out/runs"
+        --agents "${AGENTS:-16}" --turns "${TURNS:-6}" --think "${THINK:-0.2,1.0}" \
+        --label "$policy $label" | tee -a "$out/runs"
     kill -TERM $pid
     wait $pid || true
 }
@@ -41,7 +43,10 @@ for kv in default "${KV_SMALL:-4}"; do
     [ "$kv" = default ] || extra+=(--kv-cache-mib "$kv")
     for rep in $(seq 1 "${REPS:-2}"); do
         order=("${policies[@]}")
-        [ $((rep % 2)) = 0 ] && order=(kv_aware cache_aware round_robin)
+        if [ $((rep % 2)) = 0 ]; then
+            order=()
+            for ((i = ${#policies[@]} - 1; i >= 0; i--)); do order+=("${policies[$i]}"); done
+        fi
         for policy in "${order[@]}"; do
             run "$policy" "kv=$kv" "${extra[@]}"
         done

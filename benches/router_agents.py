@@ -5,6 +5,7 @@ held. Prints one JSON line: the policy's hit rate (prefix-cache hits / lookups, 
 all replicas) and the requests each replica ran.
 
 Usage: router_agents.py ROUTER_URL REPLICA_URL... [--agents N] [--turns T] [--model M]
+                        [--think MIN,MAX]
 """
 
 import argparse
@@ -38,13 +39,14 @@ COUNTERS = ("bora_prefix_cache_hits_total", "bora_prefix_cache_lookups_total",
             "bora_time_to_first_token_seconds_count")
 
 
-def agent(router, model, k, turns, max_tokens, errors):
+def agent(router, model, k, turns, max_tokens, think, errors):
     rng = random.Random(k)
     document = " ".join(rng.choice(WORDS) for _ in range(160))
     messages = [{"role": "system",
                  "content": f"You are travel agent {k}. Plan from these notes: {document}"}]
     for t in range(turns):
-        time.sleep(rng.uniform(0.0, 0.2))
+        # The agent's own work between calls (tools, the user): `think` seconds, drawn.
+        time.sleep(rng.uniform(*think))
         messages.append({"role": "user",
                          "content": f"Turn {t}: what about the {rng.choice(WORDS)}?"})
         try:
@@ -65,13 +67,16 @@ def main():
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--model", default="bora-demo")
+    ap.add_argument("--think", default="0.2,1.0",
+                    help="seconds an agent works between its calls: MIN,MAX (drawn uniformly)")
     ap.add_argument("--label", default="")
     a = ap.parse_args()
     before = [[metric(u, c) for c in COUNTERS] for u in a.replicas]
     errors = []
     start = time.time()
+    think = tuple(float(x) for x in a.think.split(","))
     threads = [threading.Thread(target=agent, args=(a.router, a.model, k, a.turns,
-                                                     a.max_tokens, errors))
+                                                     a.max_tokens, think, errors))
                for k in range(a.agents)]
     for t in threads:
         t.start()
