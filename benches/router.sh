@@ -7,6 +7,7 @@
 # KV caches too small to hold every conversation (KV_SMALL MiB a replica).
 # Usage: benches/router.sh [-- ARGS FOR bora serve]   env: N (replicas, 2), AGENTS (16), TURNS (6),
 #   THINK (seconds an agent works between calls, MIN,MAX; 0.2,1.0), POLICIES (the three),
+#   ROUTER_ARGS (more vllm-router arguments, split at spaces),
 #   REPS (runs of each policy, interleaved ABC CBA; 2), KV_SMALL (MiB, 4; 0 skips it),
 #   BIN (target/release/bora, built first)
 set -euo pipefail
@@ -20,8 +21,10 @@ read -r -a policies <<< "${POLICIES:-round_robin cache_aware kv_aware}"
 run() { # policy label [serve args...]
     local policy=$1 label=$2
     shift 2
+    local rargs=()
+    for x in ${ROUTER_ARGS:-}; do rargs+=(--router-arg "$x"); done
     BORA_REPLICAS_LOGS="$out/logs-$policy" deploy/replicas.sh -n "${N:-2}" --policy "$policy" \
-        --port "$port" --bin "$bin" -- "$@" > "$out/replicas.out" 2>&1 &
+        --port "$port" --bin "$bin" "${rargs[@]}" -- "$@" > "$out/replicas.out" 2>&1 &
     local pid=$!
     for _ in $(seq 1 240); do
         grep -q "^router: " "$out/replicas.out" && break

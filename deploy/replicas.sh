@@ -12,12 +12,15 @@
 #   --port PORT   the router's port (default 8080); replica i serves HTTP on PORT+i and
 #                 publishes KV events on PORT+100+2i (replay on the port after)
 #   --bin BORA    the bora binary (default target/release/bora, built if missing)
+#   --router-arg ARG   one more argument for vllm-router (repeat it: --router-arg
+#                 --router-temperature --router-arg 20)
 # Everything after `--` goes to each `bora serve` (--model, --kv-cache-mib, ...; the built-in
 # demo model when no --model). Prints the router's URL, then runs until interrupted; Ctrl-C
 # (or SIGTERM) stops the router and the replicas. Logs: $BORA_REPLICAS_LOGS (default a temp dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=2 policy=kv_aware port=8080 host=127.0.0.1 bin=target/release/bora
+router_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         -n) n=$2; shift 2 ;;
@@ -25,8 +28,9 @@ while [ $# -gt 0 ]; do
         --port) port=$2; shift 2 ;;
         --host) host=$2; shift 2 ;;
         --bin) bin=$2; shift 2 ;;
+        --router-arg) router_args+=("$2"); shift 2 ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "replicas.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -74,7 +78,7 @@ model=$(curl -sf "${workers[0]}/v1/models" | python3 -c 'import json,sys; print(
 kv=()
 [ "$policy" = kv_aware ] && kv=("${sources[@]}" "${replays[@]}" --kv-event-model "$model")
 "$venv/bin/vllm-router" --host "$host" --port "$port" --worker-urls "${workers[@]}" \
-    --policy "$policy" "${kv[@]}" > "$logs/router.log" 2>&1 &
+    --policy "$policy" "${kv[@]}" "${router_args[@]}" > "$logs/router.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do
     curl -sf "http://$host:$port/health" > /dev/null && break

@@ -51,7 +51,10 @@ class Replicas:
         env = dict(os.environ, BORA_REPLICAS_LOGS=str(tmp_path / "logs"))
         self.proc = subprocess.Popen(
             [str(ROOT / "deploy" / "replicas.sh"), "-n", str(n), "--policy", policy,
-             "--port", str(self.port), "--bin", BIN, "--", "--model", str(FIXTURE)],
+             "--port", str(self.port), "--bin", BIN,
+             # The router's debug log has each kv_aware decision's credited prefix.
+             "--router-arg", "--log-level", "--router-arg", "debug",
+             "--", "--model", str(FIXTURE)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines, self.replicas, self.url = [], {}, None
         deadline = time.time() + 300
@@ -138,6 +141,22 @@ def test_the_sdk_through_the_router(replicas):
     assert sorted(served) == [0, 4], served
     assert sum(hits) >= 3, hits
     assert c.models.list().data[0].id == MODEL
+    # The router's view of each replica's cache, built from bora's events, is the cache: the
+    # prefix it credited the replica it chose, summed over every request, is the blocks
+    # bora found cached.
+    credited = 0
+    decisions = 0
+    for line in (replicas.logs / "router.log").read_text(errors="replace").splitlines():
+        if "KV prefix decision" in line:
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            tokens = int(re.search(r"credited_prefix_tokens=(\d+)", line).group(1))
+            # The router leaves the last prompt token to compute: a prompt of whole blocks
+            # found cached is credited one token short of them.
+            credited += (tokens + 1) // 16 if tokens % 16 == 15 else tokens // 16
+            decisions += 1
+    assert decisions >= 14
+    found = sum(replicas.metric(i, "bora_prefix_cache_hits_total") for i in (1, 2))
+    assert credited == found, (credited, found)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
