@@ -5,7 +5,7 @@ held. Prints one JSON line: the policy's hit rate (prefix-cache hits / lookups, 
 all replicas) and the requests each replica ran.
 
 Usage: router_agents.py ROUTER_URL REPLICA_URL... [--agents N] [--turns T] [--model M]
-                        [--think MIN,MAX]
+                        [--think MIN,MAX] [--stream]
 """
 
 import argparse
@@ -22,10 +22,19 @@ WORDS = ("budget itinerary museum harbour train ticket hotel breakfast river cas
 
 
 def post(url, body):
+    """The answer's text; streamed (SSE) when the body says so."""
     req = urllib.request.Request(url, json.dumps(body).encode(),
                                  {"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=300) as r:
-        return json.load(r)
+        if not body.get("stream"):
+            return json.load(r)["choices"][0]["message"]["content"]
+        text = ""
+        for line in r:
+            line = line.decode().strip()
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for c in json.loads(line[6:])["choices"]:
+                    text += c["delta"].get("content") or ""
+        return text
 
 
 def metric(url, name):
@@ -39,7 +48,7 @@ COUNTERS = ("bora_prefix_cache_hits_total", "bora_prefix_cache_lookups_total",
             "bora_time_to_first_token_seconds_count")
 
 
-def agent(router, model, k, turns, max_tokens, think, errors):
+def agent(router, model, k, turns, max_tokens, think, stream, errors):
     rng = random.Random(k)
     document = " ".join(rng.choice(WORDS) for _ in range(160))
     messages = [{"role": "system",
@@ -50,13 +59,13 @@ def agent(router, model, k, turns, max_tokens, think, errors):
         messages.append({"role": "user",
                          "content": f"Turn {t}: what about the {rng.choice(WORDS)}?"})
         try:
-            res = post(router + "/v1/chat/completions",
-                       {"model": model, "messages": messages, "max_tokens": max_tokens,
-                        "temperature": 0})
+            text = post(router + "/v1/chat/completions",
+                        {"model": model, "messages": messages, "max_tokens": max_tokens,
+                         "temperature": 0, "stream": stream})
         except Exception as e:  # noqa: BLE001 - counted and reported
             errors.append(repr(e))
             return
-        messages.append({"role": "assistant", "content": res["choices"][0]["message"]["content"]})
+        messages.append({"role": "assistant", "content": text})
 
 
 def main():
@@ -70,13 +79,14 @@ def main():
     ap.add_argument("--think", default="0.2,1.0",
                     help="seconds an agent works between its calls: MIN,MAX (drawn uniformly)")
     ap.add_argument("--label", default="")
+    ap.add_argument("--stream", action="store_true", help="stream the answers (SSE)")
     a = ap.parse_args()
     before = [[metric(u, c) for c in COUNTERS] for u in a.replicas]
     errors = []
     start = time.time()
     think = tuple(float(x) for x in a.think.split(","))
     threads = [threading.Thread(target=agent, args=(a.router, a.model, k, a.turns,
-                                                     a.max_tokens, think, errors))
+                                                     a.max_tokens, think, a.stream, errors))
                for k in range(a.agents)]
     for t in threads:
         t.start()

@@ -76,7 +76,14 @@ for i in "${!workers[@]}"; do
 done
 model=$(curl -sf "${workers[0]}/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
 kv=()
-[ "$policy" = kv_aware ] && kv=("${sources[@]}" "${replays[@]}" --kv-event-model "$model")
+if [ "$policy" = kv_aware ]; then
+    kv=("${sources[@]}" "${replays[@]}" --kv-event-model "$model")
+    # At temperature 0 a request no replica has cached ties, and ties go to the first replica:
+    # with replicas mostly idle between an agent's turns, most conversations would start there.
+    # A small temperature breaks ties at random; against a cached prefix (a cost of hundreds of
+    # tokens x requests) it changes nothing. Given with --router-arg, the user's value wins.
+    [[ " ${router_args[*]} " == *" --router-temperature "* ]] || kv+=(--router-temperature 10)
+fi
 "$venv/bin/vllm-router" --host "$host" --port "$port" --worker-urls "${workers[@]}" \
     --policy "$policy" "${kv[@]}" "${router_args[@]}" > "$logs/router.log" 2>&1 &
 pids+=($!)

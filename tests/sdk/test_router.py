@@ -52,8 +52,11 @@ class Replicas:
         self.proc = subprocess.Popen(
             [str(ROOT / "deploy" / "replicas.sh"), "-n", str(n), "--policy", policy,
              "--port", str(self.port), "--bin", BIN,
-             # The router's debug log has each kv_aware decision's credited prefix.
+             # The router's debug log has each kv_aware decision's credited prefix; at
+             # temperature 0 it picks the cheapest replica every time (the script's default
+             # breaks ties at random, and could, rarely, pick another).
              "--router-arg", "--log-level", "--router-arg", "debug",
+             "--router-arg", "--router-temperature", "--router-arg", "0",
              "--", "--model", str(FIXTURE)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines, self.replicas, self.url = [], {}, None
