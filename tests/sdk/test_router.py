@@ -88,15 +88,25 @@ class Replicas:
         return self.proc.returncode
 
 
-@pytest.fixture()
-def replicas(tmp_path):
-    r = Replicas(tmp_path)
+def running(tmp_path, policy):
+    r = Replicas(tmp_path, policy=policy)
     yield r
     r.stop()
     # The script stops what it started.
     for _, pid in r.replicas.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.fixture()
+def replicas(tmp_path):
+    yield from running(tmp_path, "kv_aware")
+
+
+@pytest.fixture()
+def rr_replicas(tmp_path):
+    """Round robin: both replicas have requests in flight whenever one goes."""
+    yield from running(tmp_path, "round_robin")
 
 
 def client(r):
@@ -163,10 +173,10 @@ def test_the_sdk_through_the_router(replicas):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
-def test_a_replica_stopped_mid_run_loses_no_request(replicas, sig):
+def test_a_replica_stopped_mid_run_loses_no_request(rr_replicas, sig):
     """Stopped (SIGTERM: it finishes what it runs and refuses the rest) or killed outright,
     one replica's requests go to the other: the router retries them."""
-    c = client(replicas)
+    c = client(rr_replicas)
     results, errors = [], []
 
     def worker(k):
@@ -185,8 +195,8 @@ def test_a_replica_stopped_mid_run_loses_no_request(replicas, sig):
     deadline = time.time() + 60
     while len(results) < 8 and time.time() < deadline:
         time.sleep(0.05)
-    assert requests_of(replicas, 1) > 0 and requests_of(replicas, 2) > 0
-    url, pid = replicas.replicas[1]
+    assert requests_of(rr_replicas, 1) > 0 and requests_of(rr_replicas, 2) > 0
+    url, pid = rr_replicas.replicas[1]
     os.kill(pid, sig)
     for t in threads:
         t.join(timeout=120)
