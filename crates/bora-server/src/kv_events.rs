@@ -5,6 +5,9 @@
 //! hashes are bora's chain hashes as unsigned integers; routers use them only to chain a block
 //! to its parent and to find it again when it is removed, and hash the tokens themselves.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
 use bora_engine::KvEvent;
 use rmpv::Value;
 
@@ -106,6 +109,22 @@ fn map(kind: &str, fields: Vec<(&str, Value)>) -> Value {
 /// Batches kept for replay: a subscriber that missed some asks for them again.
 const REPLAY_BATCHES: usize = 4096;
 
+/// The batches kept for replay, by seq.
+type Kept = Arc<Mutex<VecDeque<(i64, bytes::Bytes)>>>;
+
+/// A message built of `parts`.
+fn frames(parts: Vec<bytes::Bytes>) -> Option<zeromq::ZmqMessage> {
+    zeromq::ZmqMessage::try_from(parts).ok()
+}
+
+/// A seq as its frame: 8 bytes, big-endian.
+fn seq_frame(seq: i64) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(&seq.to_be_bytes())
+}
+
+/// How long one replay's answer may take to send (vllm-router waits 5 s for it).
+const REPLAY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The `seq` frame of the replay's end.
 const END_SEQ: i64 = -1;
 
@@ -129,69 +148,63 @@ pub async fn start_publisher(
     block_size: usize,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<KvEvent>>,
 ) -> zeromq::ZmqResult<KvEventEndpoints> {
-    use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+    use zeromq::{Socket, SocketRecv, SocketSend};
     let mut pub_socket = zeromq::PubSocket::new();
     let publish = pub_socket.bind(publish).await?.to_string();
     let mut router = zeromq::RouterSocket::new();
     let replay = router.bind(replay).await?.to_string();
-    let frames = |parts: Vec<bytes::Bytes>| ZmqMessage::try_from(parts).ok();
+    // Publishing never waits on a subscriber (a PUB socket drops what a slow one cannot take);
+    // replays run in a task of their own, so one that nobody reads holds up only replays.
+    let kept: Kept = Arc::new(Mutex::new(VecDeque::new()));
+    let shelf = kept.clone();
     tokio::spawn(async move {
-        let mut kept: std::collections::VecDeque<(i64, bytes::Bytes)> =
-            std::collections::VecDeque::new();
         let mut seq: i64 = 0;
-        loop {
-            tokio::select! {
-                events = rx.recv() => {
-                    let Some(events) = events else { break };
-                    let ts = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0.0, |d| d.as_secs_f64());
-                    let payload = bytes::Bytes::from(encode_batch(ts, &events, block_size));
-                    let msg = frames(vec![
-                        bytes::Bytes::new(),
-                        bytes::Bytes::copy_from_slice(&seq.to_be_bytes()),
-                        payload.clone(),
-                    ]);
-                    if let Some(msg) = msg {
-                        // No subscriber is not an error: the batch waits for a replay.
-                        let _ = pub_socket.send(msg).await;
-                    }
-                    kept.push_back((seq, payload));
-                    if kept.len() > REPLAY_BATCHES {
-                        kept.pop_front();
-                    }
-                    seq += 1;
-                }
-                asked = router.recv() => {
-                    let Ok(asked) = asked else { continue };
-                    let parts = asked.into_vec();
-                    // [identity, "", first seq]
-                    let (Some(id), Some(start)) = (parts.first(), parts.get(2)) else { continue };
-                    let Ok(start) = <[u8; 8]>::try_from(&start[..]) else { continue };
-                    let start = i64::from_be_bytes(start);
-                    let empty = bytes::Bytes::new;
-                    for (s, payload) in kept.iter().filter(|(s, _)| *s >= start) {
-                        let msg = frames(vec![
-                            id.clone(),
-                            empty(),
-                            empty(),
-                            bytes::Bytes::copy_from_slice(&s.to_be_bytes()),
-                            payload.clone(),
-                        ]);
-                        if let Some(msg) = msg {
-                            let _ = router.send(msg).await;
-                        }
-                    }
-                    let end = frames(vec![
-                        id.clone(),
-                        empty(),
-                        empty(),
-                        bytes::Bytes::copy_from_slice(&END_SEQ.to_be_bytes()),
-                        empty(),
-                    ]);
-                    if let Some(end) = end {
-                        let _ = router.send(end).await;
-                    }
+        while let Some(events) = rx.recv().await {
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let payload = bytes::Bytes::from(encode_batch(ts, &events, block_size));
+            if let Some(msg) = frames(vec![bytes::Bytes::new(), seq_frame(seq), payload.clone()]) {
+                // No subscriber is not an error: the batch waits for a replay.
+                let _ = pub_socket.send(msg).await;
+            }
+            let mut kept = shelf.lock().unwrap_or_else(|e| e.into_inner());
+            kept.push_back((seq, payload));
+            if kept.len() > REPLAY_BATCHES {
+                kept.pop_front();
+            }
+            seq += 1;
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok(asked) = router.recv().await {
+            let parts = asked.into_vec();
+            // [identity, "", first seq]
+            let (Some(id), Some(start)) = (parts.first(), parts.get(2)) else {
+                continue;
+            };
+            let Ok(start) = <[u8; 8]>::try_from(&start[..]) else {
+                continue;
+            };
+            let start = i64::from_be_bytes(start);
+            let answer: Vec<(bytes::Bytes, bytes::Bytes)> = {
+                let kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                kept.iter()
+                    .filter(|(s, _)| *s >= start)
+                    .map(|(s, payload)| (seq_frame(*s), payload.clone()))
+                    .chain(std::iter::once((seq_frame(END_SEQ), bytes::Bytes::new())))
+                    .collect()
+            };
+            // A subscriber that asks and does not read gets REPLAY_DEADLINE, then no more.
+            let deadline = tokio::time::Instant::now() + REPLAY_DEADLINE;
+            for (seq, payload) in answer {
+                let empty = bytes::Bytes::new;
+                let Some(msg) = frames(vec![id.clone(), empty(), empty(), seq, payload]) else {
+                    continue;
+                };
+                match tokio::time::timeout_at(deadline, router.send(msg)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => break,
                 }
             }
         }

@@ -105,3 +105,83 @@ async fn batches_are_published_in_order_and_replayed_on_request() {
     let want: Vec<(i64, u64)> = (1..sent as i64).map(|s| (s, 100 + s as u64)).collect();
     assert_eq!(got, want);
 }
+
+/// A subscriber that asks for replays and never reads the answers (more than the 100,000
+/// messages a ZeroMQ peer's queue holds) does not hold the publishing up.
+#[tokio::test]
+async fn a_replay_nobody_reads_does_not_stop_the_publishing() {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let ends = start_publisher("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", 4, rx)
+        .await
+        .unwrap();
+    // 4,096 kept batches of about 2 KB.
+    let big = |h: u64| {
+        vec![KvEvent::Stored {
+            hash: h,
+            parent: None,
+            tokens: vec![40_000; 400],
+        }]
+    };
+    let mut sub = zeromq::SubSocket::new();
+    sub.connect(&ends.publish).await.unwrap();
+    sub.subscribe("").await.unwrap();
+    for h in 0..4096 {
+        tx.send(big(h)).unwrap();
+    }
+    // Marks until one arrives: every big batch before it is kept for replay by then.
+    let mut h = 10_000;
+    until_a_mark_arrives(&tx, &mut sub, &mut h).await;
+    // A DEALER that speaks ZMTP 3.0 over a raw TCP stream, asks for a replay from seq 0, and
+    // never reads a byte (a zeromq library would read into its own queue).
+    let addr = ends.replay.trim_start_matches("tcp://").to_string();
+    let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut greeting = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+    greeting.extend_from_slice(b"NULL");
+    greeting.resize(64, 0);
+    let mut ready = vec![5u8];
+    ready.extend_from_slice(b"READY");
+    ready.push(11);
+    ready.extend_from_slice(b"Socket-Type");
+    ready.extend_from_slice(&6u32.to_be_bytes());
+    ready.extend_from_slice(b"DEALER");
+    let mut out = greeting;
+    out.extend_from_slice(&[0x04, ready.len() as u8]);
+    out.extend_from_slice(&ready);
+    // ["", first seq] (an empty frame with MORE, then 8 bytes), 30 times: 122,880 messages.
+    for _ in 0..30 {
+        out.extend_from_slice(&[0x01, 0x00, 0x00, 0x08]);
+        out.extend_from_slice(&0u64.to_be_bytes());
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &out)
+        .await
+        .unwrap();
+    // Batches sent from now on reach the subscriber within 15 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h = 20_000;
+    let got = until_a_mark_arrives(&tx, &mut sub, &mut h).await;
+    assert!(seq(&got[1]) > 4096);
+    drop(raw);
+}
+
+/// Sends batches of hash `h`, `h + 1`, ... until one reaches `sub` (within 15 s), and returns it.
+async fn until_a_mark_arrives(
+    tx: &tokio::sync::mpsc::UnboundedSender<Vec<KvEvent>>,
+    sub: &mut zeromq::SubSocket,
+    h: &mut u64,
+) -> Vec<bytes::Bytes> {
+    let first = *h;
+    let start = std::time::Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "publishing stalled"
+        );
+        tx.send(stored(*h, None)).unwrap();
+        *h += 1;
+        while let Some(msg) = recv(sub, 200).await {
+            if first_hash(&msg[2]) >= first {
+                return msg;
+            }
+        }
+    }
+}
