@@ -153,6 +153,9 @@ def test_stored_blocks_are_the_prompts_blocks_chained(events_server):
             assert replay[seq] == payload
         batches = decoded(replay)
         assert all(b.data_parallel_rank == 0 for b in batches)
+        # A new replica's cache is empty: its first event says so (a router then forgets what
+        # a replica that ran there before held).
+        assert isinstance(batches[0].events[0], AllBlocksCleared)
         stored = [e for b in batches for e in b.events if isinstance(e, BlockStored)]
         assert stored and not any(isinstance(e, BlockRemoved) for b in batches for e in b.events)
         known = {}

@@ -53,6 +53,8 @@ fn stored_blocks_chain_with_their_tokens_and_evictions_are_removed() {
     // The same prompt again: its blocks are cached, nothing new is stored for them.
     run(&e, &a);
     let events: Vec<KvEvent> = rx.try_iter().flatten().collect();
+    // A new engine's cache is empty: its first event says so.
+    assert_eq!(events.first(), Some(&KvEvent::Cleared));
     let mut by_hash: HashMap<u64, (Option<u64>, Vec<u32>)> = HashMap::new();
     for ev in &events {
         if let KvEvent::Stored {

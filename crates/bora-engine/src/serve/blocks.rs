@@ -35,7 +35,8 @@ pub enum KvEvent {
         /// The block's chain hash.
         hash: u64,
     },
-    /// Every cached block dropped.
+    /// Every cached block dropped: the first event of an engine, whose cache starts empty (a
+    /// restarted replica's router then forgets what the one before it held).
     Cleared,
 }
 
@@ -77,9 +78,14 @@ impl BlockAllocator {
         }
     }
 
-    /// Records the prefix cache's changes from now on ([`BlockAllocator::take_events`]).
+    /// Records the prefix cache's changes from now on ([`BlockAllocator::take_events`]),
+    /// beginning with [`KvEvent::Cleared`] when the cache holds nothing yet.
     pub fn record_events(&mut self) {
-        self.events.get_or_insert_with(Vec::new);
+        let empty = self.by_hash.is_empty();
+        let events = self.events.get_or_insert_with(Vec::new);
+        if empty {
+            events.push(KvEvent::Cleared);
+        }
     }
 
     /// The changes recorded since the last call (none when not recording).
@@ -210,6 +216,8 @@ mod tests {
         assert_eq!(
             a.take_events(),
             vec![
+                // The cache was empty when recording began.
+                KvEvent::Cleared,
                 KvEvent::Stored {
                     hash: h0,
                     parent: None,
