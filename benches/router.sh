@@ -8,6 +8,7 @@
 # Usage: benches/router.sh [-- ARGS FOR bora serve]   env: N (replicas, 2), AGENTS (16), TURNS (6),
 #   THINK (seconds an agent works between calls, MIN,MAX; 0.2,1.0), POLICIES (the three),
 #   ROUTER_ARGS (more vllm-router arguments, split at spaces), STREAM=1 (agents stream answers),
+#   TOGETHER=1 (the agents' first calls arrive at once),
 #   REPS (runs of each policy, interleaved ABC CBA; 2), KV_SMALL (MiB, 4; 0 skips it),
 #   BIN (target/release/bora, built first)
 set -euo pipefail
@@ -35,7 +36,7 @@ run() { # policy label [serve args...]
     model=$(grep -o 'model `[^`]*`' "$out/replicas.out" | tr -d '`' | cut -d' ' -f2)
     mapfile -t urls < <(grep -oE '^replica [0-9]+: \S+' "$out/replicas.out" | cut -d' ' -f3)
     python3 benches/router_agents.py "http://127.0.0.1:$port" "${urls[@]}" --model "$model" \
-        --agents "${AGENTS:-16}" --turns "${TURNS:-6}" --think "${THINK:-0.2,1.0}" ${STREAM:+--stream} \
+        --agents "${AGENTS:-16}" --turns "${TURNS:-6}" --think "${THINK:-0.2,1.0}" ${STREAM:+--stream} ${TOGETHER:+--together} \
         --label "$policy $label" | tee -a "$out/runs"
     kill -TERM $pid
     wait $pid || true

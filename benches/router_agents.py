@@ -48,14 +48,17 @@ COUNTERS = ("bora_prefix_cache_hits_total", "bora_prefix_cache_lookups_total",
             "bora_time_to_first_token_seconds_count")
 
 
-def agent(router, model, k, turns, max_tokens, think, stream, errors):
+def agent(router, model, k, turns, max_tokens, think, stream, together, errors):
     rng = random.Random(k)
     document = " ".join(rng.choice(WORDS) for _ in range(160))
     messages = [{"role": "system",
                  "content": f"You are travel agent {k}. Plan from these notes: {document}"}]
     for t in range(turns):
-        # The agent's own work between calls (tools, the user): `think` seconds, drawn.
-        time.sleep(rng.uniform(*think))
+        # The agent's own work between calls (tools, the user): `think` seconds, drawn; with
+        # `together` the agents' first calls arrive at once (a burst of new conversations).
+        pause = rng.uniform(*think)
+        if t > 0 or not together:
+            time.sleep(pause)
         messages.append({"role": "user",
                          "content": f"Turn {t}: what about the {rng.choice(WORDS)}?"})
         try:
@@ -80,13 +83,16 @@ def main():
                     help="seconds an agent works between its calls: MIN,MAX (drawn uniformly)")
     ap.add_argument("--label", default="")
     ap.add_argument("--stream", action="store_true", help="stream the answers (SSE)")
+    ap.add_argument("--together", action="store_true",
+                    help="the agents' first calls arrive at once (else after a think each)")
     a = ap.parse_args()
     before = [[metric(u, c) for c in COUNTERS] for u in a.replicas]
     errors = []
     start = time.time()
     think = tuple(float(x) for x in a.think.split(","))
     threads = [threading.Thread(target=agent, args=(a.router, a.model, k, a.turns,
-                                                     a.max_tokens, think, a.stream, errors))
+                                                     a.max_tokens, think, a.stream, a.together,
+                                                     errors))
                for k in range(a.agents)]
     for t in threads:
         t.start()
