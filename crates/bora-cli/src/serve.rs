@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bora_engine::chat::ChatFormat;
 use bora_engine::{Engine, EngineConfig, KvBudget};
+use bora_server::kv_events::TcpEndpoint;
 use bora_server::{AppState, ServerConfig};
 
 use crate::load::ModelArgs;
@@ -70,26 +71,15 @@ pub struct Args {
     #[arg(long, default_value_t = 512)]
     max_upload_mib: usize,
     /// Publish the prefix cache's changes (blocks stored and evicted) as vLLM's KV-cache events
-    /// on this ZeroMQ endpoint (`tcp://HOST:PORT`, PUB), for KV-aware routers (vllm-router
-    /// `--policy kv_aware --kv-event-source http://THIS_SERVER=tcp://HOST:PORT`).
+    /// on this ZeroMQ endpoint (`tcp://HOST:PORT`, PUB; HOST `*` for every interface), for
+    /// KV-aware routers (vllm-router `--policy kv_aware --kv-event-source
+    /// http://THIS_SERVER=tcp://HOST:PORT`).
     #[arg(long, value_name = "ENDPOINT")]
-    kv_events: Option<String>,
+    kv_events: Option<TcpEndpoint>,
     /// The replay socket (ROUTER) for subscribers that missed batches (default: the port after
     /// --kv-events').
     #[arg(long, value_name = "ENDPOINT", requires = "kv_events")]
-    kv_events_replay: Option<String>,
-}
-
-/// The endpoint on the port after `endpoint`'s (`tcp://*:5557` -> `tcp://*:5558`, vLLM's
-/// pair); port 0 (any) where it has none.
-fn next_port(endpoint: &str) -> String {
-    match endpoint.rsplit_once(':') {
-        Some((host, port)) => match port.parse::<u16>() {
-            Ok(p) if p > 0 && p < u16::MAX => format!("{host}:{}", p + 1),
-            _ => format!("{host}:0"),
-        },
-        None => format!("{endpoint}:0"),
-    }
+    kv_events_replay: Option<TcpEndpoint>,
 }
 
 /// `$XDG_DATA_HOME/bora`, else `~/.local/share/bora`.
@@ -198,7 +188,7 @@ pub fn main(a: Args) -> Result<()> {
             let replay = a
                 .kv_events_replay
                 .clone()
-                .unwrap_or_else(|| next_port(publish));
+                .unwrap_or_else(|| publish.next_port());
             let (tx, trx) = tokio::sync::mpsc::unbounded_channel();
             // The engine's thread sends on a std channel; this one hands its batches on.
             std::thread::spawn(move || {

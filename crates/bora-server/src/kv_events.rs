@@ -138,21 +138,75 @@ pub struct KvEventEndpoints {
     pub replay: String,
 }
 
-/// Binds a PUB socket on `publish` and a replay ROUTER on `replay` (`tcp://HOST:PORT`; port 0
-/// picks one), then publishes each list of events from `rx` as one batch, as vLLM does.
-/// Returns the bound endpoints; the publishing runs on the current tokio runtime until `rx`
-/// closes.
+/// Where to bind an event socket: `tcp://HOST:PORT` as vLLM's KV-events config names one, HOST
+/// an address, a name or `*` (every interface), PORT 0 for any free one. ZeroMQ's other
+/// transports (ipc://, inproc://) are refused when parsed: bora publishes over TCP only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpEndpoint {
+    host: String,
+    port: u16,
+}
+
+impl TcpEndpoint {
+    /// The same host on the next port (`tcp://*:5557` -> `tcp://*:5558`, vLLM's pair of
+    /// publisher and replay); any port where there is no next one or the port was any.
+    pub fn next_port(&self) -> Self {
+        let port = match self.port {
+            0 | u16::MAX => 0,
+            p => p + 1,
+        };
+        Self {
+            host: self.host.clone(),
+            port,
+        }
+    }
+}
+
+impl std::str::FromStr for TcpEndpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let rest = s.strip_prefix("tcp://").ok_or_else(|| {
+            format!("`{s}` is not a TCP endpoint (tcp://HOST:PORT): bora publishes over TCP only")
+        })?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` has no port (tcp://HOST:PORT)"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("`{s}`: the port must be a number from 0 to 65535"))?;
+        let host = match host {
+            "" => return Err(format!("`{s}` has no host (tcp://HOST:PORT, or *)")),
+            "*" => "0.0.0.0",
+            h => h,
+        };
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for TcpEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tcp://{}:{}", self.host, self.port)
+    }
+}
+
+/// Binds a PUB socket on `publish` and a replay ROUTER on `replay`, then publishes each list of
+/// events from `rx` as one batch, as vLLM does. Returns the bound endpoints; the publishing runs
+/// on the current tokio runtime until `rx` closes.
 pub async fn start_publisher(
-    publish: &str,
-    replay: &str,
+    publish: &TcpEndpoint,
+    replay: &TcpEndpoint,
     block_size: usize,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<KvEvent>>,
 ) -> zeromq::ZmqResult<KvEventEndpoints> {
     use zeromq::{Socket, SocketRecv, SocketSend};
     let mut pub_socket = zeromq::PubSocket::new();
-    let publish = pub_socket.bind(publish).await?.to_string();
+    let publish = pub_socket.bind(&publish.to_string()).await?.to_string();
     let mut router = zeromq::RouterSocket::new();
-    let replay = router.bind(replay).await?.to_string();
+    let replay = router.bind(&replay.to_string()).await?.to_string();
     // Publishing never waits on a subscriber (a PUB socket drops what a slow one cannot take);
     // replays run in a task of their own, so one that nobody reads holds up only replays.
     let kept: Kept = Arc::new(Mutex::new(VecDeque::new()));
@@ -227,6 +281,33 @@ mod tests {
             .find(|(k, _)| k.as_str() == Some(key))
             .map(|(_, v)| v)
             .unwrap_or_else(|| panic!("no {key} in {ev}"))
+    }
+
+    #[test]
+    fn endpoints_are_tcp_with_a_port_and_star_is_every_interface() {
+        let e: TcpEndpoint = "tcp://*:5557".parse().unwrap();
+        assert_eq!(e.to_string(), "tcp://0.0.0.0:5557");
+        assert_eq!(e.next_port().to_string(), "tcp://0.0.0.0:5558");
+        let e: TcpEndpoint = "tcp://[::1]:65535".parse().unwrap();
+        assert_eq!(
+            e.next_port().to_string(),
+            "tcp://[::1]:0",
+            "none after 65535"
+        );
+        let any: TcpEndpoint = "tcp://127.0.0.1:0".parse().unwrap();
+        assert_eq!(any.next_port(), any, "any port's pair is any port");
+        for (bad, says) in [
+            ("ipc:///tmp/events", "TCP only"),
+            ("inproc://events", "TCP only"),
+            ("127.0.0.1:5557", "TCP only"),
+            ("tcp://127.0.0.1", "no port"),
+            ("tcp://127.0.0.1:99999", "from 0 to 65535"),
+            ("tcp://127.0.0.1:x", "from 0 to 65535"),
+            ("tcp://:5557", "no host"),
+        ] {
+            let err = bad.parse::<TcpEndpoint>().unwrap_err();
+            assert!(err.contains(bad) && err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bora_engine::KvEvent;
-use bora_server::kv_events::start_publisher;
+use bora_server::kv_events::{start_publisher, TcpEndpoint};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 fn stored(hash: u64, parent: Option<u64>) -> Vec<KvEvent> {
@@ -37,6 +37,10 @@ async fn recv(sub: &mut zeromq::SubSocket, wait: u64) -> Option<Vec<bytes::Bytes
     msg.ok().map(|m| m.unwrap().into_vec())
 }
 
+fn any_port() -> TcpEndpoint {
+    "tcp://127.0.0.1:0".parse().unwrap()
+}
+
 fn seq(frame: &[u8]) -> i64 {
     i64::from_be_bytes(frame.try_into().unwrap())
 }
@@ -44,7 +48,7 @@ fn seq(frame: &[u8]) -> i64 {
 #[tokio::test]
 async fn batches_are_published_in_order_and_replayed_on_request() {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let ends = start_publisher("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", 4, rx)
+    let ends = start_publisher(&any_port(), &any_port(), 4, rx)
         .await
         .unwrap();
     let mut sub = zeromq::SubSocket::new();
@@ -111,7 +115,7 @@ async fn batches_are_published_in_order_and_replayed_on_request() {
 #[tokio::test]
 async fn a_replay_nobody_reads_does_not_stop_the_publishing() {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let ends = start_publisher("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", 4, rx)
+    let ends = start_publisher(&any_port(), &any_port(), 4, rx)
         .await
         .unwrap();
     // 4,096 kept batches of about 2 KB.
