@@ -75,17 +75,21 @@ for i in "${!workers[@]}"; do
     curl -sf "$url/health" > /dev/null || { echo "$url never became healthy" >&2; exit 1; }
 done
 model=$(curl -sf "${workers[0]}/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
-kv=()
+rargs=()
 if [ "$policy" = kv_aware ]; then
-    kv=("${sources[@]}" "${replays[@]}" --kv-event-model "$model")
+    rargs=("${sources[@]}" "${replays[@]}" --kv-event-model "$model")
     # At temperature 0 a request no replica has cached ties, and ties go to the first replica:
     # with replicas mostly idle between an agent's turns, most conversations would start there.
     # A small temperature breaks ties at random; against a cached prefix (a cost of hundreds of
     # tokens x requests) it changes nothing. Given with --router-arg, the user's value wins.
-    [[ " ${router_args[*]} " == *" --router-temperature "* ]] || kv+=(--router-temperature 10)
+    [[ " ${router_args[*]} " == *" --router-temperature "* ]] || rargs+=(--router-temperature 10)
 fi
+# The router tries a request 5 times and stops sending to a replica once 10 tries in a row
+# failed there (its circuit breaker): a replica killed under load could take all 5 tries of a
+# request before that. At 3 a request's own failed tries open it and its next goes elsewhere.
+[[ " ${router_args[*]} " == *" --cb-failure-threshold "* ]] || rargs+=(--cb-failure-threshold 3)
 "$venv/bin/vllm-router" --host "$host" --port "$port" --worker-urls "${workers[@]}" \
-    --policy "$policy" "${kv[@]}" "${router_args[@]}" > "$logs/router.log" 2>&1 &
+    --policy "$policy" "${rargs[@]}" "${router_args[@]}" > "$logs/router.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do
     curl -sf "http://$host:$port/health" > /dev/null && break
