@@ -236,11 +236,16 @@ def test_a_cancelled_task_frees_its_blocks(demo):
     idle(demo)
 
     async def main():
+        # min_tokens: sampled at temperature 1, the demo model can draw its end early (CI
+        # once found the request already done after 0.5 s).
         task = asyncio.ensure_future(
-            demo.chat.complete_async(messages=USER, max_tokens=3000, temperature=1)
+            demo.chat.complete_async(messages=USER, max_tokens=3000, min_tokens=3000,
+                                     temperature=1)
         )
-        await asyncio.sleep(0.5)
-        assert demo.stats()["running"] == 1
+        deadline = time.time() + 10
+        while demo.stats()["running"] != 1:
+            assert time.time() < deadline, "the request never ran"
+            await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -255,7 +260,7 @@ def test_ctrl_c_cancels_a_blocking_call(demo):
     timer.start()
     started = time.time()
     with pytest.raises(KeyboardInterrupt):
-        demo.chat.complete(messages=USER, max_tokens=3000, temperature=1)
+        demo.chat.complete(messages=USER, max_tokens=3000, min_tokens=3000, temperature=1)
     assert time.time() - started < 10
     idle(demo)
 
