@@ -410,6 +410,54 @@ fn requests_dropped_at_once_leave_the_queue_count_as_it_was() {
     run(&e, &ps[0], &greedy(3));
 }
 
+/// Issue 36: a request whose caller drops its stream leaves the queue count at once, before the
+/// engine's next step, whatever its `n`; it is never admitted. A caller submitting and dropping
+/// as fast as it can never fills a queue of one, which a live request then still gets into.
+#[test]
+fn a_dropped_request_leaves_the_queue_at_once_and_is_never_admitted() {
+    let e = engine(EngineConfig {
+        max_running: 1,
+        max_queue: 2,
+        ..config()
+    });
+    let ps = prompts(&e);
+    let a = e.submit(ps[0].clone(), &greedy(60)).unwrap();
+    wait_for(&e, |s| s.running == 1);
+    let n3 = Completion { n: 3, ..greedy(5) };
+    let b1 = e.submit(ps[1].clone(), &n3).unwrap();
+    let b2 = e.submit(ps[2].clone(), &n3).unwrap();
+    assert_eq!((e.queued(), e.stats().queued), (2, 2));
+    assert!(matches!(
+        e.submit(ps[3].clone(), &n3),
+        Err(EngineError::Overloaded { .. })
+    ));
+    drop(b1);
+    assert_eq!(e.queued(), 1, "the count falls when the stream is dropped");
+    drop(b2);
+    assert_eq!(e.queued(), 0);
+    // Submitted and dropped a thousand times while `a` holds the one running place.
+    for i in 0..1000 {
+        match e.submit(ps[4 + i % 8].clone(), &n3) {
+            Ok(stream) => drop(stream),
+            Err(err) => panic!("request {i} refused: {err}"),
+        }
+    }
+    let n2 = Completion { n: 2, ..greedy(5) };
+    let c1 = e.submit(ps[12].clone(), &n2).unwrap();
+    let c2 = e.submit(ps[13].clone(), &n2).unwrap();
+    assert_eq!(e.queued(), 2);
+    let a_len = ps[0].len();
+    a.collect_blocking(1).unwrap();
+    c1.collect_blocking(2).unwrap();
+    c2.collect_blocking(2).unwrap();
+    let s = wait_for(&e, |s| s.running == 0 && s.waiting == 0);
+    assert_eq!(s.queued, 0);
+    // Each admitted sequence looks its full prompt blocks up once: only `a`'s and the `c`s'.
+    let full = |p: &[u32]| ((p.len() - 1) / 4) as u64;
+    let admitted = (a_len - 1) as u64 / 4 + 2 * full(&ps[12]) + 2 * full(&ps[13]);
+    assert_eq!(s.prefix_lookups, admitted, "a dropped request was admitted");
+}
+
 /// Issue 16, item 7: with `deterministic`, a seeded request at temperature 0.8 gives the same
 /// answer alone and beside 32 other requests (their prompts chunked beside it, its own prompt
 /// chunked while others decode), as the cloud's `random_seed` promises.

@@ -102,7 +102,7 @@ impl Metrics {
         let queue = gauge(
             &mut registry,
             "queue_depth",
-            "Sequences waiting for admission",
+            "Requests waiting for admission, as --max-queue counts them",
         );
         let running = gauge(&mut registry, "running_sequences", "Sequences running");
         let blocks_used = gauge(
@@ -235,7 +235,7 @@ impl Metrics {
     /// The text exposition, with the engine's state as of `stats` (absent while loading).
     pub fn render(&self, stats: Option<&EngineStats>) -> String {
         if let Some(st) = stats {
-            self.queue.set(st.waiting as i64);
+            self.queue.set(st.queued as i64);
             self.running.set(st.running as i64);
             self.blocks_used.set(st.blocks_used as i64);
             self.blocks_free.set(st.blocks_free as i64);
@@ -328,6 +328,7 @@ mod tests {
         let st = EngineStats {
             running: 3,
             waiting: 2,
+            queued: 7,
             blocks_used: 25,
             blocks_free: 75,
             ..EngineStats::default()
@@ -338,6 +339,8 @@ mod tests {
             "vllm:num_requests_waiting 2",
             "vllm:kv_cache_usage_perc 0.25",
             "bora_running_sequences 3",
+            // What --max-queue counts, not the sequences waiting.
+            "bora_queue_depth 7",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

@@ -3,7 +3,6 @@
 //! chunks of new ones, within a token budget (continuous batching with chunked prefill).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
@@ -41,7 +40,6 @@ pub(crate) struct Core {
     pub format: ChatFormat,
     pub eos: Vec<u32>,
     pub config: EngineConfig,
-    pub queued: Arc<AtomicUsize>,
     pub stats: Arc<Mutex<EngineStats>>,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
@@ -62,7 +60,6 @@ impl Core {
         format: ChatFormat,
         eos: Vec<u32>,
         config: EngineConfig,
-        queued: Arc<AtomicUsize>,
         stats: Arc<Mutex<EngineStats>>,
     ) -> Self {
         let mut alloc = BlockAllocator::new(cache.num_blocks(), cache.block_size());
@@ -82,7 +79,6 @@ impl Core {
             format,
             eos,
             config,
-            queued,
             stats,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -110,9 +106,14 @@ impl Core {
             };
             if let Some(Command::Add(s)) = cmd {
                 self.add(s);
-                // Take everything that arrived before planning the step.
-                while let Ok(Command::Add(s)) = rx.try_recv() {
-                    self.add(s);
+                // Take what arrived before planning the step, up to a queue's worth: callers
+                // that submit and leave as fast as they can (their requests no longer counted)
+                // must not keep the engine from ever stepping.
+                for _ in 0..self.config.max_queue.max(1) {
+                    match rx.try_recv() {
+                        Ok(Command::Add(s)) => self.add(s),
+                        Err(_) => break,
+                    }
                 }
             }
             self.step();
@@ -120,6 +121,10 @@ impl Core {
     }
 
     fn add(&mut self, s: Submitted) {
+        // A request whose caller has already gone is dropped here, never queued.
+        if s.seqs.first().is_none_or(|q| q.events.is_closed()) {
+            return;
+        }
         self.requests.insert(
             s.id,
             ReqState {
@@ -178,9 +183,7 @@ impl Core {
                 self.waiting.push_front(seq);
                 break;
             }
-            if std::mem::take(&mut seq.queued) {
-                self.queued.fetch_sub(1, Ordering::Relaxed);
-            }
+            seq.slot.leave();
             self.running.push(seq);
         }
         // 3. Prefill chunks, shortest remaining prompt first, so that a short request is not
@@ -592,22 +595,16 @@ impl Core {
             keep
         });
         let before = self.waiting.len();
-        let mut dropped_queued = 0;
+        // A dropped sequence's queue slot has already left the count (its caller's stream was
+        // dropped, which gives the slot up); `leave` makes sure of it, once.
         self.waiting.retain(|s| {
             let keep = !gone(s);
-            if !keep && s.queued {
-                dropped_queued += 1;
+            if !keep {
+                s.slot.leave();
             }
             keep
         });
         let dropped_waiting = before - self.waiting.len();
-        // Only what left is taken off the count: requests already counted by `submit` may
-        // still be in the channel, so the count is never recomputed from `waiting` (that
-        // undercounted them, and their later admission took the counter below zero: it
-        // wrapped, and every request was refused as if the queue were full).
-        if dropped_queued > 0 {
-            self.queued.fetch_sub(dropped_queued, Ordering::Relaxed);
-        }
         if !freed.is_empty() {
             self.alloc.release(&freed);
         }

@@ -11,11 +11,12 @@ pub use blocks::KvEvent;
 mod core;
 mod logits;
 mod predict;
+mod queue;
 mod request;
 mod sequence;
 mod stop;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +29,7 @@ pub use logits::{
 pub use request::{Choice, Completion, CompletionResult, Event, FinishReason, Priority, Usage};
 
 use self::core::{Command, Core, Submitted};
+use self::queue::{QueueCount, QueueSlot};
 use self::sequence::{Seq, SeqInit};
 use crate::chat::{render, ChatFormat};
 use crate::constrain::ToolChoice;
@@ -106,6 +108,9 @@ pub struct EngineStats {
     pub running: usize,
     /// Sequences waiting for admission (new or preempted).
     pub waiting: usize,
+    /// Requests waiting for admission whose caller still waits for them: what `max_queue`
+    /// bounds ([`Engine::queued`], read when the snapshot is taken).
+    pub queued: usize,
     /// KV blocks held by sequences.
     pub blocks_used: usize,
     /// KV blocks free or idle in the prefix cache.
@@ -153,7 +158,7 @@ pub struct Engine {
     block_size: usize,
     blocks: usize,
     max_queue: usize,
-    queued: Arc<AtomicUsize>,
+    queued: QueueCount,
     next_id: Arc<AtomicU64>,
     stats: Arc<Mutex<EngineStats>>,
 }
@@ -161,6 +166,17 @@ pub struct Engine {
 /// The events of one request, as they come.
 pub struct CompletionStream {
     rx: UnboundedReceiver<Event>,
+    /// The request's place in the queue count, given up when the stream is dropped: a caller
+    /// that stops listening takes its request off the count at once.
+    slot: Option<Arc<QueueSlot>>,
+}
+
+impl Drop for CompletionStream {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            slot.leave();
+        }
+    }
 }
 
 impl Engine {
@@ -219,7 +235,7 @@ impl Engine {
             format,
         )?);
         let tok = Arc::new(tok);
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = QueueCount::default();
         let stats = Arc::new(Mutex::new(EngineStats {
             blocks_total: blocks,
             blocks_free: blocks,
@@ -239,7 +255,6 @@ impl Engine {
             format,
             eos,
             config.clone(),
-            queued.clone(),
             stats.clone(),
         );
         // The engine loop runs on a worker of its own rayon pool, so that the kernels' parallel
@@ -294,12 +309,15 @@ impl Engine {
 
     /// A snapshot of what the engine is doing.
     pub fn stats(&self) -> EngineStats {
-        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut st = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        st.queued = self.queued();
+        st
     }
 
-    /// Requests counted against `max_queue` now: submitted and not yet admitted.
+    /// Requests counted against `max_queue` now: submitted, not yet admitted, and still
+    /// awaited by their caller.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.queued.get()
     }
 
     /// Renders and submits a chat request; its events arrive on the returned stream.
@@ -371,26 +389,20 @@ impl Engine {
                 context: room,
             });
         }
-        // Admission control: a full queue refuses at once.
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queue {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+        // Admission control: a full queue refuses at once. The slot leaves the count when it
+        // is dropped, so every early return below gives it back.
+        let Some(slot) = self.queued.enter(self.max_queue) else {
             return Err(EngineError::Overloaded {
                 queued: self.max_queue,
             });
-        }
-        let grammar = match &req.constraint() {
-            Some(c) => match self
-                .grammars
-                .processor(c, req.max_tokens.unwrap_or(room - prompt.len()))
-            {
-                Ok(g) => Some(g),
-                Err(e) => {
-                    self.queued.fetch_sub(1, Ordering::Relaxed);
-                    return Err(e);
-                }
-            },
-            None => None,
         };
+        let grammar = req
+            .constraint()
+            .map(|c| {
+                self.grammars
+                    .processor(&c, req.max_tokens.unwrap_or(room - prompt.len()))
+            })
+            .transpose()?;
         // tool_choice none: the call token (where the tokenizer has one) is never sampled.
         let forbid = (req.tool_choice == ToolChoice::None)
             .then(|| self.tok.specials().tool_calls)
@@ -406,16 +418,11 @@ impl Engine {
                 seed: choice_seed(seed, choice),
                 ..req.sampling.clone()
             });
-            let sampler = match sampler {
-                Ok(s) => s,
-                Err(e) => {
-                    self.queued.fetch_sub(1, Ordering::Relaxed);
-                    return Err(e);
-                }
-            };
+            let sampler = sampler?;
             seqs.push(Seq::new(SeqInit {
                 req: id,
                 choice,
+                slot: slot.clone(),
                 events: etx.clone(),
                 prompt: prompt.clone(),
                 max_tokens: req.max_tokens.unwrap_or(room - prompt.len()),
@@ -450,10 +457,12 @@ impl Engine {
             }))
             .is_err()
         {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::Config("the engine thread has stopped".into()));
         }
-        Ok(CompletionStream { rx: erx })
+        Ok(CompletionStream {
+            rx: erx,
+            slot: Some(slot),
+        })
     }
 
     /// [`Engine::chat`], waiting for the whole answer (blocking; not for async contexts).
@@ -536,7 +545,7 @@ impl CompletionStream {
     /// consumes events (an error mid-answer, say).
     pub fn channel() -> (tokio::sync::mpsc::UnboundedSender<Event>, Self) {
         let (tx, rx) = unbounded_channel();
-        (tx, Self { rx })
+        (tx, Self { rx, slot: None })
     }
 
     /// The next event (async).

@@ -1,10 +1,13 @@
 //! One choice of one request, from its prompt to its last token: what is computed, its blocks,
 //! its sampler, and the text it has released.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::logits::LogitsProcessor;
 use super::predict::{Prediction, PREDICTION_BYTES_PER_TOKEN};
+use super::queue::QueueSlot;
 use super::request::{Event, FinishReason, Priority};
 use super::stop::StopText;
 use crate::chat::{parse_output, ChatFormat, ParsedOutput};
@@ -27,8 +30,9 @@ pub(crate) struct Seq {
     pub choice: usize,
     pub events: UnboundedSender<Event>,
     pub priority: Priority,
-    /// Counted in the engine's queue length until first admitted.
-    pub queued: bool,
+    /// The request's place in the queue count (shared by its choices), left when the first
+    /// is admitted.
+    pub slot: Arc<QueueSlot>,
     /// Prompt and generated tokens.
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
@@ -70,6 +74,7 @@ pub(crate) struct Seq {
 pub(crate) struct SeqInit {
     pub req: u64,
     pub choice: usize,
+    pub slot: Arc<QueueSlot>,
     pub events: UnboundedSender<Event>,
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
@@ -96,7 +101,7 @@ impl Seq {
             choice: i.choice,
             events: i.events,
             priority: i.priority,
-            queued: i.choice == 0,
+            slot: i.slot,
             prompt_len: i.prompt.len(),
             tokens: i.prompt,
             computed: 0,
