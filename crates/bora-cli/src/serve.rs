@@ -152,6 +152,11 @@ pub fn main(a: Args) -> Result<()> {
     server.api_key = api_key;
     server.strict_api = a.strict_api;
     server.body_limit = a.max_body_mib << 20;
+    // An upload's form holds the file and some room for its other parts.
+    server.upload_limit = a
+        .max_upload_mib
+        .saturating_mul(1 << 20)
+        .saturating_add(1 << 20);
     server.max_connections = a.max_connections;
     server.header_timeout = std::time::Duration::from_secs(a.header_timeout.max(1));
     server.drain_timeout = std::time::Duration::from_secs(a.drain_timeout);

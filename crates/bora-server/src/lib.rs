@@ -8,6 +8,8 @@
 //! * [`routes`]: the axum router (`/v1/chat/completions`, `/v1/models`, `/health`,
 //!   `/metrics`); [`metrics`]: Prometheus text;
 //! * [`local`]: the same API in process, JSON in and out, for the Python and C bindings;
+//! * `guard`: what every request meets before its route (bodies read within their limit and
+//!   time, error answers always the API's error object, the Host and Origin checks);
 //! * [`listen`]: the accept loop ([`serve`]): hyper with header timeouts, a connection cap and a
 //!   bounded drain at shutdown.
 
@@ -15,6 +17,7 @@ pub mod answer;
 pub mod api;
 pub mod convert;
 pub mod error;
+mod guard;
 pub mod kv_events;
 pub mod listen;
 pub mod local;

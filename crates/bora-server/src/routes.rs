@@ -21,6 +21,7 @@ use crate::answer::{unix_now, AnswerMeta, Chunks, Whole};
 use crate::api::ModelCard;
 use crate::convert::{parse_request, ParsedRequest, DEFAULT_TEMPERATURE};
 use crate::error::ApiError;
+use crate::guard::{body_guard, buffered, json_errors};
 use crate::metrics::Metrics;
 
 /// How the server behaves.
@@ -36,7 +37,10 @@ pub struct ServerConfig {
     pub strict_api: bool,
     /// Request bodies over this many bytes get 413.
     pub body_limit: usize,
-    /// A request body must arrive within this time (408 otherwise).
+    /// Uploads (`POST /v1/files`) may be this large (at least `body_limit`).
+    pub upload_limit: usize,
+    /// A request body must arrive within this time, plus a second for each MiB it may hold
+    /// (408 otherwise).
     pub body_timeout: Duration,
     /// An SSE comment goes out after this long without an event (a long prompt being read).
     pub keep_alive: Duration,
@@ -60,6 +64,7 @@ impl ServerConfig {
             api_key: None,
             strict_api: false,
             body_limit: 16 << 20,
+            upload_limit: 16 << 20,
             body_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
@@ -156,7 +161,9 @@ pub fn router_with(state: Arc<AppState>, more_v1: Router) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), body_guard))
         .layer(middleware::from_fn_with_state(state.clone(), head_limit))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state, count))
 }
 
@@ -287,53 +294,9 @@ async fn model(
     Ok(Json(st.card(engine).to_json()).into_response())
 }
 
-/// 413 for a body declared `n` bytes long.
-fn too_large(n: u128, limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "invalid_request_error",
-        format!("the request body is {n} bytes, over the limit of {limit} bytes"),
-    )
-}
-
-/// Reads a body of at most `limit` bytes within `timeout`.
-async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
-            format!(
-                "the request body did not arrive within {} s",
-                timeout.as_secs()
-            ),
-        )),
-        Ok(Ok(bytes)) => Ok(bytes.to_vec()),
-        Ok(Err(e)) => {
-            let too_big =
-                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
-                    e.source()
-                })
-                .any(|e| e.to_string().contains("length limit"));
-            Err(if too_big {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_request_error",
-                    format!("the request body is over the limit of {limit} bytes"),
-                )
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"))
-            })
-        }
-    }
-}
-
-async fn chat(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn chat(State(st): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let bytes = read_request(&st, &headers, body).await?;
+    let bytes = buffered(body).await?;
     let ParsedRequest {
         model,
         stream,
@@ -371,28 +334,11 @@ async fn off_workers<T: Send + 'static>(
     })
 }
 
-/// A request's body within `--max-body` (a declared length over it is refused before any of the
-/// body is awaited).
-async fn read_request(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u128>().ok());
-    if let Some(n) = declared.filter(|&n| n > st.config.body_limit as u128) {
-        return Err(too_large(n, st.config.body_limit));
-    }
-    read_body(body, st.config.body_limit, st.config.body_timeout).await
-}
-
 /// `POST /v1/chat/completions/render`, as vLLM serves it: the prompt's token ids as bora renders
 /// a chat request (`token_ids`), nothing run. KV-aware routers (vllm-router's `kv_aware`) ask a
 /// worker for them to find which replica's cache holds the longest prefix.
-async fn render_chat(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
-    let bytes = read_request(&st, &headers, body).await?;
+async fn render_chat(State(st): State<Arc<AppState>>, body: Body) -> Result<Json<Value>, ApiError> {
+    let bytes = buffered(body).await?;
     let ParsedRequest {
         model, completion, ..
     } = parse_request(&bytes, st.config.strict_api)?;

@@ -250,3 +250,144 @@ async fn hostile_schemas_are_400s() {
         .unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+/// A server with two routes added as the batch routes are (`/v1/files` takes a form's bytes,
+/// `/v1/batch/jobs` a JSON body, `/v1/files/{id}` a path), on a 1 s body timeout and 6
+/// connections at most.
+async fn start_with_added_routes() -> Server {
+    use axum::routing::{get, post};
+    let more = axum::Router::new()
+        .route(
+            "/v1/files",
+            post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(|axum::extract::Path(id): axum::extract::Path<String>| async move { id }),
+        )
+        .route(
+            "/v1/batch/jobs",
+            post(|axum::Json(v): axum::Json<Value>| async move { axum::Json(v) }),
+        );
+    let mut c = config();
+    c.body_timeout = Duration::from_secs(1);
+    c.max_connections = 6;
+    c.upload_limit = 8 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let state = AppState::with_engine(c, engine(tiny()));
+    let task = tokio::spawn(bora_server::serve_with(listener, state, more, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Issue 36, 4.1: on every route that reads a body, added ones included, a declared length over
+/// the limit is 413 at once and a body that never comes is 408 within the body timeout (plus a
+/// second a MiB), so stalled uploads cannot hold the connection cap.
+#[tokio::test]
+async fn stalled_bodies_on_every_route_get_408_and_declared_giants_413() {
+    let server = start_with_added_routes().await;
+    let head = |path: &str, len: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {len}\r\n\r\n"
+        )
+    };
+    for path in ["/v1/files", "/v1/batch/jobs", "/v1/chat/completions"] {
+        let started = Instant::now();
+        let (status, body) = raw(server.addr, head(path, "99999999999").as_bytes()).await;
+        assert_eq!(status, 413, "{path}: {body}");
+        error_json(&body);
+        assert!(started.elapsed() < Duration::from_secs(1), "{path}");
+        for (len, within) in [("100", 3), ("3145728", 6)] {
+            let started = Instant::now();
+            let (status, body) = raw(server.addr, head(path, len).as_bytes()).await;
+            assert_eq!(status, 408, "{path} {len}: {body}");
+            assert!(error_json(&body)["message"]
+                .as_str()
+                .unwrap()
+                .contains("did not arrive"));
+            assert!(
+                started.elapsed() < Duration::from_secs(within),
+                "{path} {len}"
+            );
+        }
+    }
+    // Six stalled uploads fill the cap for a moment only: once they are answered, chat and
+    // health are served again.
+    let stalled: Vec<_> = (0..6)
+        .map(|_| {
+            let (addr, h) = (server.addr, head("/v1/files", "100"));
+            tokio::spawn(async move { raw(addr, h.as_bytes()).await })
+        })
+        .collect();
+    for s in stalled {
+        assert_eq!(s.await.unwrap().0, 408);
+    }
+    let (status, body) = raw(
+        server.addr,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A whole upload still gets in.
+    let (status, body) = raw(
+        server.addr,
+        b"POST /v1/files HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "5"));
+}
+
+/// Issue 36, 4.3: what axum and the extractors answer in plain text (a path that is not UTF-8,
+/// a body that is not JSON, a content type that is not JSON, a method not allowed) is the API's
+/// error object, its status kept.
+#[tokio::test]
+async fn every_error_is_the_apis_error_object() {
+    let server = start_with_added_routes().await;
+    let cases: [(&[u8], u16); 5] = [
+        (
+            b"GET /v1/files/%ff%fe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /v1/batch/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+              Content-Type: application/json\r\nContent-Length: 5\r\n\r\n{\"a\":",
+            400,
+        ),
+        (
+            b"POST /v1/batch/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+              Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}",
+            415,
+        ),
+        (
+            b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            405,
+        ),
+        (
+            b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            404,
+        ),
+    ];
+    for (request, want) in cases {
+        let (status, body) = raw(server.addr, request).await;
+        let what = String::from_utf8_lossy(request)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(status, want, "{what}: {body}");
+        let e = error_json(&body);
+        assert!(
+            !e["message"].as_str().unwrap_or("").is_empty(),
+            "{what}: {e}"
+        );
+        assert!(e["type"].is_string(), "{what}: {e}");
+    }
+}
