@@ -278,3 +278,31 @@ def test_json_mode_and_schema_through_the_sdks(server):
                     "a": {"type": "string", "format": "no-such-format"}}}}},
         )
     assert e.value.status_code == 400
+
+
+def test_web_pages_cannot_reach_the_local_server(server):
+    """Issue 36, 4.2: `bora serve` on loopback serves loopback Host names only (DNS rebinding)
+    and refuses cross-origin browser requests (CSRF) unless --allowed-origins lists them."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def status(path, headers, data=None):
+        req = urllib.request.Request(server.url + path, headers=headers, data=data)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e)
+
+    code, body = status("/v1/models", {"Host": "evil.example"})
+    assert code == 403 and body["object"] == "error", body
+    port = server.url.rsplit(":", 1)[1]
+    assert status("/v1/models", {"Host": f"localhost:{port}"})[0] == 200
+    form = b'--x\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--x--\r\n'
+    code, body = status(
+        "/v1/files",
+        {"Origin": "http://evil.example", "Content-Type": "multipart/form-data; boundary=x"},
+        data=form,
+    )
+    assert code == 403 and "--allowed-origins" in body["message"], body

@@ -21,6 +21,16 @@ pub struct Args {
     /// Port to listen on (0: any free port, printed at start).
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Host names served besides the loopback ones (comma-separated; `*`: any). On a loopback
+    /// address only loopback names are served by default, so that a web page whose DNS name
+    /// was rebound to 127.0.0.1 cannot reach the API; on another address any Host is served
+    /// unless this lists some.
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    allowed_hosts: Vec<String>,
+    /// Browser origins that may call the API from their pages (comma-separated, as
+    /// `http://app.example:3000`; `*`: any). Other cross-origin requests get 403.
+    #[arg(long, value_delimiter = ',', value_name = "ORIGINS")]
+    allowed_origins: Vec<String>,
     /// Require `Authorization: Bearer KEY` on /v1/* requests.
     #[arg(long, conflicts_with = "api_key_file")]
     api_key: Option<String>,
@@ -152,6 +162,14 @@ pub fn main(a: Args) -> Result<()> {
     server.api_key = api_key;
     server.strict_api = a.strict_api;
     server.body_limit = a.max_body_mib << 20;
+    let loopback = a.host.eq_ignore_ascii_case("localhost")
+        || a.host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    server.allowed_hosts =
+        (loopback || !a.allowed_hosts.is_empty()).then(|| a.allowed_hosts.clone());
+    server.allowed_origins = a.allowed_origins.clone();
     // An upload's form holds the file and some room for its other parts.
     server.upload_limit = a
         .max_upload_mib

@@ -7,6 +7,13 @@
 //!   large upload on a slow link still gets in and a stalled one lets its connection go).
 //! * [`json_errors`]: every error answer is the API's error object; what a route, an extractor
 //!   or axum itself answered in plain text (or with no body) is rewritten, its status kept.
+//! * [`origin_guard`]: what keeps web pages off a local server. With
+//!   [`crate::ServerConfig::allowed_hosts`] set (the CLI sets it on a loopback bind), a `Host`
+//!   that is not a loopback name or listed is 403, so that a page whose DNS name was rebound to
+//!   127.0.0.1 cannot read the API. A browser's cross-origin request (an `Origin` that is not
+//!   the server's own) is 403 unless [`crate::ServerConfig::allowed_origins`] lists it, so that
+//!   a page cannot post forms or uploads to it either (CSRF); for listed origins
+//!   [`cors_layer`] (tower-http) answers preflights and adds the CORS headers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,9 +167,150 @@ pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
     out
 }
 
+/// Whether `host` (a `Host` header's value, with or without its port) names this machine's
+/// loopback: `localhost` (and `*.localhost`, RFC 6761), 127.0.0.0/8, `[::1]`.
+fn is_loopback_host(host: &str) -> bool {
+    let name = host_name(host);
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A `Host` value without its port, lower-cased.
+fn host_name(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    if host.starts_with('[') {
+        // [v6]:port
+        return host
+            .split(']')
+            .next()
+            .map(|h| format!("{h}]"))
+            .unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
+        _ => host,
+    }
+}
+
+/// Whether `host` is served under `allowed` (loopback names always; `*` anything).
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    is_loopback_host(host)
+        || allowed
+            .iter()
+            .any(|a| a == "*" || host_name(a) == host_name(host))
+}
+
+/// The request's host: its `Host` header, or the URI's authority (HTTP/2).
+fn request_host(req: &Request) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+}
+
+/// Whether `origin` (`scheme://host[:port]`) is the server's own, reached as `host`.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some((_, rest)) = origin.split_once("://") else {
+        return false; // `null` and the like: a sandboxed page or a file
+    };
+    host.is_some_and(|h| rest.trim_end_matches('/').eq_ignore_ascii_case(h.trim()))
+}
+
+fn forbidden(message: String) -> Response {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
+}
+
+/// The Host and Origin checks (see the module docs).
+pub(crate) async fn origin_guard(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let config = st.config();
+    let host = request_host(&req);
+    if let (Some(allowed), Some(h)) = (&config.allowed_hosts, &host) {
+        if !host_allowed(h, allowed) {
+            return forbidden(format!(
+                "the Host {h:?} is not served here: a local server answers loopback names \
+                 only, and those given to --allowed-hosts"
+            ));
+        }
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+        let listed = config
+            .allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(&origin));
+        if !listed && !same_origin(&origin, host.as_deref()) {
+            return forbidden(format!(
+                "cross-origin requests from {origin:?} are refused: a browser page may call this \
+                 server only from an origin given to --allowed-origins"
+            ));
+        }
+    }
+    next.run(req).await
+}
+
+/// CORS for the origins [`crate::ServerConfig::allowed_origins`] lists: preflights answered,
+/// the headers added to their answers (any method and request header; the key travels in
+/// `Authorization`, not in cookies).
+pub(crate) fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let layer = CorsLayer::new()
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers(Any);
+    if origins.iter().any(|o| o == "*") {
+        return layer.allow_origin(Any);
+    }
+    let list: Vec<axum::http::HeaderValue> = origins
+        .iter()
+        .filter_map(|o| o.trim_end_matches('/').parse().ok())
+        .collect();
+    layer.allow_origin(AllowOrigin::list(list))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_and_origins() {
+        for h in [
+            "localhost",
+            "LOCALHOST:8080",
+            "a.localhost",
+            "127.0.0.1",
+            "127.9.9.9:1",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(host_allowed(h, &[]), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "evil.example:8080",
+            "10.0.0.1",
+            "localhost.evil.example",
+            "[::2]",
+        ] {
+            assert!(!host_allowed(h, &[]), "{h}");
+        }
+        let listed = ["bora.lan".to_string()];
+        assert!(host_allowed("bora.lan:8080", &listed));
+        assert!(host_allowed("anything", &["*".to_string()]));
+        assert!(same_origin("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
+        assert!(!same_origin("http://evil.example", Some("127.0.0.1:8080")));
+        assert!(!same_origin("null", Some("127.0.0.1:8080")));
+        assert!(!same_origin("http://127.0.0.1:8080", None));
+    }
 
     #[test]
     fn a_large_body_gets_a_second_for_each_mib() {

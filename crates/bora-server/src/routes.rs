@@ -21,7 +21,7 @@ use crate::answer::{unix_now, AnswerMeta, Chunks, Whole};
 use crate::api::ModelCard;
 use crate::convert::{parse_request, ParsedRequest, DEFAULT_TEMPERATURE};
 use crate::error::ApiError;
-use crate::guard::{body_guard, buffered, json_errors};
+use crate::guard::{body_guard, buffered, cors_layer, json_errors, origin_guard};
 use crate::metrics::Metrics;
 
 /// How the server behaves.
@@ -39,6 +39,12 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Uploads (`POST /v1/files`) may be this large (at least `body_limit`).
     pub upload_limit: usize,
+    /// When set, only requests whose `Host` is a loopback name or listed here (`*`: any) are
+    /// served; others get 403 (DNS rebinding). `None`: any host.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Browser origins that may call the API across origins (`*`: any); other cross-origin
+    /// requests get 403.
+    pub allowed_origins: Vec<String>,
     /// A request body must arrive within this time, plus a second for each MiB it may hold
     /// (408 otherwise).
     pub body_timeout: Duration,
@@ -65,6 +71,8 @@ impl ServerConfig {
             strict_api: false,
             body_limit: 16 << 20,
             upload_limit: 16 << 20,
+            allowed_hosts: None,
+            allowed_origins: Vec::new(),
             body_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
@@ -162,6 +170,8 @@ pub fn router_with(state: Arc<AppState>, more_v1: Router) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), body_guard))
+        .layer(cors_layer(&state.config.allowed_origins))
+        .layer(middleware::from_fn_with_state(state.clone(), origin_guard))
         .layer(middleware::from_fn_with_state(state.clone(), head_limit))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state, count))

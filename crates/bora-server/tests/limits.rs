@@ -391,3 +391,87 @@ async fn every_error_is_the_apis_error_object() {
         assert!(e["type"].is_string(), "{what}: {e}");
     }
 }
+
+/// Issue 36, 4.2: with the Host check on (as `bora serve` sets it on a loopback bind), a foreign
+/// Host is 403 and loopback names are served; a cross-origin browser request (a form upload, a
+/// preflight) is 403 unless its origin is listed, and a listed one gets its CORS headers.
+#[tokio::test]
+async fn foreign_hosts_and_origins_are_refused() {
+    let mut c = config();
+    c.allowed_hosts = Some(vec!["bora.lan".into()]);
+    c.allowed_origins = vec!["http://app.example:3000".into()];
+    let server = start(c).await;
+    let get = |host: &str, extra: &str| {
+        format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+    };
+    for host in ["evil.example", "evil.example:8080", "10.1.2.3"] {
+        let (status, body) = raw(server.addr, get(host, "").as_bytes()).await;
+        assert_eq!(status, 403, "{host}: {body}");
+        assert!(error_json(&body)["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allowed-hosts"));
+    }
+    let own = server.addr.to_string();
+    for host in [
+        "localhost:8080",
+        "127.0.0.1",
+        own.as_str(),
+        "[::1]:80",
+        "bora.lan:8080",
+    ] {
+        let (status, body) = raw(server.addr, get(host, "").as_bytes()).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    // A page elsewhere posting a form (no preflight for multipart): refused before it runs.
+    let form = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {own}\r\nOrigin: http://evil.example\r\n\
+         Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = raw(server.addr, form.as_bytes()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(error_json(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("--allowed-origins"));
+    let preflight = |origin: &str| {
+        format!(
+            "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: {own}\r\nOrigin: {origin}\r\n\
+             Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\
+             Connection: close\r\n\r\n"
+        )
+    };
+    let (status, _) = raw(server.addr, preflight("http://evil.example").as_bytes()).await;
+    assert_eq!(status, 403);
+    // The listed origin: its preflight answered, its request served with the CORS header.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(preflight("http://app.example:3000").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let lower = out.to_ascii_lowercase();
+    assert!(
+        lower.contains("access-control-allow-origin: http://app.example:3000"),
+        "{out}"
+    );
+    assert!(lower.contains("access-control-allow-methods"), "{out}");
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(get(&own, "Origin: http://app.example:3000\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out
+        .to_ascii_lowercase()
+        .contains("access-control-allow-origin: http://app.example:3000"));
+    // The server's own page calling it: same origin, served.
+    let (status, body) = raw(
+        server.addr,
+        get(&own, &format!("Origin: http://{own}\r\n")).as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
