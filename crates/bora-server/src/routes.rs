@@ -153,7 +153,7 @@ pub fn router_with(state: Arc<AppState>, more_v1: Router) -> Router {
         .with_state(state.clone())
         .merge(more_v1)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
+    let app = Router::new()
         .route("/", get(crate::page::index))
         .route("/stats", get(crate::page::stats))
         .route("/health", get(health))
@@ -169,9 +169,14 @@ pub fn router_with(state: Arc<AppState>, more_v1: Router) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(middleware::from_fn_with_state(state.clone(), body_guard))
-        .layer(cors_layer(&state.config.allowed_origins))
-        .layer(middleware::from_fn_with_state(state.clone(), origin_guard))
+        .layer(middleware::from_fn_with_state(state.clone(), body_guard));
+    // CORS headers only where some origin is let in.
+    let app = if state.config.allowed_origins.is_empty() {
+        app
+    } else {
+        app.layer(cors_layer(&state.config.allowed_origins))
+    };
+    app.layer(middleware::from_fn_with_state(state.clone(), origin_guard))
         .layer(middleware::from_fn_with_state(state.clone(), head_limit))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state, count))

@@ -375,7 +375,16 @@ async fn every_error_is_the_apis_error_object() {
             404,
         ),
     ];
-    for (request, want) in cases {
+    // What hyper answers itself, before any route: a URI over its limit, a line it cannot parse.
+    let long = format!(
+        "GET /v1/models?q={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let hyper_cases: [(&[u8], u16); 2] = [
+        (long.as_bytes(), 414),
+        (b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400),
+    ];
+    for (request, want) in cases.into_iter().chain(hyper_cases) {
         let (status, body) = raw(server.addr, request).await;
         let what = String::from_utf8_lossy(request)
             .lines()
