@@ -212,3 +212,72 @@ def test_files_and_jobs_sit_behind_the_key_and_uploads_are_bounded(tmp_path):
         assert [f.id for f in c.files.list().data] == [small.id]
     finally:
         assert s.stop() == 0
+
+
+def test_hostile_uploads_and_jobs_are_refused_with_the_field_named(tmp_path):
+    """Issue 36, 4.4: an upload's purpose is one of the cloud's values, its file name and part
+    headers are bounded; a job's inline outputs are bounded (the output file has them all); a
+    batch line's integer custom_id is kept."""
+    import urllib.error
+    import urllib.request
+
+    from mistralai.client.errors import SDKError
+
+    s = Server("--data-dir", str(tmp_path / "data"))
+
+    def form(purpose, filename="b.jsonl", extra_header=""):
+        parts = []
+        if purpose is not None:
+            parts.append(
+                f'--x\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n{purpose}\r\n'
+            )
+        parts.append(
+            f'--x\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f"{extra_header}Content-Type: application/jsonl\r\n\r\n"
+            + json.dumps({"body": request(0, 2)})
+            + "\r\n--x--\r\n"
+        )
+        req = urllib.request.Request(
+            s.url + "/v1/files",
+            data="".join(parts).encode(),
+            headers={"Content-Type": "multipart/form-data; boundary=x"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e)
+
+    try:
+        for purpose in ("batch", "fine-tune", "ocr", None):
+            code, body = form(purpose)
+            assert code == 200, body
+        for purpose in ("", "batches", "p" * 100_000):
+            code, body = form(purpose)
+            assert code == 400 and body["param"] == "purpose", (purpose[:20], body)
+            assert len(body["message"]) < 300
+        code, body = form("batch", filename="n" * 5000)
+        assert code == 400 and "name" in body["message"], body
+        code, body = form("batch", extra_header="X-Pad: " + "p" * 1_500_000 + "\r\n")
+        assert code == 400 and "headers" in body["message"], body
+        c = client(s)
+        # An integer custom_id is kept (as its digits); a list is a failed line that says so.
+        f = upload(c, [{"custom_id": 7, "body": request(0, 2)},
+                       {"custom_id": [1], "body": request(1, 2)}])
+        job = c.batch.jobs.create(input_files=[f.id], endpoint="/v1/chat/completions")
+        job = wait(c, job.id)
+        out = c.batch.jobs.get(job_id=job.id, inline=True).outputs
+        assert [o["custom_id"] for o in out][0] == "7", out
+        assert job.failed_requests == 1
+        assert "custom_id" in json.dumps(lines_of(c, job.error_file)), lines_of(c, job.error_file)
+        # A job of more lines than inline answers take: refused, its outputs in its file.
+        big = upload(c, [{"custom_id": f"l{i}", "body": request(i, 1)} for i in range(1001)])
+        job = c.batch.jobs.create(input_files=[big.id], endpoint="/v1/chat/completions")
+        try:
+            c.batch.jobs.get(job_id=job.id, inline=True)
+            raise AssertionError("1,001 lines inline")
+        except SDKError as e:
+            assert e.status_code == 400 and "output_file" in e.body, e.body
+        c.batch.jobs.cancel(job_id=job.id)
+    finally:
+        assert s.stop() == 0

@@ -134,6 +134,19 @@ impl BatchService {
     }
 }
 
+/// A file's `purpose`, as the cloud's API takes it.
+const PURPOSES: [&str; 4] = ["batch", "fine-tune", "ocr", "agentic_safety"];
+
+/// The longest file name an upload may give, in bytes (what most file systems take).
+const MAX_FILENAME: usize = 255;
+
+/// The most bytes a multipart part's headers may take.
+const MAX_PART_HEAD: usize = 8 << 10;
+
+/// The most lines `GET /v1/batch/jobs/{id}?inline=true` returns in its answer (the SDK sends a
+/// job's requests inline up to this many); a larger job's results are read from its output file.
+const MAX_INLINE_LINES: u64 = 1000;
+
 /// The routes, with their state applied.
 pub fn routes(svc: Arc<BatchService>) -> Router {
     // Uploads are read whole, up to the limit and some room for the form around the file.
@@ -176,6 +189,16 @@ async fn upload(
     let (mut purpose, mut visibility, mut expiry) = (None, None, None);
     let mut file: Option<(String, Option<String>, Bytes)> = None;
     while let Some(field) = form.next_field().await.map_err(|e| form_error(&svc, e))? {
+        let head: usize = field
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if head > MAX_PART_HEAD {
+            return Err(ApiError::bad_request(format!(
+                "a part's headers take {head} bytes, over the limit of {MAX_PART_HEAD}"
+            )));
+        }
         match field.name() {
             Some("purpose") => purpose = field.text().await.ok(),
             Some("visibility") => visibility = field.text().await.ok(),
@@ -191,6 +214,13 @@ async fn upload(
             }
             Some("file") => {
                 let name = field.file_name().unwrap_or("upload.jsonl").to_string();
+                if name.len() > MAX_FILENAME {
+                    return Err(ApiError::bad_request(format!(
+                        "the file's name has {} bytes, over the limit of {MAX_FILENAME}",
+                        name.len()
+                    ))
+                    .with_param("file"));
+                }
                 let mimetype = field.content_type().map(str::to_string);
                 let bytes = field.bytes().await.map_err(|e| form_error(&svc, e))?;
                 if bytes.len() > svc.max_upload {
@@ -213,6 +243,14 @@ async fn upload(
         return Err(ApiError::bad_request("the upload has no `file` part").with_param("file"));
     };
     let purpose = purpose.unwrap_or_else(|| "batch".into());
+    if !PURPOSES.contains(&purpose.as_str()) {
+        let shown: String = purpose.chars().take(64).collect();
+        return Err(ApiError::bad_request(format!(
+            "purpose {shown:?} is not one of {}",
+            PURPOSES.join(", ")
+        ))
+        .with_param("purpose"));
+    }
     let sample_type = if purpose == "batch" {
         "batch_request"
     } else {
@@ -347,7 +385,27 @@ pub fn jsonl_lines(text: &str) -> Vec<(Option<String>, Result<Value, Value>)> {
 }
 
 fn line_of(v: &Value, n: usize) -> (Option<String>, Result<Value, Value>) {
-    let custom_id = v["custom_id"].as_str().map(str::to_string);
+    // A string, or an integer kept as its digits (the cloud takes both).
+    let custom_id = match &v["custom_id"] {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Number(x) if x.is_i64() || x.is_u64() => Some(x.to_string()),
+        other => {
+            let kind = match other {
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a fraction",
+                Value::Array(_) => "a list",
+                _ => "an object",
+            };
+            return (
+                None,
+                Err(json!({
+                    "message": format!("line {n}: custom_id must be a string or an integer, not {kind}"),
+                    "code": 400
+                })),
+            );
+        }
+    };
     match v.get("body") {
         Some(b) if b.is_object() => (custom_id, Ok(b.clone())),
         _ => (
@@ -546,6 +604,14 @@ async fn get_job(
     )?;
     let mut body = svc.job_json(&j);
     if q.get("inline").map(String::as_str) == Some("true") {
+        if j.total > MAX_INLINE_LINES {
+            return Err(ApiError::bad_request(format!(
+                "the job has {} lines: inline outputs are given for jobs of at most \
+                 {MAX_INLINE_LINES}; read its output_file instead",
+                j.total
+            ))
+            .with_param("inline"));
+        }
         // The lines finished so far, in the output files' envelope, in the job's order.
         let (ok, bad) = svc.store.results(&id).map_err(store_error)?;
         let mut all: Vec<Value> = ok.into_iter().chain(bad).collect();

@@ -34,18 +34,21 @@ const UPLOAD_PATH: &str = "/v1/files";
 /// The most of an error body that [`json_errors`] reads to quote it.
 const QUOTED_ERROR_BYTES: usize = 16 << 10;
 
-/// The body limit of a request to `path` with `method`.
-fn limit_for(st: &AppState, method: &Method, path: &str) -> usize {
+/// The body limit of a request to `path` with `method`, and the `bora serve` flag that sets it.
+fn limit_for(st: &AppState, method: &Method, path: &str) -> (usize, &'static str) {
     let config = st.config();
     if method == Method::POST && path.trim_end_matches('/') == UPLOAD_PATH {
-        config.upload_limit.max(config.body_limit)
+        (
+            config.upload_limit.max(config.body_limit),
+            "--max-upload-mib",
+        )
     } else {
-        config.body_limit
+        (config.body_limit, "--max-body-mib")
     }
 }
 
 /// The `Content-Length` a request declares, if it is a number.
-pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u128> {
+fn declared_length(headers: &HeaderMap) -> Option<u128> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -53,11 +56,11 @@ pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u128> {
 }
 
 /// 413 for a body declared `n` bytes long.
-fn too_large(n: u128, limit: usize) -> ApiError {
+fn too_large(n: u128, limit: usize, flag: &str) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "invalid_request_error",
-        format!("the request body is {n} bytes, over the limit of {limit} bytes"),
+        format!("the request body is {n} bytes, over the limit of {limit} bytes ({flag})"),
     )
 }
 
@@ -67,7 +70,11 @@ fn body_time(base: Duration, bytes: u128) -> Duration {
 }
 
 /// Reads a body of at most `limit` bytes within `timeout`.
-async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+async fn read_body(
+    body: Body,
+    (limit, flag): (usize, &str),
+    timeout: Duration,
+) -> Result<Vec<u8>, ApiError> {
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -88,7 +95,7 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "invalid_request_error",
-                    format!("the request body is over the limit of {limit} bytes"),
+                    format!("the request body is over the limit of {limit} bytes ({flag})"),
                 )
             } else {
                 ApiError::bad_request(format!("cannot read the request body: {e}"))
@@ -104,14 +111,14 @@ pub(crate) async fn body_guard(
     req: Request,
     next: Next,
 ) -> Response {
-    let limit = limit_for(&st, req.method(), req.uri().path());
+    let (limit, flag) = limit_for(&st, req.method(), req.uri().path());
     let (parts, body) = req.into_parts();
     let declared = declared_length(&parts.headers);
     if let Some(n) = declared.filter(|&n| n > limit as u128) {
-        return too_large(n, limit).into_response();
+        return too_large(n, limit, flag).into_response();
     }
     let time = body_time(st.config().body_timeout, declared.unwrap_or(limit as u128));
-    match read_body(body, limit, time).await {
+    match read_body(body, (limit, flag), time).await {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await

@@ -361,11 +361,8 @@ async fn render_chat(State(st): State<Arc<AppState>>, body: Body) -> Result<Json
     if model != st.config.model_name {
         return Err(ApiError::invalid_model(&model));
     }
-    let ids = off_workers(move || {
-        bora_engine::chat::render(engine.chat_format(), engine.tokenizer(), &completion.chat)
-    })
-    .await?
-    .map_err(|e| ApiError::from(bora_engine::EngineError::from(e)))?;
+    // Checked as the chat route checks it (context, settings, schemas), nothing run.
+    let ids = off_workers(move || engine.prompt(&completion)).await??;
     Ok(Json(
         json!({"model": model, "token_ids": ids, "features": null}),
     ))

@@ -111,7 +111,7 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub top_prompt_logprobs: Option<i64>,
     /// The expected answer, verified instead of generated where the answer follows it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub prediction: Option<Prediction>,
     /// A hint for routing to a server that holds the prefix: bora's prefix cache finds shared
     /// prefixes by itself.
@@ -136,6 +136,19 @@ pub struct ChatCompletionRequest {
     pub user: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Value>,
+}
+
+/// An object field: serde's derived structs also take a list of their fields in order (so `[]`
+/// would pass as an object of defaults); the API's objects are JSON objects only.
+fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    Option::<serde_json::Map<String, Value>>::deserialize(d)?
+        .map(|m| T::deserialize(Value::Object(m)).map_err(D::Error::custom))
+        .transpose()
 }
 
 /// `prediction`: `{"type": "content", "content": "..."}` (OpenAI's content may be a list of

@@ -678,10 +678,22 @@ async fn render_gives_the_prompt_tokens_the_chat_route_runs() {
     let usage = post(&url, &body).await.json::<Value>().await.unwrap()["usage"].clone();
     assert_eq!(usage["prompt_tokens"].as_u64().unwrap(), ids.len() as u64);
     // A bad request gets the chat route's error.
+    // Issue 36, 4.4: render applies the chat route's own checks: a prompt over the context, a
+    // hostile schema, settings the engine refuses, `prediction` that is not an object.
+    let long = "many words again ".repeat(3000);
+    let deep = (0..200).fold(
+        json!({"type": "string"}),
+        |s, _| json!({"type": "object", "properties": {"a": s}}),
+    );
     for bad in [
         json!({"model": MODEL, "messages": []}),
         chat_body(json!({"model": "other"})),
         chat_body(json!({"messages": [{"role": "assistant", "content": "x"}]})),
+        chat_body(json!({"messages": [{"role": "user", "content": long}]})),
+        chat_body(json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": deep}}})),
+        chat_body(json!({"min_tokens": 20, "max_tokens": 10})),
+        chat_body(json!({"prediction": []})),
     ] {
         let r = client()
             .post(format!("{url}/v1/chat/completions/render"))

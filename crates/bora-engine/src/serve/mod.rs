@@ -326,69 +326,29 @@ impl Engine {
         self.submit(prompt, req)
     }
 
+    /// The prompt a chat request runs, rendered and checked as [`Engine::chat`] checks it (its
+    /// settings, the context, its schema compiled), nothing run: what a router asks for.
+    pub fn prompt(&self, req: &Completion) -> Result<Vec<u32>> {
+        let prompt = render(self.format, &self.tok, &req.chat)?;
+        self.check(&prompt, req)?;
+        self.grammar(&prompt, req)?;
+        Ok(prompt)
+    }
+
+    /// The request's grammar, compiled (`None` without a constraint).
+    fn grammar(&self, prompt: &[u32], req: &Completion) -> Result<Option<ProcessorFactory>> {
+        req.constraint()
+            .map(|c| {
+                self.grammars
+                    .processor(&c, req.max_tokens.unwrap_or(self.context - prompt.len()))
+            })
+            .transpose()
+    }
+
     /// Submits an already tokenized prompt (BOS included where the model wants it).
     pub fn submit(&self, prompt: Vec<u32>, req: &Completion) -> Result<CompletionStream> {
-        if prompt.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
-        if req.n == 0 {
-            return Err(EngineError::Sampling {
-                name: "n",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if req.max_tokens == Some(0) {
-            return Err(EngineError::Sampling {
-                name: "max_tokens",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if !(req.repetition_penalty.is_finite() && req.repetition_penalty > 0.0) {
-            return Err(EngineError::Sampling {
-                name: "repetition_penalty",
-                reason: format!("must be above 0, not {}", req.repetition_penalty),
-            });
-        }
-        for (name, k) in [
-            ("top_logprobs", req.logprobs),
-            ("top_prompt_logprobs", req.prompt_logprobs),
-        ] {
-            if k.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
-                return Err(EngineError::Sampling {
-                    name,
-                    reason: format!(
-                        "{} alternatives asked, at most {MAX_TOP_LOGPROBS}",
-                        k.unwrap_or(0)
-                    ),
-                });
-            }
-        }
-        if req.max_tokens.is_some_and(|m| req.min_tokens > m) {
-            return Err(EngineError::Sampling {
-                name: "min_tokens",
-                reason: format!(
-                    "{} is more than max_tokens ({})",
-                    req.min_tokens,
-                    req.max_tokens.unwrap_or(0)
-                ),
-            });
-        }
+        self.check(&prompt, req)?;
         let room = self.context;
-        let wanted = prompt.len() + req.max_tokens.unwrap_or(1);
-        if prompt.len() >= room || wanted > room {
-            return Err(EngineError::ContextExceeded {
-                prompt: prompt.len(),
-                max_tokens: req.max_tokens,
-                context: room,
-            });
-        }
-        if req.n * prompt.len().div_ceil(self.block_size) > self.blocks && req.n > 1 {
-            return Err(EngineError::ContextExceeded {
-                prompt: prompt.len() * req.n,
-                max_tokens: req.max_tokens,
-                context: room,
-            });
-        }
         // Admission control: a full queue refuses at once. The slot leaves the count when it
         // is dropped, so every early return below gives it back.
         let Some(slot) = self.queued.enter(self.max_queue) else {
@@ -396,13 +356,7 @@ impl Engine {
                 queued: self.max_queue,
             });
         };
-        let grammar = req
-            .constraint()
-            .map(|c| {
-                self.grammars
-                    .processor(&c, req.max_tokens.unwrap_or(room - prompt.len()))
-            })
-            .transpose()?;
+        let grammar = self.grammar(&prompt, req)?;
         // tool_choice none: the call token (where the tokenizer has one) is never sampled.
         let forbid = (req.tool_choice == ToolChoice::None)
             .then(|| self.tok.specials().tool_calls)
@@ -417,8 +371,7 @@ impl Engine {
             let sampler = Sampler::new(SamplingParams {
                 seed: choice_seed(seed, choice),
                 ..req.sampling.clone()
-            });
-            let sampler = sampler?;
+            })?;
             seqs.push(Seq::new(SeqInit {
                 req: id,
                 choice,
@@ -463,6 +416,74 @@ impl Engine {
             rx: erx,
             slot: Some(slot),
         })
+    }
+
+    /// What [`Engine::submit`] refuses before queueing: a request's settings against the
+    /// engine, its prompt against the context and the KV pool.
+    fn check(&self, prompt: &[u32], req: &Completion) -> Result<()> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if req.n == 0 {
+            return Err(EngineError::Sampling {
+                name: "n",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if req.max_tokens == Some(0) {
+            return Err(EngineError::Sampling {
+                name: "max_tokens",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if !(req.repetition_penalty.is_finite() && req.repetition_penalty > 0.0) {
+            return Err(EngineError::Sampling {
+                name: "repetition_penalty",
+                reason: format!("must be above 0, not {}", req.repetition_penalty),
+            });
+        }
+        for (name, k) in [
+            ("top_logprobs", req.logprobs),
+            ("top_prompt_logprobs", req.prompt_logprobs),
+        ] {
+            if k.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+                return Err(EngineError::Sampling {
+                    name,
+                    reason: format!(
+                        "{} alternatives asked, at most {MAX_TOP_LOGPROBS}",
+                        k.unwrap_or(0)
+                    ),
+                });
+            }
+        }
+        Sampler::new(req.sampling.clone())?;
+        if req.max_tokens.is_some_and(|m| req.min_tokens > m) {
+            return Err(EngineError::Sampling {
+                name: "min_tokens",
+                reason: format!(
+                    "{} is more than max_tokens ({})",
+                    req.min_tokens,
+                    req.max_tokens.unwrap_or(0)
+                ),
+            });
+        }
+        let room = self.context;
+        let wanted = prompt.len() + req.max_tokens.unwrap_or(1);
+        if prompt.len() >= room || wanted > room {
+            return Err(EngineError::ContextExceeded {
+                prompt: prompt.len(),
+                max_tokens: req.max_tokens,
+                context: room,
+            });
+        }
+        if req.n * prompt.len().div_ceil(self.block_size) > self.blocks && req.n > 1 {
+            return Err(EngineError::ContextExceeded {
+                prompt: prompt.len() * req.n,
+                max_tokens: req.max_tokens,
+                context: room,
+            });
+        }
+        Ok(())
     }
 
     /// [`Engine::chat`], waiting for the whole answer (blocking; not for async contexts).
