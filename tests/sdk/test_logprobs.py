@@ -231,5 +231,15 @@ def test_predicted_outputs_through_the_sdk(server):
                                       prediction={"type": "content", "content": answer})
     assert res.choices[0].message.content == answer
     details = res.usage.completion_tokens_details
-    assert details.accepted_prediction_tokens > 0
-    assert details.rejected_prediction_tokens >= 0
+    assert 0 < details.accepted_prediction_tokens <= res.usage.completion_tokens
+    assert isinstance(details.rejected_prediction_tokens, int)
+    # Half right: its head is kept, the drafts where the answer departs from it are rejected
+    # (and not counted in completion_tokens); the answer is the same.
+    half = raw.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=48, temperature=0,
+        prediction={"type": "content",
+                    "content": answer[: len(answer) // 2] + " and now for something else"})
+    assert half.choices[0].message.content == answer
+    assert half.usage.completion_tokens == res.usage.completion_tokens
+    details = half.usage.completion_tokens_details
+    assert details.accepted_prediction_tokens > 0 and details.rejected_prediction_tokens > 0
