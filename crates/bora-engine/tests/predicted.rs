@@ -44,9 +44,10 @@ fn greedy_output_is_the_same_with_any_prediction() {
     let right = engine.chat_blocking(&with_prediction(&c, &answer)).unwrap();
     assert_eq!(texts(&right), texts(&plain));
     assert_eq!(right.usage.completion_tokens, 64);
-    // Nearly all of it verified rather than generated.
+    // Most of it verified rather than generated (how many drafts each step takes follows the
+    // measured step costs: optimized, 45 to 48 of 64 here; unoptimized, 48 and more).
     assert!(
-        right.usage.accepted_prediction_tokens >= 48,
+        right.usage.accepted_prediction_tokens >= 40,
         "{:?}",
         right.usage
     );
