@@ -126,6 +126,7 @@ class Stats:
         self.lock = threading.Lock()
         self.statuses = Counter()
         self.kinds = Counter()
+        self.by_kind = {}  # kind -> Counter of statuses
         self.malformed = []
         self.errors = []
 
@@ -133,6 +134,7 @@ class Stats:
         with self.lock:
             self.statuses[code] += 1
             self.kinds[kind] += 1
+            self.by_kind.setdefault(kind, Counter())[code] += 1
 
     def bad(self, kind, why):
         with self.lock:
@@ -293,6 +295,25 @@ def client(server, model, deadline, seed, stats, kinds):
             c.close()
 
 
+# What a run must show: answers of every kind of request (HTTP 200; 4xx for the bad ones), at
+# least this many a minute each; 429s at most this share of all requests; resident memory after
+# warm-up growing, by the least-squares slope over the rest of the run, by at most this share.
+MIN_ANSWERED_PER_MINUTE = 50
+MAX_429_SHARE = 0.02
+MAX_GROWTH = 0.10
+
+
+def rss_slope(samples):
+    """The least-squares slope of (seconds, bytes) samples, in bytes a second."""
+    n = len(samples)
+    if n < 2:
+        return 0.0
+    mt = sum(t for t, _ in samples) / n
+    mb = sum(b for _, b in samples) / n
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    return sum((t - mt) * (b - mb) for t, b in samples) / var if var else 0.0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=120)
@@ -333,10 +354,13 @@ def main():
     rss.append((time.time() - started, server.rss()))
     code = server.stop()
 
-    warm = [b for t, b in rss if t >= a.seconds / 5]
-    warm_start = warm[0] if warm else rss[0][1]
-    after_peak = max(warm) if warm else rss[-1][1]
-    growth = after_peak / warm_start - 1 if warm_start else 0
+    # Memory after warm-up, judged by the least-squares slope of RSS over time (a leak grows
+    # steadily; one sample's jump, an allocator arena, barely moves a line through all of them).
+    warm = [(t, b) for t, b in rss if t >= a.seconds / 5] or rss[-2:]
+    warm_start = warm[0][1]
+    slope = rss_slope(warm)  # bytes a second
+    span = max(warm[-1][0] - warm[0][0], 1.0)
+    growth = slope * span / warm_start if warm_start else 0
     requests = sum(stats.statuses.values())
     failures = []
     if any(s >= 500 for s in stats.statuses):
@@ -347,10 +371,27 @@ def main():
         failures.append(f"{len(stats.errors)} connection errors")
     if used != 0 or running != 0:
         failures.append(f"{used:.0f} KV blocks and {running:.0f} sequences still held at the end")
-    if growth > 0.10:
-        failures.append(f"resident memory grew {growth:.1%} after warm-up")
+    if growth > MAX_GROWTH:
+        failures.append(f"resident memory grew {slope / 1024:.0f} KiB/s after warm-up "
+                        f"({growth:.1%} over {span:.0f} s by the fitted slope)")
     if code != 0:
         failures.append(f"bora serve exited with {code} on SIGTERM")
+    # A server that refuses, or answers 429, to everything is not a server that held up: each
+    # kind of request must have been answered, enough times for the run's length.
+    need = max(1, int(MIN_ANSWERED_PER_MINUTE * a.seconds / 60))
+    for kind in sorted(set(kinds)):
+        counts = stats.by_kind.get(kind, Counter())
+        if kind == "bad":
+            got = sum(v for c, v in counts.items() if c in (400, 413, 422))
+        else:
+            got = counts.get(200, 0)
+        if got < need:
+            failures.append(f"{kind}: {got} answered, at least {need} wanted "
+                            f"(statuses {dict(counts)})")
+    refused = stats.statuses.get(429, 0)
+    if requests and refused / requests > MAX_429_SHARE:
+        failures.append(f"{refused} of {requests} requests refused with 429 "
+                        f"(at most {MAX_429_SHARE:.0%})")
     if requests == 0:
         failures.append("no request was answered")
     summary = {
@@ -359,7 +400,9 @@ def main():
         "malformed": stats.malformed[:10], "connection_errors": stats.errors[:10],
         "rss_bytes": {"start": rss[0][1], "after_warmup": warm_start, "peak": max(b for _, b in rss),
                       "end": rss[-1][1]},
-        "rss_growth_after_warmup": round(growth, 4), "kv_blocks_used_at_end": used,
+        "rss_growth_after_warmup": round(growth, 4), "rss_slope_bytes_per_s": round(slope),
+        "by_kind": {k: dict(sorted(v.items())) for k, v in sorted(stats.by_kind.items())},
+        "kv_blocks_used_at_end": used,
         "exit_status": code, "failures": failures,
     }
     if a.json:
@@ -369,12 +412,13 @@ def main():
         r = summary["rss_bytes"]
         print(f"soak: {requests} requests from {a.clients} clients in {a.seconds:.0f} s; "
               f"statuses {summary['statuses']}")
-        print(f"soak: by kind {summary['kinds']}")
+        print(f"soak: by kind {summary['by_kind']}")
         every = max(1, len(rss) // 12)
         print("soak: RSS over time: " + ", ".join(
             f"{t:.0f}s {b / (1 << 20):.0f}" for t, b in rss[::every]) + " (MiB)")
         print(f"soak: RSS start {mib(r['start'])}, after warm-up {mib(r['after_warmup'])}, "
-              f"peak {mib(r['peak'])}, end {mib(r['end'])} ({growth:+.1%} after warm-up); "
+              f"peak {mib(r['peak'])}, end {mib(r['end'])}; after warm-up a slope of "
+              f"{slope / 1024:+.1f} KiB/s ({growth:+.1%}); "
               f"KV blocks held at the end: {used:.0f}")
         for m in stats.malformed[:10] + stats.errors[:10]:
             print("soak: " + m)
