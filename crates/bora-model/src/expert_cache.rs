@@ -130,22 +130,21 @@ impl ExpertCache {
             .find(|l| host_layer(l))
             .map(|l| l.experts.expert_bytes() as u64)?;
         let capacity = (budget_bytes / per_expert.max(1)) as usize;
+        let host: Vec<bool> = weights.layers.iter().map(host_layer).collect();
+        Self::with_shape(policy, capacity, &host, weights.config.num_local_experts)
+    }
+
+    /// A cache of `capacity` experts for the layers `host` marks, of `e` experts each; `None`
+    /// where not one fits.
+    fn with_shape(policy: CachePolicy, capacity: usize, host: &[bool], e: usize) -> Option<Self> {
         if capacity == 0 {
             return None;
         }
-        let e = weights.config.num_local_experts;
-        let resident = weights
-            .layers
+        let resident = host
             .iter()
-            .map(|l| {
-                if host_layer(l) {
-                    vec![None; e]
-                } else {
-                    Vec::new()
-                }
-            })
+            .map(|&h| if h { vec![None; e] } else { Vec::new() })
             .collect();
-        let score = vec![vec![0.0; e]; weights.layers.len()];
+        let score = vec![vec![0.0; e]; host.len()];
         Some(Self {
             policy,
             max_moves: 2,
@@ -195,6 +194,15 @@ impl ExpertCache {
     /// After a step: counts the step's `usage` (`[layer]`, empty for placed layers) and moves
     /// experts between the host and the device as the policy says.
     pub(crate) fn end_step(&self, weights: &MixtralWeights, usage: &[LayerUsage]) -> Result<()> {
+        self.end_step_with(usage, |l, e| upload(weights, l, e))
+    }
+
+    /// [`ExpertCache::end_step`], copying layer `l`'s expert `e` with `upload`.
+    fn end_step_with(
+        &self,
+        usage: &[LayerUsage],
+        mut upload: impl FnMut(usize, usize) -> Result<DeviceExpert>,
+    ) -> Result<()> {
         let mut st = self.lock();
         st.step += 1;
         let step = st.step as f64;
@@ -231,7 +239,7 @@ impl ExpertCache {
             if let Some((vl, ve)) = evict {
                 st.resident[vl][ve] = None;
             }
-            match upload(weights, l, e) {
+            match upload(l, e) {
                 Ok(d) => {
                     st.resident[l][e] = Some(Arc::new(d));
                     st.stats.moves += 1;
@@ -323,4 +331,105 @@ fn upload(weights: &MixtralWeights, l: usize, e: usize) -> Result<DeviceExpert> 
         up: device_matrix(&up[e], opts)?,
         down: device_matrix(&down[e], opts)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in device copy (the policy never looks inside one).
+    fn copy() -> Result<DeviceExpert> {
+        let m = || {
+            Matrix::Tensor(
+                candle_core::Tensor::zeros(
+                    (1, 1),
+                    candle_core::DType::F32,
+                    &candle_core::Device::Cpu,
+                )
+                .expect("a 1x1 tensor"),
+            )
+        };
+        Ok(DeviceExpert {
+            gate: m(),
+            up: m(),
+            down: m(),
+        })
+    }
+
+    /// One step: `counts` tokens routed to each expert of the one host-placed layer (layer 1;
+    /// layer 0 is placed on the device), the resident set after it.
+    fn step(cache: &ExpertCache, counts: &[u64]) -> Vec<usize> {
+        let resident = cache.snapshot();
+        let on_device = counts
+            .iter()
+            .enumerate()
+            .filter(|&(e, _)| resident[1][e].is_some())
+            .map(|(_, n)| n)
+            .sum();
+        let usage = [
+            LayerUsage::default(),
+            LayerUsage {
+                counts: counts.to_vec(),
+                on_device,
+            },
+        ];
+        cache.end_step_with(&usage, |_, _| copy()).unwrap();
+        let after = cache.snapshot();
+        assert!(after[0].is_empty(), "a placed layer has no copies");
+        (0..counts.len())
+            .filter(|&e| after[1][e].is_some())
+            .collect()
+    }
+
+    fn cache(policy: CachePolicy, capacity: usize) -> ExpertCache {
+        ExpertCache::with_shape(policy, capacity, &[false, true], 5).unwrap()
+    }
+
+    /// Issue 36, 2.3: `auto` (hot): scores decay by 0.95 a step, a copy is replaced only by an
+    /// expert 1.25 times hotter, and at most two copies are made a step.
+    #[test]
+    fn hot_scores_decay_and_replace_only_past_the_margin() {
+        let c = cache(CachePolicy::Hot, 2);
+        // Three experts hot at once, room for two: the two hottest, two copies.
+        assert_eq!(step(&c, &[10, 8, 6, 0, 0]), [0, 1]);
+        assert_eq!(c.stats().moves, 2);
+        // Expert 2 (6, then 5.7) against the coldest copy (expert 1: 8, then 7.6): not 1.25
+        // times hotter, nothing moves, even as expert 1 cools for a while.
+        assert_eq!(step(&c, &[0, 0, 0, 0, 0]), [0, 1]);
+        // Expert 2 used again: 5.7 * 0.95 + 2 = 7.415, hotter than expert 1 (7.22) but not
+        // 1.25 times (9.025): it stays out.
+        assert_eq!(step(&c, &[0, 0, 2, 0, 0]), [0, 1]);
+        // And again: 7.415 * 0.95 + 3 = 10.04 against 6.859 * 1.25 = 8.57: it replaces 1.
+        assert_eq!(step(&c, &[0, 0, 3, 0, 0]), [0, 2]);
+        assert_eq!(c.stats().moves, 3);
+        // Expert 3 at 11 replaces the colder copy, expert 0 (10 * 0.95^4 = 8.145; 11 > 10.18);
+        // expert 1 (6.516) does not replace expert 2 (9.54).
+        assert_eq!(step(&c, &[0, 0, 0, 11, 0]), [2, 3]);
+        // Four new hot experts on an emptier cache: two copies a step at most.
+        let c = cache(CachePolicy::Hot, 4);
+        assert_eq!(step(&c, &[5, 5, 5, 5, 0]).len(), 2);
+        assert_eq!(step(&c, &[0, 0, 0, 0, 0]).len(), 4);
+        // Hits: the tokens of experts that were on the device when the step ran.
+        let s = c.stats();
+        assert_eq!((s.lookups, s.hits, s.resident, s.capacity), (20, 0, 4, 4));
+        step(&c, &[1, 1, 1, 1, 1]);
+        assert_eq!(c.stats().hits, 4);
+    }
+
+    /// Issue 36, 2.3: `lru`: an expert used and missed comes in, replacing the one used longest
+    /// ago, never one this step used; two copies a step at most.
+    #[test]
+    fn lru_brings_in_what_was_missed_and_evicts_the_least_recent() {
+        let c = cache(CachePolicy::Lru, 2);
+        assert_eq!(step(&c, &[1, 1, 0, 0, 0]), [0, 1]);
+        // Expert 2 missed: both copies last used at step 1; the first of them goes.
+        assert_eq!(step(&c, &[0, 0, 3, 0, 0]), [1, 2]);
+        // Experts 1 and 3 used: 3 was missed and replaces 2 (used at step 2, before 1's step 3).
+        assert_eq!(step(&c, &[0, 2, 0, 1, 0]), [1, 3]);
+        // Everything in this step was used in it: experts 0 and 4 missed, but no copy may go.
+        assert_eq!(step(&c, &[1, 1, 0, 1, 1]), [1, 3]);
+        // Three missed at once, room for them: two copies a step.
+        let c = cache(CachePolicy::Lru, 4);
+        assert_eq!(step(&c, &[1, 1, 1, 0, 0]).len(), 2);
+    }
 }
