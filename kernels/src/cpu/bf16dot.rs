@@ -32,6 +32,33 @@ pub fn available() -> bool {
     false
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Set by [`widened`]: products on this thread widen bf16 weights to f32 as a CPU without
+    /// the kernel does.
+    static WIDEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a product started on this thread takes the kernel: [`available`] (and, in tests,
+/// not inside [`widened`]).
+pub(crate) fn taken() -> bool {
+    #[cfg(test)]
+    if WIDEN.with(|w| w.get()) {
+        return false;
+    }
+    available()
+}
+
+/// Runs `f` with the products it starts on this thread on the widening path, whatever the CPU
+/// has: so that path is tested on every machine.
+#[cfg(test)]
+pub(crate) fn widened<T>(f: impl FnOnce() -> T) -> T {
+    WIDEN.with(|w| w.set(true));
+    let out = f();
+    WIDEN.with(|w| w.set(false));
+    out
+}
+
 /// Activation rows rounded to bf16: `[m, k]`.
 pub(crate) struct Acts {
     xb: Vec<bf16>,

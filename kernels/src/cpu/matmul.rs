@@ -214,7 +214,7 @@ pub fn matmul_many(products: &mut [Product<'_>]) {
     let rounded: Vec<Option<bf16dot::Acts>> = products
         .iter()
         .map(|p| {
-            let bf16 = matches!(p.w, WeightRef::BF16(_)) && bf16dot::available();
+            let bf16 = matches!(p.w, WeightRef::BF16(_)) && bf16dot::taken();
             (bf16 && p.m > 0 && p.k > 0 && p.x.len() == p.m * p.k)
                 .then(|| bf16dot::Acts::new(p.x, p.k, p.m, p.k))
         })

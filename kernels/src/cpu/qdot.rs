@@ -812,7 +812,7 @@ mod tests {
     }
 
     /// The CPU paths `BORA_EXPECT_CPU` names (tests/run sets it from /proc/cpuinfo: `avx2`,
-    /// `avx512`, `vnni`) are detected, so that the kernel tests below run them rather than
+    /// `avx512`, `vnni`, `bf16`) are detected, so that the kernel tests below run them rather than
     /// skip: a detection that fails on a CPU that has the feature fails here.
     #[cfg(target_arch = "x86_64")]
     #[test]
@@ -827,6 +827,7 @@ mod tests {
                         && is_x86_feature_detected!("avx512bw")
                         && is_x86_feature_detected!("avx512vnni")
                 }
+                "bf16" => crate::cpu::bf16dot::available(),
                 other => panic!("BORA_EXPECT_CPU names an unknown feature `{other}`"),
             };
             assert!(

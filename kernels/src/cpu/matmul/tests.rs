@@ -14,16 +14,24 @@ fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
 }
 
 /// The activations a product over `w` computes with: rounded to bf16 for bf16 weights where the
-/// CPU has AVX512_BF16 (`bf16dot.rs`), as they are otherwise.
+/// CPU has AVX512_BF16 (`bf16dot.rs`) and the test does not ask for the widening path, as they
+/// are otherwise.
 fn seen_by(x: &[f32], w: WeightRef<'_>) -> Vec<f32> {
-    let round = matches!(w, WeightRef::BF16(_)) && super::bf16dot::available();
+    let round = matches!(w, WeightRef::BF16(_)) && super::bf16dot::taken();
     x.iter()
         .map(|&v| if round { bf16::from_f32(v).to_f32() } else { v })
         .collect()
 }
 
+/// Every path against the f64 reference; bf16 weights both on this CPU's path and on the
+/// widening one (which a CPU with AVX512_BF16 would otherwise never run here).
 #[test]
 fn all_paths_match_reference() {
+    paths_match_reference();
+    super::bf16dot::widened(paths_match_reference);
+}
+
+fn paths_match_reference() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for &(m, k, n) in &[
         (1, 5, 3),
