@@ -243,3 +243,72 @@ def test_predicted_outputs_through_the_sdk(server):
     assert half.usage.completion_tokens == res.usage.completion_tokens
     details = half.usage.completion_tokens_details
     assert details.accepted_prediction_tokens > 0 and details.rejected_prediction_tokens > 0
+
+
+def test_strict_api_fields_change_what_they_say():
+    """Issue 36, 2.13: accepted is honoured. Under --strict-api, top_k, n, stop, max_tokens,
+    min_tokens, random_seed and the logprob fields each change the answer as they say (each
+    against the same request without it)."""
+    s = Server("--strict-api")
+    try:
+        c = mistral(s)
+        base = dict(model=MODEL, messages=HELLO, max_tokens=12)
+        greedy = c.chat.complete(**base, temperature=0).choices[0].message.content
+        hot = dict(base, temperature=1.5)
+        # top_k 1 at a high temperature is greedy; without it, seeds draw other answers.
+        drawn = {c.chat.complete(**hot, random_seed=seed).choices[0].message.content
+                 for seed in range(4)}
+        assert drawn != {greedy}, "temperature 1.5 never left the greedy answer"
+        for seed in range(4):
+            assert c.chat.complete(**hot, random_seed=seed, top_k=1).choices[0].message.content \
+                == greedy
+        # The same seed, the same draw; n choices, each its own.
+        a = c.chat.complete(**hot, random_seed=11).choices[0].message.content
+        assert c.chat.complete(**hot, random_seed=11).choices[0].message.content == a
+        two = c.chat.complete(**hot, random_seed=11, n=2)
+        assert [x.index for x in two.choices] == [0, 1]
+        # A stop string from inside the greedy answer ends it there.
+        words = greedy.split()
+        stop = " ".join(words[len(words) // 2:len(words) // 2 + 1])
+        assert stop and stop in greedy
+        cut = c.chat.complete(**base, temperature=0, stop=[stop]).choices[0]
+        assert cut.finish_reason == "stop" and cut.message.content == greedy[:greedy.index(stop)]
+        # max_tokens and min_tokens count.
+        res = c.chat.complete(**dict(base, max_tokens=3), temperature=0)
+        assert res.usage.completion_tokens == 3
+        res = c.chat.complete(**dict(base, max_tokens=5), min_tokens=5, temperature=0)
+        assert res.usage.completion_tokens == 5
+        # Logprobs as asked: two alternatives for each token, the chosen one's logprob first.
+        res = c.chat.complete(**base, temperature=0, logprobs=True, top_logprobs=2)
+        content = res.choices[0].logprobs.content
+        assert len(content) == res.usage.completion_tokens
+        assert all(len(t.top_logprobs) == 2 for t in content)
+        res = c.chat.complete(**base, temperature=0, prompt_logprobs=True)
+        assert len(res.choices[0].prompt_logprobs.content) == res.usage.prompt_tokens - 1
+    finally:
+        assert s.stop() == 0
+
+
+def test_deterministic_serving_gives_a_seeded_answer_whatever_runs_beside_it():
+    """Issue 36, 2.13: `bora serve --deterministic`: a seeded request at temperature 0.8 gets the
+    same answer alone and among eight others sent at once (and a different seed another)."""
+    import concurrent.futures
+
+    s = Server("--deterministic")
+    try:
+        c = mistral(s)
+        args = dict(model=MODEL, messages=HELLO, max_tokens=24, temperature=0.8, random_seed=5)
+        alone = c.chat.complete(**args).choices[0].message.content
+        others = [dict(args, messages=[{"role": "user", "content": f"Other {i} " * (i + 1)}],
+                       random_seed=i) for i in range(8)]
+        with concurrent.futures.ThreadPoolExecutor(9) as pool:
+            futures = [pool.submit(c.chat.complete, **o) for o in others]
+            mine = pool.submit(c.chat.complete, **args)
+            together = mine.result().choices[0].message.content
+            for f in futures:
+                f.result()
+        assert together == alone
+        other_seed = c.chat.complete(**dict(args, random_seed=6)).choices[0].message.content
+        assert other_seed != alone
+    finally:
+        assert s.stop() == 0
