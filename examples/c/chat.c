@@ -7,9 +7,12 @@
  * MODEL is anything `bora --model` takes (a directory, a GGUF file, bora-demo, ...). Exits 0
  * when every check holds. */
 
+#define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c99 */
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bora.h"
 
@@ -21,6 +24,21 @@ static void check(int ok, const char *what) {
                 bora_last_error() ? bora_last_error() : "none");
         failures++;
     }
+}
+
+/* Seconds on a monotonic clock. */
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* The number after "key": in a JSON text, or -1. */
+static long json_number(const char *json, const char *key) {
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "\"%s\":", key);
+    const char *p = json ? strstr(json, pattern) : NULL;
+    return p ? strtol(p + strlen(pattern), NULL, 10) : -1;
 }
 
 /* The value of "content" in a JSON text, unescaped well enough for the fixtures' text. */
@@ -56,6 +74,8 @@ int main(int argc, char **argv) {
     static char streamed[65536];
     streamed[0] = '\0';
     int chunks = 0, done = 0;
+    /* Every wait is bounded: the whole stream within 120 s, whatever the library answers. */
+    double deadline = now() + 120;
     while (stream && !done) {
         char *chunk = NULL;
         switch (bora_stream_next(stream, 100, &chunk)) {
@@ -65,7 +85,12 @@ int main(int argc, char **argv) {
                 if (strstr(chunk, "\"usage\"")) check(strstr(chunk, "\"finish_reason\":\"length\"") != NULL, "the last chunk ends with length");
                 bora_string_free(chunk);
                 break;
-            case BORA_WAITING: break;
+            case BORA_WAITING:
+                if (now() > deadline) {
+                    check(0, "the stream ends within 120 s");
+                    done = 1;
+                }
+                break;
             case BORA_END: done = 1; break;
             default: check(0, "bora_stream_next"); done = 1;
         }
@@ -82,6 +107,8 @@ int main(int argc, char **argv) {
         text[0] = '\0';
         append_content(strstr(whole, "\"message\""), text, sizeof text);
         check(strcmp(text, streamed) == 0, "whole and streamed text agree");
+        /* tests/examples.sh compares this line with what `bora serve` answers. */
+        printf("answer: %s\n", text);
         check(strstr(whole, "\"completion_tokens\":16") != NULL, "16 tokens");
         bora_string_free(whole);
     }
@@ -103,14 +130,42 @@ int main(int argc, char **argv) {
     err = bora_last_error();
     check(err != NULL && strstr(err, "load_error") != NULL, "load_error");
 
-    /* A cancelled stream frees its KV blocks. */
-    stream = bora_chat_stream(engine, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 40}");
+    /* A cancelled stream ends, and frees its KV blocks (the engine's stats say so). */
+    stream = bora_chat_stream(engine, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 40, \"min_tokens\": 40}");
+    check(stream != NULL, "the stream to cancel starts");
     char *chunk = NULL;
-    while (bora_stream_next(stream, 100, &chunk) != BORA_CHUNK) {}
-    bora_string_free(chunk);
+    /* Its role chunk and a first token: by then the engine runs it. */
+    int got = 0, status = BORA_WAITING;
+    deadline = now() + 120;
+    while (stream && got < 2 && now() < deadline) {
+        status = bora_stream_next(stream, 100, &chunk);
+        if (status == BORA_CHUNK) {
+            got++;
+            bora_string_free(chunk);
+        } else if (status != BORA_WAITING) {
+            break;
+        }
+    }
+    check(got == 2, "the stream to cancel sends its first chunks");
+    char *stats = NULL;
+    long used = -1;
+    deadline = now() + 30;
+    do {
+        stats = bora_engine_stats(engine);
+        used = json_number(stats, "blocks_used");
+        bora_string_free(stats);
+    } while (used <= 0 && now() < deadline);
+    check(used > 0, "a running stream holds KV blocks");
     bora_stream_cancel(stream);
     check(bora_stream_next(stream, 100, &chunk) == BORA_END, "a cancelled stream ends");
     bora_stream_free(stream);
+    deadline = now() + 30;
+    do {
+        stats = bora_engine_stats(engine);
+        used = json_number(stats, "blocks_used");
+        bora_string_free(stats);
+    } while (used != 0 && now() < deadline);
+    check(used == 0, "the cancelled stream's KV blocks are freed");
 
     bora_string_free(name);
     bora_engine_free(engine);
