@@ -7,7 +7,7 @@
 //!   answered 503 with a JSON error and closed, and the server goes on accepting.
 //! * What hyper answers by itself, before any route runs, to a request it cannot parse (400, a
 //!   URI over its 64 KiB: 414, a head over [`HEAD_BUFFER`]: 431) goes out as the API's error
-//!   object too ([`JsonParseErrors`]).
+//!   object too (`JsonParseErrors`).
 //! * On shutdown the listener closes, idle connections close, requests in flight (streams
 //!   included) get [`crate::ServerConfig::drain_timeout`] to finish; a second signal, or the end of
 //!   that time, stops the rest.
