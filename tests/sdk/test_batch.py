@@ -94,8 +94,34 @@ def test_a_running_job_is_cancelled(tmp_path):
         done = wait(c, job.id)
         assert done.status == "CANCELLED"
         assert done.completed_requests < 64
+        # The lines in flight stopped: nothing runs or holds a KV block, no token is made.
+        deadline = time.time() + 10
+        while (s_metric(s, "bora_running_sequences"), s_metric(s, "bora_kv_blocks_used")) != (0, 0):
+            assert time.time() < deadline, "the cancelled job's lines still run"
+            time.sleep(0.05)
+        steps = s_metric(s, "bora_engine_steps_total")
+        time.sleep(0.5)
+        assert s_metric(s, "bora_engine_steps_total") == steps, "the engine still steps"
+        # The output holds the lines that finished, whole, and only those.
+        out = lines_of(c, done.output_file) if done.output_file else []
+        assert len(out) == done.succeeded_requests <= done.completed_requests
+        for line in out:
+            assert line["custom_id"] in {f"r{i}" for i in range(64)}
+            assert line["response"]["status_code"] == 200
+            assert line["response"]["body"]["usage"]["completion_tokens"] == 300
+        assert len({line["custom_id"] for line in out}) == len(out)
     finally:
         assert s.stop() == 0
+
+
+def s_metric(s, name):
+    import urllib.request
+
+    with urllib.request.urlopen(s.url + "/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 def test_a_killed_server_finishes_the_job_after_a_restart(tmp_path):
@@ -108,6 +134,10 @@ def test_a_killed_server_finishes_the_job_after_a_restart(tmp_path):
     while c.batch.jobs.get(job_id=job.id).completed_requests < 3:
         assert time.time() < deadline
         time.sleep(0.05)
+    # What had finished before the kill, with each answer's own id.
+    before = {o["custom_id"]: o["response"]["body"]["id"]
+              for o in c.batch.jobs.get(job_id=job.id, inline=True).outputs}
+    assert len(before) >= 3
     s.proc.send_signal(signal.SIGKILL)
     s.proc.wait()
     s = demo_server(data)
@@ -118,6 +148,16 @@ def test_a_killed_server_finishes_the_job_after_a_restart(tmp_path):
         assert (done.total_requests, done.succeeded_requests) == (40, 40)
         out = lines_of(c, done.output_file)
         assert sorted(l["custom_id"] for l in out) == sorted(f"r{i}" for i in range(40))
+        # Lines finished before the kill were not run again: the same answers, by their ids.
+        by_id = {l["custom_id"]: l for l in out}
+        for cid, answer_id in before.items():
+            assert by_id[cid]["response"]["body"]["id"] == answer_id, cid
+        # Every body is the request's answer alone (greedy), those run before the kill and after.
+        for i in sorted(set(range(0, 40, 4)) | {int(cid[1:]) for cid in before}):
+            alone = c.chat.complete(model=DEMO, **request(i, 200))
+            body = by_id[f"r{i}"]["response"]["body"]
+            assert body["choices"][0]["message"]["content"] == alone.choices[0].message.content, i
+            assert body["usage"]["completion_tokens"] == alone.usage.completion_tokens == 200
     finally:
         assert s.stop() == 0
 
