@@ -181,7 +181,7 @@ pub fn main(a: Args) -> Result<()> {
     let (kv_tx, kv_rx) = match a.kv_events {
         Some(_) => {
             let (tx, rx) = std::sync::mpsc::channel();
-            (Some(tx), Some(rx))
+            (Some(tx.into()), Some(rx))
         }
         None => (None, None),
     };

@@ -38,8 +38,8 @@ pub use routes_summary::{RouteSummary, SummaryNumbers};
 pub use sampler::{Sampler, SamplingParams};
 pub use serve::{
     Choice, Completion, CompletionResult, CompletionStream, Engine, EngineConfig, EngineStats,
-    Event, FinishReason, ForbidTokens, KvBudget, KvEvent, LogitsProcessor, Penalties, Priority,
-    ProcessorFactory, Timeout, Usage,
+    Event, FinishReason, ForbidTokens, KvBudget, KvEvent, KvEventSink, LogitsProcessor, Penalties,
+    Priority, ProcessorFactory, Timeout, Usage,
 };
 pub use tokenizer::{IncrementalDecoder, PieceKind, SpecialTokens, SpmPiece, SpmVocab, Tokenizer};
 

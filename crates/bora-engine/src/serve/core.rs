@@ -502,11 +502,10 @@ impl Core {
         }
         // The step's stored blocks are published before any answer ends: a client's next turn
         // then finds its blocks known to a KV-aware router.
-        if let Some(tx) = &self.config.kv_events {
+        if let Some(sink) = &self.config.kv_events {
             let events = self.alloc.take_events();
             if !events.is_empty() {
-                // A publisher that went away only stops the events.
-                let _ = tx.send(events);
+                sink.send(events);
             }
         }
         done.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));

@@ -79,8 +79,40 @@ pub struct EngineConfig {
     /// --report`; every step pays a copy of its routing.
     pub route_trace: Option<std::sync::mpsc::Sender<crate::StepRoutes>>,
     /// The prefix cache's changes (blocks stored, evicted), sent after each step that made
-    /// some: what `bora serve --kv-events` publishes for KV-aware routers.
-    pub kv_events: Option<std::sync::mpsc::Sender<Vec<KvEvent>>>,
+    /// some, before the answers the step ends: what `bora serve --kv-events` publishes for
+    /// KV-aware routers.
+    pub kv_events: Option<KvEventSink>,
+}
+
+/// Where the engine sends each step's KV events: called on the engine thread, after the step's
+/// forward pass and before any answer it ends is sent (a channel's sender converts into one).
+#[derive(Clone)]
+pub struct KvEventSink(Arc<dyn Fn(Vec<KvEvent>) + Send + Sync>);
+
+impl KvEventSink {
+    /// A sink that calls `f` with each step's events.
+    pub fn new(f: impl Fn(Vec<KvEvent>) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub(crate) fn send(&self, events: Vec<KvEvent>) {
+        (self.0)(events)
+    }
+}
+
+impl From<std::sync::mpsc::Sender<Vec<KvEvent>>> for KvEventSink {
+    /// Each step's events sent on the channel (a receiver that went away only stops them).
+    fn from(tx: std::sync::mpsc::Sender<Vec<KvEvent>>) -> Self {
+        Self::new(move |events| {
+            let _ = tx.send(events);
+        })
+    }
+}
+
+impl std::fmt::Debug for KvEventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvEventSink")
+    }
 }
 
 impl Default for EngineConfig {
