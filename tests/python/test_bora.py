@@ -99,10 +99,15 @@ def test_async_gather_batches_and_each_equals_the_request_alone(demo):
 
 def test_threads_batch_and_the_gil_is_released(demo):
     results = {}
+    start = threading.Barrier(4)
 
     def work(i):
-        results[i] = demo.chat.complete(messages=USER, max_tokens=16, random_seed=i, temperature=1)
+        start.wait()
+        results[i] = demo.chat.complete(messages=USER, max_tokens=16, random_seed=i, temperature=1,
+                                        min_tokens=16)
 
+    idle(demo)
+    steps = demo.stats()["steps"]
     ticks = 0
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
@@ -111,7 +116,10 @@ def test_threads_batch_and_the_gil_is_released(demo):
         ticks += 1  # pure Python: runs only while the engine's callers let go of the GIL
         time.sleep(0.001)
     assert len(results) == 4
+    assert all(r.usage.completion_tokens == 16 for r in results.values())
     assert ticks > 10
+    # Batched: far fewer steps than four requests one after the other (4 x 17).
+    assert demo.stats()["steps"] - steps < 4 * 17 // 2
 
 
 class City(BaseModel):
@@ -211,11 +219,19 @@ def test_errors_are_exceptions_with_the_api_fields(tiny):
 
 def test_memory_options():
     # A q8_0 KV cache (heads of whole blocks: the GGUF fixture's), two running sequences at
-    # most, the context capped; placement options load on the CPU, where they change nothing.
+    # most, the context capped; placement options load on the CPU, where they change nothing:
+    # the same answer as the engine without them.
     engine = bora.Engine(str(GGUF), kv_cache_dtype="q8_0", max_seqs=2, max_model_len=64,
                          cpu_moe=True, expert_cache="auto", kv_cache_mib=8)
     res = engine.chat.complete(messages=USER, max_tokens=4, temperature=0)
     assert res.usage.completion_tokens == 4
+    plain = bora.Engine(str(GGUF), kv_cache_dtype="q8_0", max_seqs=2, max_model_len=64,
+                        kv_cache_mib=8)
+    same = plain.chat.complete(messages=USER, max_tokens=4, temperature=0, logprobs=True)
+    again = engine.chat.complete(messages=USER, max_tokens=4, temperature=0, logprobs=True)
+    assert again.choices[0].message.content == same.choices[0].message.content
+    assert [t.logprob for t in again.choices[0].logprobs.content] == \
+        [t.logprob for t in same.choices[0].logprobs.content]
     with pytest.raises(bora.BoraError) as e:
         engine.chat.complete(messages=USER, max_tokens=100)
     assert "context" in e.value.message
@@ -273,8 +289,9 @@ def test_tokenize(tiny):
     assert len(tiny.tokenize(messages=USER)) == res.usage.prompt_tokens
 
 
-def test_logprobs_and_predicted_outputs(tiny):
-    """The engine's logprobs and predicted outputs reach the package as they reach the server."""
+def test_logprobs_and_predicted_outputs(tiny, server):
+    """The engine's logprobs and predicted outputs reach the package as they reach the server:
+    the same tokens, alternatives and log-probabilities as `bora serve` answers."""
     args = dict(messages=USER, max_tokens=24, temperature=0)
     plain = tiny.chat.complete(**args, logprobs=True, top_logprobs=2, prompt_logprobs=True)
     content = plain.choices[0].logprobs.content
@@ -282,6 +299,17 @@ def test_logprobs_and_predicted_outputs(tiny):
     assert all(t.top_logprobs[0].token_id == t.token_id for t in content)
     prompt = plain.choices[0].prompt_logprobs.content
     assert len(prompt) == plain.usage.prompt_tokens - 1
+    body = dict(args, model="tiny-mixtral", logprobs=True, top_logprobs=2, prompt_logprobs=True)
+    req = urllib.request.Request(server + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        served = json.load(r)["choices"][0]
+    for local, remote in ((content, served["logprobs"]["content"]),
+                          (prompt, served["prompt_logprobs"]["content"])):
+        assert [t.token_id for t in local] == [t["token_id"] for t in remote]
+        assert [t.logprob for t in local] == pytest.approx([t["logprob"] for t in remote], abs=1e-6)
+        assert [[a.token_id for a in t.top_logprobs] for t in local] == \
+            [[a["token_id"] for a in t["top_logprobs"]] for t in remote]
     answer = plain.choices[0].message.content
     res = tiny.chat.complete(**args, prediction={"type": "content", "content": answer})
     assert res.choices[0].message.content == answer
