@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::bench_predict::PredictionBench;
 use crate::load::ModelArgs;
+use crate::routes::TraceFile;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -38,7 +39,9 @@ pub struct Args {
     #[arg(long)]
     prediction: bool,
     /// Also a routing report of the bench's tokens in this directory (as `bora routes
-    /// --report` writes one): summary.json, figures as PNG and SVG, report.html.
+    /// --report` writes one): summary.json, figures as PNG and SVG, report.html; and
+    /// trace.parquet, the serving engine's routing of every token it ran, prompt and generated
+    /// (the columns of `bora routes`, without probs; `sequence` is the request's id).
     #[arg(long)]
     report: Option<std::path::PathBuf>,
 }
@@ -81,18 +84,25 @@ pub fn main(a: Args) -> Result<()> {
         .layers
         .first()
         .map_or(0, |l| l.experts.expert_bytes());
-    // With --report, every step's routing goes to a summary on a thread of its own.
+    // With --report, every step's routing goes to a summary and to DIR/trace.parquet on a
+    // thread of its own.
     let (route_trace, summary) = match &a.report {
-        Some(_) => {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", crate::load::shown(dir)))?;
+            let mut file =
+                TraceFile::create(&dir.join("trace.parquet"), false, cfg.num_local_experts)?;
             let (tx, rx) = std::sync::mpsc::channel::<bora_engine::StepRoutes>();
             let (layers, experts) = (cfg.num_hidden_layers, cfg.num_local_experts);
             let window = (a.batch.iter().sum::<usize>() * (a.prompt_len + a.gen_len) / 100).max(16);
-            let t = std::thread::spawn(move || {
+            let t = std::thread::spawn(move || -> Result<bora_engine::RouteSummary> {
                 let mut s = bora_engine::RouteSummary::new(layers, experts, window as u64);
                 for step in rx {
                     s.add(&step);
+                    file.write(step)?;
                 }
-                s
+                file.close()?;
+                Ok(s)
             });
             (Some(tx), Some(t))
         }
@@ -170,7 +180,7 @@ pub fn main(a: Args) -> Result<()> {
     if let (Some(dir), Some(summary)) = (&a.report, summary) {
         let summary = summary
             .join()
-            .map_err(|_| anyhow::anyhow!("the routing summary failed"))?;
+            .map_err(|_| anyhow::anyhow!("the routing summary failed"))??;
         let name = a
             .model
             .model

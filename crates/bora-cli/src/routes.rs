@@ -123,16 +123,7 @@ pub fn main(mut a: Args) -> Result<()> {
     };
     let total: u64 = sequences.iter().map(|s| s.len() as u64).sum();
     let cfg = model.config();
-    let schema = Arc::new(schema(a.probs, cfg.num_local_experts));
-    let file = std::fs::File::create(&a.out)
-        .with_context(|| format!("cannot create {}", shown(&a.out)))?;
-    // Row groups of 64Ki rows: the writer holds one group's pages at a time, so memory stays
-    // flat however long the trace.
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(1 << 16))
-        .build();
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+    let mut writer = TraceFile::create(&a.out, a.probs, cfg.num_local_experts)?;
     let bar = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} tokens  {per_sec}  eta {eta}",
@@ -158,8 +149,7 @@ pub fn main(mut a: Args) -> Result<()> {
         if let Some(s) = summary.as_mut() {
             s.add(&step);
         }
-        let res = batch(&schema, step).and_then(|b| Ok(writer.write(&b)?));
-        if let Err(e) = res {
+        if let Err(e) = writer.write(step) {
             let msg = e.to_string();
             failure = Some(e);
             return Err(bora_engine::EngineError::Generation(msg));
@@ -169,12 +159,10 @@ pub fn main(mut a: Args) -> Result<()> {
     });
     bar.finish_and_clear();
     if let Some(e) = failure {
-        return Err(e.context(format!("writing {}", shown(&a.out))));
+        return Err(e);
     }
     let traced = traced?;
-    writer
-        .close()
-        .with_context(|| format!("cannot finish {}", shown(&a.out)))?;
+    writer.close()?;
     if let (Some(dir), Some(s)) = (&a.report, &summary) {
         let source = a.file.as_ref().or(a.requests.as_ref()).map(|p| shown(p));
         crate::report::write_report(
@@ -194,6 +182,49 @@ pub fn main(mut a: Args) -> Result<()> {
         cfg.num_local_experts
     );
     Ok(())
+}
+
+/// A routing trace being written to a Parquet file, step by step, in the columns
+/// `bora routes --help` lists.
+pub(crate) struct TraceFile {
+    path: PathBuf,
+    schema: Arc<Schema>,
+    writer: ArrowWriter<std::fs::File>,
+}
+
+impl TraceFile {
+    /// Creates `path`; with `probs`, the column of the router's softmax over `experts`.
+    pub fn create(path: &std::path::Path, probs: bool, experts: usize) -> Result<Self> {
+        let schema = Arc::new(schema(probs, experts));
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", shown(path)))?;
+        // Row groups of 64Ki rows: the writer holds one group's pages at a time, so memory
+        // stays flat however long the trace.
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(1 << 16))
+            .build();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            schema,
+            writer,
+        })
+    }
+
+    pub fn write(&mut self, step: StepRoutes) -> Result<()> {
+        batch(&self.schema, step)
+            .and_then(|b| Ok(self.writer.write(&b)?))
+            .with_context(|| format!("writing {}", shown(&self.path)))
+    }
+
+    /// Writes the file's footer: a trace not closed is not readable.
+    pub fn close(self) -> Result<()> {
+        self.writer
+            .close()
+            .with_context(|| format!("cannot finish {}", shown(&self.path)))?;
+        Ok(())
+    }
 }
 
 fn schema(probs: bool, experts: usize) -> Schema {

@@ -44,10 +44,12 @@ fn greedy_output_is_the_same_with_any_prediction() {
     let right = engine.chat_blocking(&with_prediction(&c, &answer)).unwrap();
     assert_eq!(texts(&right), texts(&plain));
     assert_eq!(right.usage.completion_tokens, 64);
-    // Most of it verified rather than generated (how many drafts each step takes follows the
-    // measured step costs: optimized, 45 to 48 of 64 here; unoptimized, 48 and more).
+    // Most of it verified rather than generated. How many drafts each step takes follows the
+    // measured step costs, and where the model split a word otherwise than the tokenizer the
+    // rest of that step's drafts are rejected: optimized, 45 to 48 of 64 on one machine, 38 on
+    // CI's; unoptimized, 48 and more. A prediction the engine ignored accepts none.
     assert!(
-        right.usage.accepted_prediction_tokens >= 40,
+        right.usage.accepted_prediction_tokens >= 32,
         "{:?}",
         right.usage
     );
