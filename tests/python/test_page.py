@@ -1,14 +1,23 @@
 """The page `bora serve` gives at `/`, in headless Chromium (Debian's package): it loads with
 no console errors and no request outside the server, a message typed gets a streamed answer,
-and the expert-load heatmap changes after requests."""
+and the expert-load heatmap shows, cell by cell, what /stats counts."""
 
 import json
+import math
 import time
 import urllib.request
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
 import browser
+
+
+def shade(v):
+    """page.html's colour for a cell at `v` (JavaScript's Math.round: half up)."""
+    v = min(1.0, max(0.0, v))
+    mix = lambda a, b: math.floor(a + (b - a) * v + 0.5)  # noqa: E731
+    return f"rgb({mix(255, 8)}, {mix(255, 48)}, {mix(255, 107)})"
 
 
 def stats(url):
@@ -48,10 +57,22 @@ def test_the_page_chats_and_shows_the_expert_load(server):
         chunks = b.eval("Number(document.querySelector('.msg.assistant').dataset.chunks)")
         text = b.eval("document.querySelector('.msg.assistant').textContent")
         assert chunks >= 2 and text, (chunks, text)
-        # The heatmap counts the request's tokens at the next poll.
-        wait(f"{cells}.reduce((a, b) => a + b, 0) > 0", timeout=10)
-        after = b.eval(cells)
-        assert after != before
+        # At the next poll, each cell shows its expert's tokens since the page opened, as
+        # /stats counts them: the count, the share of its layer in the title, and the colour.
+        now = stats(server)["expert_tokens"]
+        want = [n - o for rn, ro in zip(now, s["expert_tokens"]) for n, o in zip(rn, ro)]
+        assert sum(want) > 0
+        target = json.dumps(json.dumps(want, separators=(",", ":")))
+        wait(f"JSON.stringify({cells}) === {target}", timeout=10)
+        shown = b.eval("""[...document.querySelectorAll('#heat td')].map(c =>
+            [c.title, getComputedStyle(c).backgroundColor])""")
+        for i, (title, colour) in enumerate(shown):
+            l, e = divmod(i, experts)
+            row = want[l * experts:(l + 1) * experts]
+            share = want[i] / sum(row)
+            pct = Decimal(100 * share).quantize(Decimal("0.1"), ROUND_HALF_UP)
+            assert title == f"layer {l}, expert {e}: {pct}% ({want[i]} tokens)", title
+            assert colour == shade(share * experts / 2), (l, e, colour, share)
         assert b.errors() == []
         # Nothing was fetched from outside the server.
         urls = b.eval("performance.getEntriesByType('resource').map(e => e.name)")

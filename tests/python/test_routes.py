@@ -4,7 +4,9 @@ gives each layer's routing of every token of the trace; the Parquet file, read b
 must have the same experts and weights for every token and layer."""
 
 import json
+import math
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -102,13 +104,51 @@ def check_summary(s, t):
         assert abs(s["change_rate"][layer] - changed.sum() / has_prev.sum()) < 1e-12
 
 
+def shade(v):
+    """report.rs's colour for a cell at `v` of the darkest (Rust's round: half away from 0)."""
+    v = min(1.0, max(0.0, v))
+    mix = lambda a, b: math.floor(a + (b - a) * v + 0.5)  # noqa: E731
+    return "#%02X%02X%02X" % (mix(255, 8), mix(255, 48), mix(255, 107))
+
+
+def check_heatmap(svg, rows, what):
+    """The cells of a heatmap figure: column c from the left, row r from the bottom, each
+    coloured for rows[r][c] over the darkest value, which its caption states."""
+    cells = [(int(x), int(y), fill) for x, y, fill in re.findall(
+        r'<rect x="(\d+)" y="(\d+)" width="\d+" height="\d+" opacity="1" fill="(#[0-9A-F]{6})"',
+        svg)][1:]  # the first is the background
+    xs = sorted({x for x, _, _ in cells})
+    ys = sorted({y for _, y, _ in cells}, reverse=True)
+    assert (len(ys), len(xs)) == (len(rows), len(rows[0])) and len(cells) == len(xs) * len(ys), what
+    top = max(max(r) for r in rows)
+    assert f"(darkest: {top:.3f})" in svg, what
+    for x, y, fill in cells:
+        r, c = ys.index(y), xs.index(x)
+        assert fill == shade(rows[r][c] / top), (what, r, c, fill, rows[r][c])
+
+
 def check_page(rep):
-    """The page: self-contained (no URL outside it) and every figure inline."""
+    """The page: self-contained (no URL outside it), every figure inline, and what it shows
+    is summary.json: the per-layer table, the token count, and every heatmap cell's colour."""
     page = (rep / "report.html").read_text()
+    s = json.loads((rep / "summary.json").read_text())
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
     for stem in ("shares", "coactivation", "per_layer", "load_series"):
         assert f'<figure id="{stem}">' in page and (rep / f"{stem}.png").stat().st_size > 1000
         assert (rep / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"<p>{s['tokens']} tokens, {s['layers']} layers of {s['experts']} experts.</p>" in page
+    table = re.findall(r"<tr><td>(\d+)</td>((?:<td>[^<]*</td>)+)</tr>", page)
+    assert [int(l) for l, _ in table] == list(range(s["layers"]))
+    for l, cols in table:
+        l = int(l)
+        want = [s["imbalance"][l], s["load_entropy_bits"][l], s["change_rate"][l]]
+        if s["router_entropy_bits"] is not None:
+            want.append(s["router_entropy_bits"][l])
+        assert re.findall(r"<td>([^<]*)</td>", cols) == [f"{v:.3f}" for v in want], l
+    figure = lambda stem: page.split(f'<figure id="{stem}">')[1].split("</figure>")[0]  # noqa: E731
+    check_heatmap(figure("shares"), s["shares"], "shares")
+    mean = np.mean(np.array(s["coactivation"]), 0)
+    check_heatmap(figure("coactivation"), mean.tolist(), "coactivation")
 
 
 def test_the_serving_trace_of_bora_bench_matches_the_router_computed_directly(tmp_path):
