@@ -118,11 +118,25 @@ def requests_of(r, i):
     return r.metric(i, "bora_time_to_first_token_seconds_count")
 
 
-# vllm-router reads a replica's events when it polls its socket, every 10 ms while none are
-# waiting: a request sent on the heels of the answer before it (a client with nothing to do in
-# between) can arrive before the blocks that answer stored are known. An agent's own work
-# between calls takes longer; the calls below that must find the blocks known leave this much.
-EVENTS_POLL = 0.1
+def events_known(r, timeout=30):
+    """Waits until the router has taken in every KV-event batch each replica has published: a
+    request sent on the heels of the answer before it (a client with nothing to do in between)
+    could otherwise arrive before the blocks that answer stored are known. A replica counts its
+    batches (bora_kv_event_batches_total: the last one's seq is that minus 1); the router's
+    debug log says each seq it has applied."""
+    deadline = time.time() + timeout
+    want = {r.replicas[i][0]: int(r.metric(i, "bora_kv_event_batches_total")) - 1
+            for i in r.replicas}
+    seen = {}
+    while True:
+        log = (r.logs / "router.log").read_text(errors="replace")
+        for m in re.finditer(r"live sequence advanced source=(\S+) rank=\d+ seq=(\d+)",
+                             re.sub(r"\x1b\[[0-9;]*m", "", log)):
+            seen[m.group(1)] = max(seen.get(m.group(1), -1), int(m.group(2)))
+        if all(seen.get(url, -1) >= last for url, last in want.items()):
+            return
+        assert time.time() < deadline, f"the router never took in the events: {want} {seen}"
+        time.sleep(0.01)
 
 
 def test_the_sdk_through_the_router(replicas):
@@ -130,7 +144,7 @@ def test_the_sdk_through_the_router(replicas):
     hello = [{"role": "user", "content": "Hello, who are you?"}]
     res = c.chat.complete(model=MODEL, messages=hello, max_tokens=8, temperature=0)
     assert res.choices[0].message.content and res.usage.completion_tokens == 8
-    time.sleep(EVENTS_POLL)
+    events_known(replicas)
     text = ""
     with c.chat.stream(model=MODEL, messages=hello, max_tokens=8, temperature=0) as events:
         for e in events:
@@ -151,7 +165,7 @@ def test_the_sdk_through_the_router(replicas):
     hits_before = [replicas.metric(i, "bora_prefix_cache_hits_total") for i in (1, 2)]
     messages = [{"role": "system", "content": "You are the travel agent of the house. " * 3}]
     for turn in range(4):
-        time.sleep(EVENTS_POLL)
+        events_known(replicas)
         messages.append({"role": "user", "content": f"Question {turn}: where next?"})
         res = c.chat.complete(model=MODEL, messages=messages, max_tokens=4, temperature=0)
         messages.append(res.choices[0].message)

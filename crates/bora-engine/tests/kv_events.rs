@@ -52,7 +52,11 @@ fn stored_blocks_chain_with_their_tokens_and_evictions_are_removed() {
     run(&e, &a);
     // The same prompt again: its blocks are cached, nothing new is stored for them.
     run(&e, &a);
-    let events: Vec<KvEvent> = rx.try_iter().flatten().collect();
+    let batches: Vec<Vec<KvEvent>> = rx.try_iter().collect();
+    // Each list the sink was given is counted (what a router's log of seqs is checked with).
+    assert_eq!(e.stats().kv_event_batches, batches.len() as u64);
+    assert!(batches.iter().all(|b| !b.is_empty()));
+    let events: Vec<KvEvent> = batches.into_iter().flatten().collect();
     // A new engine's cache is empty: its first event says so.
     assert_eq!(events.first(), Some(&KvEvent::Cleared));
     let mut by_hash: HashMap<u64, (Option<u64>, Vec<u32>)> = HashMap::new();

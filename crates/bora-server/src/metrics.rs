@@ -39,6 +39,7 @@ pub struct Metrics {
     prefix_lookups: Counter,
     prefix_hits: Counter,
     steps: Counter,
+    kv_event_batches: Counter,
     expert_tokens: Family<ExpertLabel, Counter>,
     cache_lookups: Counter,
     cache_hits: Counter,
@@ -133,6 +134,12 @@ impl Metrics {
             "Engine steps run (a step: one forward pass over the running sequences)",
             steps.clone(),
         );
+        let kv_event_batches = Counter::default();
+        registry.register(
+            "kv_event_batches",
+            "KV-cache event batches published (--kv-events; the last one's seq is this minus 1)",
+            kv_event_batches.clone(),
+        );
         let expert_tokens = Family::<ExpertLabel, Counter>::default();
         registry.register(
             "expert_tokens",
@@ -199,6 +206,7 @@ impl Metrics {
             prefix_lookups,
             prefix_hits,
             steps,
+            kv_event_batches,
             expert_tokens,
             cache_lookups,
             cache_hits,
@@ -242,6 +250,7 @@ impl Metrics {
             advance(&self.prefix_lookups, st.prefix_lookups);
             advance(&self.prefix_hits, st.prefix_hits);
             advance(&self.steps, st.steps);
+            advance(&self.kv_event_batches, st.kv_event_batches);
             if let Some(c) = &st.expert_cache {
                 advance(&self.cache_lookups, c.lookups);
                 advance(&self.cache_hits, c.hits);
@@ -331,6 +340,7 @@ mod tests {
             queued: 7,
             blocks_used: 25,
             blocks_free: 75,
+            kv_event_batches: 12,
             ..EngineStats::default()
         };
         let text = m.render(Some(&st));
@@ -341,6 +351,8 @@ mod tests {
             "bora_running_sequences 3",
             // What --max-queue counts, not the sequences waiting.
             "bora_queue_depth 7",
+            // The last KV-event batch's seq is 11: what a test waits for a router to apply.
+            "bora_kv_event_batches_total 12",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

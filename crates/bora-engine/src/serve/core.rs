@@ -506,6 +506,9 @@ impl Core {
             let events = self.alloc.take_events();
             if !events.is_empty() {
                 sink.send(events);
+                if let Ok(mut st) = self.stats.lock() {
+                    st.kv_event_batches += 1;
+                }
             }
         }
         done.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));

@@ -156,6 +156,10 @@ pub struct EngineStats {
     /// Steps run so far (a step is counted once its forward pass is done, before its tokens
     /// are sent).
     pub steps: u64,
+    /// Lists of KV-cache events given to [`EngineConfig::kv_events`] so far, one a step that
+    /// made some (`bora serve --kv-events` publishes each as a batch numbered from 0: the last
+    /// batch's seq is this minus 1).
+    pub kv_event_batches: u64,
     /// Tokens routed to each expert (`[layer][expert]`) since the start.
     pub expert_tokens: Vec<Vec<u64>>,
     /// What the expert cache has done (`--expert-cache`), where there is one.
