@@ -2,7 +2,15 @@
 //! steps of all three), and their comparison within stated tolerances: for tests that run one
 //! model two ways (a split between devices, another KV dtype) against each other.
 
-use bora_model::{Batch, KvCache, Logits, Model, SeqInput};
+use bora_model::{Batch, KvCache, Logits, Model, RoutingStats, SeqInput};
+
+/// Where [`run_observed`]'s callback is called: before a step's forward pass (with empty
+/// counts) or after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Before,
+    After,
+}
 
 /// |Δ logit| allowed, median and largest, between bora's kernels and candle's: f32 weights
 /// differ in summation order only; quantized ones also in the activations, which bora's kernels
@@ -27,6 +35,31 @@ pub struct Tolerance {
 /// Logits of a prefill step of three prompts (every position), then `steps` decode steps of
 /// all three, each fed the token given by `next` (the reference's greedy choice).
 pub fn run(model: &Model, steps: usize, feed: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    run_observed(model, steps, feed, &mut |_, _| ())
+}
+
+/// [`run`], calling `each` before each step's forward pass ([`Phase::Before`], with empty
+/// counts) and after it ([`Phase::After`], with the tokens each expert of each layer took in
+/// the step: `RoutingStats::counts`, `[layer][expert]`).
+pub fn run_observed(
+    model: &Model,
+    steps: usize,
+    feed: &[Vec<u32>],
+    each: &mut dyn FnMut(Phase, &RoutingStats),
+) -> Vec<Vec<f32>> {
+    let cfg = model.config();
+    let forward =
+        |batch: &Batch, cache: &mut KvCache, each: &mut dyn FnMut(Phase, &RoutingStats)| {
+            let mut stats = RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts);
+            each(Phase::Before, &stats);
+            let rows = model
+                .forward_observed(batch, cache, &mut stats)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            each(Phase::After, &stats);
+            rows
+        };
     let lens = [5usize, 11, 17];
     let v = model.config().vocab_size;
     let mut cache: KvCache = model.new_cache(3, 17 + steps + 1).unwrap();
@@ -52,11 +85,7 @@ pub fn run(model: &Model, steps: usize, feed: &[Vec<u32>]) -> Vec<Vec<f32>> {
             })
             .collect(),
     };
-    let mut rows = model
-        .forward(&batch, &mut cache)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
+    let mut rows = forward(&batch, &mut cache, each);
     for (step, tokens) in feed.iter().enumerate().take(steps) {
         let batch = Batch {
             seqs: tokens
@@ -71,13 +100,7 @@ pub fn run(model: &Model, steps: usize, feed: &[Vec<u32>]) -> Vec<Vec<f32>> {
                 })
                 .collect(),
         };
-        rows.extend(
-            model
-                .forward(&batch, &mut cache)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap(),
-        );
+        rows.extend(forward(&batch, &mut cache, each));
     }
     rows
 }

@@ -9,12 +9,19 @@ use bora_engine::load::{
 };
 use bora_model::Model;
 use bora_tests::fixture;
-use bora_tests::steps::{assert_close, greedy, run, Tolerance, DENSE_TOLERANCE, QUANT_TOLERANCE};
+use bora_tests::steps::{
+    assert_close, greedy, run, run_observed, Phase, Tolerance, DENSE_TOLERANCE, QUANT_TOLERANCE,
+};
 
 /// Candle's CPU path standing in for a GPU, f32, experts placed as `placement` says.
 fn opts(placement: ExpertPlacement) -> ModelOptions {
+    opts_in(placement, DTypeSpec::F32)
+}
+
+/// [`opts`] in `dtype`.
+fn opts_in(placement: ExpertPlacement, dtype: DTypeSpec) -> ModelOptions {
     ModelOptions {
-        dtype: Some(DTypeSpec::F32),
+        dtype: Some(dtype),
         candle_on_cpu: true,
         expert_placement: placement,
         ..ModelOptions::default()
@@ -36,29 +43,14 @@ fn reference(model: &str, steps: usize) -> (Vec<Vec<f32>>, Vec<Vec<u32>>) {
 const STEPS: usize = 4;
 
 fn check_splits(model: &str, tolerance: Tolerance) {
-    let (want, feed) = reference(model, STEPS);
-    let layers = load(model, &opts(ExpertPlacement::Cpu))
-        .config()
-        .num_hidden_layers;
-    let mut splits = vec![ExpertPlacement::Cpu];
-    splits.extend((1..layers).map(ExpertPlacement::FirstOnCpu));
-    for placement in splits {
-        let m = load(model, &opts(placement));
-        let host = match placement {
-            ExpertPlacement::Cpu => layers,
-            ExpertPlacement::FirstOnCpu(n) => n,
-            ExpertPlacement::Fit => 0,
-        };
-        assert_eq!(m.host_expert_layers(), host, "{placement:?}");
-        let got = run(&m, STEPS, &feed);
-        assert_close(&want, &got, tolerance, &format!("{model} {placement:?}"));
-    }
+    check_splits_in(model, DTypeSpec::F32, Bound::Logits(tolerance));
     // An expert cache whose copies change between steps, under each policy.
+    let (want, feed) = reference(model, STEPS);
     for policy in [CachePolicy::Hot, CachePolicy::Lru] {
         let mut m = load(model, &opts(ExpertPlacement::Cpu));
         let per_expert = m.weights().layers[0].experts.expert_bytes() as u64;
         assert!(m.set_expert_cache(policy, 3 * per_expert));
-        let got = run(&m, STEPS, &feed);
+        let got = cache_steps(&m, &feed, policy);
         let s = m.expert_cache_stats().unwrap();
         assert_eq!(s.capacity, 3);
         assert!(s.moves >= 3, "{policy:?}: {s:?}");
@@ -68,9 +60,182 @@ fn check_splits(model: &str, tolerance: Tolerance) {
     }
 }
 
+/// Every split of `model` in `dtype` against the model all on the device in `dtype`: the
+/// layers placed on the host are the ones asked for, and the logits agree within `tolerance`.
+fn check_splits_in(model: &str, dtype: DTypeSpec, tolerance: Bound) {
+    let all = load(model, &opts_in(ExpertPlacement::FirstOnCpu(0), dtype));
+    assert_eq!(all.host_expert_layers(), 0);
+    let (want, feed) = greedy(&all, STEPS);
+    let layers = all.config().num_hidden_layers;
+    let mut splits = vec![ExpertPlacement::Cpu];
+    splits.extend((1..layers).map(ExpertPlacement::FirstOnCpu));
+    for placement in splits {
+        let m = load(model, &opts_in(placement, dtype));
+        let host: Vec<usize> = (0..layers).filter(|&l| m.experts_on_host(l)).collect();
+        let asked: Vec<usize> = match placement {
+            ExpertPlacement::Cpu => (0..layers).collect(),
+            ExpertPlacement::FirstOnCpu(n) => (0..n).collect(),
+            ExpertPlacement::Fit => Vec::new(),
+        };
+        assert_eq!(
+            host, asked,
+            "{dtype:?} {placement:?}: the layers on the host"
+        );
+        let got = run(&m, STEPS, &feed);
+        let what = format!("{model} {dtype:?} {placement:?}");
+        match tolerance {
+            Bound::Logits(t) => assert_close(&want, &got, t, &what),
+            Bound::Rows(t) => t.check(&want, &got, &what),
+        }
+    }
+}
+
+/// [`run`] with the expert cache checked at every step against the step's routing: the
+/// lookups are the step's routed tokens; the hits, those routed to experts with a device copy
+/// when the step began; the moves, the copies that arrived; at most `max_moves` a step, never
+/// more than fit; under LRU, a copy arrives only for an expert the step routed to without one
+/// and leaves only if the step did not route to it; under `auto`, only experts ever routed to
+/// arrive.
+fn cache_steps(m: &Model, feed: &[Vec<u32>], policy: CachePolicy) -> Vec<Vec<f32>> {
+    let cache = m.expert_cache().unwrap();
+    let mut before = (cache.resident_experts(), cache.stats());
+    let mut ever: Vec<Vec<u64>> = Vec::new();
+    let mut steps = 0;
+    let rows = run_observed(m, STEPS, feed, &mut |phase, routing| {
+        if phase == Phase::Before {
+            before = (cache.resident_experts(), cache.stats());
+            return;
+        }
+        steps += 1;
+        let (was, st) = &before;
+        let (now, s) = (cache.resident_experts(), cache.stats());
+        let counts = &routing.counts;
+        ever.resize(counts.len(), Vec::new());
+        for (e, c) in ever.iter_mut().zip(counts) {
+            e.resize(c.len(), 0);
+            e.iter_mut().zip(c).for_each(|(e, c)| *e += c);
+        }
+        let routed: u64 = counts.iter().flatten().sum();
+        let hit: u64 = (was.iter().enumerate())
+            .map(|(l, r)| r.iter().map(|&e| counts[l][e]).sum::<u64>())
+            .sum();
+        assert_eq!(s.lookups - st.lookups, routed, "{policy:?} step {steps}");
+        assert_eq!(s.hits - st.hits, hit, "{policy:?} step {steps}");
+        let (mut arrived, mut left) = (Vec::new(), Vec::new());
+        for l in 0..now.len() {
+            arrived.extend(
+                now[l]
+                    .iter()
+                    .filter(|e| !was[l].contains(e))
+                    .map(|&e| (l, e)),
+            );
+            left.extend(
+                was[l]
+                    .iter()
+                    .filter(|e| !now[l].contains(e))
+                    .map(|&e| (l, e)),
+            );
+        }
+        assert_eq!(
+            s.moves - st.moves,
+            arrived.len() as u64,
+            "{policy:?} step {steps}"
+        );
+        assert!(
+            arrived.len() <= cache.max_moves(),
+            "{policy:?} step {steps}"
+        );
+        assert_eq!(s.resident, now.iter().map(Vec::len).sum::<usize>());
+        assert!(s.resident <= s.capacity);
+        for &(l, e) in &arrived {
+            match policy {
+                CachePolicy::Lru => assert!(counts[l][e] > 0, "{policy:?}: {l}/{e} unused"),
+                CachePolicy::Hot => assert!(ever[l][e] > 0, "{policy:?}: {l}/{e} never routed"),
+            }
+        }
+        if policy == CachePolicy::Lru {
+            for &(l, e) in &left {
+                assert_eq!(counts[l][e], 0, "LRU evicted {l}/{e}, which the step used");
+            }
+        }
+    });
+    assert_eq!(steps, STEPS + 1);
+    rows
+}
+
 #[test]
 fn dense_splits_match_the_model_on_one_device() {
     check_splits("tiny-mixtral", DENSE_TOLERANCE);
+}
+
+/// Issue 36, 2.4: the splits in bf16 and f16 against the model all on the device in the same
+/// dtype. The device computes in its dtype, host layers in f32 on the same weights (each host
+/// layer's MoE is the CPU path's bit for bit: the unit test in bora-model's moe_split.rs), so the
+/// residual streams part by the dtype's rounding. Measured on tiny-mixtral as the per-row
+/// largest |Δ logit| (median, 90th percentile, largest) of 45 rows: f16 (0.0078, 0.0117,
+/// 0.016); bf16 (0.064, 0.12, and one row of 4.09: in that decode step the two route a token
+/// to another expert, a near-tie that bf16's rounding tips). The bounds are about 1.5x, and
+/// one row is let past them in bf16.
+#[test]
+fn half_precision_splits_match() {
+    let bf16 = RowBound {
+        median: 0.1,
+        p90: 0.2,
+        max: 0.2,
+        past: 1,
+    };
+    let f16 = RowBound {
+        median: 0.012,
+        p90: 0.018,
+        max: 0.025,
+        past: 0,
+    };
+    check_splits_in("tiny-mixtral", DTypeSpec::BF16, Bound::Rows(bf16));
+    check_splits_in("tiny-mixtral", DTypeSpec::F16, Bound::Rows(f16));
+}
+
+/// How close a split's logits must be to the model's on one device.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// Every logit ([`assert_close`]).
+    Logits(Tolerance),
+    /// Each row's largest |Δ logit|.
+    Rows(RowBound),
+}
+
+/// Bounds on the per-row largest |Δ logit|: its median and 90th percentile, and its largest,
+/// which `past` rows may exceed.
+#[derive(Clone, Copy)]
+struct RowBound {
+    median: f32,
+    p90: f32,
+    max: f32,
+    past: usize,
+}
+
+impl RowBound {
+    fn check(&self, want: &[Vec<f32>], got: &[Vec<f32>], what: &str) {
+        assert_eq!(want.len(), got.len());
+        let mut rows: Vec<f32> = (want.iter().zip(got))
+            .map(|(a, b)| {
+                (a.iter().zip(b))
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(
+                        0.0,
+                        |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                    )
+            })
+            .collect();
+        rows.sort_by(f32::total_cmp);
+        let (median, p90) = (rows[rows.len() / 2], rows[rows.len() * 9 / 10]);
+        let past = rows.iter().filter(|&&d| d > self.max).count();
+        assert!(
+            median <= self.median && p90 <= self.p90 && past <= self.past,
+            "{what}: per-row |Δ logit| median {median}, 90th percentile {p90}, {past} rows over {} (largest {})",
+            self.max,
+            rows[rows.len() - 1]
+        );
+    }
 }
 
 #[test]
@@ -108,7 +273,12 @@ fn the_fit_fills_a_limited_device_from_the_last_layer() {
         "{text}"
     );
     let m = load(model, &o);
-    assert_eq!(m.host_expert_layers(), layers - 1);
+    let host: Vec<usize> = (0..layers).filter(|&l| m.experts_on_host(l)).collect();
+    assert_eq!(
+        host,
+        (0..layers - 1).collect::<Vec<_>>(),
+        "the last layer stays"
+    );
     let (want, feed) = reference(model, 2);
     assert_close(&want, &run(&m, 2, &feed), QUANT_TOLERANCE, "the fit");
     // Too small for even the dense part: an error that shows the plan.

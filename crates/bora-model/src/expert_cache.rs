@@ -186,6 +186,15 @@ impl ExpertCache {
         self.lock().resident.clone()
     }
 
+    /// The experts with a device copy now, by layer (empty for layers placed on the device).
+    pub fn resident_experts(&self) -> Vec<Vec<usize>> {
+        self.lock()
+            .resident
+            .iter()
+            .map(|r| (0..r.len()).filter(|&e| r[e].is_some()).collect())
+            .collect()
+    }
+
     /// What the cache has done so far.
     pub fn stats(&self) -> CacheStats {
         self.lock().stats

@@ -101,3 +101,97 @@ pub(crate) fn moe_split(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bora_weights::{preset_config, random_weights, Backend, Experts, LoadOptions, WeightDType};
+
+    /// Issue 36, 2.4: a host-placed layer's MoE beside a model on a device (candle's CPU device
+    /// standing in) is bora's CPU MoE: given the same routing, the same bits, in f32, bf16 and
+    /// f16. (Its router runs on the device, in the device's dtype: the routing itself may differ
+    /// from the CPU path's in its last bits, so the CPU path is given the split's.)
+    #[test]
+    fn a_host_layer_computes_what_the_cpu_path_computes_bit_for_bit() {
+        let cfg = preset_config("demo").unwrap();
+        let (t, h, a) = (9, cfg.hidden_size, cfg.num_experts_per_tok);
+        for dtype in [WeightDType::F32, WeightDType::BF16, WeightDType::F16] {
+            let mut split = LoadOptions::new(dtype, Device::Cpu);
+            split.backend = Backend::Candle;
+            split.host_experts = vec![true; cfg.num_hidden_layers];
+            let on_device = random_weights(cfg.clone(), &split, 7).unwrap();
+            let cpu =
+                random_weights(cfg.clone(), &LoadOptions::new(dtype, Device::Cpu), 7).unwrap();
+            let layer = 1;
+            let x = Tensor::randn(0f32, 1.0, (t, h), &Device::Cpu)
+                .unwrap()
+                .to_dtype(on_device.layers[layer].attn_norm.dtype())
+                .unwrap();
+            let mut stats =
+                RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts).with_trace(false);
+            let host = |w: &bora_weights::MixtralWeights| match &w.layers[layer].experts {
+                Experts::Host { gate, up, down } => (gate.clone(), up.clone(), down.clone()),
+                _ => panic!("{dtype:?}: layer {layer}'s experts are not on the host"),
+            };
+            let (gate, up, down) = host(&on_device);
+            let experts = HostExperts {
+                gate: &gate,
+                up: &up,
+                down: &down,
+                a,
+            };
+            let got = moe_split(
+                &on_device.layers[layer].router,
+                &experts,
+                &x,
+                layer,
+                Some(&mut stats),
+                None,
+            )
+            .unwrap();
+            let activations = match dtype {
+                WeightDType::F32 => DType::F32,
+                WeightDType::BF16 => DType::BF16,
+                _ => DType::F16,
+            };
+            assert_eq!((x.dtype(), got.dtype()), (activations, activations));
+            let routes = stats.take_trace();
+            assert_eq!(routes.len(), 1);
+            let (gate, up, down) = host(&cpu);
+            let xs = x.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            let want = HostExperts {
+                gate: &gate,
+                up: &up,
+                down: &down,
+                a,
+            }
+            .run_routed(
+                &xs.to_vec1::<f32>().unwrap(),
+                t,
+                h,
+                &routes[0].experts,
+                &routes[0].weights,
+                &|_| true,
+            );
+            let want = Tensor::from_vec(want, (t, h), &Device::Cpu)
+                .unwrap()
+                .to_dtype(x.dtype())
+                .unwrap();
+            let flat = |v: &Tensor| {
+                v.to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            let (got, want) = (flat(&got), flat(&want));
+            assert!(want.iter().any(|&v| v != 0.0));
+            // `==`, not bits: the device adds the host's share to zeros, and 0 + -0 is 0.
+            assert!(
+                got == want,
+                "{dtype:?}: the host layer's MoE differs from the CPU path's"
+            );
+        }
+    }
+}
