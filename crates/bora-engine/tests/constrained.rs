@@ -2,6 +2,7 @@
 //! bora's v1 tool format, and 8x22B's v3 tokenizer with its `[TOOL_CALLS]` token): seeded
 //! sampled answers under JSON mode, JSON schemas and forced tool calls parse and validate.
 //! `BORA_CONSTRAINED_REQUESTS` sets the requests per case (12; tests/run runs 200 in release).
+//! Not in a plain `cargo test` (see the crate's Cargo.toml): `--test constrained` runs it.
 
 use bora_engine::chat::{ChatRequest, Content, Message, Tool};
 use bora_engine::constrain::{Constraint, ToolChoice};
