@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 
 from mistralai.client import Mistral
 
@@ -153,10 +154,20 @@ def test_a_killed_server_finishes_the_job_after_a_restart(tmp_path):
         assert (done.total_requests, done.succeeded_requests) == (40, 40)
         out = lines_of(c, done.output_file)
         assert sorted(l["custom_id"] for l in out) == sorted(f"r{i}" for i in range(40))
-        # Lines finished before the kill were not run again: the same answers, by their ids.
+        # Lines finished before the kill were not run again: the same answers, by their ids,
+        # and the restarted engine computed no more tokens than the other lines have (a line's
+        # prompt and its answer but the last token; the prompts are shorter than a KV block, so
+        # none is found cached). Its layer 0 routes each computed token to its experts.
         by_id = {l["custom_id"]: l for l in out}
         for cid, answer_id in before.items():
             assert by_id[cid]["response"]["body"]["id"] == answer_id, cid
+        usage = lambda cid: by_id[cid]["response"]["body"]["usage"]  # noqa: E731
+        rest = sum(usage(cid)["prompt_tokens"] + usage(cid)["completion_tokens"] - 1
+                   for cid in by_id if cid not in before)
+        with urllib.request.urlopen(s.url + "/metrics", timeout=10) as r:
+            routed = sum(float(line.split()[-1]) for line in r.read().decode().splitlines()
+                         if line.startswith("bora_expert_tokens") and 'layer="0"' in line)
+        assert 0 < routed <= 2 * rest, (routed, rest)
         # Every body is the request's answer alone (greedy), those run before the kill and after.
         for i in sorted(set(range(0, 40, 4)) | {int(cid[1:]) for cid in before}):
             alone = c.chat.complete(model=DEMO, **request(i, 200))
