@@ -2,6 +2,7 @@
 
 pub mod fuzz;
 pub mod steps;
+pub mod zmtp;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

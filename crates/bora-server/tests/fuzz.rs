@@ -13,6 +13,7 @@ use bora_engine::constrain::{Constraint, Grammars};
 use bora_engine::Tokenizer;
 use bora_server::parse_request;
 use bora_tests::fuzz::{cases, corpus, run_cases, Mutator};
+use bora_tests::zmtp::{dealer_greeting, message};
 use serde_json::Value;
 
 fn tokenizers() -> Vec<(ChatFormat, Tokenizer, Grammars)> {
@@ -103,33 +104,6 @@ fn mutated_schemas_compile_or_are_refused_never_crash() {
     });
 }
 
-/// The ZMTP 3.0 bytes of a DEALER that greets the replay socket and sends `frames` as one
-/// message (all but the last with MORE): what a zeromq library would write.
-fn zmtp_dealer(frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
-    out.extend_from_slice(b"NULL");
-    out.resize(64, 0);
-    let mut ready = vec![5u8];
-    ready.extend_from_slice(b"READY");
-    ready.push(11);
-    ready.extend_from_slice(b"Socket-Type");
-    ready.extend_from_slice(&6u32.to_be_bytes());
-    ready.extend_from_slice(b"DEALER");
-    out.extend_from_slice(&[0x04, ready.len() as u8]);
-    out.extend_from_slice(&ready);
-    for (i, f) in frames.iter().enumerate() {
-        let more = u8::from(i + 1 < frames.len());
-        if f.len() < 256 {
-            out.extend_from_slice(&[more, f.len() as u8]);
-        } else {
-            out.push(more | 0x02);
-            out.extend_from_slice(&(f.len() as u64).to_be_bytes());
-        }
-        out.extend_from_slice(f);
-    }
-    out
-}
-
 /// Issue 36, 2.15: replay requests from hostile peers: well-formed ZMTP carrying messages of
 /// any shape (no frames, frames of the wrong length, seqs of any value), and the raw bytes of a
 /// DEALER's greeting and request mutated (a broken greeting, a frame that claims a huge
@@ -198,7 +172,7 @@ fn mutated_replay_requests_never_stop_the_replays() {
         let frames: Vec<Vec<u8>> = (0..m.below(5))
             .map(|i| if i == 1 { seq(&mut m) } else { m.bytes(b"") })
             .collect();
-        let mut wire = zmtp_dealer(&frames);
+        let mut wire = [dealer_greeting(), message(&frames)].concat();
         if m.below(3) == 0 {
             wire = m.bytes(&wire);
         }

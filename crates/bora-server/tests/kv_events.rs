@@ -139,22 +139,13 @@ async fn a_replay_nobody_reads_does_not_stop_the_publishing() {
     // never reads a byte (a zeromq library would read into its own queue).
     let addr = ends.replay.trim_start_matches("tcp://").to_string();
     let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let mut greeting = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
-    greeting.extend_from_slice(b"NULL");
-    greeting.resize(64, 0);
-    let mut ready = vec![5u8];
-    ready.extend_from_slice(b"READY");
-    ready.push(11);
-    ready.extend_from_slice(b"Socket-Type");
-    ready.extend_from_slice(&6u32.to_be_bytes());
-    ready.extend_from_slice(b"DEALER");
-    let mut out = greeting;
-    out.extend_from_slice(&[0x04, ready.len() as u8]);
-    out.extend_from_slice(&ready);
-    // ["", first seq] (an empty frame with MORE, then 8 bytes), 30 times: 122,880 messages.
+    let mut out = bora_tests::zmtp::dealer_greeting();
+    // ["", first seq], 30 times: 122,880 messages.
     for _ in 0..30 {
-        out.extend_from_slice(&[0x01, 0x00, 0x00, 0x08]);
-        out.extend_from_slice(&0u64.to_be_bytes());
+        out.extend(bora_tests::zmtp::message(&[
+            Vec::new(),
+            0u64.to_be_bytes().to_vec(),
+        ]));
     }
     tokio::io::AsyncWriteExt::write_all(&mut raw, &out)
         .await
