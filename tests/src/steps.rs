@@ -35,7 +35,7 @@ pub struct Tolerance {
 /// Logits of a prefill step of three prompts (every position), then `steps` decode steps of
 /// all three, each fed the token given by `next` (the reference's greedy choice).
 pub fn run(model: &Model, steps: usize, feed: &[Vec<u32>]) -> Vec<Vec<f32>> {
-    run_observed(model, steps, feed, &mut |_, _| ())
+    run_steps(model, steps, feed, None)
 }
 
 /// [`run`], calling `each` before each step's forward pass ([`Phase::Before`], with empty
@@ -45,21 +45,35 @@ pub fn run_observed(
     model: &Model,
     steps: usize,
     feed: &[Vec<u32>],
-    each: &mut dyn FnMut(Phase, &RoutingStats),
+    each: &mut Observer<'_>,
+) -> Vec<Vec<f32>> {
+    run_steps(model, steps, feed, Some(each))
+}
+
+/// What [`run_observed`] calls around each step.
+pub type Observer<'a> = dyn FnMut(Phase, &RoutingStats) + 'a;
+
+/// [`run`], through [`Model::forward_observed`] when observed, [`Model::forward`] otherwise.
+fn run_steps(
+    model: &Model,
+    steps: usize,
+    feed: &[Vec<u32>],
+    mut each: Option<&mut Observer<'_>>,
 ) -> Vec<Vec<f32>> {
     let cfg = model.config();
-    let forward =
-        |batch: &Batch, cache: &mut KvCache, each: &mut dyn FnMut(Phase, &RoutingStats)| {
-            let mut stats = RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts);
-            each(Phase::Before, &stats);
-            let rows = model
-                .forward_observed(batch, cache, &mut stats)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
-            each(Phase::After, &stats);
-            rows
+    let mut forward = |batch: &Batch, cache: &mut KvCache| {
+        let rows = match each.as_deref_mut() {
+            None => model.forward(batch, cache),
+            Some(each) => {
+                let mut stats = RoutingStats::new(cfg.num_hidden_layers, cfg.num_local_experts);
+                each(Phase::Before, &stats);
+                let rows = model.forward_observed(batch, cache, &mut stats);
+                each(Phase::After, &stats);
+                rows
+            }
         };
+        rows.unwrap().to_vec2::<f32>().unwrap()
+    };
     let lens = [5usize, 11, 17];
     let v = model.config().vocab_size;
     let mut cache: KvCache = model.new_cache(3, 17 + steps + 1).unwrap();
@@ -85,7 +99,7 @@ pub fn run_observed(
             })
             .collect(),
     };
-    let mut rows = forward(&batch, &mut cache, each);
+    let mut rows = forward(&batch, &mut cache);
     for (step, tokens) in feed.iter().enumerate().take(steps) {
         let batch = Batch {
             seqs: tokens
@@ -100,7 +114,7 @@ pub fn run_observed(
                 })
                 .collect(),
         };
-        rows.extend(forward(&batch, &mut cache, each));
+        rows.extend(forward(&batch, &mut cache));
     }
     rows
 }
