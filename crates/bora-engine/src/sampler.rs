@@ -57,6 +57,10 @@ impl Sampler {
     }
 
     /// The next token for one row of logits.
+    ///
+    /// Never sorts the whole vocabulary: tokens a grammar forbade (`-inf`) are dropped first;
+    /// with no cut the draw walks the rest in token order; a cut sorts only the most probable
+    /// few (top-k by selection, top-p by a selection widened until it holds the mass).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature == 0.0 {
             return argmax(logits);
@@ -65,27 +69,24 @@ impl Sampler {
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
+            .filter(|(_, v)| **v > f32::NEG_INFINITY)
             .map(|(i, &v)| (i as u32, v / t))
             .collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.params.top_k > 0 {
-            cand.truncate(self.params.top_k);
+        if cand.is_empty() {
+            // Every token forbidden (or NaN): the argmax is the only answer there is.
+            return argmax(logits);
         }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|&(_, v)| (v - max).exp()).collect();
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
-        if self.params.top_p < 1.0 {
-            let mut acc = 0.0;
-            let keep = probs
-                .iter()
-                .position(|&p| {
-                    acc += p;
-                    acc >= self.params.top_p
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
+        let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        let k = match self.params.top_k {
+            0 => cand.len(),
+            k => k.min(cand.len()),
+        };
+        let top_p = self.params.top_p;
+        if k < cand.len() || top_p < 1.0 {
+            let kept = most_probable(&mut cand, k, max, top_p);
+            cand.truncate(kept);
         }
+        let probs: Vec<f32> = cand.iter().map(|&(_, v)| (v - max).exp()).collect();
         let total: f32 = probs.iter().sum();
         let mut u = self.rng.random::<f32>() * total;
         for (i, &p) in probs.iter().enumerate() {
@@ -94,7 +95,42 @@ impl Sampler {
             }
             u -= p;
         }
-        cand[probs.len() - 1].0
+        cand[cand.len() - 1].0
+    }
+}
+
+/// Puts the most probable candidates first and returns how many to keep: the `k` best (top-k),
+/// and of those the fewest, best first, whose share of the `k`'s mass reaches `top_p`. Sorts
+/// only a prefix: the best `n` by selection, widened while their share falls short of `top_p`.
+/// Ties go to the lower token id, so the same logits always keep the same tokens.
+fn most_probable(cand: &mut [(u32, f32)], k: usize, max: f32, top_p: f32) -> usize {
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let weight = |c: &(u32, f32)| (c.1 - max).exp();
+    if k < cand.len() {
+        cand.select_nth_unstable_by(k - 1, order);
+    }
+    if top_p >= 1.0 {
+        return k;
+    }
+    let cand = &mut cand[..k];
+    let need = top_p * cand.iter().map(weight).sum::<f32>();
+    let mut n = k.min(64);
+    loop {
+        if n < k {
+            cand.select_nth_unstable_by(n - 1, order);
+        }
+        cand[..n].sort_by(order);
+        let mut acc = 0.0;
+        for (i, c) in cand[..n].iter().enumerate() {
+            acc += weight(c);
+            if acc >= need {
+                return i + 1;
+            }
+        }
+        if n == k {
+            return k;
+        }
+        n = (n * 8).min(k);
     }
 }
 
@@ -266,6 +302,67 @@ mod tests {
         let z = 3.09;
         let crit = df * (1.0 - 2.0 / (9.0 * df) + z * (2.0 / (9.0 * df)).sqrt()).powi(3);
         (chi, crit)
+    }
+
+    /// On a vocabulary-sized row (8,192 tokens, a third forbidden by a grammar), the sampler
+    /// keeps exactly the tokens the reference keeps, for cuts that need the selection widened
+    /// (top-p mass spread over thousands of tokens) and cuts that do not; and never draws a
+    /// forbidden token.
+    #[test]
+    fn cuts_on_a_whole_vocabulary_keep_the_reference_set() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let logits: Vec<f32> = (0..8192)
+            .map(|i| {
+                if i % 3 == 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    rng.random::<f32>() * 4.0
+                }
+            })
+            .collect();
+        for &(t, k, p) in &[
+            (1.0, 0, 0.5),
+            (1.0, 0, 0.95),
+            (0.3, 0, 0.9),
+            (1.0, 300, 0.9),
+            (1.0, 100, 1.0),
+            (1.0, 0, 1.0),
+            (2.0, 5000, 0.999),
+        ] {
+            let want: Vec<u32> = reference(&logits, t, k, p)
+                .iter()
+                .enumerate()
+                .filter(|(_, &q)| q > 0.0)
+                .map(|(i, _)| i as u32)
+                .collect();
+            let mut cand: Vec<(u32, f32)> = logits
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v > f32::NEG_INFINITY)
+                .map(|(i, &v)| (i as u32, v / t as f32))
+                .collect();
+            let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+            let k_eff = if k == 0 { cand.len() } else { k };
+            let kept = most_probable(&mut cand, k_eff, max, p as f32);
+            let mut got: Vec<u32> = cand[..kept].iter().map(|c| c.0).collect();
+            got.sort_unstable();
+            assert_eq!(got.len(), want.len(), "T={t} top_k={k} top_p={p}");
+            assert_eq!(got, want, "T={t} top_k={k} top_p={p}");
+            let mut s = Sampler::new(SamplingParams {
+                temperature: t as f32,
+                top_k: k,
+                top_p: p as f32,
+                seed: 9,
+            })
+            .unwrap();
+            for _ in 0..50 {
+                let tok = s.sample(&logits);
+                assert!(
+                    want.binary_search(&tok).is_ok(),
+                    "T={t} top_k={k} top_p={p}: {tok}"
+                );
+            }
+        }
     }
 
     /// Issue 36, 2.7: draws follow softmax(logits / T) at T = 0.5 and T = 2, and the top-k and
