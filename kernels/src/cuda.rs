@@ -104,7 +104,10 @@ pub fn fill_random_blocks(q: &QTensor, d: f32, dmin: f32, seed: u64) -> Result<(
     let Some(qt) = crate::QType::from_candle(t) else {
         bail!("fill_random_blocks: no random blocks of {t:?}")
     };
-    let (d_off, dmin_off) = qt.scale_offsets();
+    // candle's types (the only ones a candle tensor holds) all have their scales in place.
+    let Some((d_off, dmin_off)) = qt.scale_offsets() else {
+        bail!("fill_random_blocks: no random blocks of {t:?}")
+    };
     let (d_off, dmin_off) = (d_off as i32, dmin_off.map_or(-1, |o| o as i32));
     let nblocks = (q.shape().elem_count() / t.block_size()) as u64;
     if nblocks == 0 {

@@ -8,7 +8,9 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod iq_tables;
 pub mod quant;
+mod quant_iq;
 mod quant_k;
 
 pub use cpu::{

@@ -27,6 +27,12 @@ pub struct Args {
 
 pub fn main(a: Args) -> Result<()> {
     let q = crate::load::parse_qtype("--type", &a.qtype)?;
+    anyhow::ensure!(
+        q.quantizable(),
+        "--type {}: bora reads {q} files but does not write them; make one from a file this \
+         command writes with llama-quantize (the i-quants need an importance matrix)",
+        a.qtype
+    );
     let started = Instant::now();
     let source = ModelArgs::source_only(a.model.clone()).resolve()?;
     let src = source

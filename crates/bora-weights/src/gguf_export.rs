@@ -24,6 +24,15 @@ fn file_type(q: QType) -> u32 {
         QType::Q4K => 14,
         QType::Q5K => 16,
         QType::Q6K => 18,
+        QType::IQ2XXS => 19,
+        QType::IQ2XS => 20,
+        QType::IQ3XXS => 23,
+        QType::IQ1S => 24,
+        QType::IQ4NL => 25,
+        QType::IQ3S => 26,
+        QType::IQ2S => 28,
+        QType::IQ4XS => 30,
+        QType::IQ1M => 31,
     }
 }
 
@@ -82,6 +91,12 @@ pub fn write_gguf(
         path: path.to_path_buf(),
         reason,
     };
+    if !q.quantizable() {
+        return Err(err(format!(
+            "bora reads {q} but does not write it: make it from this file with llama-quantize \
+             (the i-quants need an importance matrix)"
+        )));
+    }
     let host = |m| host_of(m, path);
     let vector = |t: &Tensor| -> Result<Vec<f32>> {
         Ok(t.to_dtype(candle_core::DType::F32)?

@@ -289,6 +289,15 @@ impl HostMatrix {
     /// This matrix quantized to `q` at load, or an error naming tensor `name` of `file` when
     /// its rows are not a whole number of `q`'s blocks.
     pub(crate) fn quantize_checked(&self, q: QType, name: &str, file: &Path) -> Result<Self> {
+        if !q.quantizable() {
+            return Err(WeightsError::Unsupported {
+                path: file.to_path_buf(),
+                reason: format!(
+                    "cannot quantize `{name}` to {q}: bora reads the i-quants but does not write \
+                     them (llama-quantize makes them, with an importance matrix)"
+                ),
+            });
+        }
         if q.row_bytes(self.cols).is_none() {
             return Err(WeightsError::Unsupported {
                 path: file.to_path_buf(),
@@ -729,6 +738,10 @@ pub fn upload_quant(
             q.name()
         )
     }
-    let storage = QStorage::from_data(Cow::Owned(bytes), device, q.candle())?;
+    // A type candle lacks (the i-quants) is not uploaded as blocks: the caller widens it.
+    let Some(dtype) = q.candle() else {
+        return Ok(None);
+    };
+    let storage = QStorage::from_data(Cow::Owned(bytes), device, dtype)?;
     Ok(Some(QTensor::new(storage, shape)?))
 }

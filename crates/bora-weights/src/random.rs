@@ -59,6 +59,11 @@ fn block_scales(q: QType) -> (f32, f32) {
         QType::Q3K => (2e-4, 0.0),
         QType::Q4K | QType::Q5K => (1e-4, 7e-4),
         QType::Q6K => (1.5e-5, 0.0),
+        QType::IQ2XXS | QType::IQ2XS | QType::IQ2S => (4e-4, 0.0),
+        QType::IQ3XXS | QType::IQ3S => (1.5e-4, 0.0),
+        QType::IQ1S | QType::IQ1M => (3e-3, 0.0),
+        QType::IQ4NL => (3e-4, 0.0),
+        QType::IQ4XS => (2e-5, 0.0),
     }
 }
 
@@ -109,12 +114,8 @@ fn host_blocks(
         chunk.copy_from_slice(&r[..chunk.len()]);
     }
     let (d, dmin) = block_scales(q);
-    let (d_off, dmin_off) = q.scale_offsets();
     for block in buf.as_bytes_mut().chunks_exact_mut(q.block_bytes()) {
-        block[d_off..d_off + 2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
-        if let Some(o) = dmin_off {
-            block[o..o + 2].copy_from_slice(&half::f16::from_f32(dmin).to_le_bytes());
-        }
+        q.set_block_scales(block, d, dmin);
     }
     let h = HostMatrix::from_quant(buf, q, rows, cols);
     Ok(match pack.then(|| h.packed()).flatten() {
@@ -215,10 +216,10 @@ impl Maker<'_> {
     /// device.
     fn device_blocks(&mut self, q: QType, shape: &[usize]) -> Result<Arc<QTensor>> {
         #[cfg(feature = "cuda")]
-        if let Device::Cuda(dev) = &self.opts.device {
+        if let (Device::Cuda(dev), Some(dtype)) = (&self.opts.device, q.candle()) {
             let n: usize = shape.iter().product();
             let storage = candle_core::quantized::QStorage::Cuda(
-                candle_core::quantized::cuda::QCudaStorage::zeros(dev, n, q.candle())?,
+                candle_core::quantized::cuda::QCudaStorage::zeros(dev, n, dtype)?,
             );
             let t = QTensor::new(storage, shape)?;
             let (d, dmin) = block_scales(q);
@@ -229,7 +230,7 @@ impl Maker<'_> {
         let rows = shape.iter().product::<usize>() / cols.max(1);
         let m = host_blocks(q, rows, cols, self.rng, false)?;
         let t = crate::upload_quant(&[&m], shape, &self.opts.device)?
-            .expect("host_blocks makes quantized matrices");
+            .expect("host_blocks makes quantized matrices of a type candle takes");
         Ok(Arc::new(t))
     }
 
@@ -239,7 +240,14 @@ impl Maker<'_> {
         };
         Ok(match self.opts.backend {
             Backend::Host => Matrix::Host(host_blocks(q, rows, cols, self.rng, self.opts.pack)?),
-            Backend::Candle => Matrix::Quant(self.device_blocks(q, &[rows, cols])?),
+            Backend::Candle if q.candle().is_some() => {
+                Matrix::Quant(self.device_blocks(q, &[rows, cols])?)
+            }
+            // A type candle lacks: its values, widened to the load dtype.
+            Backend::Candle => {
+                let h = host_blocks(q, rows, cols, self.rng, false)?;
+                crate::mixtral::device_matrix(&h, self.opts)?
+            }
         })
     }
 

@@ -85,13 +85,7 @@ fn quantized_weights_match_their_values() {
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let wf: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let wf2: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let quantized = |w: &[f32]| {
-                let mut b = QBuf::zeroed(n * q.row_bytes(k).unwrap());
-                crate::quant::quantize(q, w, b.as_bytes_mut());
-                let mut back = vec![0f32; n * k];
-                crate::quant::dequantize(q, b.as_bytes(), &mut back);
-                (b, back)
-            };
+            let quantized = |w: &[f32]| crate::quant::test_weights(q, w, w.len() as u64);
             let ((qa, da), (qb, db)) = (quantized(&wf), quantized(&wf2));
             let (mut oa, mut ob) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
             matmul_many(&mut [Product {
@@ -185,11 +179,7 @@ fn batch_invariant_rows_do_not_depend_on_the_batch() {
     let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
     let quants: Vec<(QType, QBuf)> = QType::ALL
         .iter()
-        .map(|&q| {
-            let mut b = QBuf::zeroed(n * q.row_bytes(k).unwrap());
-            crate::quant::quantize(q, &wf, b.as_bytes_mut());
-            (q, b)
-        })
+        .map(|&q| (q, crate::quant::test_weights(q, &wf, 7).0))
         .collect();
     let mut ws = vec![
         WeightRef::F32(&wf),
