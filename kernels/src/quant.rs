@@ -458,20 +458,14 @@ impl QBuf {
 /// Dot products of one weight row (`w`, whole blocks of `q`) with activation rows already
 /// quantized for it (`acts[r]`, whole blocks of `q.act_quant()`), written to `out[r]`.
 pub(crate) fn dot_rows(q: QType, k: usize, w: &[u8], acts: &[&[u8]], out: &mut [f32]) {
-    match q.iq() {
-        Some(IqType::Iq4Nl) => {
-            for (o, a) in out.iter_mut().zip(acts) {
-                *o = quant_iq::dot_iq4nl_q8_0(w, a);
-            }
-            return;
+    if let Some(t) = q.iq() {
+        for (a, o) in acts
+            .chunks(crate::cpu::iqdot::IQ_ACT_ROWS)
+            .zip(out.chunks_mut(crate::cpu::iqdot::IQ_ACT_ROWS))
+        {
+            crate::cpu::iqdot::dot(t, &w[..k / q.block_elems() * q.block_bytes()], a, o);
         }
-        Some(t) => {
-            for (o, a) in out.iter_mut().zip(acts) {
-                *o = quant_iq::dot_q8k(t, w, a);
-            }
-            return;
-        }
-        None => {}
+        return;
     }
     with_block!(q, T => {
         let w = blocks::<T>(w);

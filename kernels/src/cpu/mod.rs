@@ -25,6 +25,7 @@
 pub mod attn;
 mod bf16dot;
 mod dot;
+pub(crate) mod iqdot;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
 pub use bf16dot::available as bf16_activations;
