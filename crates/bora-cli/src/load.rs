@@ -17,8 +17,9 @@ pub struct ModelArgs {
     /// Face repo id (owner/name[@revision]) found
     /// in the local Hugging Face cache, or a built-in demo: `bora-demo` (the default; Mixtral
     /// 8x7B's tokenizer) or `bora-demo-v3` (8x22B's, with tool tokens); random weights. For
-    /// benchmarks, `random:mixtral-8x7b`, `random:mixtral-8x22b` or `random:demo`: that shape
-    /// with random weights made on the device (no file).
+    /// benchmarks, `random:mixtral-8x7b`, `random:mixtral-8x22b`, `random:bench` or
+    /// `random:demo`: that shape with random weights made on the device (no file); `:N` takes
+    /// its first N layers (`random:mixtral-8x7b:4`).
     #[arg(long)]
     pub model: Option<String>,
     /// Download a repo id that is not in the local cache (through hf-hub; refused when

@@ -15,15 +15,28 @@ use crate::{Experts, HostMatrix, Matrix, Result};
 
 /// The shapes `random:NAME` names (bora's model argument): Mixtral 8x7B (hidden 4096, intermediate 14336, 32 layers,
 /// 32/8 heads, vocabulary 32000) and 8x22B (6144, 16384, 56 layers, 48/8 heads, 32768).
-/// `demo` is the demo model's shape (hidden 128, 4 layers).
+/// `demo` is the demo model's shape (hidden 128, 4 layers), `bench` the CPU-sized model of
+/// benches/ (hidden 1024, intermediate 3584, 8 layers, 16/4 heads, 32000).
+/// `NAME:LAYERS` takes the first `LAYERS` layers of the shape (`mixtral-8x7b:4`, a slice that
+/// fits a small machine at every type).
 pub fn preset_config(name: &str) -> Option<ModelConfig> {
-    let (h, i, layers, heads, vocab, ctx) = match name {
+    if let Some((shape, layers)) = name.split_once(':') {
+        let layers: usize = layers.parse().ok().filter(|&n| n > 0)?;
+        let mut c = preset_config(shape)?;
+        if layers > c.num_hidden_layers {
+            return None;
+        }
+        c.num_hidden_layers = layers;
+        return Some(c);
+    }
+    let (h, i, layers, (heads, kv), vocab, ctx) = match name {
         "demo" => {
             let json = serde_json::from_str(crate::DEMO_CONFIG).ok()?;
             return ModelConfig::from_json(&json).ok();
         }
-        "mixtral-8x7b" | "8x7b" => (4096, 14336, 32, 32, 32000, 32768),
-        "mixtral-8x22b" | "8x22b" => (6144, 16384, 56, 48, 32768, 65536),
+        "bench" => (1024, 3584, 8, (16, 4), 32000, 4096),
+        "mixtral-8x7b" | "8x7b" => (4096, 14336, 32, (32, 8), 32000, 32768),
+        "mixtral-8x22b" | "8x22b" => (6144, 16384, 56, (48, 8), 32768, 65536),
         _ => return None,
     };
     let json = serde_json::json!({
@@ -36,7 +49,7 @@ pub fn preset_config(name: &str) -> Option<ModelConfig> {
         "intermediate_size": i,
         "max_position_embeddings": ctx,
         "num_attention_heads": heads,
-        "num_key_value_heads": 8,
+        "num_key_value_heads": kv,
         "num_hidden_layers": layers,
         "num_local_experts": 8,
         "num_experts_per_tok": 2,
@@ -315,6 +328,25 @@ mod tests {
         assert_eq!(c.param_count(), 46_702_792_704);
         assert!(preset_config("mixtral-8x22b").is_some());
         assert!(preset_config("llama").is_none());
+        let slice = preset_config("mixtral-8x22b:3").unwrap();
+        assert_eq!((slice.hidden_size, slice.num_hidden_layers), (6144, 3));
+        for bad in [
+            "mixtral-8x7b:0",
+            "mixtral-8x7b:33",
+            "mixtral-8x7b:x",
+            "llama:2",
+        ] {
+            assert!(preset_config(bad).is_none(), "{bad}");
+        }
+        let bench = preset_config("bench").unwrap();
+        assert_eq!(
+            (
+                bench.hidden_size,
+                bench.intermediate_size,
+                bench.num_key_value_heads
+            ),
+            (1024, 3584, 4)
+        );
     }
 
     #[test]

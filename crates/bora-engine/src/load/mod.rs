@@ -115,7 +115,10 @@ pub enum LoadError {
         file: String,
         reason: String,
     },
-    #[error("random:{name}: unknown shape; use random:mixtral-8x7b, random:mixtral-8x22b or random:demo")]
+    #[error(
+        "random:{name}: unknown shape; use random:mixtral-8x7b, random:mixtral-8x22b, \
+         random:bench or random:demo, optionally with a layer count (random:mixtral-8x7b:4)"
+    )]
     UnknownShape { name: String },
     #[error("cannot write the demo model ({path}): {reason}")]
     Demo { path: PathBuf, reason: String },
