@@ -39,7 +39,7 @@ pub use mixtral::{
     MixtralWeights,
 };
 pub use names::{ExpertLayout, TensorName};
-pub use random::{preset_config, random_weights};
+pub use random::{preset_config, random_weights, write_random_gguf, RandomModel};
 pub use store::{MapMode, SafetensorsStore, StoredTensor};
 
 /// Result with [`WeightsError`].

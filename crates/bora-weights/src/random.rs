@@ -146,26 +146,74 @@ pub fn random_weights(
     seed: u64,
 ) -> Result<MixtralWeights> {
     crate::mixtral::check_fits_owned(crate::weight_bytes(&config, opts), opts)?;
-    let mut rng = Rng(seed);
-    let (h, v, e, im) = (
-        config.hidden_size,
-        config.vocab_size,
-        config.num_local_experts,
-        config.intermediate_size,
-    );
-    let (qd, kvd) = (
-        config.num_attention_heads * config.head_dim,
-        config.num_key_value_heads * config.head_dim,
-    );
-    let mut maker = Maker {
-        opts,
-        rng: &mut rng,
-    };
-    let embed = maker.matrix(v, h)?;
-    let lm_head = maker.matrix(v, h)?;
-    let mut layers = Vec::with_capacity(config.num_hidden_layers);
-    for l in 0..config.num_hidden_layers {
-        layers.push(LayerWeights {
+    let (mut model, embed, lm_head) = RandomModel::start(config, opts, seed)?;
+    let layers = (0..model.config.num_hidden_layers)
+        .map(|_| model.next_layer())
+        .collect::<Result<Vec<_>>>()?;
+    let final_norm = model.final_norm()?;
+    Ok(MixtralWeights {
+        config: model.config,
+        layout: ExpertLayout::PerExpert,
+        options: opts.clone(),
+        embed,
+        layers,
+        final_norm,
+        lm_head,
+    })
+}
+
+/// A random model made part by part, in [`random_weights`]' order, so that the same seed gives
+/// the same weights whether the model is held whole or written one layer at a time
+/// ([`write_random_gguf`]).
+pub struct RandomModel<'o> {
+    pub config: ModelConfig,
+    opts: &'o LoadOptions,
+    rng: Rng,
+    layer: usize,
+}
+
+impl<'o> RandomModel<'o> {
+    /// The model and its embedding and head (made first).
+    pub fn start(
+        config: ModelConfig,
+        opts: &'o LoadOptions,
+        seed: u64,
+    ) -> Result<(Self, Matrix, Matrix)> {
+        let mut model = Self {
+            config,
+            opts,
+            rng: Rng(seed),
+            layer: 0,
+        };
+        let (h, v) = (model.config.hidden_size, model.config.vocab_size);
+        let tied = model.config.tie_word_embeddings;
+        let mut maker = model.maker();
+        let embed = maker.matrix(v, h)?;
+        // Made even when tied, so that the layers' weights are the same either way.
+        let head = maker.matrix(v, h)?;
+        let lm_head = if tied { embed.clone() } else { head };
+        Ok((model, embed, lm_head))
+    }
+
+    fn maker(&mut self) -> Maker<'_> {
+        Maker {
+            opts: self.opts,
+            rng: &mut self.rng,
+        }
+    }
+
+    /// The next layer.
+    pub fn next_layer(&mut self) -> Result<LayerWeights> {
+        let c = &self.config;
+        let (h, e, im) = (c.hidden_size, c.num_local_experts, c.intermediate_size);
+        let (qd, kvd) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let l = self.layer;
+        self.layer += 1;
+        let mut maker = self.maker();
+        Ok(LayerWeights {
             attn_norm: maker.ones(h)?,
             q: maker.matrix(qd, h)?,
             k: maker.matrix(kvd, h)?,
@@ -174,18 +222,45 @@ pub fn random_weights(
             moe_norm: maker.ones(h)?,
             router: maker.dense_matrix(e, h)?,
             experts: maker.experts(l, e, im, h)?,
-        });
+        })
     }
-    let final_norm = maker.ones(h)?;
-    Ok(MixtralWeights {
-        config,
-        layout: ExpertLayout::PerExpert,
-        options: opts.clone(),
-        embed,
-        layers,
-        final_norm,
-        lm_head,
-    })
+
+    /// The final norm.
+    pub fn final_norm(&mut self) -> Result<Tensor> {
+        let h = self.config.hidden_size;
+        self.maker().ones(h)
+    }
+}
+
+/// Writes the random model of `config` (made with `opts`, whose quantized type should be `q`:
+/// its blocks are then written as made) to `path` as GGUF, one layer at a time, so that a
+/// model larger than memory can be written; the same weights as [`random_weights`] with the
+/// same seed. See [`crate::write_gguf`] for the rest.
+pub fn write_random_gguf(
+    config: ModelConfig,
+    opts: &LoadOptions,
+    seed: u64,
+    q: QType,
+    extra: Vec<(String, crate::gguf::MetaValue)>,
+    path: &std::path::Path,
+    progress: impl FnMut(usize, usize),
+) -> Result<u64> {
+    let (mut model, embed, lm_head) = RandomModel::start(config, opts, seed)?;
+    let final_norm = model.final_norm()?;
+    let config = model.config.clone();
+    let parts = crate::gguf_export::ModelParts {
+        config: &config,
+        embed: &embed,
+        final_norm: &final_norm,
+        lm_head: &lm_head,
+    };
+    let mut layers = |f: &mut dyn FnMut(&LayerWeights) -> Result<()>| -> Result<()> {
+        for _ in 0..config.num_hidden_layers {
+            f(&model.next_layer()?)?;
+        }
+        Ok(())
+    };
+    crate::gguf_export::write_parts(&parts, &mut layers, q, extra, path, progress)
 }
 
 struct Maker<'a> {

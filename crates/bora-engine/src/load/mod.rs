@@ -364,6 +364,58 @@ pub fn load_weights(
     })
 }
 
+/// Writes `random:NAME` (its `:LAYERS` slice included) as a GGUF file of type `q` at `path`,
+/// one layer at a time (a model larger than memory can be written): the same weights as
+/// `random:NAME` loaded with `--quantize q` on the CPU, with the demo models' sentencepiece
+/// vocabulary of its size, so that llama.cpp's tools run the very weights bora does.
+/// `progress(done, total)` counts tensors. Returns the bytes of tensor data written.
+pub fn write_random_gguf(
+    name: &str,
+    q: QType,
+    path: &Path,
+    progress: impl FnMut(usize, usize),
+) -> Result<u64, LoadError> {
+    let config = source::random_config(name)?;
+    let dir = if config.vocab_size == 32768 {
+        crate::demo_v3_model_dir()?
+    } else {
+        crate::demo_model_dir()?
+    };
+    let spm = [
+        "tokenizer.model.v3",
+        "tokenizer.model.v1",
+        "tokenizer.model",
+    ]
+    .iter()
+    .map(|n| dir.join(n))
+    .find(|p| p.is_file())
+    .ok_or_else(|| LoadError::Demo {
+        path: dir.clone(),
+        reason: "it holds no sentencepiece tokenizer".into(),
+    })?;
+    let vocab = crate::SpmVocab::from_model_file(&spm)?;
+    let mut meta = vocab.gguf_metadata();
+    meta.push((
+        "general.name".into(),
+        bora_weights::MetaValue::String(format!("random-{name}")),
+    ));
+    let mut lo = bora_weights::LoadOptions::new(WeightDType::F32, candle_core::Device::Cpu);
+    lo.quantize = Some(q);
+    lo.pack = false;
+    Ok(bora_weights::write_random_gguf(
+        config,
+        &lo,
+        RANDOM_SEED,
+        q,
+        meta,
+        path,
+        progress,
+    )?)
+}
+
+/// The seed of `random:` models' weights.
+const RANDOM_SEED: u64 = 0x5eed;
+
 /// Weights, how they are kept in words, and where they went.
 struct Built {
     weights: MixtralWeights,
@@ -416,7 +468,7 @@ fn random_only(
     let sizes = formula_sizes(&config, &lo);
     let plan = place(opts, &mut lo, &config, sizes)?;
     let phase = Phase::start(progress, LoadPhase::Random, 0);
-    let weights = bora_weights::random_weights(config, &lo, 0x5eed)?;
+    let weights = bora_weights::random_weights(config, &lo, RANDOM_SEED)?;
     phase.finish(progress);
     let desc = match opts.quantize {
         Some(q) => q.to_string(),

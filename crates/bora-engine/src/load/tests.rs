@@ -173,3 +173,48 @@ fn errors_say_what_is_wrong_where() {
     assert!(e.to_string().contains("config.json"), "{e}");
     let _ = std::fs::remove_dir_all(&empty);
 }
+
+/// `bora quantize` of a `random:` shape: the file it writes (one layer at a time) loads back to
+/// the very model `random:` makes in that type: the same logits, bit for bit, here for Q8_0 and
+/// an i-quant on the demo's shape (rows of 128: types of 32-value blocks).
+#[test]
+fn a_random_model_written_as_gguf_is_the_same_model() {
+    use bora_model::{Batch, Logits};
+    let dir = tempfile::tempdir().unwrap();
+    let logits = |m: &LoadedModel| -> Vec<f32> {
+        let model = &m.model;
+        let mut cache = model.new_cache(1, 16).unwrap();
+        let out = model
+            .forward(
+                &Batch::single(vec![1, 415, 2936, 9060], 0, cache.slot(0), Logits::Last),
+                &mut cache,
+            )
+            .unwrap();
+        out.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    for q in [QType::Q8_0, QType::IQ4NL] {
+        let path = dir.path().join(format!("random-{q}.gguf"));
+        let mut calls = 0;
+        write_random_gguf("demo", q, &path, |_, _| calls += 1).unwrap();
+        assert!(calls > 10, "{calls} tensors");
+        let opts = ModelOptions {
+            quantize: Some(q),
+            ..ModelOptions::default()
+        };
+        let made = load(&ModelSource::Random("demo".into()), &opts).unwrap();
+        let read = load(&ModelSource::Gguf(path), &ModelOptions::default()).unwrap();
+        assert!(read.info.weights.contains(q.name()), "{}", read.info);
+        let (a, b) = (logits(&made), logits(&read));
+        assert_eq!(a.len(), made.model.config().vocab_size);
+        assert!(a.iter().any(|&x| x != 0.0));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff == 0.0,
+            "{q}: the file's logits differ from the model's by up to {diff}"
+        );
+    }
+}
