@@ -41,7 +41,9 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
     /// Quantize the linear layers while loading: q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k,
     /// q4_k, q5_k or q6_k (on the CPU, then moved to the device; a GGUF file's quantized
-    /// tensors stay as they are). With `--model random:NAME`, the type of the random weights.
+    /// tensors stay as they are). With `--model random:NAME`, the type of the random weights,
+    /// which may also be an i-quant: iq1_s, iq1_m, iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq3_s,
+    /// iq4_nl or iq4_xs.
     #[arg(long, value_name = "TYPE")]
     pub quantize: Option<String>,
     /// Keep quantized weights in the file's row layout instead of repacking them at load into

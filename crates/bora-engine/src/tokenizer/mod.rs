@@ -53,6 +53,8 @@ fn cut_at_space(text: &str, from: usize) -> Option<usize> {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     specials: SpecialTokens,
+    /// [`Tokenizer::cuts_at_spaces`], found on first use (it reads the whole vocabulary).
+    cuts_at_spaces: std::sync::OnceLock<bool>,
 }
 
 impl Tokenizer {
@@ -143,7 +145,11 @@ impl Tokenizer {
             tool_results: id("[TOOL_RESULTS]"),
             tool_results_end: id("[/TOOL_RESULTS]"),
         };
-        Self { inner, specials }
+        Self {
+            inner,
+            specials,
+            cuts_at_spaces: std::sync::OnceLock::new(),
+        }
     }
 
     /// Ids of the special tokens the chat formats use.
@@ -191,8 +197,17 @@ impl Tokenizer {
     }
 
     /// Whether a text may be encoded in pieces cut at single spaces
-    /// ([`Tokenizer::encode_in_pieces`]); where not, it is encoded whole.
+    /// ([`Tokenizer::encode_in_pieces`]); where not, it is encoded whole. Found once per
+    /// tokenizer.
     pub fn cuts_at_spaces(&self) -> Result<bool> {
+        if let Some(&cuts) = self.cuts_at_spaces.get() {
+            return Ok(cuts);
+        }
+        let cuts = self.find_cuts_at_spaces()?;
+        Ok(*self.cuts_at_spaces.get_or_init(|| cuts))
+    }
+
+    fn find_cuts_at_spaces(&self) -> Result<bool> {
         // A space inside a piece: `a▁b`, or a `▁` that follows other text.
         let spans = self.inner.get_vocab(false).keys().any(|piece| {
             piece
