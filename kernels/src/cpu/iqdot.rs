@@ -123,6 +123,14 @@ mod x86 {
         half::f16::from_le_bytes([*p.add(at), *p.add(at + 1)]).to_f32()
     }
 
+    /// The signs of 32 values from four 7-bit sign indices packed in the low 28 bits of `aux`
+    /// (IQ2_XXS, IQ3_XXS).
+    #[inline(always)]
+    unsafe fn packed_signs(aux: usize) -> __m256i {
+        let k = |i: usize| KSIGNS[aux >> (7 * i) & 127];
+        words(k(0), k(1), k(2), k(3))
+    }
+
     /// Four 8-byte words as one vector, the first lowest.
     #[inline(always)]
     unsafe fn words(a: u64, b: u64, c: u64, d: u64) -> __m256i {
@@ -250,13 +258,7 @@ mod x86 {
                 IQ2XXS_GRID[*q.add(2) as usize],
                 IQ2XXS_GRID[*q.add(3) as usize],
             );
-            let s = words(
-                KSIGNS[aux & 127],
-                KSIGNS[aux >> 7 & 127],
-                KSIGNS[aux >> 14 & 127],
-                KSIGNS[aux >> 21 & 127],
-            );
-            (m, s)
+            (m, packed_signs(aux))
         }
     }
 
@@ -319,13 +321,7 @@ mod x86 {
             let r = |l: usize| IQ3XXS_GRID[*q.add(l) as usize] as i32;
             let m = _mm256_set_epi32(r(7), r(6), r(5), r(4), r(3), r(2), r(1), r(0));
             let aux = u32_at(b, 66 + 4 * g) as usize;
-            let s = words(
-                KSIGNS[aux & 127],
-                KSIGNS[aux >> 7 & 127],
-                KSIGNS[aux >> 14 & 127],
-                KSIGNS[aux >> 21 & 127],
-            );
-            (m, s)
+            (m, packed_signs(aux))
         }
     }
 
